@@ -1,0 +1,5 @@
+"""`python -m cachepi`."""
+
+from cachepi.cli import main
+
+main()

@@ -1,0 +1,292 @@
+"""The file cache: verified blobs on disk, and single-flight streaming downloads.
+
+A miss starts ONE upstream download per file URL, written to a new temp file. Every client
+asking meanwhile reads that temp file as it grows; the last byte is only released once the
+whole file matched the index's hash, so a client never completes a transfer of wrong bytes.
+Verified files are renamed into the content-addressed store; least recently used blobs are
+evicted to stay under the byte limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import hashlib
+import logging
+import os
+import time
+import weakref
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cachepi.store.blobs import BlobStore
+from cachepi.store.metadata import MetadataStore
+from cachepi.upstream import Upstream, redact
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 256 * 1024
+_TOUCH_FLUSH_SECONDS = 5.0
+
+
+class DownloadFailed(Exception):
+    """The download broke or its bytes did not verify; a client's transfer must not end."""
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """What to fetch and how to check it: from the index entry that listed the file."""
+
+    url: str
+    hashes: dict[str, str]
+    size: int | None
+    upstream: Upstream
+
+    @property
+    def sha256(self) -> str | None:
+        return self.hashes.get("sha256")
+
+
+class _State(enum.Enum):
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class Download:
+    """One upstream transfer into a temp file that any number of readers follow."""
+
+    def __init__(self, spec: FileSpec, temp: Path) -> None:
+        self.spec = spec
+        self.size: int | None = spec.size
+        self.content_type: str | None = None
+        self.written = 0
+        self._state = _State.RUNNING
+        self._error: BaseException | None = None
+        self._changed = asyncio.Event()
+        self._headers = asyncio.Event()
+        # One read fd shared by all readers (pread needs no seek position). It stays valid
+        # after the temp file is renamed or unlinked, and closes with the last reference.
+        self._read_fd = os.open(temp, os.O_RDONLY)
+        weakref.finalize(self, os.close, self._read_fd)
+
+    # -- the writer's side ------------------------------------------------------------------
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def started(self, size: int | None, content_type: str | None) -> None:
+        self.size = size if size is not None else self.size
+        self.content_type = content_type
+        self._headers.set()
+
+    def progressed(self, count: int) -> None:
+        self.written += count
+        self._notify()
+
+    def finished(self, error: BaseException | None) -> None:
+        self._state = _State.FAILED if error else _State.DONE
+        self._error = error
+        self._headers.set()
+        self._notify()
+
+    # -- the readers' side ------------------------------------------------------------------
+
+    async def wait_started(self) -> None:
+        """Return once the upstream sent its headers; raise if it failed before that."""
+        await self._headers.wait()
+        if self._state is _State.FAILED and self.written == 0:
+            if isinstance(self._error, Exception):
+                raise self._error
+            raise DownloadFailed("download cancelled")
+
+    async def chunks(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """The bytes [start, end) as they arrive. The final byte of the file is withheld
+        until the download verified, and DownloadFailed is raised if it does not."""
+        position = start
+        while end is None or position < end:
+            if self._state is _State.FAILED:
+                raise DownloadFailed(str(self._error))
+            done = self._state is _State.DONE
+            available = self.written if done else self.written - 1
+            if end is not None:
+                available = min(available, end)
+            if position < available:
+                data = os.pread(self._read_fd, min(available - position, _CHUNK), position)
+                position += len(data)
+                yield data
+            elif done:
+                return
+            else:
+                await self._changed.wait()
+
+
+class FileCache:
+    def __init__(
+        self,
+        blobs: BlobStore,
+        store: MetadataStore,
+        max_bytes: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._blobs = blobs
+        self._store = store
+        self.max_bytes = max_bytes
+        self._clock = clock
+        self._downloads: dict[str, Download] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._touched: dict[str, float] = {}
+        self._last_flush = clock()
+        self.total_bytes = 0
+        self.blob_count = 0
+
+    def open(self) -> None:
+        """Make the records agree with the disk after whatever stopped the last process."""
+        if removed := self._blobs.clear_temp():
+            log.info("removed %d unfinished downloads", removed)
+        recorded = self._store.blobs()
+        now = self._clock()
+        for sha256, size in self._blobs.scan():
+            if recorded.pop(sha256, None) != size:
+                self._store.add_blob(sha256, size, now)
+        for sha256 in recorded:  # recorded, but the file is gone
+            self._store.remove_blob(sha256)
+        self.blob_count, self.total_bytes = self._store.blob_stats()
+        self._evict(0)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.flush_touches()
+
+    # -- hits -----------------------------------------------------------------------------
+
+    def cached(self, spec: FileSpec) -> Path | None:
+        """The stored blob for `spec`, if we have it; counts as a use for eviction."""
+        sha256 = spec.sha256 or self._store.get_ref(spec.url)
+        if sha256 is None:
+            return None
+        path = self._blobs.path(sha256)
+        if not path.is_file():
+            return None
+        now = self._clock()
+        self._touched[sha256] = now
+        if now - self._last_flush > _TOUCH_FLUSH_SECONDS:
+            self.flush_touches()
+        return path
+
+    def flush_touches(self) -> None:
+        """Write batched last-use times: one transaction per few seconds, not per hit."""
+        if self._touched:
+            self._store.touch_blobs(self._touched.items())
+            self._touched.clear()
+        self._last_flush = self._clock()
+
+    # -- misses ---------------------------------------------------------------------------
+
+    async def get(self, spec: FileSpec) -> Path | Download:
+        """The stored blob for `spec`, else its download (joined or started) once the
+        upstream's headers are in. Check and start happen without an await in between, so
+        two requests never start two downloads of one file."""
+        if (path := self.cached(spec)) is not None:
+            return path
+        download = self._downloads.get(spec.url)
+        if download is None:
+            fd, temp = self._blobs.new_temp()
+            download = Download(spec, temp)
+            self._downloads[spec.url] = download
+            task = asyncio.create_task(self._run(download, fd, temp))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        await download.wait_started()
+        return download
+
+    async def _run(self, download: Download, fd: int, temp: Path) -> None:
+        spec = download.spec
+        error: BaseException | None = None
+        keep = False
+        try:
+            sha256 = await self._transfer(download, fd)
+        except Exception as failure:
+            error = failure
+            log.warning("download of %s failed: %s", redact(spec.url), failure)
+        except BaseException as failure:  # cancelled at shutdown: readers must not hang
+            error = failure
+            raise
+        else:
+            try:
+                keep = self._store_blob(fd, temp, sha256, download.written, spec)
+            except OSError as failure:  # the bytes are good: clients still get them
+                log.error("cannot store %s in the cache: %s", redact(spec.url), failure)
+        finally:
+            self._downloads.pop(spec.url, None)
+            os.close(fd)
+            if not keep:
+                self._blobs.discard(temp)
+            download.finished(error)
+
+    async def _transfer(self, download: Download, fd: int) -> str:
+        """Copy the upstream body into `fd`, checking length and every known hash."""
+        spec = download.spec
+        hashers = {"sha256": hashlib.sha256()}
+        for name in spec.hashes:
+            if name not in hashers and name in hashlib.algorithms_available:
+                hashers[name] = hashlib.new(name)
+        async with spec.upstream.open_file(spec.url) as response:
+            download.started(response.content_length, response.headers.get("Content-Type"))
+            async for chunk in response.content.iter_any():
+                _write_all(fd, chunk)
+                for hasher in hashers.values():
+                    hasher.update(chunk)
+                download.progressed(len(chunk))
+        for expected in (spec.size, download.size):
+            if expected is not None and expected != download.written:
+                raise DownloadFailed(
+                    f"got {download.written} bytes, the index or upstream said {expected}"
+                )
+        for name, expected_digest in spec.hashes.items():
+            if name in hashers and hashers[name].hexdigest() != expected_digest.lower():
+                raise DownloadFailed(f"{name} mismatch: the upstream sent different bytes")
+        return hashers["sha256"].hexdigest()
+
+    def _store_blob(self, fd: int, temp: Path, sha256: str, size: int, spec: FileSpec) -> bool:
+        """Keep a verified download if the cache may hold it; True if it now owns `temp`."""
+        if size > self.max_bytes:  # includes a cache size of 0: stream through only
+            return False
+        stored = not self._blobs.path(sha256).is_file()  # else: same bytes via another URL
+        if stored:
+            self._evict(size)
+            self._blobs.commit(fd, temp, sha256)
+            self._store.add_blob(sha256, size, self._clock())
+            self.total_bytes += size
+            self.blob_count += 1
+        if spec.sha256 is None:
+            self._store.put_ref(spec.url, sha256)
+        return stored
+
+    def _evict(self, incoming: int) -> None:
+        """Delete least recently used blobs until `incoming` more bytes fit under the limit."""
+        if self.total_bytes + incoming <= self.max_bytes:
+            return
+        self.flush_touches()
+        while self.total_bytes + incoming > self.max_bytes:
+            victims = self._store.least_recently_used()
+            if not victims:
+                break
+            for sha256, size in victims:
+                self._blobs.delete(sha256)
+                self._store.remove_blob(sha256)
+                self.total_bytes -= size
+                self.blob_count -= 1
+                log.info("evicted %s (%d bytes)", sha256, size)
+                if self.total_bytes + incoming <= self.max_bytes:
+                    return
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

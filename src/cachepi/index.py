@@ -1,0 +1,296 @@
+"""The index cache: upstream pages kept fresh per TTL, revalidated cheaply, merged.
+
+Each (upstream, page) is an `Entry`: the parsed page plus the validators and fetch time,
+persisted in the metadata store and mirrored in a bounded in-memory LRU. A fresh entry is used
+as is; a stale one is revalidated with a conditional GET (one request however many clients
+ask); when the upstream fails, the stale entry is used and the answer marked stale.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import msgspec
+
+from cachepi.simple.model import File, Project, ProjectList
+from cachepi.simple.names import normalize
+from cachepi.simple.parse import (
+    ParseError,
+    parse_project_html,
+    parse_project_json,
+    parse_project_list_html,
+    parse_project_list_json,
+)
+from cachepi.store.metadata import LIST_KEY, MetadataStore, PageRecord
+from cachepi.upstream import Upstream, UpstreamError, UpstreamNotFound
+
+log = logging.getLogger(__name__)
+
+_JSON_TYPE = "application/vnd.pypi.simple.v1+json"
+_encode = msgspec.msgpack.Encoder().encode
+_decode_project = msgspec.msgpack.Decoder(Project).decode
+_decode_list = msgspec.msgpack.Decoder(ProjectList).decode
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One upstream's page as we hold it; `page` is None when the upstream said 404."""
+
+    record: PageRecord
+    page: Project | ProjectList | None
+    digest: str  # identifies the content, for rendered-bytes caching
+
+    @classmethod
+    def from_record(cls, key: str, record: PageRecord) -> Entry:
+        if record.body is None:
+            return cls(record, None, "404")
+        page = _decode_list(record.body) if key == LIST_KEY else _decode_project(record.body)
+        return cls(record, page, hashlib.blake2b(record.body, digest_size=8).hexdigest())
+
+
+@dataclass(frozen=True)
+class Listing:
+    """A project as clients see it: the files of every upstream, merged.
+
+    `sources[i]` is the upstream that listed `project.files[i]`: a file is always downloaded
+    from the index whose entry was shown.
+    """
+
+    project: Project
+    sources: tuple[Upstream, ...]
+    version: str
+    stale: bool
+    _by_filename: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
+
+    def find(self, filename: str) -> tuple[File, Upstream] | None:
+        if not self._by_filename:
+            self._by_filename.update((f.filename, i) for i, f in enumerate(self.project.files))
+        position = self._by_filename.get(filename)
+        if position is None:
+            return None
+        return self.project.files[position], self.sources[position]
+
+
+@dataclass(frozen=True)
+class ListResult:
+    names: ProjectList
+    version: str
+    stale: bool
+
+
+class IndexCache:
+    def __init__(
+        self,
+        upstreams: Sequence[Upstream],
+        store: MetadataStore,
+        negative_ttl: int,
+        memory_entries: int = 4096,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.upstreams = tuple(upstreams)
+        self._store = store
+        self._negative_ttl = negative_ttl
+        self._memory: OrderedDict[tuple[int, str], Entry] = OrderedDict()
+        self._memory_entries = memory_entries
+        self._inflight: dict[tuple[int, str], asyncio.Task[tuple[Entry, bool]]] = {}
+        self._merged: OrderedDict[str, Listing] = OrderedDict()
+        self._clock = clock
+
+    # -- public ---------------------------------------------------------------------------
+
+    async def listing(self, name: str, revalidate: bool = True) -> Listing | None:
+        """The merged project `name` (normalized), or None if no upstream has it.
+
+        With revalidate=False any stored entry is used however old (file requests: a file
+        listed once stays downloadable); only missing entries are fetched.
+        """
+        entries = await self._gather(name, revalidate)
+        found = [
+            (up, e) for up, (e, _) in zip(self.upstreams, entries, strict=True) if e and e.page
+        ]
+        if not found:
+            if any(entry is None for entry, _ in entries):
+                # Somebody failed and nobody has it: do not claim a 404 that is not known.
+                raise UpstreamError(f"no upstream could be reached for {name!r}")
+            return None
+        version = "+".join(entry.digest if entry else "-" for entry, _ in entries)
+        stale = any(is_stale for _, is_stale in entries)
+        cached = self._merged.get(name)
+        if cached is not None and cached.version == version:
+            if cached.stale != stale:
+                cached = Listing(cached.project, cached.sources, version, stale)
+                self._merged[name] = cached
+            self._merged.move_to_end(name)
+            return cached
+        listing = merge(name, [(up, e.page) for up, e in found], version, stale)  # type: ignore[misc]
+        self._merged[name] = listing
+        if len(self._merged) > self._memory_entries:
+            self._merged.popitem(last=False)
+        return listing
+
+    async def project_list(self) -> ListResult:
+        entries = await self._gather(LIST_KEY, revalidate=True)
+        lists = [e.page for e, _ in entries if e is not None and isinstance(e.page, ProjectList)]
+        if not lists:
+            raise UpstreamError("no upstream could give its project list")
+        names = lists[0] if len(lists) == 1 else merge_lists(lists)
+        version = "+".join(e.digest if e else "-" for e, _ in entries)
+        return ListResult(names, version, any(stale for _, stale in entries))
+
+    def invalidate(self, name: str) -> None:
+        """Forget `name` (normalized; LIST_KEY for the project list) everywhere."""
+        self._store.delete_pages(name)
+        for position in range(len(self.upstreams)):
+            self._memory.pop((position, name), None)
+        self._merged.pop(name, None)
+
+    # -- entries --------------------------------------------------------------------------
+
+    async def _gather(self, key: str, revalidate: bool) -> list[tuple[Entry | None, bool]]:
+        """(entry or None if unavailable, served stale?) for every upstream, in order."""
+        now = self._clock()
+        results: list[tuple[Entry | None, bool] | None] = []
+        pending: list[int] = []
+        for position, upstream in enumerate(self.upstreams):
+            entry = self._load(position, key)
+            if entry is not None and (not revalidate or self._fresh(upstream, entry, now)):
+                results.append((entry, False))
+            else:
+                results.append(None)
+                pending.append(position)
+        if pending:  # the fast path (everything fresh) awaits nothing
+            fetched = await asyncio.gather(*(self._refresh(pos, key) for pos in pending))
+            for position, result in zip(pending, fetched, strict=True):
+                results[position] = result
+        return results  # type: ignore[return-value]
+
+    def _fresh(self, upstream: Upstream, entry: Entry, now: float) -> bool:
+        ttl = upstream.ttl if entry.page is not None else min(upstream.ttl, self._negative_ttl)
+        return now - entry.record.fetched_at < ttl
+
+    def _load(self, position: int, key: str) -> Entry | None:
+        memory_key = (position, key)
+        entry = self._memory.get(memory_key)
+        if entry is not None:
+            self._memory.move_to_end(memory_key)
+            return entry
+        record = self._store.get_page(self.upstreams[position].url, key)
+        if record is None:
+            return None
+        try:
+            entry = Entry.from_record(key, record)
+        except msgspec.DecodeError:
+            log.warning("dropping an unreadable cached page %r", key)
+            return None
+        self._remember(memory_key, entry)
+        return entry
+
+    def _remember(self, memory_key: tuple[int, str], entry: Entry) -> None:
+        self._memory[memory_key] = entry
+        self._memory.move_to_end(memory_key)
+        if len(self._memory) > self._memory_entries:
+            self._memory.popitem(last=False)
+
+    async def _refresh(self, position: int, key: str) -> tuple[Entry | None, bool]:
+        """One upstream request per (upstream, page) however many callers wait for it."""
+        memory_key = (position, key)
+        task = self._inflight.get(memory_key)
+        if task is None:
+            task = asyncio.create_task(self._fetch(position, key))
+            self._inflight[memory_key] = task
+            task.add_done_callback(lambda _: self._inflight.pop(memory_key, None))
+        # shield: a client hanging up must not cancel the fetch others are waiting for.
+        return await asyncio.shield(task)
+
+    async def _fetch(self, position: int, key: str) -> tuple[Entry | None, bool]:
+        upstream = self.upstreams[position]
+        old = self._load(position, key)
+        validators = (
+            (old.record.etag, old.record.last_modified) if old and old.page else (None, None)
+        )
+        path = f"{key}/" if key != LIST_KEY else ""
+        now = self._clock()
+        try:
+            response = await upstream.fetch_page(path, *validators)
+            if response.status == 304 and old is not None:
+                record = PageRecord(now, response.etag, response.last_modified, old.record.body)
+                entry = Entry(record, old.page, old.digest)
+            else:
+                page = parse_page(key, response.body or b"", response.content_type, response.url)
+                body = _encode(page)
+                record = PageRecord(now, response.etag, response.last_modified, body)
+                entry = Entry.from_record(key, record)
+        except UpstreamNotFound:
+            entry = Entry(PageRecord(now, None, None, None), None, "404")
+        except (UpstreamError, ParseError) as error:
+            if old is None:
+                log.warning(
+                    "upstream %s failed for %r, nothing cached: %s", upstream.url, key, error
+                )
+                return None, True
+            log.warning(
+                "upstream %s failed for %r, serving stale copy: %s", upstream.url, key, error
+            )
+            return old, True
+        self._store.put_page(upstream.url, key, entry.record)
+        self._remember((position, key), entry)
+        return entry, False
+
+
+def parse_page(key: str, body: bytes, content_type: str, url: str) -> Project | ProjectList:
+    is_json = content_type.split(";", 1)[0].strip().lower() == _JSON_TYPE
+    if key == LIST_KEY:
+        return parse_project_list_json(body) if is_json else parse_project_list_html(body)
+    return parse_project_json(body, url) if is_json else parse_project_html(body, url, key)
+
+
+def merge(
+    name: str, pages: Sequence[tuple[Upstream, Project]], version: str, stale: bool
+) -> Listing:
+    """proxpi's merge: the first index's files first; later indexes add filenames it lacks."""
+    first = pages[0][1]
+    if len(pages) == 1:
+        return Listing(first, (pages[0][0],) * len(first.files), version, stale)
+    files: list[File] = []
+    sources: list[Upstream] = []
+    seen: dict[str, File] = {}
+    versions: set[str] = set()
+    for upstream, page in pages:
+        versions.update(page.versions or ())
+        for file in page.files:
+            known = seen.get(file.filename)
+            if known is None:
+                seen[file.filename] = file
+                files.append(file)
+                sources.append(upstream)
+            elif _conflicting(known, file):
+                log.warning(
+                    "hash conflict for %s/%s: %s lists different bytes; keeping the first index's",
+                    name,
+                    file.filename,
+                    upstream.url,
+                )
+    merged = msgspec.structs.replace(
+        first, files=files, versions=sorted(versions) if versions else first.versions
+    )
+    return Listing(merged, tuple(sources), version, stale)
+
+
+def _conflicting(a: File, b: File) -> bool:
+    shared = a.hashes.keys() & b.hashes.keys()
+    return any(a.hashes[h] != b.hashes[h] for h in shared)
+
+
+def merge_lists(lists: Sequence[ProjectList]) -> ProjectList:
+    """Every project of every list once, spelled as the first list that has it spells it."""
+    seen: dict[str, str] = {}
+    for plist in lists:
+        for spelled in plist.names:
+            seen.setdefault(normalize(spelled), spelled)
+    return ProjectList(names=list(seen.values()))

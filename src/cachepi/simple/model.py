@@ -1,0 +1,51 @@
+"""One model of a Simple-API project page, whatever format the upstream spoke.
+
+Parsers build these from upstream HTML or JSON; renderers turn them into HTML or JSON for
+clients. The same structs are stored (msgpack) in the metadata store, so field names are part
+of the on-disk format: add fields with defaults, never rename.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class File(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One distribution file listed on a project page."""
+
+    filename: str
+    # Absolute URL of the file at the upstream (resolved against the page URL when parsed).
+    url: str
+    # hash name -> hex digest, as the upstream gave them (PEP 503 fragment or PEP 691 `hashes`).
+    hashes: dict[str, str] = {}
+    requires_python: str | None = None
+    # PEP 658/714: False = no .metadata file; True = present, hash unknown; dict = its hashes.
+    core_metadata: bool | dict[str, str] = False
+    # PEP 592: False = not yanked; True = yanked without reason; str = the reason.
+    yanked: bool | str = False
+    # PEP 700 fields; None when the upstream did not say.
+    size: int | None = None
+    upload_time: str | None = None
+    # PEP 740: absolute URL of the provenance object, passed through unchanged.
+    provenance: str | None = None
+
+
+class Project(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A project page: its files and what the upstream said about the project itself."""
+
+    name: str
+    files: list[File] = []
+    # PEP 700 `versions` as the upstream gave them (None when it gave none).
+    versions: list[str] | None = None
+    # PyPI's `meta._last-serial`, passed through when given.
+    last_serial: int | None = None
+    # PEP 792 project status ("active", "archived", "quarantined", "deprecated") and reason.
+    status: str | None = None
+    status_reason: str | None = None
+
+
+class ProjectList(msgspec.Struct, frozen=True, omit_defaults=True):
+    """The root page: every project name the upstream lists, as it spelled them."""
+
+    names: list[str] = []
+    last_serial: int | None = None

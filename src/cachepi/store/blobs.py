@@ -1,0 +1,67 @@
+"""Content-addressed blob store in a local directory.
+
+A blob's path comes from its sha256 only, never from a name an upstream or client chose.
+New content is always written to a fresh temp file and renamed into place once verified, so a
+path under `blobs/` holds complete, verified bytes or does not exist.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+class BlobStore:
+    def __init__(self, root: Path) -> None:
+        self._blobs = root / "blobs"
+        self._tmp = root / "tmp"
+        self._blobs.mkdir(parents=True, exist_ok=True)
+        self._tmp.mkdir(parents=True, exist_ok=True)
+
+    def path(self, sha256: str) -> Path:
+        if not _SHA256_RE.match(sha256):
+            raise ValueError(f"not a sha256 hex digest: {sha256!r}")
+        return self._blobs / sha256[:2] / sha256
+
+    def new_temp(self) -> tuple[int, Path]:
+        """A new, empty temp file: (open fd for writing, its path)."""
+        fd, name = tempfile.mkstemp(dir=self._tmp, prefix="dl-")
+        return fd, Path(name)
+
+    def commit(self, fd: int, temp: Path, sha256: str) -> Path:
+        """Make a complete, verified temp file (written through `fd`) the blob for `sha256`.
+
+        fsync before rename: after a crash the blob is either whole or absent.
+        """
+        target = self.path(sha256)
+        os.fsync(fd)
+        target.parent.mkdir(exist_ok=True)
+        os.replace(temp, target)
+        return target
+
+    @staticmethod
+    def discard(temp: Path) -> None:
+        temp.unlink(missing_ok=True)
+
+    def delete(self, sha256: str) -> None:
+        self.path(sha256).unlink(missing_ok=True)
+
+    def clear_temp(self) -> int:
+        """Remove leftovers of downloads a previous process did not finish."""
+        removed = 0
+        for leftover in self._tmp.iterdir():
+            leftover.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
+    def scan(self) -> Iterator[tuple[str, int]]:
+        """Every blob on disk as (sha256, size)."""
+        for subdir in self._blobs.iterdir():
+            for entry in os.scandir(subdir):
+                if _SHA256_RE.match(entry.name):
+                    yield entry.name, entry.stat().st_size

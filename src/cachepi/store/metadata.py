@@ -1,0 +1,127 @@
+"""Metadata store on SQLite (WAL): cached index pages, stored blobs and their last use.
+
+Queries are tiny and run on the event loop's thread: SQLite answers them in microseconds, and
+the hot paths (fresh pages, cached files) are served from memory before reaching here.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+
+import msgspec
+
+# The project list is stored beside the pages under a key no project name can have.
+LIST_KEY = ""
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS pages (
+    index_url TEXT NOT NULL,
+    key TEXT NOT NULL,
+    fetched_at REAL NOT NULL,
+    etag TEXT,
+    last_modified TEXT,
+    body BLOB,
+    PRIMARY KEY (index_url, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS pages_by_key ON pages (key);
+CREATE TABLE IF NOT EXISTS blobs (
+    sha256 TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    last_access REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS blobs_by_last_access ON blobs (last_access);
+CREATE TABLE IF NOT EXISTS refs (
+    url TEXT PRIMARY KEY,
+    sha256 TEXT NOT NULL
+) WITHOUT ROWID;
+"""
+
+
+class PageRecord(msgspec.Struct, frozen=True):
+    """An upstream page as last fetched: `body` is None when the upstream answered 404."""
+
+    fetched_at: float
+    etag: str | None
+    last_modified: str | None
+    body: bytes | None
+
+
+class MetadataStore:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode keeps the database consistent on power loss; only the last
+        # commits may be lost, and every row here can be rebuilt from upstream or disk.
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- index pages -------------------------------------------------------------------
+
+    def get_page(self, index_url: str, key: str) -> PageRecord | None:
+        row = self._db.execute(
+            "SELECT fetched_at, etag, last_modified, body FROM pages"
+            " WHERE index_url = ? AND key = ?",
+            (index_url, key),
+        ).fetchone()
+        return PageRecord(*row) if row else None
+
+    def put_page(self, index_url: str, key: str, record: PageRecord) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO pages VALUES (?, ?, ?, ?, ?, ?)",
+            (index_url, key, record.fetched_at, record.etag, record.last_modified, record.body),
+        )
+
+    def delete_pages(self, key: str) -> None:
+        """Forget one project's pages (or the list's, with LIST_KEY) from every index."""
+        self._db.execute("DELETE FROM pages WHERE key = ?", (key,))
+
+    def page_count(self) -> int:
+        return self._db.execute("SELECT count(*) FROM pages").fetchone()[0]
+
+    # -- blobs ---------------------------------------------------------------------------
+
+    def add_blob(self, sha256: str, size: int, now: float) -> None:
+        self._db.execute("INSERT OR REPLACE INTO blobs VALUES (?, ?, ?)", (sha256, size, now))
+
+    def remove_blob(self, sha256: str) -> None:
+        with self._db:
+            self._db.execute("DELETE FROM blobs WHERE sha256 = ?", (sha256,))
+            self._db.execute("DELETE FROM refs WHERE sha256 = ?", (sha256,))
+
+    def touch_blobs(self, accesses: Iterable[tuple[str, float]]) -> None:
+        with self._db:
+            self._db.executemany(
+                "UPDATE blobs SET last_access = max(last_access, ?) WHERE sha256 = ?",
+                ((at, sha256) for sha256, at in accesses),
+            )
+
+    def blobs(self) -> dict[str, int]:
+        """Every recorded blob and its size."""
+        return dict(self._db.execute("SELECT sha256, size FROM blobs"))
+
+    def blob_stats(self) -> tuple[int, int]:
+        """(number of blobs, total bytes)."""
+        row = self._db.execute("SELECT count(*), coalesce(sum(size), 0) FROM blobs").fetchone()
+        return row[0], row[1]
+
+    def least_recently_used(self, limit: int = 256) -> list[tuple[str, int]]:
+        """The `limit` blobs used longest ago, oldest first, as (sha256, size)."""
+        return self._db.execute(
+            "SELECT sha256, size FROM blobs ORDER BY last_access LIMIT ?", (limit,)
+        ).fetchall()
+
+    # -- refs: the sha256 of files whose index gave no sha256 ----------------------------
+
+    def get_ref(self, url: str) -> str | None:
+        row = self._db.execute("SELECT sha256 FROM refs WHERE url = ?", (url,)).fetchone()
+        return row[0] if row else None
+
+    def put_ref(self, url: str, sha256: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO refs VALUES (?, ?)", (url, sha256))

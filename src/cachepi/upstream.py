@@ -1,0 +1,160 @@
+"""One upstream index over HTTP: page fetches (conditional, JSON preferred) and file streams.
+
+Credentials given in an index URL are split off here and sent as basic auth; everything this
+module hands to logs, pages or errors uses the redacted URL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+
+from cachepi import __version__
+
+log = logging.getLogger(__name__)
+
+# Prefer JSON (parsed faster, carries sizes and upload times), accept HTML from older indexes.
+PAGE_ACCEPT = (
+    "application/vnd.pypi.simple.v1+json, "
+    "application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.01"
+)
+
+
+class UpstreamError(Exception):
+    """The upstream could not give an answer; the message is one line, safe to show."""
+
+
+class UpstreamNotFound(Exception):
+    """The upstream answered 404 (or 410): it does not have this."""
+
+
+def redact(url: str) -> str:
+    """`url` without user:password, for anything a person or another program can see."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _origin(url: str) -> tuple[str, str | None, int | None]:
+    parts = urlsplit(url)
+    return parts.scheme, parts.hostname, parts.port
+
+
+@dataclass(frozen=True)
+class PageResponse:
+    """What an upstream said about a page: 200 with a body, or 304 (body None)."""
+
+    status: int
+    body: bytes | None
+    content_type: str
+    etag: str | None
+    last_modified: str | None
+    url: str  # final URL after redirects, redacted, for resolving relative links
+
+
+class Upstream:
+    def __init__(self, url: str, ttl: int, session: aiohttp.ClientSession) -> None:
+        parts = urlsplit(url)
+        self.url = redact(url)
+        self.ttl = ttl
+        self._auth = (
+            aiohttp.BasicAuth(parts.username or "", parts.password or "")
+            if parts.username is not None
+            else None
+        )
+        self._session = session
+
+    def __repr__(self) -> str:
+        return f"Upstream({self.url!r}, ttl={self.ttl})"
+
+    def _auth_for(self, url: str) -> aiohttp.BasicAuth | None:
+        # Credentials go only to the index's own origin, never to a file host elsewhere.
+        return self._auth if _origin(url) == _origin(self.url) else None
+
+    async def fetch_page(
+        self, path: str, etag: str | None = None, last_modified: str | None = None
+    ) -> PageResponse:
+        """GET `path` (relative to the index URL) conditionally.
+
+        Raises UpstreamNotFound on 404/410 and UpstreamError on anything else unusable.
+        """
+        url = self.url + path
+        headers = {"Accept": PAGE_ACCEPT}
+        if etag:
+            headers["If-None-Match"] = etag
+        if last_modified:
+            headers["If-Modified-Since"] = last_modified
+        try:
+            async with self._session.get(
+                url, headers=headers, auth=self._auth_for(url)
+            ) as response:
+                if response.status in (404, 410):
+                    raise UpstreamNotFound(url)
+                if response.status not in (200, 304):
+                    raise UpstreamError(f"{url}: upstream answered {response.status}")
+                body = await response.read() if response.status == 200 else None
+                return PageResponse(
+                    status=response.status,
+                    body=body,
+                    content_type=response.headers.get("Content-Type", ""),
+                    etag=response.headers.get("ETag") or etag,
+                    last_modified=response.headers.get("Last-Modified") or last_modified,
+                    url=redact(str(response.url)),
+                )
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise UpstreamError(f"{url}: {describe(error)}") from error
+
+    @contextlib.asynccontextmanager
+    async def open_file(self, url: str) -> AsyncIterator[aiohttp.ClientResponse]:
+        """A streaming GET of a distribution file, bytes exactly as stored upstream."""
+        try:
+            async with self._session.get(
+                url,
+                auth=self._auth_for(url),
+                # Decoding a Content-Encoding would change the bytes we hash and store.
+                headers={"Accept-Encoding": "identity"},
+                auto_decompress=False,
+            ) as response:
+                if response.status in (404, 410):
+                    raise UpstreamNotFound(redact(url))
+                if response.status != 200:
+                    raise UpstreamError(f"{redact(url)}: upstream answered {response.status}")
+                yield response
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise UpstreamError(f"{redact(url)}: {describe(error)}") from error
+
+
+def describe(error: BaseException) -> str:
+    """A one-line reason for a client error, without credentials."""
+    if isinstance(error, TimeoutError):
+        return "upstream timed out"
+    if isinstance(error, aiohttp.ClientConnectorError):
+        return f"cannot connect to upstream ({error.os_error.strerror or error.os_error})"
+    if isinstance(error, aiohttp.ClientPayloadError):
+        return "upstream broke off the transfer"
+    if isinstance(error, aiohttp.ServerDisconnectedError):
+        return "upstream closed the connection"
+    return f"upstream error ({type(error).__name__})"
+
+
+def make_session(
+    connect_timeout: float, read_timeout: float, verify_ssl: bool, limit: int = 64
+) -> aiohttp.ClientSession:
+    timeout = aiohttp.ClientTimeout(
+        total=None, sock_connect=connect_timeout, sock_read=read_timeout
+    )
+    connector = aiohttp.TCPConnector(limit=limit, ssl=None if verify_ssl else False)
+    return aiohttp.ClientSession(
+        timeout=timeout,
+        connector=connector,
+        headers={"User-Agent": f"cachepi/{__version__} aiohttp/{aiohttp.__version__}"},
+        trust_env=True,
+    )

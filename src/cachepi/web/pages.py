@@ -1,0 +1,169 @@
+"""Index pages: `/index/` and `/index/{project}/`, negotiated, rendered once per version.
+
+A page's bytes (and their gzip) are kept per (page, format) and content version, so a request
+for an unchanged page costs a dictionary lookup, not a render.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+from collections import OrderedDict
+from collections.abc import Callable
+from functools import cached_property
+
+from aiohttp import web
+
+from cachepi.index import IndexCache
+from cachepi.simple.model import Project, ProjectList
+from cachepi.simple.names import is_valid_project_name, normalize
+from cachepi.simple.negotiate import Format, choose_encoding, choose_format, content_type
+from cachepi.simple.render import (
+    render_project_html,
+    render_project_json,
+    render_project_list_html,
+    render_project_list_json,
+)
+from cachepi.store.metadata import LIST_KEY
+from cachepi.upstream import UpstreamError
+from cachepi.web.keys import INDEX_CACHE, SETTINGS
+
+_PROJECT_RENDERERS: dict[Format, Callable[[Project], bytes]] = {
+    Format.JSON: render_project_json,
+    Format.HTML_V1: render_project_html,
+    Format.HTML: render_project_html,
+}
+_LIST_RENDERERS: dict[Format, Callable[[ProjectList], bytes]] = {
+    Format.JSON: render_project_list_json,
+    Format.HTML_V1: render_project_list_html,
+    Format.HTML: render_project_list_html,
+}
+_VARY = "Accept, Accept-Encoding"
+STALE_HEADER = "X-Cachepi-Stale"
+
+
+class Representation:
+    """One rendered page in one format: its bytes, lazily their gzip, and strong ETags."""
+
+    def __init__(self, body: bytes, fmt: Format) -> None:
+        self.body = body
+        self.content_type = content_type(fmt)
+        self.etag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+        # A different encoding is a different representation: it needs its own strong ETag.
+        self.gzip_etag = self.etag[:-1] + '-gz"'
+
+    @cached_property
+    def gzipped(self) -> bytes:
+        return gzip.compress(self.body, compresslevel=6, mtime=0)
+
+
+class RenderCache:
+    """Rendered pages by (key, format), replaced when the content version changes."""
+
+    def __init__(self, max_entries: int = 2048) -> None:
+        self._entries: OrderedDict[tuple[str, Format], tuple[str, Representation]] = OrderedDict()
+        self._max_entries = max_entries
+
+    def get(
+        self, key: str, version: str, fmt: Format, render: Callable[[], bytes]
+    ) -> Representation:
+        slot = (key, fmt)
+        held = self._entries.get(slot)
+        if held is not None and held[0] == version:
+            self._entries.move_to_end(slot)
+            return held[1]
+        representation = Representation(render(), fmt)
+        self._entries[slot] = (version, representation)
+        self._entries.move_to_end(slot)
+        if len(self._entries) > self._max_entries:
+            self._entries.popitem(last=False)
+        return representation
+
+    def forget(self, key: str) -> None:
+        for fmt in Format:
+            self._entries.pop((key, fmt), None)
+
+
+RENDERED = web.AppKey("rendered", RenderCache)
+
+
+def negotiated(request: web.Request) -> Format:
+    fmt = choose_format(request.headers.get("Accept"), request.query.get("format"))
+    if fmt is None:
+        supported = ", ".join(f.value for f in Format)
+        raise web.HTTPNotAcceptable(text=f"supported types: {supported}\n")
+    return fmt
+
+
+def respond(request: web.Request, page: Representation, stale: bool) -> web.Response:
+    """The page, or 304 if the client holds it; gzip when the client takes it."""
+    use_gzip = choose_encoding(request.headers.get("Accept-Encoding")) == "gzip"
+    etag = page.gzip_etag if use_gzip else page.etag
+    headers = {
+        "ETag": etag,
+        "Vary": _VARY,
+        "Cache-Control": f"max-age={request.app[SETTINGS].page_max_age}, public",
+    }
+    if stale:
+        headers[STALE_HEADER] = "1"
+    if _matches(request.headers.get("If-None-Match"), etag):
+        return web.Response(status=304, headers=headers)
+    headers["Content-Type"] = page.content_type
+    if use_gzip:
+        headers["Content-Encoding"] = "gzip"
+        return web.Response(body=page.gzipped, headers=headers)
+    return web.Response(body=page.body, headers=headers)
+
+
+def _matches(if_none_match: str | None, etag: str) -> bool:
+    if not if_none_match:
+        return False
+    candidates = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+    return "*" in candidates or etag in candidates
+
+
+def checked_name(request: web.Request, rest: str = "") -> str:
+    """The request's project name, normalized; 400 if invalid.
+
+    A non-normalized name, or a project URL without its trailing slash, is answered with a
+    301 to the canonical URL (`rest` is what follows the project segment), query kept.
+    """
+    name = request.match_info["project"]
+    if not is_valid_project_name(name):
+        raise web.HTTPBadRequest(text="invalid project name\n")
+    canonical = normalize(name)
+    if canonical != name or not request.path.endswith("/" + rest):
+        prefix = request.path.split("/", 2)[1]  # "index" or its alias "simple"
+        location = f"/{prefix}/{canonical}/{rest}"
+        if request.query_string:
+            location += "?" + request.query_string
+        raise web.HTTPMovedPermanently(location)
+    return canonical
+
+
+async def project_page(request: web.Request) -> web.Response:
+    name = checked_name(request)
+    fmt = negotiated(request)
+    try:
+        listing = await request.app[INDEX_CACHE].listing(name)
+    except UpstreamError as error:
+        raise web.HTTPBadGateway(text=f"{error}\n") from None
+    if listing is None:
+        raise web.HTTPNotFound(text=f"project {name!r} not found\n")
+    page = request.app[RENDERED].get(
+        name, listing.version, fmt, lambda: _PROJECT_RENDERERS[fmt](listing.project)
+    )
+    return respond(request, page, listing.stale)
+
+
+async def project_list(request: web.Request) -> web.Response:
+    fmt = negotiated(request)
+    index: IndexCache = request.app[INDEX_CACHE]
+    try:
+        result = await index.project_list()
+    except UpstreamError as error:
+        raise web.HTTPBadGateway(text=f"{error}\n") from None
+    page = request.app[RENDERED].get(
+        LIST_KEY, result.version, fmt, lambda: _LIST_RENDERERS[fmt](result.names)
+    )
+    return respond(request, page, result.stale)
