@@ -1,0 +1,112 @@
+"""Settings: flags > CACHEPI_* > PROXPI_* > defaults; bad values exit 2 with one line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cachepi.config import (
+    DEFAULT_CACHE_SIZE,
+    ConfigError,
+    Upstream,
+    default_index_url,
+    load_settings,
+)
+
+
+def test_defaults_match_proxpi() -> None:
+    settings = load_settings({}, {})
+    assert settings.upstreams == (Upstream(default_index_url(), 1800),)
+    assert default_index_url().startswith("https://") and default_index_url().endswith("/simple/")
+    assert settings.cache_size == DEFAULT_CACHE_SIZE == 5 * 1024**3
+    assert (settings.host, settings.port) == ("127.0.0.1", 5000)
+    assert (settings.connect_timeout, settings.read_timeout) == (3.1, 20.0)
+
+
+def test_every_proxpi_variable_is_read() -> None:
+    env = {
+        "PROXPI_INDEX_URL": "http://a.example/simple",
+        "PROXPI_INDEX_TTL": "60",
+        "PROXPI_EXTRA_INDEX_URLS": "http://b.example/simple/,http://c.example/x/",
+        "PROXPI_EXTRA_INDEX_TTLS": "10,0",
+        "PROXPI_CACHE_SIZE": "1000",
+        "PROXPI_CACHE_DIR": "/tmp/somewhere",
+        "PROXPI_BINARY_FILE_MIME_TYPE": "1",
+        "PROXPI_DISABLE_INDEX_SSL_VERIFICATION": "1",
+        "PROXPI_DOWNLOAD_TIMEOUT": "2.5",
+        "PROXPI_CONNECT_TIMEOUT": "1.5",
+        "PROXPI_READ_TIMEOUT": "7",
+    }
+    settings = load_settings({}, env)
+    assert settings.upstreams == (
+        Upstream("http://a.example/simple/", 60),
+        Upstream("http://b.example/simple/", 10),
+        Upstream("http://c.example/x/", 0),
+    )
+    assert settings.cache_size == 1000
+    assert settings.cache_dir == Path("/tmp/somewhere")
+    assert settings.binary_file_mime_type is True
+    assert settings.verify_ssl is False
+    assert settings.download_timeout == 2.5
+    assert (settings.connect_timeout, settings.read_timeout) == (1.5, 7.0)
+
+
+def test_extra_indexes_default_to_three_minutes() -> None:
+    settings = load_settings({}, {"PROXPI_EXTRA_INDEX_URLS": "http://b.example/"})
+    assert settings.upstreams[1] == Upstream("http://b.example/", 180)
+
+
+def test_flag_beats_cachepi_beats_proxpi() -> None:
+    env = {"PROXPI_INDEX_TTL": "1", "CACHEPI_INDEX_TTL": "2"}
+    assert load_settings({}, env).upstreams[0].ttl == 2
+    assert load_settings({"index_ttl": 3}, env).upstreams[0].ttl == 3
+    assert load_settings({}, {"PROXPI_INDEX_TTL": "1"}).upstreams[0].ttl == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("0", 0), ("5368709120", 5 * 1024**3), ("5G", 5 * 1024**3), ("500MiB", 500 * 1024**2)],
+)
+def test_cache_size_units(text: str, size: int) -> None:
+    assert load_settings({}, {"PROXPI_CACHE_SIZE": text}).cache_size == size
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"PROXPI_INDEX_TTL": "-5"}, "PROXPI_INDEX_TTL"),
+        ({"PROXPI_CACHE_SIZE": "lots"}, "PROXPI_CACHE_SIZE"),
+        ({"CACHEPI_INDEX_URL": "ftp://x/"}, "CACHEPI_INDEX_URL"),
+        ({"PROXPI_READ_TIMEOUT": "soon"}, "PROXPI_READ_TIMEOUT"),
+        (
+            {"PROXPI_EXTRA_INDEX_URLS": "http://a/,http://b/", "PROXPI_EXTRA_INDEX_TTLS": "5"},
+            "PROXPI_EXTRA_INDEX_TTLS",
+        ),
+    ],
+)
+def test_bad_values_name_the_setting(env: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        load_settings({}, env)
+
+
+def test_bad_value_exits_2_with_one_line(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "cachepi", "serve", "--cache-dir", str(tmp_path)],
+        env={"PROXPI_CACHE_SIZE": "lots", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert "PROXPI_CACHE_SIZE" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_help_lists_serve() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "cachepi", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0 and "serve" in result.stdout
