@@ -28,7 +28,7 @@ from cachepi.simple.parse import (
     parse_project_list_json,
 )
 from cachepi.store.metadata import LIST_KEY, MetadataStore, PageRecord
-from cachepi.upstream import Upstream, UpstreamError, UpstreamNotFound
+from cachepi.upstream import PageResponse, Upstream, UpstreamError, UpstreamNotFound
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,11 @@ class Entry:
         if record.body is None:
             return cls(record, None, "404")
         page = _decode_list(record.body) if key == LIST_KEY else _decode_project(record.body)
-        return cls(record, page, hashlib.blake2b(record.body, digest_size=8).hexdigest())
+        return cls(record, page, _digest(record.body))
+
+
+def _digest(body: bytes) -> str:
+    return hashlib.blake2b(body, digest_size=8).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -222,10 +226,11 @@ class IndexCache:
                 record = PageRecord(now, response.etag, response.last_modified, old.record.body)
                 entry = Entry(record, old.page, old.digest)
             else:
-                page = parse_page(key, response.body or b"", response.content_type, response.url)
-                body = _encode(page)
+                # Big pages (a 700,000-name project list) take seconds to parse: keep the
+                # event loop serving meanwhile.
+                page, body = await asyncio.to_thread(parse_and_encode, key, response)
                 record = PageRecord(now, response.etag, response.last_modified, body)
-                entry = Entry.from_record(key, record)
+                entry = Entry(record, page, _digest(body))
         except UpstreamNotFound:
             entry = Entry(PageRecord(now, None, None, None), None, "404")
         except (UpstreamError, ParseError) as error:
@@ -243,11 +248,18 @@ class IndexCache:
         return entry, False
 
 
-def parse_page(key: str, body: bytes, content_type: str, url: str) -> Project | ProjectList:
-    is_json = content_type.split(";", 1)[0].strip().lower() == _JSON_TYPE
+def parse_and_encode(key: str, response: PageResponse) -> tuple[Project | ProjectList, bytes]:
+    """An upstream page as our model, and that model as stored (msgpack)."""
+    body = response.body or b""
+    is_json = response.content_type.split(";", 1)[0].strip().lower() == _JSON_TYPE
+    page: Project | ProjectList
     if key == LIST_KEY:
-        return parse_project_list_json(body) if is_json else parse_project_list_html(body)
-    return parse_project_json(body, url) if is_json else parse_project_html(body, url, key)
+        page = parse_project_list_json(body) if is_json else parse_project_list_html(body)
+    elif is_json:
+        page = parse_project_json(body, response.url)
+    else:
+        page = parse_project_html(body, response.url, key)
+    return page, _encode(page)
 
 
 def merge(

@@ -6,11 +6,11 @@ for an unchanged page costs a dictionary lookup, not a render.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import hashlib
 from collections import OrderedDict
 from collections.abc import Callable
-from functools import cached_property
 
 from aiohttp import web
 
@@ -43,18 +43,15 @@ STALE_HEADER = "X-Cachepi-Stale"
 
 
 class Representation:
-    """One rendered page in one format: its bytes, lazily their gzip, and strong ETags."""
+    """One rendered page in one format: its bytes, their gzip, and strong ETags."""
 
     def __init__(self, body: bytes, fmt: Format) -> None:
         self.body = body
+        self.gzipped = gzip.compress(body, compresslevel=6, mtime=0)
         self.content_type = content_type(fmt)
         self.etag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
         # A different encoding is a different representation: it needs its own strong ETag.
         self.gzip_etag = self.etag[:-1] + '-gz"'
-
-    @cached_property
-    def gzipped(self) -> bytes:
-        return gzip.compress(self.body, compresslevel=6, mtime=0)
 
 
 class RenderCache:
@@ -64,7 +61,7 @@ class RenderCache:
         self._entries: OrderedDict[tuple[str, Format], tuple[str, Representation]] = OrderedDict()
         self._max_entries = max_entries
 
-    def get(
+    async def get(
         self, key: str, version: str, fmt: Format, render: Callable[[], bytes]
     ) -> Representation:
         slot = (key, fmt)
@@ -72,7 +69,8 @@ class RenderCache:
         if held is not None and held[0] == version:
             self._entries.move_to_end(slot)
             return held[1]
-        representation = Representation(render(), fmt)
+        # Rendering and compressing a big page takes long enough to stall other requests.
+        representation = await asyncio.to_thread(lambda: Representation(render(), fmt))
         self._entries[slot] = (version, representation)
         self._entries.move_to_end(slot)
         if len(self._entries) > self._max_entries:
@@ -150,7 +148,7 @@ async def project_page(request: web.Request) -> web.Response:
         raise web.HTTPBadGateway(text=f"{error}\n") from None
     if listing is None:
         raise web.HTTPNotFound(text=f"project {name!r} not found\n")
-    page = request.app[RENDERED].get(
+    page = await request.app[RENDERED].get(
         name, listing.version, fmt, lambda: _PROJECT_RENDERERS[fmt](listing.project)
     )
     return respond(request, page, listing.stale)
@@ -163,7 +161,7 @@ async def project_list(request: web.Request) -> web.Response:
         result = await index.project_list()
     except UpstreamError as error:
         raise web.HTTPBadGateway(text=f"{error}\n") from None
-    page = request.app[RENDERED].get(
+    page = await request.app[RENDERED].get(
         LIST_KEY, result.version, fmt, lambda: _LIST_RENDERERS[fmt](result.names)
     )
     return respond(request, page, result.stale)

@@ -1,0 +1,1 @@
+"""Pure Simple-API code: names, the page model, parsing, rendering, content negotiation."""
