@@ -381,3 +381,9 @@ def test_project_lists_round_trip_in_both_formats(names: list[str]) -> None:
     plist = ProjectList(names=names)
     assert parse_project_list_json(render_project_list_json(plist)) == plist
     assert parse_project_list_html(render_project_list_html(plist)) == plist
+
+
+def test_last_serial_passes_through_as_the_upstream_spelled_it() -> None:
+    for serial in ("26356948", 26356948):
+        rendered = msgspec.json.decode(render_project_json(Project(name="six", last_serial=serial)))
+        assert rendered["meta"]["_last-serial"] == serial

@@ -37,8 +37,8 @@ class Project(msgspec.Struct, frozen=True, omit_defaults=True):
     files: list[File] = []
     # PEP 700 `versions` as the upstream gave them (None when it gave none).
     versions: list[str] | None = None
-    # PyPI's `meta._last-serial`, passed through when given.
-    last_serial: int | None = None
+    # `meta._last-serial`, passed through as given (PyPI sends a string of digits).
+    last_serial: int | str | None = None
     # PEP 792 project status ("active", "archived", "quarantined", "deprecated") and reason.
     status: str | None = None
     status_reason: str | None = None
@@ -48,4 +48,4 @@ class ProjectList(msgspec.Struct, frozen=True, omit_defaults=True):
     """The root page: every project name the upstream lists, as it spelled them."""
 
     names: list[str] = []
-    last_serial: int | None = None
+    last_serial: int | str | None = None

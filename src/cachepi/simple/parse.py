@@ -50,7 +50,7 @@ class ParseError(ValueError):
 
 class _Meta(msgspec.Struct):
     api_version: str = msgspec.field(default="1.0", name="api-version")
-    last_serial: int | None = msgspec.field(default=None, name="_last-serial")
+    last_serial: int | str | None = msgspec.field(default=None, name="_last-serial")
 
 
 class _Status(msgspec.Struct):

@@ -36,7 +36,7 @@ _UNRESERVED_LINES_RE = re.compile(r"[A-Za-z0-9._~-]+(?:\n[A-Za-z0-9._~-]+)*\Z", 
 
 class _Meta(msgspec.Struct):
     api_version: str = msgspec.field(name="api-version")
-    last_serial: int | UnsetType = msgspec.field(default=UNSET, name="_last-serial")
+    last_serial: int | str | UnsetType = msgspec.field(default=UNSET, name="_last-serial")
 
 
 class _JsonFile(msgspec.Struct, rename="kebab"):
@@ -103,7 +103,7 @@ def render_project_list_json(plist: ProjectList) -> bytes:
     return _encoder.encode(page)
 
 
-def _meta(api_version: str, last_serial: int | None) -> _Meta:
+def _meta(api_version: str, last_serial: int | str | None) -> _Meta:
     return _Meta(api_version, _unset_if_none(last_serial))
 
 
