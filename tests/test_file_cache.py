@@ -209,3 +209,15 @@ async def test_unlisted_file_is_404_and_hostile_filenames_400_without_upstream_r
             async with session.get(URL(f"{proxy.index_url}lib/{bad}", encoded=True)) as response:
                 assert response.status in (400, 404), bad
     assert fake_upstream.requests == []
+
+
+async def test_range_of_a_file_that_fails_verification_never_completes(
+    fake_upstream: FakeUpstream, proxy_factory: ProxyFactory
+) -> None:
+    (dist,) = fake_upstream.add_project("badrange", ["1.0"], big_mb=1, sdist=False)
+    fake_upstream.corrupt(fake_upstream.file_path(dist.filename))  # a byte past the range
+    proxy = await proxy_factory(fake_upstream)
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await fetch(session, file_url(proxy, dist), Range="bytes=0-99")
+    assert blobs_on_disk(proxy) == {}

@@ -103,16 +103,20 @@ class Download:
             raise DownloadFailed("download cancelled")
 
     async def chunks(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
-        """The bytes [start, end) as they arrive. The final byte of the file is withheld
-        until the download verified, and DownloadFailed is raised if it does not."""
+        """The bytes [start, end) as they arrive.
+
+        A reader's final byte is withheld until the whole file verified, and DownloadFailed
+        is raised if it does not: no client ever completes a transfer of unverified bytes,
+        not even of a range.
+        """
         position = start
         while end is None or position < end:
             if self._state is _State.FAILED:
                 raise DownloadFailed(str(self._error))
             done = self._state is _State.DONE
-            available = self.written if done else self.written - 1
-            if end is not None:
-                available = min(available, end)
+            available = self.written if end is None else min(self.written, end)
+            if not done:
+                available = min(available, self.written - 1, (end or self.written) - 1)
             if position < available:
                 data = os.pread(self._read_fd, min(available - position, _CHUNK), position)
                 position += len(data)
