@@ -19,6 +19,7 @@ import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from cachepi.store.blobs import BlobStore
 from cachepi.store.metadata import MetadataStore
@@ -46,6 +47,16 @@ class FileSpec:
     @property
     def sha256(self) -> str | None:
         return self.hashes.get("sha256")
+
+
+@dataclass(frozen=True)
+class Blob:
+    """A stored, verified file, already open (so eviction cannot pull it away between
+    lookup and send): the caller sends it and closes `file`."""
+
+    file: BinaryIO
+    sha256: str
+    size: int
 
 
 class _State(enum.Enum):
@@ -168,19 +179,21 @@ class FileCache:
 
     # -- hits -----------------------------------------------------------------------------
 
-    def cached(self, spec: FileSpec) -> Path | None:
+    def cached(self, spec: FileSpec) -> Blob | None:
         """The stored blob for `spec`, if we have it; counts as a use for eviction."""
         sha256 = spec.sha256 or self._store.get_ref(spec.url)
         if sha256 is None:
             return None
-        path = self._blobs.path(sha256)
-        if not path.is_file():
+        try:
+            file = self._blobs.path(sha256).open("rb")
+        except FileNotFoundError:
             return None
+        blob = Blob(file, sha256, os.fstat(file.fileno()).st_size)
         now = self._clock()
         self._touched[sha256] = now
         if now - self._last_flush > _TOUCH_FLUSH_SECONDS:
             self.flush_touches()
-        return path
+        return blob
 
     def flush_touches(self) -> None:
         """Write batched last-use times: one transaction per few seconds, not per hit."""
@@ -191,12 +204,12 @@ class FileCache:
 
     # -- misses ---------------------------------------------------------------------------
 
-    async def get(self, spec: FileSpec) -> Path | Download:
+    async def get(self, spec: FileSpec) -> Blob | Download:
         """The stored blob for `spec`, else its download (joined or started) once the
         upstream's headers are in. Check and start happen without an await in between, so
         two requests never start two downloads of one file."""
-        if (path := self.cached(spec)) is not None:
-            return path
+        if (blob := self.cached(spec)) is not None:
+            return blob
         download = self._downloads.get(spec.url)
         if download is None:
             fd, temp = self._blobs.new_temp()

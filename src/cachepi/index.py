@@ -33,6 +33,7 @@ from cachepi.upstream import PageResponse, Upstream, UpstreamError, UpstreamNotF
 log = logging.getLogger(__name__)
 
 _JSON_TYPE = "application/vnd.pypi.simple.v1+json"
+QUARANTINED = "quarantined"
 _encode = msgspec.msgpack.Encoder().encode
 _decode_project = msgspec.msgpack.Decoder(Project).decode
 _decode_list = msgspec.msgpack.Decoder(ProjectList).decode
@@ -72,6 +73,10 @@ class Listing:
     stale: bool
     _by_filename: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
+    @property
+    def quarantined(self) -> bool:
+        return self.project.status == QUARANTINED
+
     def find(self, filename: str) -> tuple[File, Upstream] | None:
         if not self._by_filename:
             self._by_filename.update((f.filename, i) for i, f in enumerate(self.project.files))
@@ -108,13 +113,9 @@ class IndexCache:
 
     # -- public ---------------------------------------------------------------------------
 
-    async def listing(self, name: str, revalidate: bool = True) -> Listing | None:
-        """The merged project `name` (normalized), or None if no upstream has it.
-
-        With revalidate=False any stored entry is used however old (file requests: a file
-        listed once stays downloadable); only missing entries are fetched.
-        """
-        entries = await self._gather(name, revalidate)
+    async def listing(self, name: str) -> Listing | None:
+        """The merged project `name` (normalized), or None if no upstream has it."""
+        entries = await self._gather(name)
         found = [
             (up, e) for up, (e, _) in zip(self.upstreams, entries, strict=True) if e and e.page
         ]
@@ -139,7 +140,7 @@ class IndexCache:
         return listing
 
     async def project_list(self) -> ListResult:
-        entries = await self._gather(LIST_KEY, revalidate=True)
+        entries = await self._gather(LIST_KEY)
         lists = [e.page for e, _ in entries if e is not None and isinstance(e.page, ProjectList)]
         if not lists:
             raise UpstreamError("no upstream could give its project list")
@@ -156,14 +157,14 @@ class IndexCache:
 
     # -- entries --------------------------------------------------------------------------
 
-    async def _gather(self, key: str, revalidate: bool) -> list[tuple[Entry | None, bool]]:
+    async def _gather(self, key: str) -> list[tuple[Entry | None, bool]]:
         """(entry or None if unavailable, served stale?) for every upstream, in order."""
         now = self._clock()
         results: list[tuple[Entry | None, bool] | None] = []
         pending: list[int] = []
         for position, upstream in enumerate(self.upstreams):
             entry = self._load(position, key)
-            if entry is not None and (not revalidate or self._fresh(upstream, entry, now)):
+            if entry is not None and self._fresh(upstream, entry, now):
                 results.append((entry, False))
             else:
                 results.append(None)
@@ -265,8 +266,14 @@ def parse_and_encode(key: str, response: PageResponse) -> tuple[Project | Projec
 def merge(
     name: str, pages: Sequence[tuple[Upstream, Project]], version: str, stale: bool
 ) -> Listing:
-    """proxpi's merge: the first index's files first; later indexes add filenames it lacks."""
+    """proxpi's merge: the first index's files first; later indexes add filenames it lacks.
+
+    The first index that has the project speaks for it: a project it quarantined (PEP 792)
+    offers no files at all.
+    """
     first = pages[0][1]
+    if first.status == QUARANTINED:
+        return Listing(msgspec.structs.replace(first, files=[], versions=[]), (), version, stale)
     if len(pages) == 1:
         return Listing(first, (pages[0][0],) * len(first.files), version, stale)
     files: list[File] = []

@@ -1,27 +1,32 @@
 """Distribution files: `/index/{project}/{filename}` (and `{filename}.metadata`).
 
-A stored blob is sent with sendfile (aiohttp FileResponse: HEAD, Range, If-Range). A miss is
-streamed to the client from the single shared download while it is still arriving.
+Stored files and files still downloading are answered the same way (ETag from sha256, HEAD,
+Range, If-Range, If-None-Match); only the body differs: a stored blob goes out with sendfile,
+a download is relayed from the shared temp file as it grows.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import mimetypes
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from cachepi.files import Download, DownloadFailed, FileSpec
+from cachepi.files import Blob, Download, DownloadFailed, FileSpec
 from cachepi.simple.names import is_safe_filename
 from cachepi.upstream import UpstreamError, UpstreamNotFound
+from cachepi.web.conditional import plan_response
 from cachepi.web.keys import FILE_CACHE, INDEX_CACHE, SETTINGS
 from cachepi.web.pages import checked_name
-from cachepi.web.ranges import RangeNotSatisfiable, parse_range
 
 # Files never change in an index: a client may keep them forever.
 FILE_CACHE_CONTROL = "max-age=365000000, immutable"
 _METADATA_SUFFIX = ".metadata"
+
+# Sends the body bytes [start, stop) of a prepared response.
+BodySender = Callable[[web.Request, web.StreamResponse, int, int | None], Awaitable[None]]
 
 
 def file_type(filename: str, binary: bool) -> str:
@@ -49,24 +54,22 @@ async def dist_file(request: web.Request) -> web.StreamResponse:
         "Content-Type": file_type(filename, request.app[SETTINGS].binary_file_mime_type),
         "Cache-Control": FILE_CACHE_CONTROL,
     }
-    if isinstance(found, Path):
-        return web.FileResponse(found, headers=headers)
-    return await _stream(request, found, headers)
+    if isinstance(found, Blob):
+        with found.file:
+            return await _answer(request, headers, found.size, found.sha256, _sendfile(found))
+    return await _answer(request, headers, found.size, spec.sha256, _relay(found))
 
 
 async def _spec(request: web.Request, name: str, filename: str) -> FileSpec:
-    """What the index says about `filename`: a stale listing will do for a file, and the
-    upstream is only asked again when the file is not on the page we hold."""
+    """What the index says about `filename` (or the wheel whose `.metadata` it is)."""
     base = filename.removesuffix(_METADATA_SUFFIX)
-    index = request.app[INDEX_CACHE]
-    found = None
-    for revalidate in (False, True):
-        try:
-            listing = await index.listing(name, revalidate)
-        except UpstreamError as error:
-            raise web.HTTPBadGateway(text=f"{error}\n") from None
-        if listing is not None and (found := listing.find(base)) is not None:
-            break
+    try:
+        listing = await request.app[INDEX_CACHE].listing(name)
+    except UpstreamError as error:
+        raise web.HTTPBadGateway(text=f"{error}\n") from None
+    if listing is not None and listing.quarantined:
+        raise web.HTTPForbidden(text=f"{name} is quarantined by its index: no files are served\n")
+    found = listing.find(base) if listing is not None else None
     if found is None:
         raise web.HTTPNotFound(text=f"{name} has no file {base!r}\n")
     file, upstream = found
@@ -78,39 +81,60 @@ async def _spec(request: web.Request, name: str, filename: str) -> FileSpec:
     return FileSpec(file.url + _METADATA_SUFFIX, hashes, None, upstream)
 
 
-async def _stream(
-    request: web.Request, download: Download, headers: dict[str, str]
+async def _answer(
+    request: web.Request,
+    headers: dict[str, str],
+    size: int | None,
+    sha256: str | None,
+    send: BodySender,
 ) -> web.StreamResponse:
-    size = download.size
-    start, stop, status = 0, size, 200
+    """The one way a file request is answered, stored or still downloading."""
+    if sha256 is not None:
+        headers["ETag"] = f'"{sha256}"'
+    plan = plan_response(request.headers, size, headers.get("ETag"))
+    if plan.status == 304:
+        return web.Response(status=304, headers=headers)
+    if plan.status == 416:
+        raise web.HTTPRequestRangeNotSatisfiable(headers=plan.headers)
     if size is not None:
         headers["Accept-Ranges"] = "bytes"
-        # An If-Range we cannot check yet (no validator before the file is stored): send all.
-        if "If-Range" not in request.headers:
-            try:
-                span = parse_range(request.headers.get("Range"), size)
-            except RangeNotSatisfiable:
-                raise web.HTTPRequestRangeNotSatisfiable(
-                    headers={"Content-Range": f"bytes */{size}"}
-                ) from None
-            if span is not None:
-                (start, stop), status = span, 206
-                headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
-    response = web.StreamResponse(status=status, headers=headers)
-    if stop is not None:
-        response.content_length = stop - start
+    response = web.StreamResponse(status=plan.status, headers=headers | plan.headers)
+    if plan.stop is not None:
+        response.content_length = plan.stop - plan.start
     await response.prepare(request)
-    if request.method == "HEAD":
-        return response
-    try:
-        async with contextlib.aclosing(download.chunks(start, stop)) as chunks:
-            async for data in chunks:
-                await response.write(data)
-    except DownloadFailed:
-        # The bytes were wrong or incomplete: end the connection before the response is
-        # complete, so the client sees a failed transfer rather than a finished file.
-        if request.transport is not None:
-            request.transport.close()
-        return response
-    await response.write_eof()
+    if request.method != "HEAD" and plan.stop != plan.start:
+        await send(request, response, plan.start, plan.stop)
     return response
+
+
+def _sendfile(blob: Blob) -> BodySender:
+    async def send(
+        request: web.Request, response: web.StreamResponse, start: int, stop: int | None
+    ) -> None:
+        transport = request.transport
+        if transport is None:  # the client is gone
+            return
+        count = (blob.size if stop is None else stop) - start
+        await asyncio.get_running_loop().sendfile(transport, blob.file, start, count)
+        await response.write_eof()
+
+    return send
+
+
+def _relay(download: Download) -> BodySender:
+    async def send(
+        request: web.Request, response: web.StreamResponse, start: int, stop: int | None
+    ) -> None:
+        try:
+            async with contextlib.aclosing(download.chunks(start, stop)) as chunks:
+                async for data in chunks:
+                    await response.write(data)
+        except DownloadFailed:
+            # The bytes were wrong or incomplete: end the connection before the response is
+            # complete, so the client sees a failed transfer rather than a finished file.
+            if request.transport is not None:
+                request.transport.close()
+            return
+        await response.write_eof()
+
+    return send

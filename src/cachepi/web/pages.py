@@ -26,6 +26,7 @@ from cachepi.simple.render import (
 )
 from cachepi.store.metadata import LIST_KEY
 from cachepi.upstream import UpstreamError
+from cachepi.web.conditional import etag_matches
 from cachepi.web.keys import INDEX_CACHE, SETTINGS
 
 _PROJECT_RENDERERS: dict[Format, Callable[[Project], bytes]] = {
@@ -104,20 +105,13 @@ def respond(request: web.Request, page: Representation, stale: bool) -> web.Resp
     }
     if stale:
         headers[STALE_HEADER] = "1"
-    if _matches(request.headers.get("If-None-Match"), etag):
+    if etag_matches(request.headers.get("If-None-Match"), etag):
         return web.Response(status=304, headers=headers)
     headers["Content-Type"] = page.content_type
     if use_gzip:
         headers["Content-Encoding"] = "gzip"
         return web.Response(body=page.gzipped, headers=headers)
     return web.Response(body=page.body, headers=headers)
-
-
-def _matches(if_none_match: str | None, etag: str) -> bool:
-    if not if_none_match:
-        return False
-    candidates = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
-    return "*" in candidates or etag in candidates
 
 
 def checked_name(request: web.Request, rest: str = "") -> str:
