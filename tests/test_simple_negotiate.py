@@ -118,18 +118,22 @@ def test_content_type_adds_charset_to_text_html_only() -> None:
         ("gzip, deflate, br", "gzip"),
         ("GZIP", "gzip"),
         ("br, gzip;q=0.5", "gzip"),
-        ("*", "gzip"),
-        ("deflate, *;q=0.1", "gzip"),
+        ("gzip, deflate, br, zstd", "zstd"),
+        ("zstd;q=0.5, gzip", "gzip"),
+        ("*", "zstd"),
+        ("deflate, *;q=0.1", "zstd"),
+        ("gzip;q=0, *", "zstd"),
+        ("zstd;q=0, *", "gzip"),
+        ("x-gzip", "gzip"),
         ("br", "identity"),
         ("gzip;q=0", "identity"),
-        ("gzip;q=0, *", "identity"),
         ("*;q=0", "identity"),
         ("gzip;q=bad", "identity"),
         ("", "identity"),
         (None, "identity"),
     ],
 )
-def test_gzip_only_when_acceptable(accept_encoding: str | None, expected: str) -> None:
+def test_best_acceptable_coding(accept_encoding: str | None, expected: str) -> None:
     assert choose_encoding(accept_encoding) == expected
 
 
@@ -145,7 +149,7 @@ def test_choose_format_never_raises(accept: str, param: str | None) -> None:
 
 @given(header_text)
 def test_choose_encoding_never_raises(accept_encoding: str) -> None:
-    assert choose_encoding(accept_encoding) in ("gzip", "identity")
+    assert choose_encoding(accept_encoding) in ("zstd", "gzip", "identity")
 
 
 def test_format_param_with_an_unescaped_plus_decoded_as_space() -> None:

@@ -37,6 +37,9 @@ _PREFERENCE = (Format.JSON, Format.HTML_V1, Format.HTML)
 # pre-PEP 691 installer, and both expect the original text/html page.
 _WILDCARD_PREFERENCE = (Format.HTML, Format.HTML_V1, Format.JSON)
 
+# Content codings we can send for pages, in server preference.
+CODINGS = ("zstd", "gzip")
+
 # How specifically an Accept entry named a format: the most specific entry decides its q.
 _ANY, _SAME_TYPE, _EXACT_TYPE = 0, 1, 2
 
@@ -68,10 +71,16 @@ def choose_format(accept: str | None, format_param: str | None) -> Format | None
 
 
 def choose_encoding(accept_encoding: str | None) -> str:
-    """ "gzip" if the client accepts it (by name or through "*"), else "identity"."""
+    """The content coding for a page: the acceptable one (by name or through "*") with the
+    highest q, "zstd" on a tie (smaller and far cheaper to decode); else "identity"."""
     qualities = dict(_parse_accept(accept_encoding or ""))
-    q = qualities.get("gzip", qualities.get("x-gzip", qualities.get("*", 0.0)))
-    return "gzip" if q > 0 else "identity"
+    wildcard = qualities.get("*", 0.0)
+    best, best_q = "identity", 0.0
+    for coding in CODINGS:
+        q = qualities.get(coding, qualities.get(f"x-{coding}", wildcard))
+        if q > best_q:
+            best, best_q = coding, q
+    return best
 
 
 def _rank(fmt: Format, q: float, specificity: int) -> tuple[float, int, int]:

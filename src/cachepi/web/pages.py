@@ -12,6 +12,7 @@ import hashlib
 from collections import OrderedDict
 from collections.abc import Callable
 
+import zstandard
 from aiohttp import web
 
 from cachepi.index import IndexCache
@@ -44,15 +45,18 @@ STALE_HEADER = "X-Cachepi-Stale"
 
 
 class Representation:
-    """One rendered page in one format: its bytes, their gzip, and strong ETags."""
+    """One rendered page in one format: its bytes in every coding we send, each with its
+    own strong ETag (a different coding is a different representation)."""
 
     def __init__(self, body: bytes, fmt: Format) -> None:
-        self.body = body
-        self.gzipped = gzip.compress(body, compresslevel=6, mtime=0)
         self.content_type = content_type(fmt)
-        self.etag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
-        # A different encoding is a different representation: it needs its own strong ETag.
-        self.gzip_etag = self.etag[:-1] + '-gz"'
+        etag = hashlib.blake2b(body, digest_size=12).hexdigest()
+        self.codings: dict[str, tuple[bytes, str]] = {
+            "identity": (body, f'"{etag}"'),
+            "gzip": (gzip.compress(body, compresslevel=6, mtime=0), f'"{etag}-gz"'),
+            # A compressor per page: they are not safe to share between render threads.
+            "zstd": (zstandard.ZstdCompressor(level=3).compress(body), f'"{etag}-zst"'),
+        }
 
 
 class RenderCache:
@@ -95,9 +99,9 @@ def negotiated(request: web.Request) -> Format:
 
 
 def respond(request: web.Request, page: Representation, stale: bool) -> web.Response:
-    """The page, or 304 if the client holds it; gzip when the client takes it."""
-    use_gzip = choose_encoding(request.headers.get("Accept-Encoding")) == "gzip"
-    etag = page.gzip_etag if use_gzip else page.etag
+    """The page in the best coding the client takes, or 304 if the client holds it."""
+    coding = choose_encoding(request.headers.get("Accept-Encoding"))
+    body, etag = page.codings[coding]
     headers = {
         "ETag": etag,
         "Vary": _VARY,
@@ -108,10 +112,9 @@ def respond(request: web.Request, page: Representation, stale: bool) -> web.Resp
     if etag_matches(request.headers.get("If-None-Match"), etag):
         return web.Response(status=304, headers=headers)
     headers["Content-Type"] = page.content_type
-    if use_gzip:
-        headers["Content-Encoding"] = "gzip"
-        return web.Response(body=page.gzipped, headers=headers)
-    return web.Response(body=page.body, headers=headers)
+    if coding != "identity":
+        headers["Content-Encoding"] = coding
+    return web.Response(body=body, headers=headers)
 
 
 def checked_name(request: web.Request, rest: str = "") -> str:
