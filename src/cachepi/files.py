@@ -16,14 +16,15 @@ import logging
 import os
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from cachepi.store.blobs import BlobStore
 from cachepi.store.metadata import MetadataStore
 from cachepi.upstream import Upstream, redact
+from cachepi.wheelmeta import read_wheel_metadata
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ class FileSpec:
     hashes: dict[str, str]
     size: int | None
     upstream: Upstream
+    # The wheel's filename when its index offers no PEP 658 metadata: extract it once cached.
+    wheel_without_metadata: str | None = None
 
     @property
     def sha256(self) -> str | None:
@@ -156,6 +159,10 @@ class FileCache:
         self._last_flush = clock()
         self.total_bytes = 0
         self.blob_count = 0
+        # wheel sha256 -> sha256 of the METADATA extracted from it (see wheelmeta.py), and a
+        # counter that changes with it, so pages advertising them are re-rendered.
+        self.extracted: dict[str, str] = {}
+        self.extracted_generation = 0
 
     def open(self) -> None:
         """Make the records agree with the disk after whatever stopped the last process."""
@@ -169,6 +176,7 @@ class FileCache:
         for sha256 in recorded:  # recorded, but the file is gone
             self._store.remove_blob(sha256)
         self.blob_count, self.total_bytes = self._store.blob_stats()
+        self.extracted = self._store.extracted_metadata()
         self._evict(0)
 
     async def close(self) -> None:
@@ -209,22 +217,28 @@ class FileCache:
         upstream's headers are in. Check and start happen without an await in between, so
         two requests never start two downloads of one file."""
         if (blob := self.cached(spec)) is not None:
+            if spec.wheel_without_metadata and blob.sha256 not in self.extracted:
+                self._spawn(self._extract(blob.sha256, spec.wheel_without_metadata))
             return blob
         download = self._downloads.get(spec.url)
         if download is None:
             fd, temp = self._blobs.new_temp()
             download = Download(spec, temp)
             self._downloads[spec.url] = download
-            task = asyncio.create_task(self._run(download, fd, temp))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._run(download, fd, temp))
         await download.wait_started()
         return download
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` in the background, owned here so shutdown can cancel it."""
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _run(self, download: Download, fd: int, temp: Path) -> None:
         spec = download.spec
         error: BaseException | None = None
-        keep = False
+        stored = False
         try:
             sha256 = await self._transfer(download, fd)
         except Exception as failure:
@@ -235,15 +249,18 @@ class FileCache:
             raise
         else:
             try:
-                keep = self._store_blob(fd, temp, sha256, download.written, spec)
+                stored = self._keep(fd, temp, sha256, download.written)
+                if stored and spec.sha256 is None:
+                    self._store.put_ref(spec.url, sha256)
             except OSError as failure:  # the bytes are good: clients still get them
                 log.error("cannot store %s in the cache: %s", redact(spec.url), failure)
         finally:
             self._downloads.pop(spec.url, None)
             os.close(fd)
-            if not keep:
-                self._blobs.discard(temp)
+            self._blobs.discard(temp)  # a no-op once the temp file became a blob
             download.finished(error)
+        if stored and spec.wheel_without_metadata:
+            await self._extract(sha256, spec.wheel_without_metadata)
 
     async def _transfer(self, download: Download, fd: int) -> str:
         """Copy the upstream body into `fd`, checking length and every known hash."""
@@ -269,20 +286,45 @@ class FileCache:
                 raise DownloadFailed(f"{name} mismatch: the upstream sent different bytes")
         return hashers["sha256"].hexdigest()
 
-    def _store_blob(self, fd: int, temp: Path, sha256: str, size: int, spec: FileSpec) -> bool:
-        """Keep a verified download if the cache may hold it; True if it now owns `temp`."""
+    def _keep(self, fd: int, temp: Path, sha256: str, size: int) -> bool:
+        """Make verified bytes (written to `temp` through `fd`) a blob, evicting others to
+        make room; True if the cache now holds `sha256` (perhaps from before)."""
         if size > self.max_bytes:  # includes a cache size of 0: stream through only
             return False
-        stored = not self._blobs.path(sha256).is_file()  # else: same bytes via another URL
-        if stored:
-            self._evict(size)
-            self._blobs.commit(fd, temp, sha256)
-            self._store.add_blob(sha256, size, self._clock())
-            self.total_bytes += size
-            self.blob_count += 1
-        if spec.sha256 is None:
-            self._store.put_ref(spec.url, sha256)
-        return stored
+        if self._blobs.path(sha256).is_file():  # the same bytes came by another URL
+            return True
+        self._evict(size)
+        self._blobs.commit(fd, temp, sha256)
+        self._store.add_blob(sha256, size, self._clock())
+        self.total_bytes += size
+        self.blob_count += 1
+        return True
+
+    async def _extract(self, wheel_sha256: str, filename: str) -> None:
+        """Store a cached wheel's METADATA as a blob of its own and remember the pair."""
+        wheel = self._blobs.path(wheel_sha256)
+        data = await asyncio.to_thread(read_wheel_metadata, wheel, filename)
+        if data is None or wheel_sha256 in self.extracted:
+            return
+        metadata_sha256 = hashlib.sha256(data).hexdigest()
+        fd, temp = self._blobs.new_temp()
+        try:
+            _write_all(fd, data)
+            stored = self._keep(fd, temp, metadata_sha256, len(data))
+        finally:
+            os.close(fd)
+            self._blobs.discard(temp)
+        if stored and wheel.is_file():  # the wheel may have been evicted meanwhile
+            self._store.put_extracted_metadata(wheel_sha256, metadata_sha256)
+            self.extracted[wheel_sha256] = metadata_sha256
+            self.extracted_generation += 1
+
+    def _forget_extracted(self, sha256: str) -> None:
+        """A removed blob takes its extracted METADATA pairing with it (either side)."""
+        pairs = {w: m for w, m in self.extracted.items() if sha256 not in (w, m)}
+        if len(pairs) != len(self.extracted):
+            self.extracted = pairs
+            self.extracted_generation += 1
 
     def _evict(self, incoming: int) -> None:
         """Delete least recently used blobs until `incoming` more bytes fit under the limit."""
@@ -296,6 +338,7 @@ class FileCache:
             for sha256, size in victims:
                 self._blobs.delete(sha256)
                 self._store.remove_blob(sha256)
+                self._forget_extracted(sha256)
                 self.total_bytes -= size
                 self.blob_count -= 1
                 log.info("evicted %s (%d bytes)", sha256, size)

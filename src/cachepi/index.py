@@ -9,6 +9,7 @@ ask); when the upstream fails, the stale entry is used and the answer marked sta
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import time
@@ -29,6 +30,7 @@ from cachepi.simple.parse import (
 )
 from cachepi.store.metadata import LIST_KEY, MetadataStore, PageRecord
 from cachepi.upstream import PageResponse, Upstream, UpstreamError, UpstreamNotFound
+from cachepi.wheelmeta import lacks_metadata
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,10 @@ class Listing:
     @property
     def quarantined(self) -> bool:
         return self.project.status == QUARANTINED
+
+    @functools.cached_property
+    def lacks_metadata(self) -> bool:
+        return lacks_metadata(self.project)
 
     def find(self, filename: str) -> tuple[File, Upstream] | None:
         if not self._by_filename:

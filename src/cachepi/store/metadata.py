@@ -32,6 +32,10 @@ CREATE TABLE IF NOT EXISTS blobs (
     last_access REAL NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS blobs_by_last_access ON blobs (last_access);
+CREATE TABLE IF NOT EXISTS wheel_metadata (
+    wheel_sha256 TEXT PRIMARY KEY,
+    metadata_sha256 TEXT NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS refs (
     url TEXT PRIMARY KEY,
     sha256 TEXT NOT NULL
@@ -91,9 +95,14 @@ class MetadataStore:
         self._db.execute("INSERT OR REPLACE INTO blobs VALUES (?, ?, ?)", (sha256, size, now))
 
     def remove_blob(self, sha256: str) -> None:
+        """Forget a blob and everything that points at it or derives from it."""
         with self._db:
             self._db.execute("DELETE FROM blobs WHERE sha256 = ?", (sha256,))
             self._db.execute("DELETE FROM refs WHERE sha256 = ?", (sha256,))
+            self._db.execute(
+                "DELETE FROM wheel_metadata WHERE wheel_sha256 = ?1 OR metadata_sha256 = ?1",
+                (sha256,),
+            )
 
     def touch_blobs(self, accesses: Iterable[tuple[str, float]]) -> None:
         with self._db:
@@ -116,6 +125,17 @@ class MetadataStore:
         return self._db.execute(
             "SELECT sha256, size FROM blobs ORDER BY last_access LIMIT ?", (limit,)
         ).fetchall()
+
+    # -- METADATA extracted from cached wheels (PEP 658 for indexes without it) ----------
+
+    def extracted_metadata(self) -> dict[str, str]:
+        """wheel sha256 -> sha256 of the METADATA blob extracted from it."""
+        return dict(self._db.execute("SELECT wheel_sha256, metadata_sha256 FROM wheel_metadata"))
+
+    def put_extracted_metadata(self, wheel_sha256: str, metadata_sha256: str) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO wheel_metadata VALUES (?, ?)", (wheel_sha256, metadata_sha256)
+        )
 
     # -- refs: the sha256 of files whose index gave no sha256 ----------------------------
 

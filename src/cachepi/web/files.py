@@ -73,11 +73,18 @@ async def _spec(request: web.Request, name: str, filename: str) -> FileSpec:
     if found is None:
         raise web.HTTPNotFound(text=f"{name} has no file {base!r}\n")
     file, upstream = found
+    extract = base.endswith(".whl") and not file.core_metadata
     if base == filename:
-        return FileSpec(file.url, file.hashes, file.size, upstream)
-    if not file.core_metadata:
+        return FileSpec(file.url, file.hashes, file.size, upstream, base if extract else None)
+    if extract:  # the index has none, but we may have extracted it from the cached wheel
+        extracted = request.app[FILE_CACHE].extracted.get(file.hashes.get("sha256", ""))
+        if extracted is None:
+            raise web.HTTPNotFound(text=f"no metadata file is known for {base!r}\n")
+        hashes = {"sha256": extracted}
+    elif not file.core_metadata:
         raise web.HTTPNotFound(text=f"the index offers no metadata file for {base!r}\n")
-    hashes = file.core_metadata if isinstance(file.core_metadata, dict) else {}
+    else:
+        hashes = file.core_metadata if isinstance(file.core_metadata, dict) else {}
     return FileSpec(file.url + _METADATA_SUFFIX, hashes, None, upstream)
 
 

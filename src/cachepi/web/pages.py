@@ -28,7 +28,8 @@ from cachepi.simple.render import (
 from cachepi.store.metadata import LIST_KEY
 from cachepi.upstream import UpstreamError
 from cachepi.web.conditional import etag_matches
-from cachepi.web.keys import INDEX_CACHE, SETTINGS
+from cachepi.web.keys import FILE_CACHE, INDEX_CACHE, SETTINGS
+from cachepi.wheelmeta import with_extracted_metadata
 
 _PROJECT_RENDERERS: dict[Format, Callable[[Project], bytes]] = {
     Format.JSON: render_project_json,
@@ -145,9 +146,20 @@ async def project_page(request: web.Request) -> web.Response:
         raise web.HTTPBadGateway(text=f"{error}\n") from None
     if listing is None:
         raise web.HTTPNotFound(text=f"project {name!r} not found\n")
-    page = await request.app[RENDERED].get(
-        name, listing.version, fmt, lambda: _PROJECT_RENDERERS[fmt](listing.project)
-    )
+    project, version = listing.project, listing.version
+    if listing.lacks_metadata:  # advertise what we extracted from cached wheels
+        files = request.app[FILE_CACHE]
+        version += f"~{files.extracted_generation}"
+        extracted = files.extracted
+
+        def render() -> bytes:
+            return _PROJECT_RENDERERS[fmt](with_extracted_metadata(project, extracted))
+    else:
+
+        def render() -> bytes:
+            return _PROJECT_RENDERERS[fmt](project)
+
+    page = await request.app[RENDERED].get(name, version, fmt, render)
     return respond(request, page, listing.stale)
 
 
