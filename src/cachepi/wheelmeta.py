@@ -13,7 +13,7 @@ from pathlib import Path
 
 import msgspec
 
-from cachepi.simple.model import Project
+from cachepi.simple.model import File, Project
 
 # A METADATA file is a few KiB; refuse absurd ones rather than hold them in memory.
 _MAX_METADATA_BYTES = 16 * 1024**2
@@ -40,9 +40,13 @@ def read_wheel_metadata(wheel: Path, filename: str) -> bytes | None:
         return None
 
 
+def _wheel_without_metadata(file: File) -> bool:
+    return not file.core_metadata and file.filename.endswith(".whl")
+
+
 def lacks_metadata(project: Project) -> bool:
     """True if some wheel on the page has no PEP 658 metadata from its index."""
-    return any(not f.core_metadata and f.filename.endswith(".whl") for f in project.files)
+    return any(map(_wheel_without_metadata, project.files))
 
 
 def with_extracted_metadata(project: Project, extracted: Mapping[str, str]) -> Project:
@@ -50,7 +54,7 @@ def with_extracted_metadata(project: Project, extracted: Mapping[str, str]) -> P
     whose METADATA we extracted (`extracted`: wheel sha256 -> METADATA sha256)."""
     files = [
         msgspec.structs.replace(file, core_metadata={"sha256": extracted[sha256]})
-        if not file.core_metadata and (sha256 := file.hashes.get("sha256")) in extracted
+        if _wheel_without_metadata(file) and (sha256 := file.hashes.get("sha256")) in extracted
         else file
         for file in project.files
     ]
