@@ -7,11 +7,10 @@ import sys
 from typing import Any
 
 import click
-from aiohttp import web
 
+from cachepi import workers
 from cachepi.config import ConfigError, Settings, load_settings
 from cachepi.upstream import redact
-from cachepi.web.app import create_app
 
 
 def fail(message: str) -> None:
@@ -50,6 +49,9 @@ def main() -> None:
 @click.option("--connect-timeout", type=float, help="Upstream connect timeout, seconds.")
 @click.option("--read-timeout", type=float, help="Upstream read timeout, seconds.")
 @click.option("--page-max-age", type=int, help="Cache-Control max-age of index pages.")
+@click.option(
+    "--workers", type=int, help="Worker processes sharing the port and cache.  [default: cores]"
+)
 @click.option("--log-level", default="INFO", show_default=True)
 def serve(log_level: str, **flags: Any) -> None:
     """Run the proxy."""
@@ -69,19 +71,15 @@ def run(settings: Settings) -> None:
     except OSError as error:
         fail(f"cache directory {settings.cache_dir}: {error.strerror}")
     logging.getLogger(__name__).info(
-        "cachepi on http://%s:%d/index/ -> %s",
+        "cachepi on http://%s:%d/index/ -> %s (%d worker%s)",
         settings.host,
         settings.port,
         ", ".join(redact(up.url) for up in settings.upstreams),
+        settings.workers,
+        "" if settings.workers == 1 else "s",
     )
     try:
-        web.run_app(
-            create_app(settings),
-            host=settings.host,
-            port=settings.port,
-            print=None,
-            access_log_format='%a "%r" %s %b %Tf',
-        )
+        workers.serve(settings)
     except OSError as error:  # e.g. the port is taken
         fail(f"cannot serve on {settings.host}:{settings.port}: {error.strerror or error}")
 

@@ -52,6 +52,8 @@ class Settings:
     negative_ttl: int = 60
     # Cache-Control max-age we give clients for index pages.
     page_max_age: int = 600
+    # Processes serving the port (see workers.py).
+    workers: int = 1
 
 
 def default_index_url() -> str:
@@ -90,6 +92,13 @@ def parse_seconds(text: str) -> float:
     value = float(text.strip())
     if not value > 0:
         raise ValueError("must be a positive number of seconds")
+    return value
+
+
+def parse_workers(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 256:
+        raise ValueError("must be between 1 and 256")
     return value
 
 
@@ -192,4 +201,5 @@ def load_settings(
         download_timeout=read("DOWNLOAD_TIMEOUT", parse_seconds, 0.9),
         negative_ttl=read("NEGATIVE_TTL", parse_ttl, 60),
         page_max_age=read("PAGE_MAX_AGE", parse_ttl, 600),
+        workers=read("WORKERS", parse_workers, len(os.sched_getaffinity(0))),
     )

@@ -1,10 +1,11 @@
 """The file cache: verified blobs on disk, and single-flight streaming downloads.
 
-A miss starts ONE upstream download per file URL, written to a new temp file. Every client
-asking meanwhile reads that temp file as it grows; the last byte is only released once the
-whole file matched the index's hash, so a client never completes a transfer of wrong bytes.
+A miss starts ONE upstream download per file URL, however many clients and worker processes
+ask: the process holding the file's lock (locks.py) writes a temp ("part") file, and every
+client anywhere reads that file as it grows. The last byte is only released once the whole
+file matched the index's hash, so a client never completes a transfer of wrong bytes.
 Verified files are renamed into the content-addressed store; least recently used blobs are
-evicted to stay under the byte limit.
+evicted, one process at a time, to stay under the byte limit.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from cachepi.locks import LockFile, Locks
 from cachepi.store.blobs import BlobStore
 from cachepi.store.metadata import MetadataStore
 from cachepi.upstream import Upstream, redact
@@ -29,6 +31,8 @@ from cachepi.wheelmeta import read_wheel_metadata
 log = logging.getLogger(__name__)
 
 _CHUNK = 256 * 1024
+# How often a follower looks at another worker's part file.
+_POLL_SECONDS = 0.002
 _TOUCH_FLUSH_SECONDS = 5.0
 
 
@@ -69,21 +73,18 @@ class _State(enum.Enum):
 
 
 class Download:
-    """One upstream transfer into a temp file that any number of readers follow."""
+    """One transfer into a part file that any number of readers follow, fed either by this
+    process's upstream request or by watching another worker's part file."""
 
-    def __init__(self, spec: FileSpec, temp: Path) -> None:
+    def __init__(self, spec: FileSpec) -> None:
         self.spec = spec
         self.size: int | None = spec.size
-        self.content_type: str | None = None
         self.written = 0
         self._state = _State.RUNNING
         self._error: BaseException | None = None
         self._changed = asyncio.Event()
         self._headers = asyncio.Event()
-        # One read fd shared by all readers (pread needs no seek position). It stays valid
-        # after the temp file is renamed or unlinked, and closes with the last reference.
-        self._read_fd = os.open(temp, os.O_RDONLY)
-        weakref.finalize(self, os.close, self._read_fd)
+        self._read_fd = -1
 
     # -- the writer's side ------------------------------------------------------------------
 
@@ -91,14 +92,21 @@ class Download:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    def started(self, size: int | None, content_type: str | None) -> None:
+    def started(self, read_fd: int, size: int | None) -> None:
+        """Bytes will come through `read_fd` (owned from now on; closed with the last
+        reference, and valid after the file is renamed or unlinked)."""
+        self._read_fd = read_fd
+        weakref.finalize(self, os.close, read_fd)
         self.size = size if size is not None else self.size
-        self.content_type = content_type
         self._headers.set()
 
     def progressed(self, count: int) -> None:
         self.written += count
         self._notify()
+
+    def bytes_on_disk(self) -> int:
+        """How much the file we read from holds now (for following another writer)."""
+        return os.fstat(self._read_fd).st_size
 
     def finished(self, error: BaseException | None) -> None:
         self._state = _State.FAILED if error else _State.DONE
@@ -111,7 +119,7 @@ class Download:
     async def wait_started(self) -> None:
         """Return once the upstream sent its headers; raise if it failed before that."""
         await self._headers.wait()
-        if self._state is _State.FAILED and self.written == 0:
+        if self._state is _State.FAILED and self._read_fd < 0:
             if isinstance(self._error, Exception):
                 raise self._error
             raise DownloadFailed("download cancelled")
@@ -151,6 +159,7 @@ class FileCache:
     ) -> None:
         self._blobs = blobs
         self._store = store
+        self._locks = Locks(blobs.temp_dir)
         self.max_bytes = max_bytes
         self._clock = clock
         self._downloads: dict[str, Download] = {}
@@ -164,20 +173,23 @@ class FileCache:
         self.extracted: dict[str, str] = {}
         self.extracted_generation = 0
 
-    def open(self) -> None:
-        """Make the records agree with the disk after whatever stopped the last process."""
-        if removed := self._blobs.clear_temp():
-            log.info("removed %d unfinished downloads", removed)
-        recorded = self._store.blobs()
-        now = self._clock()
-        for sha256, size in self._blobs.scan():
-            if recorded.pop(sha256, None) != size:
-                self._store.add_blob(sha256, size, now)
-        for sha256 in recorded:  # recorded, but the file is gone
-            self._store.remove_blob(sha256)
+    def open(self, reconcile: bool = True) -> None:
+        """Load the state; with `reconcile` (one process, before any worker serves), first
+        make the records agree with the disk after whatever stopped the last process."""
+        if reconcile:
+            if removed := self._blobs.clear_temp():
+                log.info("removed %d leftovers of unfinished downloads", removed)
+            recorded = self._store.blobs()
+            now = self._clock()
+            for sha256, size in self._blobs.scan():
+                if recorded.pop(sha256, None) != size:
+                    self._store.add_blob(sha256, size, now)
+            for sha256 in recorded:  # recorded, but the file is gone
+                self._store.remove_blob(sha256)
+            with self._blobs.exclusive():
+                self._evict(0)
         self.blob_count, self.total_bytes = self._store.blob_stats()
         self.extracted = self._store.extracted_metadata()
-        self._evict(0)
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -222,10 +234,9 @@ class FileCache:
             return blob
         download = self._downloads.get(spec.url)
         if download is None:
-            fd, temp = self._blobs.new_temp()
-            download = Download(spec, temp)
+            download = Download(spec)
             self._downloads[spec.url] = download
-            self._spawn(self._run(download, fd, temp))
+            self._spawn(self._run(download))
         await download.wait_started()
         return download
 
@@ -235,12 +246,30 @@ class FileCache:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, download: Download, fd: int, temp: Path) -> None:
+    async def _run(self, download: Download) -> None:
+        """Download `download.spec` here, or follow the worker that already does."""
+        lock = self._locks.lock(download.spec.url)
+        try:
+            if lock.try_acquire():
+                await self._fetch(download, lock)
+            else:
+                await self._follow(download, lock)
+        finally:
+            self._downloads.pop(download.spec.url, None)
+            lock.close()
+
+    async def _fetch(self, download: Download, lock: LockFile) -> None:
         spec = download.spec
+        if (blob := self.cached(spec)) is not None:  # another worker finished just now
+            lock.release("ok")
+            _complete_from(download, blob)
+            return
+        part = lock.path.with_suffix(".part")
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         error: BaseException | None = None
         stored = False
         try:
-            sha256 = await self._transfer(download, fd)
+            sha256 = await self._transfer(download, fd, part)
         except Exception as failure:
             error = failure
             log.warning("download of %s failed: %s", redact(spec.url), failure)
@@ -249,28 +278,58 @@ class FileCache:
             raise
         else:
             try:
-                stored = self._keep(fd, temp, sha256, download.written)
+                stored = self._keep(fd, part, sha256, download.written)
                 if stored and spec.sha256 is None:
                     self._store.put_ref(spec.url, sha256)
             except OSError as failure:  # the bytes are good: clients still get them
                 log.error("cannot store %s in the cache: %s", redact(spec.url), failure)
         finally:
-            self._downloads.pop(spec.url, None)
             os.close(fd)
-            self._blobs.discard(temp)  # a no-op once the temp file became a blob
+            self._blobs.discard(part)  # a no-op once the part file became a blob
+            lock.release("ok" if error is None else f"failed: {error}")
             download.finished(error)
         if stored and spec.wheel_without_metadata:
             await self._extract(sha256, spec.wheel_without_metadata)
 
-    async def _transfer(self, download: Download, fd: int) -> str:
-        """Copy the upstream body into `fd`, checking length and every known hash."""
+    async def _follow(self, download: Download, lock: LockFile) -> None:
+        """Relay another worker's download from its part file, and its outcome."""
+        part = lock.path.with_suffix(".part")
+        while True:
+            try:
+                download.started(os.open(part, os.O_RDONLY), None)
+                break
+            except FileNotFoundError:
+                if not lock.held_elsewhere():  # it finished before we saw its part file
+                    blob = self.cached(download.spec)
+                    if blob is None:
+                        download.finished(DownloadFailed("the worker fetching it failed"))
+                    else:
+                        _complete_from(download, blob)
+                    return
+                await asyncio.sleep(_POLL_SECONDS)
+        while True:
+            # Read the holder's state BEFORE the size: bytes it wrote before letting go are
+            # then certainly counted.
+            done = not lock.held_elsewhere()
+            grown = download.bytes_on_disk() - download.written
+            if grown > 0:
+                download.progressed(grown)
+            if done:
+                outcome = lock.outcome()
+                failed = None if outcome == "ok" else DownloadFailed(outcome or "worker died")
+                download.finished(failed)
+                return
+            await asyncio.sleep(_POLL_SECONDS)
+
+    async def _transfer(self, download: Download, fd: int, part: Path) -> str:
+        """Copy the upstream body into `fd` (the part file), checking length and hashes."""
         spec = download.spec
         hashers = {"sha256": hashlib.sha256()}
         for name in spec.hashes:
             if name not in hashers and name in hashlib.algorithms_available:
                 hashers[name] = hashlib.new(name)
         async with spec.upstream.open_file(spec.url) as response:
-            download.started(response.content_length, response.headers.get("Content-Type"))
+            download.started(os.open(part, os.O_RDONLY), response.content_length)
             async for chunk in response.content.iter_any():
                 _write_all(fd, chunk)
                 for hasher in hashers.values():
@@ -291,13 +350,15 @@ class FileCache:
         make room; True if the cache now holds `sha256` (perhaps from before)."""
         if size > self.max_bytes:  # includes a cache size of 0: stream through only
             return False
-        if self._blobs.path(sha256).is_file():  # the same bytes came by another URL
-            return True
-        self._evict(size)
-        self._blobs.commit(fd, temp, sha256)
-        self._store.add_blob(sha256, size, self._clock())
-        self.total_bytes += size
-        self.blob_count += 1
+        with self._blobs.exclusive():  # one process at a time counts, evicts and adds
+            self.blob_count, self.total_bytes = self._store.blob_stats()
+            if self._blobs.path(sha256).is_file():  # the same bytes came by another URL
+                return True
+            self._evict(size)
+            self._blobs.commit(fd, temp, sha256)
+            self._store.add_blob(sha256, size, self._clock())
+            self.total_bytes += size
+            self.blob_count += 1
         return True
 
     async def _extract(self, wheel_sha256: str, filename: str) -> None:
@@ -344,6 +405,14 @@ class FileCache:
                 log.info("evicted %s (%d bytes)", sha256, size)
                 if self.total_bytes + incoming <= self.max_bytes:
                     return
+
+
+def _complete_from(download: Download, blob: Blob) -> None:
+    """Finish `download` with a blob that is already stored."""
+    with blob.file:
+        download.started(os.dup(blob.file.fileno()), blob.size)
+    download.progressed(blob.size)
+    download.finished(None)
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
+from cachepi.locks import Locks
 from cachepi.simple.model import File, Project, ProjectList
 from cachepi.simple.names import normalize
 from cachepi.simple.parse import (
@@ -35,6 +36,7 @@ from cachepi.wheelmeta import lacks_metadata
 log = logging.getLogger(__name__)
 
 _JSON_TYPE = "application/vnd.pypi.simple.v1+json"
+_PAGES = "pages"  # the generation counter other workers watch for invalidations
 QUARANTINED = "quarantined"
 _encode = msgspec.msgpack.Encoder().encode
 _decode_project = msgspec.msgpack.Decoder(Project).decode
@@ -104,12 +106,17 @@ class IndexCache:
         self,
         upstreams: Sequence[Upstream],
         store: MetadataStore,
+        locks: Locks,
         negative_ttl: int,
         memory_entries: int = 4096,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.upstreams = tuple(upstreams)
         self._store = store
+        self._locks = locks
+        # Invalidations made by other worker processes, noticed at most a second late.
+        self._generation = store.generation(_PAGES)
+        self._generation_checked = clock()
         self._negative_ttl = negative_ttl
         self._memory: OrderedDict[tuple[int, str], Entry] = OrderedDict()
         self._memory_entries = memory_entries
@@ -155,17 +162,29 @@ class IndexCache:
         return ListResult(names, version, any(stale for _, stale in entries))
 
     def invalidate(self, name: str) -> None:
-        """Forget `name` (normalized; LIST_KEY for the project list) everywhere."""
+        """Forget `name` (normalized; LIST_KEY for the project list) in every worker."""
         self._store.delete_pages(name)
+        self._store.bump(_PAGES)
         for position in range(len(self.upstreams)):
             self._memory.pop((position, name), None)
         self._merged.pop(name, None)
+
+    def _follow_other_workers(self, now: float) -> None:
+        if now - self._generation_checked < 1.0:
+            return
+        self._generation_checked = now
+        generation = self._store.generation(_PAGES)
+        if generation != self._generation:  # somebody invalidated: reload from the store
+            self._generation = generation
+            self._memory.clear()
+            self._merged.clear()
 
     # -- entries --------------------------------------------------------------------------
 
     async def _gather(self, key: str) -> list[tuple[Entry | None, bool]]:
         """(entry or None if unavailable, served stale?) for every upstream, in order."""
         now = self._clock()
+        self._follow_other_workers(now)
         results: list[tuple[Entry | None, bool] | None] = []
         pending: list[int] = []
         for position, upstream in enumerate(self.upstreams):
@@ -185,15 +204,19 @@ class IndexCache:
         ttl = upstream.ttl if entry.page is not None else min(upstream.ttl, self._negative_ttl)
         return now - entry.record.fetched_at < ttl
 
-    def _load(self, position: int, key: str) -> Entry | None:
+    def _load(self, position: int, key: str, from_store: bool = False) -> Entry | None:
+        """The entry from memory or, on a miss or with `from_store` (another worker may
+        have refreshed it), from the store."""
         memory_key = (position, key)
         entry = self._memory.get(memory_key)
-        if entry is not None:
+        if entry is not None and not from_store:
             self._memory.move_to_end(memory_key)
             return entry
         record = self._store.get_page(self.upstreams[position].url, key)
         if record is None:
             return None
+        if entry is not None and entry.record.fetched_at == record.fetched_at:
+            return entry
         try:
             entry = Entry.from_record(key, record)
         except msgspec.DecodeError:
@@ -220,8 +243,23 @@ class IndexCache:
         return await asyncio.shield(task)
 
     async def _fetch(self, position: int, key: str) -> tuple[Entry | None, bool]:
+        """Refresh one page; one worker process at a time asks the upstream."""
         upstream = self.upstreams[position]
-        old = self._load(position, key)
+        lock = self._locks.lock(f"page {upstream.url} {key}")
+        if not lock.try_acquire():
+            await lock.wait_released()  # then the other worker's answer is in the store
+        try:
+            old = self._load(position, key, from_store=True)
+            if old is not None and self._fresh(upstream, old, self._clock()):
+                return old, False
+            return await self._ask_upstream(position, key, old)
+        finally:
+            lock.release()
+
+    async def _ask_upstream(
+        self, position: int, key: str, old: Entry | None
+    ) -> tuple[Entry | None, bool]:
+        upstream = self.upstreams[position]
         validators = (
             (old.record.etag, old.record.last_modified) if old and old.page else (None, None)
         )

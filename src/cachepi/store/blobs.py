@@ -7,6 +7,8 @@ path under `blobs/` holds complete, verified bytes or does not exist.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
 import tempfile
@@ -18,10 +20,27 @@ _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 class BlobStore:
     def __init__(self, root: Path) -> None:
+        self._root = root
         self._blobs = root / "blobs"
         self._tmp = root / "tmp"
         self._blobs.mkdir(parents=True, exist_ok=True)
         self._tmp.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def temp_dir(self) -> Path:
+        """Where unfinished work lives: temp and part files, and locks (see locks.py)."""
+        return self._tmp
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the store-wide lock: one process at a time counts, evicts and adds blobs.
+        Held for milliseconds, so a blocking flock is fine."""
+        fd = os.open(self._root / "store.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def path(self, sha256: str) -> Path:
         if not _SHA256_RE.match(sha256):

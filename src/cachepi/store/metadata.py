@@ -36,6 +36,10 @@ CREATE TABLE IF NOT EXISTS wheel_metadata (
     wheel_sha256 TEXT PRIMARY KEY,
     metadata_sha256 TEXT NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS generations (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS refs (
     url TEXT PRIMARY KEY,
     sha256 TEXT NOT NULL
@@ -136,6 +140,19 @@ class MetadataStore:
         self._db.execute(
             "INSERT OR REPLACE INTO wheel_metadata VALUES (?, ?)", (wheel_sha256, metadata_sha256)
         )
+
+    # -- generations: counters that tell other worker processes to reload something ------
+
+    def bump(self, name: str) -> None:
+        self._db.execute(
+            "INSERT INTO generations VALUES (?, 1)"
+            " ON CONFLICT (name) DO UPDATE SET value = value + 1",
+            (name,),
+        )
+
+    def generation(self, name: str) -> int:
+        row = self._db.execute("SELECT value FROM generations WHERE name = ?", (name,)).fetchone()
+        return row[0] if row else 0
 
     # -- refs: the sha256 of files whose index gave no sha256 ----------------------------
 

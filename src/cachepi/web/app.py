@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator
 
@@ -10,6 +11,7 @@ from aiohttp import web
 from cachepi.config import Settings
 from cachepi.files import FileCache
 from cachepi.index import IndexCache
+from cachepi.locks import Locks
 from cachepi.store.blobs import BlobStore
 from cachepi.store.metadata import MetadataStore
 from cachepi.upstream import Upstream, make_session
@@ -19,7 +21,9 @@ from cachepi.web.keys import FILE_CACHE, INDEX_CACHE, SETTINGS
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(settings: Settings, reconcile: bool = True) -> web.Application:
+    """The proxy. `reconcile`: check the cache against the disk at startup, as the only
+    process using it (worker processes leave that to their parent, see workers.py)."""
     app = web.Application(client_max_size=64 * 1024)
     app[SETTINGS] = settings
     app[pages.RENDERED] = pages.RenderCache()
@@ -33,19 +37,29 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_delete("/cache/list", admin.invalidate_list)
     app.router.add_delete("/cache/{project}", admin.invalidate_project)
     app.router.add_post("/cache/invalidate", admin.invalidate_form)
-    app.cleanup_ctx.append(_components)
+    app.cleanup_ctx.append(functools.partial(_components, reconcile=reconcile))
     return app
 
 
-async def _components(app: web.Application) -> AsyncIterator[None]:
+def reconcile_cache(settings: Settings) -> None:
+    """Make the cache's records agree with its disk, before any worker serves from it."""
+    metadata = MetadataStore(settings.cache_dir / "cachepi.sqlite3")
+    try:
+        FileCache(BlobStore(settings.cache_dir), metadata, settings.cache_size).open()
+    finally:
+        metadata.close()
+
+
+async def _components(app: web.Application, reconcile: bool) -> AsyncIterator[None]:
     """Open the stores and the upstream session at startup; close them at shutdown."""
     settings = app[SETTINGS]
     metadata = MetadataStore(settings.cache_dir / "cachepi.sqlite3")
     session = make_session(settings.connect_timeout, settings.read_timeout, settings.verify_ssl)
     upstreams = [Upstream(up.url, up.ttl, session) for up in settings.upstreams]
-    app[INDEX_CACHE] = IndexCache(upstreams, metadata, settings.negative_ttl)
-    file_cache = FileCache(BlobStore(settings.cache_dir), metadata, settings.cache_size)
-    file_cache.open()
+    blobs = BlobStore(settings.cache_dir)
+    app[INDEX_CACHE] = IndexCache(upstreams, metadata, Locks(blobs.temp_dir), settings.negative_ttl)
+    file_cache = FileCache(blobs, metadata, settings.cache_size)
+    file_cache.open(reconcile)
     app[FILE_CACHE] = file_cache
     log.info(
         "serving %s from %s (%d files, %d bytes cached)",

@@ -1,0 +1,96 @@
+"""`cachepi serve --workers N`: N processes serving one port and one cache.
+
+The parent checks the cache once, then forks the workers; each listens on the same port
+(SO_REUSEPORT, so the kernel spreads connections) and shares the cache directory, with
+locks.py keeping them from duplicating downloads, page refreshes and evictions. A worker
+that dies is replaced; SIGTERM or SIGINT stops them all.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import time
+from multiprocessing.process import BaseProcess
+from types import FrameType
+
+from aiohttp import web
+
+from cachepi.config import Settings
+from cachepi.web.app import create_app, reconcile_cache
+
+log = logging.getLogger(__name__)
+
+_RESTART_DELAY = 1.0
+ACCESS_LOG_FORMAT = '%a pid=%P "%r" %s %b %Tf'
+
+
+def serve(settings: Settings) -> None:
+    """Serve until stopped: in this process for one worker, else in `settings.workers`."""
+    if settings.workers == 1:
+        web.run_app(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            print=None,
+            access_log_format=ACCESS_LOG_FORMAT,
+        )
+        return
+    check_port(settings.host, settings.port)
+    reconcile_cache(settings)
+    _supervise(settings)
+
+
+def check_port(host: str, port: int) -> None:
+    """Raise OSError now if the workers will not be able to listen."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        probe.bind((host, port))
+
+
+def _worker(settings: Settings) -> None:
+    web.run_app(
+        create_app(settings, reconcile=False),
+        host=settings.host,
+        port=settings.port,
+        reuse_port=True,
+        print=None,
+        access_log_format=ACCESS_LOG_FORMAT,
+    )
+
+
+def _supervise(settings: Settings) -> None:
+    context = multiprocessing.get_context("fork")
+    stopping = False
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    workers: list[BaseProcess] = []
+    try:
+        while not stopping:
+            workers = [w for w in workers if w.is_alive()]
+            for _ in range(settings.workers - len(workers)):
+                worker = context.Process(target=_worker, args=(settings,), daemon=False)
+                worker.start()
+                workers.append(worker)
+            time.sleep(_RESTART_DELAY)
+            for worker in workers:
+                if not worker.is_alive() and not stopping:
+                    log.warning("worker %d exited with %s; starting another", worker.pid,
+                                worker.exitcode)  # fmt: skip
+    finally:
+        for worker in workers:
+            if worker.is_alive() and worker.pid is not None:
+                os.kill(worker.pid, signal.SIGTERM)
+        for worker in workers:
+            worker.join(10)
+            if worker.is_alive():
+                worker.kill()
