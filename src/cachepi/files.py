@@ -17,7 +17,7 @@ import logging
 import os
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 _CHUNK = 256 * 1024
 # How often a follower looks at another worker's part file.
 _POLL_SECONDS = 0.002
+_EXTRACTED = "extracted"  # the generation counter other workers watch
 _TOUCH_FLUSH_SECONDS = 5.0
 
 
@@ -169,9 +170,12 @@ class FileCache:
         self.total_bytes = 0
         self.blob_count = 0
         # wheel sha256 -> sha256 of the METADATA extracted from it (see wheelmeta.py), and a
-        # counter that changes with it, so pages advertising them are re-rendered.
-        self.extracted: dict[str, str] = {}
-        self.extracted_generation = 0
+        # counter that changes with it, so pages advertising them are re-rendered. Other
+        # workers' extractions are picked up from the store, at most a second late.
+        self._extracted: dict[str, str] = {}
+        self._extracted_generation = 0
+        self._extracted_stored = store.generation(_EXTRACTED)
+        self._extracted_checked = clock()
 
     def open(self, reconcile: bool = True) -> None:
         """Load the state; with `reconcile` (one process, before any worker serves), first
@@ -189,7 +193,7 @@ class FileCache:
             with self._blobs.exclusive():
                 self._evict(0)
         self.blob_count, self.total_bytes = self._store.blob_stats()
-        self.extracted = self._store.extracted_metadata()
+        self._extracted = self._store.extracted_metadata()
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -229,7 +233,7 @@ class FileCache:
         upstream's headers are in. Check and start happen without an await in between, so
         two requests never start two downloads of one file."""
         if (blob := self.cached(spec)) is not None:
-            if spec.wheel_without_metadata and blob.sha256 not in self.extracted:
+            if spec.wheel_without_metadata and blob.sha256 not in self._extracted:
                 self._spawn(self._extract(blob.sha256, spec.wheel_without_metadata))
             return blob
         download = self._downloads.get(spec.url)
@@ -365,7 +369,7 @@ class FileCache:
         """Store a cached wheel's METADATA as a blob of its own and remember the pair."""
         wheel = self._blobs.path(wheel_sha256)
         data = await asyncio.to_thread(read_wheel_metadata, wheel, filename)
-        if data is None or wheel_sha256 in self.extracted:
+        if data is None or wheel_sha256 in self._extracted:
             return
         metadata_sha256 = hashlib.sha256(data).hexdigest()
         fd, temp = self._blobs.new_temp()
@@ -377,15 +381,30 @@ class FileCache:
             self._blobs.discard(temp)
         if stored and wheel.is_file():  # the wheel may have been evicted meanwhile
             self._store.put_extracted_metadata(wheel_sha256, metadata_sha256)
-            self.extracted[wheel_sha256] = metadata_sha256
-            self.extracted_generation += 1
+            self._store.bump(_EXTRACTED)
+            self._extracted = self._extracted | {wheel_sha256: metadata_sha256}
+            self._extracted_generation += 1
 
     def _forget_extracted(self, sha256: str) -> None:
         """A removed blob takes its extracted METADATA pairing with it (either side)."""
-        pairs = {w: m for w, m in self.extracted.items() if sha256 not in (w, m)}
-        if len(pairs) != len(self.extracted):
-            self.extracted = pairs
-            self.extracted_generation += 1
+        pairs = {w: m for w, m in self._extracted.items() if sha256 not in (w, m)}
+        if len(pairs) != len(self._extracted):
+            self._store.bump(_EXTRACTED)
+            self._extracted = pairs
+            self._extracted_generation += 1
+
+    def extracted(self) -> tuple[int, Mapping[str, str]]:
+        """(generation, wheel sha256 -> METADATA sha256) of what we can advertise. The
+        mapping is never changed in place, so a renderer may read it from a thread."""
+        now = self._clock()
+        if now - self._extracted_checked >= 1.0:
+            self._extracted_checked = now
+            stored = self._store.generation(_EXTRACTED)
+            if stored != self._extracted_stored:
+                self._extracted_stored = stored
+                self._extracted = self._store.extracted_metadata()
+                self._extracted_generation += 1
+        return self._extracted_generation, self._extracted
 
     def _evict(self, incoming: int) -> None:
         """Delete least recently used blobs until `incoming` more bytes fit under the limit."""

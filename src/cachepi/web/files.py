@@ -77,7 +77,8 @@ async def _spec(request: web.Request, name: str, filename: str) -> FileSpec:
     if base == filename:
         return FileSpec(file.url, file.hashes, file.size, upstream, base if extract else None)
     if extract:  # the index has none, but we may have extracted it from the cached wheel
-        extracted = request.app[FILE_CACHE].extracted.get(file.hashes.get("sha256", ""))
+        _, known = request.app[FILE_CACHE].extracted()
+        extracted = known.get(file.hashes.get("sha256", ""))
         if extracted is None:
             raise web.HTTPNotFound(text=f"no metadata file is known for {base!r}\n")
         hashes = {"sha256": extracted}

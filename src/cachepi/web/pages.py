@@ -148,9 +148,8 @@ async def project_page(request: web.Request) -> web.Response:
         raise web.HTTPNotFound(text=f"project {name!r} not found\n")
     project, version = listing.project, listing.version
     if listing.lacks_metadata:  # advertise what we extracted from cached wheels
-        files = request.app[FILE_CACHE]
-        version += f"~{files.extracted_generation}"
-        extracted = files.extracted
+        generation, extracted = request.app[FILE_CACHE].extracted()
+        version += f"~{generation}"
 
         def render() -> bytes:
             return _PROJECT_RENDERERS[fmt](with_extracted_metadata(project, extracted))
