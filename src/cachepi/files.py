@@ -167,8 +167,6 @@ class FileCache:
         self._tasks: set[asyncio.Task[None]] = set()
         self._touched: dict[str, float] = {}
         self._last_flush = clock()
-        self.total_bytes = 0
-        self.blob_count = 0
         # wheel sha256 -> sha256 of the METADATA extracted from it (see wheelmeta.py), and a
         # counter that changes with it, so pages advertising them are re-rendered. Other
         # workers' extractions are picked up from the store, at most a second late.
@@ -192,7 +190,6 @@ class FileCache:
                 self._store.remove_blob(sha256)
             with self._blobs.exclusive():
                 self._evict(0)
-        self.blob_count, self.total_bytes = self._store.blob_stats()
         self._extracted = self._store.extracted_metadata()
 
     async def close(self) -> None:
@@ -355,15 +352,16 @@ class FileCache:
         if size > self.max_bytes:  # includes a cache size of 0: stream through only
             return False
         with self._blobs.exclusive():  # one process at a time counts, evicts and adds
-            self.blob_count, self.total_bytes = self._store.blob_stats()
             if self._blobs.path(sha256).is_file():  # the same bytes came by another URL
                 return True
             self._evict(size)
             self._blobs.commit(fd, temp, sha256)
             self._store.add_blob(sha256, size, self._clock())
-            self.total_bytes += size
-            self.blob_count += 1
         return True
+
+    def usage(self) -> tuple[int, int]:
+        """(files, bytes) stored, as every worker sees them."""
+        return self._store.blob_stats()
 
     async def _extract(self, wheel_sha256: str, filename: str) -> None:
         """Store a cached wheel's METADATA as a blob of its own and remember the pair."""
@@ -407,22 +405,20 @@ class FileCache:
         return self._extracted_generation, self._extracted
 
     def _evict(self, incoming: int) -> None:
-        """Delete least recently used blobs until `incoming` more bytes fit under the limit."""
-        if self.total_bytes + incoming <= self.max_bytes:
+        """Delete least recently used blobs until `incoming` more bytes fit under the limit.
+        Call with the store lock held."""
+        _, total = self._store.blob_stats()
+        if total + incoming <= self.max_bytes:
             return
         self.flush_touches()
-        while self.total_bytes + incoming > self.max_bytes:
-            victims = self._store.least_recently_used()
-            if not victims:
-                break
+        while victims := self._store.least_recently_used():
             for sha256, size in victims:
                 self._blobs.delete(sha256)
                 self._store.remove_blob(sha256)
                 self._forget_extracted(sha256)
-                self.total_bytes -= size
-                self.blob_count -= 1
+                total -= size
                 log.info("evicted %s (%d bytes)", sha256, size)
-                if self.total_bytes + incoming <= self.max_bytes:
+                if total + incoming <= self.max_bytes:
                     return
 
 

@@ -51,7 +51,7 @@ async def health(request: web.Request) -> web.Response:
 
 async def home(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
-    files = request.app[FILE_CACHE]
+    count, total = request.app[FILE_CACHE].usage()
     upstream_rows = "".join(
         f"<tr><td>{escape(up.url)}</td><td>{up.ttl} s</td></tr>"
         for up in request.app[INDEX_CACHE].upstreams
@@ -67,7 +67,7 @@ table{{border-collapse:collapse}}td,th{{padding:.2rem .8rem;text-align:left}}</s
 <h2>Upstream indexes</h2>
 <table><tr><th>URL</th><th>TTL</th></tr>{upstream_rows}</table>
 <h2>File cache</h2>
-<p>{files.blob_count} files, {_human(files.total_bytes)} of {limit}.</p>
+<p>{count} files, {_human(total)} of {limit}.</p>
 <h2>Invalidate the index cache</h2>
 <form method="post" action="/cache/invalidate"><label>Project
 <input name="project" required pattern="[A-Za-z0-9._\\-]+"></label>

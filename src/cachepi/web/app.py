@@ -65,8 +65,7 @@ async def _components(app: web.Application, reconcile: bool) -> AsyncIterator[No
         "serving %s from %s (%d files, %d bytes cached)",
         ", ".join(up.url for up in upstreams),
         settings.cache_dir,
-        file_cache.blob_count,
-        file_cache.total_bytes,
+        *file_cache.usage(),
     )
     try:
         yield
