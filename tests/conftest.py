@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from tests.clients import EgressTrap
 from tests.fakeupstream import FakeUpstream
 from tests.fakeupstream.fixtures import fake_upstream, fake_upstream_factory
 from tests.proxy import RunningProxy, settings_for, start_proxy
@@ -49,3 +50,13 @@ async def proxy_factory(tmp_path: Path) -> AsyncIterator[ProxyFactory]:
 async def proxy(fake_upstream: FakeUpstream, proxy_factory: ProxyFactory) -> RunningProxy:
     """cachepi in front of the default fake upstream."""
     return await proxy_factory(fake_upstream)
+
+
+@pytest_asyncio.fixture
+async def egress_trap() -> AsyncIterator[EgressTrap]:
+    """Pass its `url` as a client's `egress`: whatever the client tries to reach beyond
+    127.0.0.1 lands here, refused and recorded in `attempts`."""
+    trap = EgressTrap()
+    await trap.start()
+    yield trap
+    await trap.stop()

@@ -29,6 +29,7 @@ import pytest_asyncio
 from tests.fakeupstream import (
     HTML_V1_TYPE,
     JSON_TYPE,
+    PROVENANCE_ORIGIN,
     Dist,
     FakeUpstream,
     build_sdist,
@@ -219,6 +220,111 @@ async def test_html_page_has_fragments_and_escaped_data_attributes(
     assert "data-yanked" not in attrs
     assert 'data-yanked="bad &quot;build&quot;"' in links["pkg-1.0.tar.gz"][1]
     assert "data-core-metadata" not in links["pkg-2.0.tar.gz"][1]
+
+
+async def test_minimal_json_pages_leave_out_pep_700_fields(
+    fake_upstream_factory: FakeUpstreamFactory, session: aiohttp.ClientSession
+) -> None:
+    upstream = await fake_upstream_factory(format="json", pep700=False)
+    upstream.add_project("pkg", ["1.0"])
+    page = await get_json(session, upstream.url + "pkg/")
+    assert page["meta"] == {"api-version": "1.0"}
+    assert "versions" not in page
+    for file in page["files"]:
+        assert not {"size", "upload-time", "provenance"} & set(file)
+        assert file["hashes"] == {"sha256": upstream.dist(file["filename"]).sha256}
+    assert (await get_json(session, upstream.url))["meta"] == {"api-version": "1.0"}
+
+
+async def test_provenance_urls_are_listed_in_both_formats(
+    fake_upstream_factory: FakeUpstreamFactory, session: aiohttp.ClientSession
+) -> None:
+    upstream = await fake_upstream_factory(provenance=True)
+    upstream.add_project("pkg", ["1.0"])
+    expected = f"{PROVENANCE_ORIGIN}/integrity/pkg-1.0.tar.gz/provenance"
+    assert upstream.provenance_url("pkg-1.0.tar.gz") == expected
+    assert expected.startswith("https://")
+    page = await get_json(session, upstream.url + "pkg/")
+    assert page["meta"]["api-version"] == "1.4"
+    assert {f["filename"]: f["provenance"] for f in page["files"]} == {
+        d.filename: upstream.provenance_url(d.filename) for d in upstream.dists("pkg")
+    }
+    _, body = await fetch(session, upstream.url + "pkg/", headers={"Accept": "text/html"})
+    assert '<meta name="pypi:repository-version" content="1.4">' in body.decode()
+    assert f'data-provenance="{expected}"' in html_links(body)["pkg-1.0.tar.gz"][1]
+    with pytest.raises(ValueError, match="provenance"):
+        FakeUpstream(provenance=True, pep700=False)
+
+
+@pytest.mark.parametrize("serial", ["7654321", 7654321])
+async def test_last_serial_is_sent_as_given_in_both_formats(
+    fake_upstream_factory: FakeUpstreamFactory,
+    session: aiohttp.ClientSession,
+    serial: str | int,
+) -> None:
+    upstream = await fake_upstream_factory(last_serial=serial)
+    upstream.add_project("pkg", ["1.0"])
+    for url in (upstream.url, upstream.url + "pkg/"):
+        assert (await get_json(session, url))["meta"]["_last-serial"] == serial
+        _, body = await fetch(session, url, headers={"Accept": "text/html"})
+        assert body.decode().rstrip().endswith("<!--SERIAL 7654321-->")
+    upstream.last_serial = None
+    assert "_last-serial" not in (await get_json(session, upstream.url + "pkg/"))["meta"]
+
+
+async def test_project_status_in_both_formats_and_quarantine_hides_the_files(
+    fake_upstream_factory: FakeUpstreamFactory, session: aiohttp.ClientSession
+) -> None:
+    upstream = await fake_upstream_factory()
+    wheel = upstream.add_project("pkg", ["1.0"])[0]
+    url = upstream.url + "pkg/"
+    assert "project-status" not in await get_json(session, url)
+    upstream.set_status("pkg", "archived", 'moved to "pkg2"')
+    page = await get_json(session, url)
+    assert page["meta"]["api-version"] == "1.4"
+    assert page["project-status"] == {"status": "archived", "reason": 'moved to "pkg2"'}
+    assert len(page["files"]) == 2
+    _, body = await fetch(session, url, headers={"Accept": "text/html"})
+    assert '<meta name="pypi:project-status" content="archived">' in body.decode()
+    assert (
+        '<meta name="pypi:project-status-reason" content="moved to &quot;pkg2&quot;">'
+        in body.decode()
+    )
+    upstream.set_status("pkg", "quarantined")
+    page = await get_json(session, url)
+    assert (page["project-status"], page["files"], page["versions"]) == (
+        {"status": "quarantined"},
+        [],
+        [],
+    )
+    _, body = await fetch(session, url, headers={"Accept": "text/html"})
+    assert html_links(body) == {}
+    assert "pypi:project-status-reason" not in body.decode()
+    for path in (wheel.filename, wheel.filename + ".metadata"):
+        assert (await fetch(session, upstream.file_url(path)))[0].status == 404
+    assert upstream.dists("pkg") != []  # still known, only hidden
+    # An index that (wrongly) keeps offering a quarantined project's files:
+    upstream.set_status("pkg", "quarantined", "malware", hide_files=False)
+    assert len((await get_json(session, url))["files"]) == 2
+    assert (await fetch(session, upstream.file_url(wheel.filename)))[0].status == 200
+    upstream.set_status("pkg", None)
+    assert "project-status" not in await get_json(session, url)
+
+
+async def test_a_project_without_core_metadata_offers_no_metadata_files(
+    fake_upstream_factory: FakeUpstreamFactory, session: aiohttp.ClientSession
+) -> None:
+    upstream = await fake_upstream_factory()
+    wheel = upstream.add_project("pkg", ["1.0"], core_metadata=False)[0]
+    assert wheel.is_wheel and wheel.metadata is not None  # the wheel still has its METADATA
+    page = await get_json(session, upstream.url + "pkg/")
+    assert [f["core-metadata"] for f in page["files"]] == [False, False]
+    _, body = await fetch(session, upstream.url + "pkg/", headers={"Accept": "text/html"})
+    assert "metadata" not in html_links(body)[wheel.filename][1]
+    response, _ = await fetch(session, upstream.file_url(wheel.filename) + ".metadata")
+    assert response.status == 404
+    response, data = await fetch(session, upstream.file_url(wheel.filename))
+    assert (response.status, data) == (200, wheel.read_bytes())
 
 
 @pytest.mark.parametrize(

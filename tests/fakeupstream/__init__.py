@@ -4,10 +4,12 @@ from .dists import Dist, build_sdist, build_wheel, core_metadata, dist_name, nor
 from .server import (
     HTML_V1_TYPE,
     JSON_TYPE,
+    PROVENANCE_ORIGIN,
     TEXT_HTML_TYPE,
     FakeUpstream,
     Format,
     Links,
+    ProjectStatus,
     RecordedRequest,
     add_default_tree,
 )
@@ -15,11 +17,13 @@ from .server import (
 __all__ = [
     "HTML_V1_TYPE",
     "JSON_TYPE",
+    "PROVENANCE_ORIGIN",
     "TEXT_HTML_TYPE",
     "Dist",
     "FakeUpstream",
     "Format",
     "Links",
+    "ProjectStatus",
     "RecordedRequest",
     "add_default_tree",
     "build_sdist",

@@ -6,6 +6,7 @@
         up.url                      # "http://127.0.0.1:PORT/simple/"
         up.throttle("/files/*", 100_000)
         up.count("/simple/app/")
+        up.set_status("lib", "archived", "moved to lib2")   # PEP 792, both formats
 
 Fault and count paths are request paths; a trailing `*` makes a fault match a prefix.
 Nothing here imports pytest, so benchmarks can use it as a plain library.
@@ -49,7 +50,11 @@ _ALIASES = {
     "application/vnd.pypi.simple.latest+json": JSON_TYPE,
     "application/vnd.pypi.simple.latest+html": HTML_V1_TYPE,
 }
-_API_VERSION = "1.1"
+# api-version by what a page carries: PEP 700 fields (1.1), PEP 740/792 ones (1.4), or neither.
+_API_MINIMAL, _API_PEP700, _API_LATEST = "1.0", "1.1", "1.4"
+# PEP 740 provenance URLs point here: absolute https, like PyPI's, never fetched by the tests.
+PROVENANCE_ORIGIN = "https://integrity.fakeupstream.invalid"
+ProjectStatus = Literal["active", "archived", "quarantined", "deprecated"]
 _NAME_RE = re.compile(r"([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])\Z", re.IGNORECASE | re.ASCII)
 _UPLOAD_EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
 _CHUNK = 1024 * 1024
@@ -79,6 +84,7 @@ class _Entry:
     upload_time: datetime
     yanked: bool | str
     added: int  # Unix seconds, its Last-Modified
+    core_metadata: bool  # False: no `.metadata` offered (not listed, and 404)
 
 
 @dataclass(eq=False)
@@ -87,6 +93,9 @@ class _Project:
     format: Format | None
     entries: dict[str, _Entry] = field(default_factory=dict)  # by filename
     modified: int = 0
+    status: ProjectStatus | None = None  # PEP 792; None: not stated (means active)
+    status_reason: str | None = None
+    files_hidden: bool = False  # listed on no page and not downloadable (quarantine)
 
 
 @dataclass
@@ -127,17 +136,30 @@ class FakeUpstream:
         links: Links = "absolute",
         require_auth: tuple[str, str] | None = None,
         separate_files_host: bool = False,
+        pep700: bool = True,
+        provenance: bool = False,
+        last_serial: int | str | None = None,
     ) -> None:
         """`format`: page format unless a project overrides it. `links`: HTML hrefs to files,
         absolute URLs (like PyPI) or relative to the page. `require_auth`: (user, password)
         for HTTP basic auth on the index origin. `separate_files_host`: serve file URLs
-        from a second port (another origin, like PyPI's file host), open without auth."""
+        from a second port (another origin, like PyPI's file host), open without auth.
+        `pep700=False`: JSON pages as a minimal PEP 691 index writes them (api-version 1.0,
+        no `versions`, `size` or `upload-time`). `provenance`: give every file a PEP 740
+        provenance URL (`provenance_url()`). `last_serial`: `meta._last-serial` on JSON
+        pages and `<!--SERIAL n-->` in HTML, exactly as given (PyPI sends a string);
+        settable later as an attribute."""
         if separate_files_host and links == "relative":
             raise ValueError("files on another origin need absolute links")
+        if provenance and not pep700:
+            raise ValueError("provenance needs api-version 1.3 or later, so PEP 700 fields")
         self.format: Format = format
         self.links: Links = links
         self.require_auth = require_auth
         self.separate_files_host = separate_files_host
+        self.pep700 = pep700
+        self.provenance = provenance
+        self.last_serial = last_serial
         self.requests: list[RecordedRequest] = []
         self._projects: dict[str, _Project] = {}
         self._files: dict[str, _Entry] = {}
@@ -230,6 +252,11 @@ class FakeUpstream:
     def file_url(self, filename: str) -> str:
         return f"{self.files_origin}/files/{quote(filename)}"
 
+    @staticmethod
+    def provenance_url(filename: str) -> str:
+        """The PEP 740 provenance URL listed for `filename` when `provenance` is on."""
+        return f"{PROVENANCE_ORIGIN}/integrity/{quote(filename)}/provenance"
+
     # -- content -----------------------------------------------------------------------
 
     def add_project(
@@ -244,12 +271,14 @@ class FakeUpstream:
         big_mb: float | None = None,
         yanked: Mapping[str, bool | str] | Collection[str] = (),
         format: Format | None = None,
+        core_metadata: bool = True,
     ) -> list[Dist]:
         """Build and list a wheel and/or sdist per version; returns them, wheels first.
 
         `deps` and `requires_python` apply to every version, or per version as a mapping.
         `big_mb` pads the wheels. `yanked`: versions, or version -> reason (or True).
-        `format` overrides the server's page format for this project.
+        `format` overrides the server's page format for this project. `core_metadata=False`:
+        an index without PEP 658, whose pages offer no `.metadata` for the wheels.
         """
         added: list[Dist] = []
         for version in versions:
@@ -270,7 +299,7 @@ class FakeUpstream:
             if sdist:
                 built.append(build_sdist(name, version, requires=requires, requires_python=python))
             for dist in built:
-                self.add_dist(dist, name=name, yanked=yank)
+                self.add_dist(dist, name=name, yanked=yank, core_metadata=core_metadata)
             added += built
         project = self._project(name)  # listed even with no files: an empty page is a case too
         if format is not None:
@@ -284,9 +313,11 @@ class FakeUpstream:
         name: str | None = None,
         yanked: bool | str = False,
         upload_time: datetime | None = None,
+        core_metadata: bool = True,
     ) -> Dist:
         """List one file (replacing a same-named one) on the page of project `name` (default:
-        the dist's own project; another name lists a file that does not belong there)."""
+        the dist's own project; another name lists a file that does not belong there).
+        `core_metadata=False`: offer no `.metadata` for it even if it is a wheel."""
         if dist.filename in self._files:
             self.remove_dist(dist.filename)
         project = self._project(name or dist.project)
@@ -294,10 +325,29 @@ class FakeUpstream:
             # Deterministic, increasing upload times: one minute apart in adding order.
             upload_time = _UPLOAD_EPOCH + timedelta(minutes=self._uploads)
             self._uploads += 1
-        entry = _Entry(dist, project, upload_time, yanked, _next_second(project.modified))
+        entry = _Entry(
+            dist, project, upload_time, yanked, _next_second(project.modified), core_metadata
+        )
         project.entries[dist.filename] = self._files[dist.filename] = entry
         project.modified = entry.added
         return dist
+
+    def set_status(
+        self,
+        name: str,
+        status: ProjectStatus | None,
+        reason: str | None = None,
+        *,
+        hide_files: bool | None = None,
+    ) -> None:
+        """Mark a project with a PEP 792 status (None: state none, which means active), with
+        an optional reason. Quarantined projects offer no files (the PEP's MUST): they are
+        left off the page and their downloads are 404; `hide_files` overrides that, e.g.
+        `False` for an index that wrongly keeps listing a quarantined project's files."""
+        project = self._projects[normalize(name)]
+        project.status, project.status_reason = status, reason
+        project.files_hidden = status == "quarantined" if hide_files is None else hide_files
+        project.modified = _next_second(project.modified)
 
     def remove_project(self, name: str) -> None:
         project = self._projects.pop(normalize(name))
@@ -311,7 +361,7 @@ class FakeUpstream:
         entry.project.modified = _next_second(entry.project.modified)
 
     def dists(self, project: str) -> list[Dist]:
-        """The files listed for a project, in page order."""
+        """The files added to a project, in page order (also while a quarantine hides them)."""
         return [entry.dist for entry in self._entries(self._projects[normalize(project)])]
 
     def dist(self, filename: str) -> Dist:
@@ -499,11 +549,18 @@ class FakeUpstream:
     def _file(self, filename: str) -> _Resource | web.Response:
         entry = self._files.get(filename)
         if entry is not None:
+            if entry.project.files_hidden:
+                return _not_found()
             return _file_resource(entry.dist.view, entry.dist.sha256, entry.added)
         # PEP 658: `<wheel>.metadata` is the wheel's METADATA, byte for byte.
         wheel = self._files.get(filename.removesuffix(".metadata"))
         metadata = None if wheel is None else wheel.dist.metadata
-        if wheel is None or metadata is None:
+        if (
+            wheel is None
+            or metadata is None
+            or not _offers_metadata(wheel)
+            or wheel.project.files_hidden
+        ):
             return _not_found()
         digest = hashlib.sha256(metadata).hexdigest()
         return _file_resource(memoryview(metadata), digest, wheel.added)
@@ -515,10 +572,11 @@ class FakeUpstream:
         if content_type is None:
             return web.Response(status=406)
         projects = sorted(self._projects.items())
+        api_version = _API_PEP700 if self.pep700 else _API_MINIMAL
         if content_type == JSON_TYPE:
             body = _json(
                 {
-                    "meta": {"api-version": _API_VERSION},
+                    "meta": self._meta(api_version),
                     "projects": [{"name": project.name} for _, project in projects],
                 }
             )
@@ -527,43 +585,85 @@ class FakeUpstream:
                 _anchor(self._page_href(normalized), project.name, {})
                 for normalized, project in projects
             ]
-            body = _html_page("Simple index", links)
+            body = _html_page("Simple index", links, api_version, {}, self.last_serial)
         return _page(body, content_type, self._index_modified)
 
     def _project_page(self, request: web.Request, project: _Project) -> _Resource | web.Response:
         content_type = _negotiate(request.headers.get("Accept"), project.format or self.format)
         if content_type is None:
             return web.Response(status=406)
-        entries = self._entries(project)
+        entries = [] if project.files_hidden else self._entries(project)
         normalized = normalize(project.name)
+        api_version = self._api_version(project)
         if content_type == JSON_TYPE:
-            versions = sorted({e.dist.version for e in entries}, key=Version)
-            body = _json(
-                {
-                    "meta": {"api-version": _API_VERSION},
-                    "name": normalized,
-                    "versions": versions,
-                    "files": [self._json_file(entry) for entry in entries],
-                }
-            )
+            page: dict[str, object] = {"meta": self._meta(api_version), "name": normalized}
+            if self.pep700:
+                page["versions"] = sorted({e.dist.version for e in entries}, key=Version)
+            page["files"] = [self._json_file(entry) for entry in entries]
+            if project.status is not None:
+                status = {"status": project.status}
+                if project.status_reason is not None:
+                    status["reason"] = project.status_reason
+                page["project-status"] = status
+            body = _json(page)
         else:
-            links = [_anchor(self._file_href(e.dist), e.dist.filename, _attrs(e)) for e in entries]
-            body = _html_page(f"Links for {normalized}", links)
+            links = [
+                _anchor(self._file_href(e.dist), e.dist.filename, self._attrs(e)) for e in entries
+            ]
+            metas = {}
+            if project.status is not None:
+                metas["pypi:project-status"] = project.status
+                if project.status_reason is not None:
+                    metas["pypi:project-status-reason"] = project.status_reason
+            title = f"Links for {normalized}"
+            body = _html_page(title, links, api_version, metas, self.last_serial)
         return _page(body, content_type, project.modified)
+
+    def _api_version(self, project: _Project) -> str:
+        if not self.pep700:
+            return _API_MINIMAL
+        return _API_LATEST if self.provenance or project.status is not None else _API_PEP700
+
+    def _meta(self, api_version: str) -> dict[str, object]:
+        meta: dict[str, object] = {"api-version": api_version}
+        if self.last_serial is not None:
+            meta["_last-serial"] = self.last_serial
+        return meta
 
     def _json_file(self, entry: _Entry) -> dict[str, object]:
         dist = entry.dist
-        metadata = dist.metadata_sha256
-        return {
+        metadata = dist.metadata_sha256 if _offers_metadata(entry) else None
+        file: dict[str, object] = {
             "filename": dist.filename,
             "url": self.file_url(dist.filename),
             "hashes": {"sha256": dist.sha256},
             "requires-python": dist.requires_python,
             "core-metadata": {"sha256": metadata} if metadata else False,
-            "size": dist.size,
-            "upload-time": entry.upload_time.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
             "yanked": entry.yanked,
         }
+        if self.pep700:
+            file["size"] = dist.size
+            file["upload-time"] = entry.upload_time.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        if self.provenance:
+            file["provenance"] = self.provenance_url(dist.filename)
+        return file
+
+    def _attrs(self, entry: _Entry) -> dict[str, str]:
+        """The HTML data attributes of a file's link."""
+        dist = entry.dist
+        attrs = {}
+        if dist.requires_python:
+            attrs["data-requires-python"] = dist.requires_python
+        if _offers_metadata(entry):
+            # Both names: PEP 714's, and the older PEP 658 one that pip < 23.1 reads.
+            attrs["data-core-metadata"] = attrs["data-dist-info-metadata"] = (
+                f"sha256={dist.metadata_sha256}"
+            )
+        if entry.yanked is not False:
+            attrs["data-yanked"] = "" if entry.yanked is True else entry.yanked
+        if self.provenance:
+            attrs["data-provenance"] = self.provenance_url(dist.filename)
+        return attrs
 
     def _page_href(self, normalized: str) -> str:
         if self.links == "relative":
@@ -676,19 +776,8 @@ def _file_resource(body: memoryview, sha256: str, modified: int) -> _Resource:
     )
 
 
-def _attrs(entry: _Entry) -> dict[str, str]:
-    dist = entry.dist
-    attrs = {}
-    if dist.requires_python:
-        attrs["data-requires-python"] = dist.requires_python
-    if dist.metadata is not None:
-        # Both names: PEP 714's, and the older PEP 658 one that pip < 23.1 reads.
-        attrs["data-core-metadata"] = attrs["data-dist-info-metadata"] = (
-            f"sha256={dist.metadata_sha256}"
-        )
-    if entry.yanked is not False:
-        attrs["data-yanked"] = "" if entry.yanked is True else entry.yanked
-    return attrs
+def _offers_metadata(entry: _Entry) -> bool:
+    return entry.core_metadata and entry.dist.metadata is not None
 
 
 def _anchor(href: str, text: str, attrs: dict[str, str]) -> str:
@@ -696,12 +785,22 @@ def _anchor(href: str, text: str, attrs: dict[str, str]) -> str:
     return f'<a href="{html.escape(href)}"{extra}>{html.escape(text)}</a><br />'
 
 
-def _html_page(title: str, links: list[str]) -> bytes:
+def _html_page(
+    title: str,
+    links: list[str],
+    api_version: str,
+    metas: Mapping[str, str],
+    last_serial: int | str | None,
+) -> bytes:
     lines = [
         "<!DOCTYPE html>",
         "<html>",
         "  <head>",
-        f'    <meta name="pypi:repository-version" content="{_API_VERSION}">',
+        f'    <meta name="pypi:repository-version" content="{api_version}">',
+        *(
+            f'    <meta name="{name}" content="{html.escape(value)}">'
+            for name, value in metas.items()
+        ),
         f"    <title>{html.escape(title)}</title>",
         "  </head>",
         "  <body>",
@@ -710,6 +809,8 @@ def _html_page(title: str, links: list[str]) -> bytes:
         "  </body>",
         "</html>",
     ]
+    if last_serial is not None:
+        lines.append(f"<!--SERIAL {last_serial}-->")  # where PyPI puts it
     return ("\n".join(lines) + "\n").encode()
 
 
