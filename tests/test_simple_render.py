@@ -345,7 +345,7 @@ def test_rendered_html_is_valid_utf8_with_one_link_per_file(project: Project) ->
 def test_json_project_list_shape() -> None:
     plist = ProjectList(names=["Django", "zope.interface"], last_serial=7)
     assert json.loads(render_project_list_json(plist)) == {
-        "meta": {"api-version": "1.0", "_last-serial": 7},
+        "meta": {"api-version": "1.4", "_last-serial": 7},
         "projects": [{"name": "Django"}, {"name": "zope.interface"}],
     }
 

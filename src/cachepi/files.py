@@ -284,13 +284,15 @@ class FileCache:
                     self._store.put_ref(spec.url, sha256)
             except OSError as failure:  # the bytes are good: clients still get them
                 log.error("cannot store %s in the cache: %s", redact(spec.url), failure)
+            if stored and spec.wheel_without_metadata:
+                # Before the clients' last byte: once they have the wheel, the page
+                # already advertises its metadata.
+                await self._extract(sha256, spec.wheel_without_metadata)
         finally:
             os.close(fd)
             self._blobs.discard(part)  # a no-op once the part file became a blob
             lock.release("ok" if error is None else f"failed: {error}")
             download.finished(error)
-        if stored and spec.wheel_without_metadata:
-            await self._extract(sha256, spec.wheel_without_metadata)
 
     async def _follow(self, download: Download, lock: LockFile) -> None:
         """Relay another worker's download from its part file, and its outcome."""

@@ -95,9 +95,10 @@ def render_project_json(project: Project) -> bytes:
 
 
 def render_project_list_json(plist: ProjectList) -> bytes:
-    """PEP 691 root page: every project name as the upstream spelled it."""
+    """PEP 691 root page: every project name as the upstream spelled it. No version after
+    1.0 changed the root page, so it satisfies the latest, as the HTML one says."""
     page = _JsonProjectList(
-        meta=_meta(_API_VERSION_WITHOUT_SIZES, plist.last_serial),
+        meta=_meta(API_VERSION, plist.last_serial),
         projects=[_JsonName(name) for name in plist.names],
     )
     return _encoder.encode(page)
