@@ -102,8 +102,32 @@ async def test_stale_page_served_when_upstream_down(
     fake_upstream.fail("/simple/lib/", 503)
     status, headers, _ = await get(proxy.index_url + "lib/", Accept=JSON)
     assert (status, headers.get("X-Cachepi-Stale")) == (200, "1")
-    assert fake_upstream.count("/simple/lib/") == 2
+    assert fake_upstream.count("/simple/lib/") == 1 + 3  # the first fetch, then 3 tries
     assert before == (await get_json(proxy.index_url + "lib/"))
+
+
+async def test_passing_upstream_failures_are_retried_before_anyone_sees_them(
+    fake_upstream: FakeUpstream, proxy_factory: ProxyFactory
+) -> None:
+    proxy = await proxy_factory(fake_upstream)
+    fake_upstream.fail("/simple/lib/", 503, times=2)
+    fake_upstream.reset(fake_upstream.file_path("lib-1.1-py3-none-any.whl"), times=1)
+    status, headers, _ = await get(proxy.index_url + "lib/", Accept=JSON)
+    assert (status, headers.get("X-Cachepi-Stale")) == (200, None)
+    assert fake_upstream.count("/simple/lib/") == 3
+    status, _, body = await get(proxy.index_url + "lib/lib-1.1-py3-none-any.whl")
+    assert (status, body) == (200, fake_upstream.dist("lib-1.1-py3-none-any.whl").read_bytes())
+    assert fake_upstream.count(fake_upstream.file_path("lib-1.1-py3-none-any.whl")) == 2
+
+
+async def test_client_errors_from_upstream_are_not_retried(
+    fake_upstream: FakeUpstream, proxy_factory: ProxyFactory
+) -> None:
+    proxy = await proxy_factory(fake_upstream)
+    fake_upstream.fail("/simple/lib/", 403)
+    status, _, body = await get(proxy.index_url + "lib/", Accept=JSON)
+    assert (status, body) == (502, f"{fake_upstream.url}lib/: upstream answered 403\n".encode())
+    assert fake_upstream.count("/simple/lib/") == 1
 
 
 async def test_uncached_page_with_upstream_down_is_502_not_404(

@@ -52,6 +52,11 @@ def main() -> None:
 @click.option(
     "--workers", type=int, help="Worker processes sharing the port and cache.  [default: cores]"
 )
+@click.option(
+    "--offline", is_flag=True, default=None, help="Never contact upstreams; serve the cache."
+)
+@click.option("--file-hosts", help="Only download files from these hosts (comma-separated).")
+@click.option("--upstream-connections", type=int, help="Cap on upstream connections.")
 @click.option("--log-level", default="INFO", show_default=True)
 def serve(log_level: str, **flags: Any) -> None:
     """Run the proxy."""

@@ -54,6 +54,12 @@ class Settings:
     page_max_age: int = 600
     # Processes serving the port (see workers.py).
     workers: int = 1
+    # Never contact an upstream: serve what is cached (stale pages included), 503 otherwise.
+    offline: bool = False
+    # Hosts that file URLs may point to (None: any); a page cannot send us anywhere else.
+    file_hosts: frozenset[str] | None = None
+    # At most this many connections to upstreams at once.
+    upstream_connections: int = 64
 
 
 def default_index_url() -> str:
@@ -92,6 +98,20 @@ def parse_seconds(text: str) -> float:
     value = float(text.strip())
     if not value > 0:
         raise ValueError("must be a positive number of seconds")
+    return value
+
+
+def parse_hosts(text: str) -> frozenset[str]:
+    hosts = frozenset(part.strip().lower() for part in text.split(",") if part.strip())
+    if not hosts:
+        raise ValueError("expected host names, comma-separated")
+    return hosts
+
+
+def parse_positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be at least 1")
     return value
 
 
@@ -202,4 +222,7 @@ def load_settings(
         negative_ttl=read("NEGATIVE_TTL", parse_ttl, 60),
         page_max_age=read("PAGE_MAX_AGE", parse_ttl, 600),
         workers=read("WORKERS", parse_workers, len(os.sched_getaffinity(0))),
+        offline=read("OFFLINE", parse_bool, False),
+        file_hosts=read("FILE_HOSTS", parse_hosts, None),
+        upstream_connections=read("UPSTREAM_CONNECTIONS", parse_positive, 64),
     )

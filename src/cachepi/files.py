@@ -95,7 +95,11 @@ class Download:
 
     def started(self, read_fd: int, size: int | None) -> None:
         """Bytes will come through `read_fd` (owned from now on; closed with the last
-        reference, and valid after the file is renamed or unlinked)."""
+        reference, and valid after the file is renamed or unlinked). Called again when a
+        transfer is retried: the first descriptor stays."""
+        if self._read_fd >= 0:
+            os.close(read_fd)
+            return
         self._read_fd = read_fd
         weakref.finalize(self, os.close, read_fd)
         self.size = size if size is not None else self.size
@@ -325,7 +329,13 @@ class FileCache:
             await asyncio.sleep(_POLL_SECONDS)
 
     async def _transfer(self, download: Download, fd: int, part: Path) -> str:
-        """Copy the upstream body into `fd` (the part file), checking length and hashes."""
+        """Copy the upstream body into `fd` (the part file), checking length and hashes;
+        a passing failure is retried while no byte has been received."""
+        return await download.spec.upstream.retrying(
+            lambda: self._transfer_once(download, fd, part), safe=lambda: download.written == 0
+        )
+
+    async def _transfer_once(self, download: Download, fd: int, part: Path) -> str:
         spec = download.spec
         hashers = {"sha256": hashlib.sha256()}
         for name in spec.hashes:

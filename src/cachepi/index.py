@@ -63,6 +63,11 @@ def _digest(body: bytes) -> str:
     return hashlib.blake2b(body, digest_size=8).hexdigest()
 
 
+# An upstream's entry for a page (None: nothing usable) and, when the upstream could not be
+# asked successfully just now, why (then the entry, if any, is a stale copy).
+Fetched = tuple[Entry | None, UpstreamError | None]
+
+
 @dataclass(frozen=True)
 class Listing:
     """A project as clients see it: the files of every upstream, merged.
@@ -110,6 +115,7 @@ class IndexCache:
         negative_ttl: int,
         memory_entries: int = 4096,
         clock: Callable[[], float] = time.time,
+        offline: bool = False,
     ) -> None:
         self.upstreams = tuple(upstreams)
         self._store = store
@@ -120,9 +126,11 @@ class IndexCache:
         self._negative_ttl = negative_ttl
         self._memory: OrderedDict[tuple[int, str], Entry] = OrderedDict()
         self._memory_entries = memory_entries
-        self._inflight: dict[tuple[int, str], asyncio.Task[tuple[Entry, bool]]] = {}
+        self._inflight: dict[tuple[int, str], asyncio.Task[Fetched]] = {}
         self._merged: OrderedDict[str, Listing] = OrderedDict()
         self._clock = clock
+        # Offline, whatever is stored is as fresh as it gets.
+        self._offline = offline
 
     # -- public ---------------------------------------------------------------------------
 
@@ -133,12 +141,13 @@ class IndexCache:
             (up, e) for up, (e, _) in zip(self.upstreams, entries, strict=True) if e and e.page
         ]
         if not found:
-            if any(entry is None for entry, _ in entries):
-                # Somebody failed and nobody has it: do not claim a 404 that is not known.
-                raise UpstreamError(f"no upstream could be reached for {name!r}")
+            for entry, failure in entries:
+                if entry is None and failure is not None:
+                    # Somebody failed and nobody has it: do not claim a 404 that is not known.
+                    raise failure
             return None
         version = "+".join(entry.digest if entry else "-" for entry, _ in entries)
-        stale = any(is_stale for _, is_stale in entries)
+        stale = any(entry is not None and failure for entry, failure in entries)
         cached = self._merged.get(name)
         if cached is not None and cached.version == version:
             if cached.stale != stale:
@@ -156,10 +165,11 @@ class IndexCache:
         entries = await self._gather(LIST_KEY)
         lists = [e.page for e, _ in entries if e is not None and isinstance(e.page, ProjectList)]
         if not lists:
-            raise UpstreamError("no upstream could give its project list")
+            failures = [failure for _, failure in entries if failure is not None]
+            raise failures[0] if failures else UpstreamError("no upstream lists any project")
         names = lists[0] if len(lists) == 1 else merge_lists(lists)
         version = "+".join(e.digest if e else "-" for e, _ in entries)
-        return ListResult(names, version, any(stale for _, stale in entries))
+        return ListResult(names, version, any(e is not None and f for e, f in entries))
 
     def invalidate(self, name: str) -> None:
         """Forget `name` (normalized; LIST_KEY for the project list) in every worker."""
@@ -181,16 +191,16 @@ class IndexCache:
 
     # -- entries --------------------------------------------------------------------------
 
-    async def _gather(self, key: str) -> list[tuple[Entry | None, bool]]:
-        """(entry or None if unavailable, served stale?) for every upstream, in order."""
+    async def _gather(self, key: str) -> list[Fetched]:
+        """What every upstream has for `key`, in order."""
         now = self._clock()
         self._follow_other_workers(now)
-        results: list[tuple[Entry | None, bool] | None] = []
+        results: list[Fetched | None] = []
         pending: list[int] = []
         for position, upstream in enumerate(self.upstreams):
             entry = self._load(position, key)
             if entry is not None and self._fresh(upstream, entry, now):
-                results.append((entry, False))
+                results.append((entry, None))
             else:
                 results.append(None)
                 pending.append(position)
@@ -201,6 +211,8 @@ class IndexCache:
         return results  # type: ignore[return-value]
 
     def _fresh(self, upstream: Upstream, entry: Entry, now: float) -> bool:
+        if self._offline:
+            return True
         ttl = upstream.ttl if entry.page is not None else min(upstream.ttl, self._negative_ttl)
         return now - entry.record.fetched_at < ttl
 
@@ -231,7 +243,7 @@ class IndexCache:
         if len(self._memory) > self._memory_entries:
             self._memory.popitem(last=False)
 
-    async def _refresh(self, position: int, key: str) -> tuple[Entry | None, bool]:
+    async def _refresh(self, position: int, key: str) -> Fetched:
         """One upstream request per (upstream, page) however many callers wait for it."""
         memory_key = (position, key)
         task = self._inflight.get(memory_key)
@@ -242,7 +254,7 @@ class IndexCache:
         # shield: a client hanging up must not cancel the fetch others are waiting for.
         return await asyncio.shield(task)
 
-    async def _fetch(self, position: int, key: str) -> tuple[Entry | None, bool]:
+    async def _fetch(self, position: int, key: str) -> Fetched:
         """Refresh one page; one worker process at a time asks the upstream."""
         upstream = self.upstreams[position]
         lock = self._locks.lock(f"page {upstream.url} {key}")
@@ -251,14 +263,12 @@ class IndexCache:
         try:
             old = self._load(position, key, from_store=True)
             if old is not None and self._fresh(upstream, old, self._clock()):
-                return old, False
+                return old, None
             return await self._ask_upstream(position, key, old)
         finally:
             lock.release()
 
-    async def _ask_upstream(
-        self, position: int, key: str, old: Entry | None
-    ) -> tuple[Entry | None, bool]:
+    async def _ask_upstream(self, position: int, key: str, old: Entry | None) -> Fetched:
         upstream = self.upstreams[position]
         validators = (
             (old.record.etag, old.record.last_modified) if old and old.page else (None, None)
@@ -279,18 +289,17 @@ class IndexCache:
         except UpstreamNotFound:
             entry = Entry(PageRecord(now, None, None, None), None, "404")
         except (UpstreamError, ParseError) as error:
-            if old is None:
-                log.warning(
-                    "upstream %s failed for %r, nothing cached: %s", upstream.url, key, error
-                )
-                return None, True
-            log.warning(
-                "upstream %s failed for %r, serving stale copy: %s", upstream.url, key, error
+            failure = (
+                error
+                if isinstance(error, UpstreamError)
+                else UpstreamError(f"{upstream.url}: unreadable page for {key!r} ({error})")
             )
-            return old, True
+            outcome = "nothing cached" if old is None else "serving stale copy"
+            log.warning("upstream %s failed for %r, %s: %s", upstream.url, key, outcome, failure)
+            return old, failure
         self._store.put_page(upstream.url, key, entry.record)
         self._remember((position, key), entry)
-        return entry, False
+        return entry, None
 
 
 def parse_and_encode(key: str, response: PageResponse) -> tuple[Project | ProjectList, bytes]:

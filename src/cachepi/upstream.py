@@ -6,10 +6,12 @@ module hands to logs, pages or errors uses the redacted URL.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
@@ -17,6 +19,10 @@ import aiohttp
 from cachepi import __version__
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Worth asking again: the upstream is overloaded or briefly failing.
+_RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 # Prefer JSON (parsed faster, carries sizes and upload times), accept HTML from older indexes.
 PAGE_ACCEPT = (
@@ -26,7 +32,13 @@ PAGE_ACCEPT = (
 
 
 class UpstreamError(Exception):
-    """The upstream could not give an answer; the message is one line, safe to show."""
+    """The upstream could not give an answer; the message is one line, safe to show, and
+    `status` the gateway status to answer with (502, 503 when offline, 504 on timeouts)."""
+
+    def __init__(self, message: str, status: int = 502, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retryable = retryable
 
 
 class UpstreamNotFound(Exception):
@@ -61,7 +73,16 @@ class PageResponse:
 
 
 class Upstream:
-    def __init__(self, url: str, ttl: int, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self,
+        url: str,
+        ttl: int,
+        session: aiohttp.ClientSession,
+        *,
+        offline: bool = False,
+        file_hosts: frozenset[str] | None = None,
+        retry_delays: tuple[float, ...] = (0.25, 1.0),
+    ) -> None:
         parts = urlsplit(url)
         self.url = redact(url)
         self.ttl = ttl
@@ -71,6 +92,9 @@ class Upstream:
             else None
         )
         self._session = session
+        self._offline = offline
+        self._file_hosts = file_hosts
+        self._retry_delays = retry_delays
 
     def __repr__(self) -> str:
         return f"Upstream({self.url!r}, ttl={self.ttl})"
@@ -82,7 +106,7 @@ class Upstream:
     async def fetch_page(
         self, path: str, etag: str | None = None, last_modified: str | None = None
     ) -> PageResponse:
-        """GET `path` (relative to the index URL) conditionally.
+        """GET `path` (relative to the index URL) conditionally, retrying passing failures.
 
         Raises UpstreamNotFound on 404/410 and UpstreamError on anything else unusable.
         """
@@ -92,44 +116,78 @@ class Upstream:
             headers["If-None-Match"] = etag
         if last_modified:
             headers["If-Modified-Since"] = last_modified
-        try:
-            async with self._session.get(
-                url, headers=headers, auth=self._auth_for(url)
-            ) as response:
-                if response.status in (404, 410):
-                    raise UpstreamNotFound(url)
-                if response.status not in (200, 304):
-                    raise UpstreamError(f"{url}: upstream answered {response.status}")
-                body = await response.read() if response.status == 200 else None
-                return PageResponse(
-                    status=response.status,
-                    body=body,
-                    content_type=response.headers.get("Content-Type", ""),
-                    etag=response.headers.get("ETag") or etag,
-                    last_modified=response.headers.get("Last-Modified") or last_modified,
-                    url=redact(str(response.url)),
-                )
-        except (aiohttp.ClientError, TimeoutError) as error:
-            raise UpstreamError(f"{url}: {describe(error)}") from error
+
+        async def attempt() -> PageResponse:
+            try:
+                async with self._get(url, headers) as response:
+                    body = await response.read() if response.status == 200 else None
+                    return PageResponse(
+                        status=response.status,
+                        body=body,
+                        content_type=response.headers.get("Content-Type", ""),
+                        etag=response.headers.get("ETag") or etag,
+                        last_modified=response.headers.get("Last-Modified") or last_modified,
+                        url=redact(str(response.url)),
+                    )
+            except (aiohttp.ClientError, TimeoutError) as error:
+                raise _failure(url, error) from error
+
+        return await self.retrying(attempt)
+
+    async def retrying(
+        self, attempt: Callable[[], Awaitable[T]], safe: Callable[[], bool] = lambda: True
+    ) -> T:
+        """`attempt()`, again after a pause when it fails in a way worth retrying, as long
+        as `safe()` (e.g. no byte went to a client yet)."""
+        for delay in self._retry_delays:
+            try:
+                return await attempt()
+            except UpstreamError as failure:
+                if not (failure.retryable and safe()):
+                    raise
+                log.info("retrying in %.2f s: %s", delay, failure)
+            await asyncio.sleep(delay)
+        return await attempt()
 
     @contextlib.asynccontextmanager
     async def open_file(self, url: str) -> AsyncIterator[aiohttp.ClientResponse]:
-        """A streaming GET of a distribution file, bytes exactly as stored upstream."""
+        """A streaming GET of a distribution file, bytes exactly as stored upstream.
+        Every failure, also while reading the body, is an UpstreamError."""
+        host = urlsplit(url).hostname or ""
+        if self._file_hosts is not None and host not in self._file_hosts:
+            raise UpstreamError(f"{redact(url)}: files from {host!r} are not allowed here")
         try:
-            async with self._session.get(
-                url,
-                auth=self._auth_for(url),
-                # Decoding a Content-Encoding would change the bytes we hash and store.
-                headers={"Accept-Encoding": "identity"},
-                auto_decompress=False,
-            ) as response:
-                if response.status in (404, 410):
-                    raise UpstreamNotFound(redact(url))
-                if response.status != 200:
-                    raise UpstreamError(f"{redact(url)}: upstream answered {response.status}")
+            # Decoding a Content-Encoding would change the bytes we hash and store.
+            headers = {"Accept-Encoding": "identity"}
+            async with self._get(url, headers, auto_decompress=False) as response:
                 yield response
         except (aiohttp.ClientError, TimeoutError) as error:
-            raise UpstreamError(f"{redact(url)}: {describe(error)}") from error
+            raise _failure(url, error) from error
+
+    @contextlib.asynccontextmanager
+    async def _get(
+        self, url: str, headers: dict[str, str], auto_decompress: bool = True
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """A GET whose response is 200 or 304; anything else raises."""
+        if self._offline:
+            raise UpstreamError(f"{redact(url)}: offline, and not in the cache", status=503)
+        async with self._session.get(
+            url, headers=headers, auth=self._auth_for(url), auto_decompress=auto_decompress
+        ) as response:
+            if response.status in (404, 410):
+                raise UpstreamNotFound(redact(url))
+            if response.status not in (200, 304):
+                raise UpstreamError(
+                    f"{redact(url)}: upstream answered {response.status}",
+                    retryable=response.status in _RETRYABLE_STATUSES,
+                )
+            yield response
+
+
+def _failure(url: str, error: BaseException) -> UpstreamError:
+    """An aiohttp or timeout error as a one-line UpstreamError; all are worth a retry."""
+    status = 504 if isinstance(error, TimeoutError) else 502
+    return UpstreamError(f"{redact(url)}: {describe(error)}", status=status, retryable=True)
 
 
 def describe(error: BaseException) -> str:

@@ -54,10 +54,24 @@ async def _components(app: web.Application, reconcile: bool) -> AsyncIterator[No
     """Open the stores and the upstream session at startup; close them at shutdown."""
     settings = app[SETTINGS]
     metadata = MetadataStore(settings.cache_dir / "cachepi.sqlite3")
-    session = make_session(settings.connect_timeout, settings.read_timeout, settings.verify_ssl)
-    upstreams = [Upstream(up.url, up.ttl, session) for up in settings.upstreams]
+    session = make_session(
+        settings.connect_timeout,
+        settings.read_timeout,
+        settings.verify_ssl,
+        limit=settings.upstream_connections,
+    )
+    upstreams = [
+        Upstream(up.url, up.ttl, session, offline=settings.offline, file_hosts=settings.file_hosts)
+        for up in settings.upstreams
+    ]
     blobs = BlobStore(settings.cache_dir)
-    app[INDEX_CACHE] = IndexCache(upstreams, metadata, Locks(blobs.temp_dir), settings.negative_ttl)
+    app[INDEX_CACHE] = IndexCache(
+        upstreams,
+        metadata,
+        Locks(blobs.temp_dir),
+        settings.negative_ttl,
+        offline=settings.offline,
+    )
     file_cache = FileCache(blobs, metadata, settings.cache_size)
     file_cache.open(reconcile)
     app[FILE_CACHE] = file_cache

@@ -19,7 +19,7 @@ from cachepi.simple.names import is_safe_filename
 from cachepi.upstream import UpstreamError, UpstreamNotFound
 from cachepi.web.conditional import plan_response
 from cachepi.web.keys import FILE_CACHE, INDEX_CACHE, SETTINGS
-from cachepi.web.pages import checked_name
+from cachepi.web.pages import checked_name, gateway_error
 
 # Files never change in an index: a client may keep them forever.
 FILE_CACHE_CONTROL = "max-age=365000000, immutable"
@@ -48,7 +48,9 @@ async def dist_file(request: web.Request) -> web.StreamResponse:
         found = await request.app[FILE_CACHE].get(spec)
     except UpstreamNotFound as error:
         raise web.HTTPBadGateway(text=f"the index lists it but upstream has no {error}\n") from None
-    except (UpstreamError, DownloadFailed) as error:
+    except UpstreamError as error:
+        raise gateway_error(error) from None
+    except DownloadFailed as error:
         raise web.HTTPBadGateway(text=f"{error}\n") from None
     headers = {
         "Content-Type": file_type(filename, request.app[SETTINGS].binary_file_mime_type),
@@ -66,7 +68,7 @@ async def _spec(request: web.Request, name: str, filename: str) -> FileSpec:
     try:
         listing = await request.app[INDEX_CACHE].listing(name)
     except UpstreamError as error:
-        raise web.HTTPBadGateway(text=f"{error}\n") from None
+        raise gateway_error(error) from None
     if listing is not None and listing.quarantined:
         raise web.HTTPForbidden(text=f"{name} is quarantined by its index: no files are served\n")
     found = listing.find(base) if listing is not None else None

@@ -90,6 +90,18 @@ class RenderCache:
 
 RENDERED = web.AppKey("rendered", RenderCache)
 
+_GATEWAY_ERRORS: dict[int, type[web.HTTPException]] = {
+    502: web.HTTPBadGateway,
+    503: web.HTTPServiceUnavailable,
+    504: web.HTTPGatewayTimeout,
+}
+
+
+def gateway_error(error: UpstreamError) -> web.HTTPException:
+    """The 502/503/504 for an upstream failure, with its one-line reason. Never a 404: a
+    client with several indexes would take that as "not here" and look elsewhere."""
+    return _GATEWAY_ERRORS[error.status](text=f"{error}\n")
+
 
 def negotiated(request: web.Request) -> Format:
     fmt = choose_format(request.headers.get("Accept"), request.query.get("format"))
@@ -143,7 +155,7 @@ async def project_page(request: web.Request) -> web.Response:
     try:
         listing = await request.app[INDEX_CACHE].listing(name)
     except UpstreamError as error:
-        raise web.HTTPBadGateway(text=f"{error}\n") from None
+        raise gateway_error(error) from None
     if listing is None:
         raise web.HTTPNotFound(text=f"project {name!r} not found\n")
     project, version = listing.project, listing.version
@@ -168,7 +180,7 @@ async def project_list(request: web.Request) -> web.Response:
     try:
         result = await index.project_list()
     except UpstreamError as error:
-        raise web.HTTPBadGateway(text=f"{error}\n") from None
+        raise gateway_error(error) from None
     page = await request.app[RENDERED].get(
         LIST_KEY, result.version, fmt, lambda: _LIST_RENDERERS[fmt](result.names)
     )
