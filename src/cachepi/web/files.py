@@ -113,7 +113,8 @@ async def _answer(
         response.content_length = plan.stop - plan.start
     await response.prepare(request)
     if request.method != "HEAD" and plan.stop != plan.start:
-        await send(request, response, plan.start, plan.stop)
+        with contextlib.suppress(ConnectionError):  # the client hung up: nothing to do
+            await send(request, response, plan.start, plan.stop)
     return response
 
 
