@@ -60,6 +60,12 @@ class Settings:
     file_hosts: frozenset[str] | None = None
     # At most this many connections to upstreams at once.
     upstream_connections: int = 64
+    # When set, invalidating needs `Authorization: Bearer <admin_token>`.
+    admin_token: str | None = None
+    # When set, every endpoint but /health needs basic auth against this htpasswd file.
+    htpasswd: Path | None = None
+    # A client that accepts no bytes for this long is disconnected.
+    client_timeout: float = 60.0
 
 
 def default_index_url() -> str:
@@ -106,6 +112,20 @@ def parse_hosts(text: str) -> frozenset[str]:
     if not hosts:
         raise ValueError("expected host names, comma-separated")
     return hosts
+
+
+def parse_token(text: str) -> str:
+    token = text.strip()
+    if len(token) < 16:
+        raise ValueError("use at least 16 characters")
+    return token
+
+
+def parse_readable_file(text: str) -> Path:
+    path = Path(text.strip()).expanduser()
+    if not path.is_file():
+        raise ValueError("no such file")
+    return path
 
 
 def parse_positive(text: str) -> int:
@@ -225,4 +245,7 @@ def load_settings(
         offline=read("OFFLINE", parse_bool, False),
         file_hosts=read("FILE_HOSTS", parse_hosts, None),
         upstream_connections=read("UPSTREAM_CONNECTIONS", parse_positive, 64),
+        admin_token=read("ADMIN_TOKEN", parse_token, None),
+        htpasswd=read("HTPASSWD", parse_readable_file, None),
+        client_timeout=read("CLIENT_TIMEOUT", parse_seconds, 60.0),
     )

@@ -172,8 +172,10 @@ class IndexCache:
         return ListResult(names, version, any(e is not None and f for e, f in entries))
 
     def invalidate(self, name: str) -> None:
-        """Forget `name` (normalized; LIST_KEY for the project list) in every worker."""
-        self._store.delete_pages(name)
+        """Make `name` (normalized; LIST_KEY for the project list) stale in every worker:
+        the next request asks the upstream, conditionally and once, however many
+        invalidations came before."""
+        self._store.expire_pages(name)
         self._store.bump(_PAGES)
         for position in range(len(self.upstreams)):
             self._memory.pop((position, name), None)

@@ -86,9 +86,10 @@ class MetadataStore:
             (index_url, key, record.fetched_at, record.etag, record.last_modified, record.body),
         )
 
-    def delete_pages(self, key: str) -> None:
-        """Forget one project's pages (or the list's, with LIST_KEY) from every index."""
-        self._db.execute("DELETE FROM pages WHERE key = ?", (key,))
+    def expire_pages(self, key: str) -> None:
+        """Make one project's pages (or the list's, with LIST_KEY) stale for every index.
+        Their validators stay, so the next request revalidates cheaply."""
+        self._db.execute("UPDATE pages SET fetched_at = 0 WHERE key = ?", (key,))
 
     def page_count(self) -> int:
         return self._db.execute("SELECT count(*) FROM pages").fetchone()[0]

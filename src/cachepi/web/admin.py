@@ -8,13 +8,17 @@ from aiohttp import web
 
 from cachepi.simple.names import is_valid_project_name, normalize
 from cachepi.store.metadata import LIST_KEY
+from cachepi.web.auth import require_admin
 from cachepi.web.keys import FILE_CACHE, INDEX_CACHE, SETTINGS
 from cachepi.web.pages import RENDERED
 
 
-def _invalidate(request: web.Request, project: str | None) -> web.Response:
+def _invalidate(
+    request: web.Request, project: str | None, form_token: str | None = None
+) -> web.Response:
     """Drop a project's pages (or, with None, the project list) everywhere; the next
     request refetches it, once however many clients ask."""
+    require_admin(request, form_token)
     if project is None:
         key, message = LIST_KEY, "invalidated the project list"
     elif is_valid_project_name(project):
@@ -42,7 +46,8 @@ async def invalidate_form(request: web.Request) -> web.Response:
     the list."""
     form = await request.post()
     project = str(form.get("project", "")).strip()
-    return _invalidate(request, project or None)
+    token = form.get("token")
+    return _invalidate(request, project or None, token if isinstance(token, str) else None)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -57,6 +62,11 @@ async def home(request: web.Request) -> web.Response:
         for up in request.app[INDEX_CACHE].upstreams
     )
     limit = _human(settings.cache_size) if settings.cache_size else "0 (files not stored)"
+    token_field = (
+        ' <label>Admin token <input name="token" type="password" required></label>'
+        if settings.admin_token
+        else ""
+    )
     body = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>cachepi</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:50rem;margin:2rem auto;padding:0 1rem}}
@@ -70,9 +80,10 @@ table{{border-collapse:collapse}}td,th{{padding:.2rem .8rem;text-align:left}}</s
 <p>{count} files, {_human(total)} of {limit}.</p>
 <h2>Invalidate the index cache</h2>
 <form method="post" action="/cache/invalidate"><label>Project
-<input name="project" required pattern="[A-Za-z0-9._\\-]+"></label>
+<input name="project" required pattern="[A-Za-z0-9._\\-]+"></label>{token_field}
 <button>Invalidate project</button></form>
-<form method="post" action="/cache/invalidate"><button>Invalidate project list</button></form>
+<form method="post" action="/cache/invalidate">{token_field}
+<button>Invalidate project list</button></form>
 <p><a href="/index/">Browse the index</a> · <a href="/health">Health</a></p>
 </body></html>
 """

@@ -16,6 +16,7 @@ from cachepi.store.blobs import BlobStore
 from cachepi.store.metadata import MetadataStore
 from cachepi.upstream import Upstream, make_session
 from cachepi.web import admin, files, pages
+from cachepi.web.auth import Htpasswd, basic_auth
 from cachepi.web.keys import FILE_CACHE, INDEX_CACHE, SETTINGS
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,8 @@ def create_app(settings: Settings, reconcile: bool = True) -> web.Application:
     app.router.add_delete("/cache/list", admin.invalidate_list)
     app.router.add_delete("/cache/{project}", admin.invalidate_project)
     app.router.add_post("/cache/invalidate", admin.invalidate_form)
+    if settings.htpasswd is not None:
+        app.middlewares.append(basic_auth(Htpasswd(settings.htpasswd)))
     app.cleanup_ctx.append(functools.partial(_components, reconcile=reconcile))
     return app
 
