@@ -7,10 +7,20 @@ import sys
 from typing import Any
 
 import click
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
 from cachepi import workers
 from cachepi.config import ConfigError, Settings, load_settings
 from cachepi.upstream import redact
+from cachepi.verify import total_bytes, verify_cache
 
 
 def fail(message: str) -> None:
@@ -68,6 +78,40 @@ def serve(log_level: str, **flags: Any) -> None:
     except ConfigError as error:
         fail(str(error))
     run(settings)
+
+
+@main.command()
+@click.option("--cache-dir", help="The cache to check.  [default: as for serve]")
+def verify(**flags: Any) -> None:
+    """Re-hash every stored file; remove those that do not match.
+
+    Exit code 0: every file verified; 1: some were corrupt and have been removed.
+    """
+    try:
+        settings = load_settings(flags)
+    except ConfigError as error:
+        fail(str(error))
+    if not (settings.cache_dir / "cachepi.sqlite3").is_file():
+        fail(f"no cache at {settings.cache_dir}")
+    with Progress(
+        TextColumn("verifying"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task("verify", total=total_bytes(settings.cache_dir))
+        report = verify_cache(
+            settings.cache_dir, settings.cache_size, lambda n: bar.advance(task, n)
+        )
+    for sha256 in report.removed:
+        click.echo(f"removed {sha256}: its bytes do not match its sha256")
+    click.echo(
+        f"{report.checked} files ({report.bytes} bytes) checked, {len(report.removed)} removed"
+    )
+    sys.exit(1 if report.removed else 0)
 
 
 def run(settings: Settings) -> None:

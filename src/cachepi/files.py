@@ -416,6 +416,16 @@ class FileCache:
                 self._extracted_generation += 1
         return self._extracted_generation, self._extracted
 
+    def remove(self, sha256: str) -> None:
+        """Drop one blob, its file and every record of it."""
+        with self._blobs.exclusive():
+            self._drop(sha256)
+
+    def _drop(self, sha256: str) -> None:
+        self._blobs.delete(sha256)
+        self._store.remove_blob(sha256)
+        self._forget_extracted(sha256)
+
     def _evict(self, incoming: int) -> None:
         """Delete least recently used blobs until `incoming` more bytes fit under the limit.
         Call with the store lock held."""
@@ -425,9 +435,7 @@ class FileCache:
         self.flush_touches()
         while victims := self._store.least_recently_used():
             for sha256, size in victims:
-                self._blobs.delete(sha256)
-                self._store.remove_blob(sha256)
-                self._forget_extracted(sha256)
+                self._drop(sha256)
                 total -= size
                 log.info("evicted %s (%d bytes)", sha256, size)
                 if total + incoming <= self.max_bytes:
