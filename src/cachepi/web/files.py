@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import mimetypes
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
@@ -24,6 +25,9 @@ from cachepi.web.pages import checked_name, gateway_error
 # Files never change in an index: a client may keep them forever.
 FILE_CACHE_CONTROL = "max-age=365000000, immutable"
 _METADATA_SUFFIX = ".metadata"
+# sendfile goes out in pieces of this size, each with the client's deadline.
+_SENDFILE_PIECE = 8 * 1024 * 1024
+log = logging.getLogger(__name__)
 
 # Sends the body bytes [start, stop) of a prepared response.
 BodySender = Callable[[web.Request, web.StreamResponse, int, int | None], Awaitable[None]]
@@ -52,14 +56,18 @@ async def dist_file(request: web.Request) -> web.StreamResponse:
         raise gateway_error(error) from None
     except DownloadFailed as error:
         raise web.HTTPBadGateway(text=f"{error}\n") from None
+    settings = request.app[SETTINGS]
     headers = {
-        "Content-Type": file_type(filename, request.app[SETTINGS].binary_file_mime_type),
+        "Content-Type": file_type(filename, settings.binary_file_mime_type),
         "Cache-Control": FILE_CACHE_CONTROL,
     }
     if isinstance(found, Blob):
         with found.file:
-            return await _answer(request, headers, found.size, found.sha256, _sendfile(found))
-    return await _answer(request, headers, found.size, spec.sha256, _relay(found))
+            send = _sendfile(found, settings.client_timeout)
+            return await _answer(request, headers, found.size, found.sha256, send)
+    return await _answer(
+        request, headers, found.size, spec.sha256, _relay(found, settings.client_timeout)
+    )
 
 
 async def _spec(request: web.Request, name: str, filename: str) -> FileSpec:
@@ -118,28 +126,48 @@ async def _answer(
     return response
 
 
-def _sendfile(blob: Blob) -> BodySender:
+def _sendfile(blob: Blob, patience: float) -> BodySender:
     async def send(
         request: web.Request, response: web.StreamResponse, start: int, stop: int | None
     ) -> None:
         transport = request.transport
         if transport is None:  # the client is gone
             return
-        count = (blob.size if stop is None else stop) - start
-        await asyncio.get_running_loop().sendfile(transport, blob.file, start, count)
+        loop = asyncio.get_running_loop()
+        end = blob.size if stop is None else stop
+        # In pieces, each with a deadline: a client that stops reading is let go.
+        for offset in range(start, end, _SENDFILE_PIECE):
+            count = min(_SENDFILE_PIECE, end - offset)
+            async with _client_deadline(request, patience):
+                await loop.sendfile(transport, blob.file, offset, count)
         await response.write_eof()
 
     return send
 
 
-def _relay(download: Download) -> BodySender:
+@contextlib.asynccontextmanager
+async def _client_deadline(request: web.Request, patience: float) -> AsyncIterator[None]:
+    """Drop the connection of a client that takes more than `patience` seconds to accept
+    what is being sent: a stalled client must not hold a file and a connection forever."""
+    try:
+        async with asyncio.timeout(patience):
+            yield
+    except TimeoutError:
+        log.info("%s stopped reading %s: disconnected", request.remote, request.path)
+        if request.transport is not None:
+            request.transport.abort()
+        raise ConnectionResetError("client stalled") from None
+
+
+def _relay(download: Download, patience: float) -> BodySender:
     async def send(
         request: web.Request, response: web.StreamResponse, start: int, stop: int | None
     ) -> None:
         try:
             async with contextlib.aclosing(download.chunks(start, stop)) as chunks:
                 async for data in chunks:
-                    await response.write(data)
+                    async with _client_deadline(request, patience):
+                        await response.write(data)
         except DownloadFailed:
             # The bytes were wrong or incomplete: end the connection before the response is
             # complete, so the client sees a failed transfer rather than a finished file.
@@ -149,3 +177,17 @@ def _relay(download: Download) -> BodySender:
         await response.write_eof()
 
     return send
+
+
+@contextlib.asynccontextmanager
+async def _client_deadline(request: web.Request, patience: float) -> AsyncIterator[None]:
+    """Drop the connection of a client that takes more than `patience` seconds to accept
+    what is being sent: a stalled client must not hold a file and a connection forever."""
+    try:
+        async with asyncio.timeout(patience):
+            yield
+    except TimeoutError:
+        log.info("%s stopped reading %s: disconnected", request.remote, request.path)
+        if request.transport is not None:
+            request.transport.abort()
+        raise ConnectionResetError("client stalled") from None
