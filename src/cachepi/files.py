@@ -11,10 +11,12 @@ evicted, one process at a time, to stay under the byte limit.
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
 import hashlib
 import logging
 import os
+import sqlite3
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
@@ -31,6 +33,8 @@ from cachepi.wheelmeta import read_wheel_metadata
 log = logging.getLogger(__name__)
 
 _CHUNK = 256 * 1024
+# What a download may hold in memory when the disk refuses its bytes.
+_WINDOW_BYTES = 8 * 1024 * 1024
 # How often a follower looks at another worker's part file.
 _POLL_SECONDS = 0.002
 _EXTRACTED = "extracted"  # the generation counter other workers watch
@@ -86,6 +90,14 @@ class Download:
         self._changed = asyncio.Event()
         self._headers = asyncio.Event()
         self._read_fd = -1
+        # When the disk refuses the part file (full, unwritable), bytes from `_disk_end` on
+        # are relayed from a bounded window in memory instead, paced by the slowest reader.
+        self._disk_end: int | None = None
+        self._window: collections.deque[bytes] = collections.deque()
+        self._window_start = 0
+        self._window_bytes = 0
+        self._positions: dict[object, int] = {}
+        self._consumed = asyncio.Event()
 
     # -- the writer's side ------------------------------------------------------------------
 
@@ -108,6 +120,47 @@ class Download:
     def progressed(self, count: int) -> None:
         self.written += count
         self._notify()
+
+    @property
+    def spilled(self) -> bool:
+        """True once the part file could not take more bytes: this copy cannot be kept."""
+        return self._disk_end is not None
+
+    def spill(self) -> None:
+        """From now on, bytes arrive through `relay` instead of the part file."""
+        self._disk_end = self._window_start = self.written
+
+    async def relay(self, data: bytes) -> None:
+        """Hand on bytes the disk would not take, once every reader made room for them."""
+        while self._window_bytes + len(data) > _WINDOW_BYTES and self._window:
+            self._trim()
+            if self._window_bytes + len(data) > _WINDOW_BYTES:
+                await self._consumed.wait()
+                self._consumed.clear()
+        self._window.append(data)
+        self._window_bytes += len(data)
+
+    def _trim(self) -> None:
+        """Drop window chunks that every reader is past."""
+        slowest = min(self._positions.values(), default=self.written)
+        while self._window and self._window_start + len(self._window[0]) <= slowest:
+            dropped = self._window.popleft()
+            self._window_start += len(dropped)
+            self._window_bytes -= len(dropped)
+
+    def _read(self, position: int, available: int) -> bytes:
+        """Bytes from `position` on, up to `available`: from the part file or the window."""
+        if self._disk_end is None or position < self._disk_end:
+            limit = available if self._disk_end is None else min(available, self._disk_end)
+            return os.pread(self._read_fd, min(limit - position, _CHUNK), position)
+        if position < self._window_start:
+            raise DownloadFailed("the disk is full and these bytes are gone from memory")
+        offset = self._window_start
+        for data in self._window:
+            if offset + len(data) > position:
+                return data[position - offset : available - offset]
+            offset += len(data)
+        raise AssertionError("a position below `available` is always in the window")
 
     def bytes_on_disk(self) -> int:
         """How much the file we read from holds now (for following another writer)."""
@@ -137,21 +190,29 @@ class Download:
         not even of a range.
         """
         position = start
-        while end is None or position < end:
-            if self._state is _State.FAILED:
-                raise DownloadFailed(str(self._error))
-            done = self._state is _State.DONE
-            available = self.written if end is None else min(self.written, end)
-            if not done:
-                available = min(available, self.written - 1, (end or self.written) - 1)
-            if position < available:
-                data = os.pread(self._read_fd, min(available - position, _CHUNK), position)
-                position += len(data)
-                yield data
-            elif done:
-                return
-            else:
-                await self._changed.wait()
+        me = object()
+        self._positions[me] = position
+        try:
+            while end is None or position < end:
+                if self._state is _State.FAILED:
+                    raise DownloadFailed(str(self._error))
+                done = self._state is _State.DONE
+                available = self.written if end is None else min(self.written, end)
+                if not done:
+                    available = min(available, self.written - 1, (end or self.written) - 1)
+                if position < available:
+                    data = self._read(position, available)
+                    position += len(data)
+                    self._positions[me] = position
+                    self._consumed.set()
+                    yield data
+                elif done:
+                    return
+                else:
+                    await self._changed.wait()
+        finally:
+            del self._positions[me]
+            self._consumed.set()
 
 
 class FileCache:
@@ -223,7 +284,10 @@ class FileCache:
     def flush_touches(self) -> None:
         """Write batched last-use times: one transaction per few seconds, not per hit."""
         if self._touched:
-            self._store.touch_blobs(self._touched.items())
+            try:
+                self._store.touch_blobs(self._touched.items())
+            except sqlite3.Error as failure:  # eviction order gets a little less exact
+                log.warning("cannot record when files were last used: %s", failure)
             self._touched.clear()
         self._last_flush = self._clock()
 
@@ -283,10 +347,10 @@ class FileCache:
             raise
         else:
             try:
-                stored = self._keep(fd, part, sha256, download.written)
+                stored = not download.spilled and self._keep(fd, part, sha256, download.written)
                 if stored and spec.sha256 is None:
                     self._store.put_ref(spec.url, sha256)
-            except OSError as failure:  # the bytes are good: clients still get them
+            except (OSError, sqlite3.Error) as failure:  # the bytes are good: clients get them
                 log.error("cannot store %s in the cache: %s", redact(spec.url), failure)
             if stored and spec.wheel_without_metadata:
                 # Before the clients' last byte: once they have the wheel, the page
@@ -295,7 +359,14 @@ class FileCache:
         finally:
             os.close(fd)
             self._blobs.discard(part)  # a no-op once the part file became a blob
-            lock.release("ok" if error is None else f"failed: {error}")
+            # Other workers read the part file: a spilled one is incomplete for them.
+            lock.release(
+                f"failed: {error}"
+                if error is not None
+                else "failed: the disk would not take the file"
+                if download.spilled
+                else "ok"
+            )
             download.finished(error)
 
     async def _follow(self, download: Download, lock: LockFile) -> None:
@@ -344,7 +415,19 @@ class FileCache:
         async with spec.upstream.open_file(spec.url) as response:
             download.started(os.open(part, os.O_RDONLY), response.content_length)
             async for chunk in response.content.iter_any():
-                _write_all(fd, chunk)
+                if not download.spilled:
+                    try:
+                        _write_all(fd, chunk)
+                    except OSError as error:
+                        log.error(
+                            "cannot store %s (%s): disk full or unwritable; relaying it "
+                            "from memory, it will not be cached",
+                            redact(spec.url),
+                            error.strerror or error,
+                        )
+                        download.spill()
+                if download.spilled:
+                    await download.relay(chunk)
                 for hasher in hashers.values():
                     hasher.update(chunk)
                 download.progressed(len(chunk))
@@ -377,6 +460,12 @@ class FileCache:
 
     async def _extract(self, wheel_sha256: str, filename: str) -> None:
         """Store a cached wheel's METADATA as a blob of its own and remember the pair."""
+        try:
+            await self._extract_unguarded(wheel_sha256, filename)
+        except (OSError, sqlite3.Error) as failure:  # a missed optimisation, no more
+            log.error("cannot store the METADATA of %s: %s", filename, failure)
+
+    async def _extract_unguarded(self, wheel_sha256: str, filename: str) -> None:
         wheel = self._blobs.path(wheel_sha256)
         data = await asyncio.to_thread(read_wheel_metadata, wheel, filename)
         if data is None or wheel_sha256 in self._extracted:

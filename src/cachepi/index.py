@@ -12,6 +12,7 @@ import asyncio
 import functools
 import hashlib
 import logging
+import sqlite3
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -299,7 +300,10 @@ class IndexCache:
             outcome = "nothing cached" if old is None else "serving stale copy"
             log.warning("upstream %s failed for %r, %s: %s", upstream.url, key, outcome, failure)
             return old, failure
-        self._store.put_page(upstream.url, key, entry.record)
+        try:
+            self._store.put_page(upstream.url, key, entry.record)
+        except sqlite3.Error as failure:  # still good to serve from memory
+            log.error("cannot store the page %r of %s: %s", key, upstream.url, failure)
         self._remember((position, key), entry)
         return entry, None
 
