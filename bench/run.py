@@ -1,0 +1,43 @@
+#!/usr/bin/env python3
+"""Benchmark cachepi against nginx (the same bytes, served statically) and proxpi (under
+gunicorn, as its image runs it), with a fake upstream index, all on 127.0.0.1.
+
+    python bench/run.py            # full run (~10 minutes), writes bench/results/latest.md
+    python bench/run.py --quick    # smoke run, writes bench/.work/quick.md
+    python bench/run.py --profile  # also py-spy flame graphs of cachepi under load
+
+Installs what is missing (Debian wrk and nginx-light, proxpi in bench/.work/proxpi-venv) and
+stops every process it started, also on Ctrl-C. Runs under the project's .venv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV = ROOT / ".venv"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    parser.add_argument("--profile", action="store_true", help="py-spy cachepi under load")
+    parser.add_argument("--output", type=Path, help="where to write the markdown results")
+    args = parser.parse_args()
+    python = VENV / "bin" / "python"
+    if Path(sys.prefix).resolve() != VENV.resolve() and python.exists():
+        os.execv(python, [str(python), __file__, *sys.argv[1:]])
+    import harness
+
+    try:
+        return harness.main(args.quick, args.profile, args.output)
+    except KeyboardInterrupt:
+        print("\nbench: interrupted; every server it started has been stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
