@@ -52,13 +52,11 @@ class BlobStore:
         fd, name = tempfile.mkstemp(dir=self._tmp, prefix="dl-")
         return fd, Path(name)
 
-    def commit(self, fd: int, temp: Path, sha256: str) -> Path:
-        """Make a complete, verified temp file (written through `fd`) the blob for `sha256`.
-
-        fsync before rename: after a crash the blob is either whole or absent.
-        """
+    def commit(self, temp: Path, sha256: str) -> Path:
+        """Make a complete, verified temp file the blob for `sha256`. The caller fsyncs it
+        first (slow: keep it off the event loop), so after a crash the blob is whole or
+        absent."""
         target = self.path(sha256)
-        os.fsync(fd)
         target.parent.mkdir(exist_ok=True)
         os.replace(temp, target)
         return target
