@@ -33,7 +33,7 @@ class Served:
             self.log.append(line.decode(errors="replace"))
 
     def pids_that_answered(self) -> set[str]:
-        return {m[1] for line in self.log if (m := re.search(r"pid=<(\d+)> \"GET /index/", line))}
+        return {m[1] for line in self.log if (m := re.search(r"pid=(\d+) \"GET /index/", line))}
 
 
 @pytest_asyncio.fixture

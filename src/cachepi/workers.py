@@ -20,12 +20,12 @@ from types import FrameType
 from aiohttp import web
 
 from cachepi.config import Settings
+from cachepi.web.accesslog import AccessLog
 from cachepi.web.app import create_app, reconcile_cache
 
 log = logging.getLogger(__name__)
 
 _RESTART_DELAY = 1.0
-ACCESS_LOG_FORMAT = '%a pid=%P "%r" %s %b %Tf'
 
 
 def serve(settings: Settings) -> None:
@@ -36,7 +36,7 @@ def serve(settings: Settings) -> None:
             host=settings.host,
             port=settings.port,
             print=None,
-            access_log_format=ACCESS_LOG_FORMAT,
+            access_log_class=AccessLog,
         )
         return
     check_port(settings.host, settings.port)
@@ -59,7 +59,7 @@ def _worker(settings: Settings) -> None:
         port=settings.port,
         reuse_port=True,
         print=None,
-        access_log_format=ACCESS_LOG_FORMAT,
+        access_log_class=AccessLog,
     )
 
 

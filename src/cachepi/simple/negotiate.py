@@ -7,6 +7,7 @@ skipped, never an error.
 from __future__ import annotations
 
 import enum
+import functools
 import math
 
 
@@ -49,6 +50,7 @@ def content_type(fmt: Format) -> str:
     return f"{fmt.value}; charset=utf-8" if fmt is Format.HTML else fmt.value
 
 
+@functools.lru_cache(maxsize=1024)  # pure, and clients send the same few headers
 def choose_format(accept: str | None, format_param: str | None) -> Format | None:
     """The format to answer with; None when the client refuses all of them (answer 406).
 
@@ -70,6 +72,7 @@ def choose_format(accept: str | None, format_param: str | None) -> Format | None
     return best if scores[best][0] > 0 else None
 
 
+@functools.lru_cache(maxsize=1024)
 def choose_encoding(accept_encoding: str | None) -> str:
     """The content coding for a page: the acceptable one (by name or through "*") with the
     highest q, "zstd" on a tie (smaller and far cheaper to decode); else "identity"."""
