@@ -177,17 +177,3 @@ def _relay(download: Download, patience: float) -> BodySender:
         await response.write_eof()
 
     return send
-
-
-@contextlib.asynccontextmanager
-async def _client_deadline(request: web.Request, patience: float) -> AsyncIterator[None]:
-    """Drop the connection of a client that takes more than `patience` seconds to accept
-    what is being sent: a stalled client must not hold a file and a connection forever."""
-    try:
-        async with asyncio.timeout(patience):
-            yield
-    except TimeoutError:
-        log.info("%s stopped reading %s: disconnected", request.remote, request.path)
-        if request.transport is not None:
-            request.transport.abort()
-        raise ConnectionResetError("client stalled") from None
