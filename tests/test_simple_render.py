@@ -274,28 +274,46 @@ def test_html_upstream_metadata_hash_survives_to_json() -> None:
 # --- round trips --------------------------------------------------------------------------------
 
 hex_digest = st.text(alphabet="0123456789abcdef", min_size=64, max_size=64)
-safe_filenames = st.from_regex(r"\A[A-Za-z0-9_+!~-][A-Za-z0-9._+!~-]{0,60}\Z")
 # HTML cannot carry control characters (NUL becomes U+FFFD, CR becomes LF).
 html_text = st.text(st.characters(blacklist_categories=("Cc", "Cs")), min_size=1)
 optional_text = st.none() | html_text
-files = st.builds(
-    File,
-    filename=safe_filenames,
-    url=st.just("unused"),
-    hashes=st.dictionaries(st.just("sha256"), hex_digest),
-    requires_python=optional_text,
-    core_metadata=st.booleans() | st.dictionaries(st.just("sha256"), hex_digest, min_size=1),
-    yanked=st.booleans() | html_text,
-    size=st.none() | st.integers(min_value=0, max_value=2**53),
-    upload_time=st.none() | st.just("2024-01-02T03:04:05.123456Z"),
-    provenance=st.none() | st.just("https://pypi.org/integrity/x/1.0/f/provenance"),
+project_names = st.from_regex(r"\A[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?\Z").filter(
+    lambda n: "--" not in n
 )
-projects = st.builds(
-    Project,
-    name=st.from_regex(r"\A[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?\Z").filter(lambda n: "--" not in n),
-    files=st.lists(files, max_size=5, unique_by=lambda file: file.filename),
-    last_serial=st.none() | st.integers(min_value=0, max_value=2**62),
-    status=st.none() | st.sampled_from(["active", "archived", "quarantined", "deprecated"]),
+versions = st.from_regex(r"\A[0-9]{1,3}(\.[0-9]{1,3}){0,2}(\+[a-z0-9]{1,5})?\Z")
+suffixes = st.sampled_from(
+    [".tar.gz", ".zip", "-py3-none-any.whl", "-cp311-cp311-linux_x86_64.whl"]
+)
+
+
+def files_of(name: str) -> st.SearchStrategy[File]:
+    """Files a page of project `name` may list: its wheels and sdists."""
+    return st.builds(
+        File,
+        filename=st.builds(
+            lambda version, suffix: f"{name.replace('-', '_')}-{version}{suffix}",
+            versions,
+            suffixes,
+        ),
+        url=st.just("unused"),
+        hashes=st.dictionaries(st.just("sha256"), hex_digest),
+        requires_python=optional_text,
+        core_metadata=st.booleans() | st.dictionaries(st.just("sha256"), hex_digest, min_size=1),
+        yanked=st.booleans() | html_text,
+        size=st.none() | st.integers(min_value=0, max_value=2**53),
+        upload_time=st.none() | st.just("2024-01-02T03:04:05.123456Z"),
+        provenance=st.none() | st.just("https://pypi.org/integrity/x/1.0/f/provenance"),
+    )
+
+
+projects = project_names.flatmap(
+    lambda name: st.builds(
+        Project,
+        name=st.just(name),
+        files=st.lists(files_of(name), max_size=5, unique_by=lambda file: file.filename),
+        last_serial=st.none() | st.integers(min_value=0, max_value=2**62),
+        status=st.none() | st.sampled_from(["active", "archived", "quarantined", "deprecated"]),
+    )
 )
 
 

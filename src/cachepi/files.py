@@ -87,6 +87,8 @@ class Download:
     def __init__(self, spec: FileSpec) -> None:
         self.spec = spec
         self.size: int | None = spec.size
+        # Bytes that came from the upstream, and bytes handed on to readers (on disk).
+        self.received = 0
         self.written = 0
         self._state = _State.RUNNING
         self._error: BaseException | None = None
@@ -364,6 +366,7 @@ class FileCache:
             if stored and spec.wheel_without_metadata:
                 await self._extract(sha256, spec.wheel_without_metadata)
         finally:
+            download.finished(error)  # first: whatever fails below, no reader may hang
             os.close(fd)
             self._blobs.discard(part)  # a no-op once the part file became a blob
             # Other workers read the part file: a spilled one is incomplete for them.
@@ -374,7 +377,6 @@ class FileCache:
                 if download.spilled
                 else "ok"
             )
-            download.finished(error)
 
     async def _follow(self, download: Download, lock: LockFile) -> None:
         """Relay another worker's download from its part file, and its outcome."""
@@ -410,7 +412,7 @@ class FileCache:
         """Copy the upstream body into `fd` (the part file), checking length and hashes;
         a passing failure is retried while no byte has been received."""
         return await download.spec.upstream.retrying(
-            lambda: self._transfer_once(download, fd, part), safe=lambda: download.written == 0
+            lambda: self._transfer_once(download, fd, part), safe=lambda: download.received == 0
         )
 
     async def _transfer_once(self, download: Download, fd: int, part: Path) -> str:
@@ -438,6 +440,7 @@ class FileCache:
             async with spec.upstream.open_file(spec.url) as response:
                 download.started(os.open(part, os.O_RDONLY), response.content_length)
                 async for chunk in response.content.iter_any():
+                    download.received += len(chunk)
                     pending.append((persister.submit(chunk), chunk))
                     await hand_on(keep_pending=_CHUNKS_IN_FLIGHT)
                 await hand_on(keep_pending=0)
@@ -459,6 +462,8 @@ class FileCache:
         make room; True if the cache now holds `sha256` (perhaps from before)."""
         if size > self.max_bytes:  # includes a cache size of 0: stream through only
             return False
+        if os.fstat(fd).st_size != size:  # never store anything but the verified bytes
+            raise OSError(f"the part file holds {os.fstat(fd).st_size} bytes, not {size}")
         await asyncio.to_thread(os.fsync, fd)  # 100 MB take ~0.15 s: not on the event loop
         with self._blobs.exclusive():  # one process at a time counts, evicts and adds
             if self._blobs.path(sha256).is_file():  # the same bytes came by another URL

@@ -11,6 +11,7 @@ process that waited reads it from its own open descriptor.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -73,8 +74,10 @@ class LockFile:
         """Write the outcome for waiters, remove the path (a later arrival starts afresh),
         and unlock."""
         if self.acquired:
-            os.ftruncate(self._fd, 0)
-            os.pwrite(self._fd, outcome.encode(), 0)
+            # On a full disk this can fail: waiters then read "" and take it as a failure.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
+                os.pwrite(self._fd, outcome.encode(), 0)
             self.path.unlink(missing_ok=True)
             self.acquired = False
         self.close()

@@ -70,6 +70,28 @@ def dist_filename_project(filename: str) -> str | None:
     return name if is_valid_project_name(name) else None
 
 
+# Files packaging cannot parse that PyPI still lists: eggs, installers, old sdist formats.
+_LEGACY_SUFFIXES = (
+    ".tar.gz", ".tar.bz2", ".tar.xz", ".tgz", ".tbz", ".tar", ".zip", ".egg", ".exe", ".msi",
+    ".rpm", ".dmg",
+)  # fmt: skip
+
+
+def belongs_to(filename: str, project: str) -> bool:
+    """True if `filename` is a distribution of `project` (a normalized name): a wheel or
+    sdist naming it, or a legacy file whose name starts with it and a version."""
+    parsed = dist_filename_project(filename)
+    if parsed is not None:
+        return parsed == project
+    if filename.endswith(".whl"):
+        return False  # a wheel packaging cannot parse is no wheel
+    lowered = filename.lower()
+    for suffix in _LEGACY_SUFFIXES:
+        if lowered.endswith(suffix):
+            return normalize(filename[: -len(suffix)]).startswith(project + "-")
+    return False
+
+
 def versions_from_filenames(filenames: Iterable[str], known: Iterable[str] = ()) -> list[str]:
     """Sorted union of the `known` version strings and the versions in wheel/sdist filenames.
 

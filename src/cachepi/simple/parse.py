@@ -17,7 +17,7 @@ import msgspec
 from selectolax.lexbor import LexborHTMLParser
 
 from cachepi.simple.model import File, Project, ProjectList
-from cachepi.simple.names import is_safe_filename, is_valid_project_name
+from cachepi.simple.names import belongs_to, is_safe_filename, is_valid_project_name, normalize
 
 # Hash name -> hex digest length, for the algorithms every Python has (shake_* has no fixed
 # length); a digest of any other name or length is dropped, so "#egg=cafe" is not a hash.
@@ -103,7 +103,7 @@ def parse_project_json(body: bytes, page_url: str) -> Project:
     status = page.project_status or _Status()
     return Project(
         name=page.name,
-        files=_unique(_json_files(page.files, page_url)),
+        files=_own(normalize(page.name), _json_files(page.files, page_url)),
         versions=page.versions,
         last_serial=page.meta.last_serial,
         status=status.status,
@@ -165,13 +165,13 @@ def _clean_metadata(value: bool | dict[str, str] | None) -> bool | dict[str, str
 
 def parse_project_html(body: bytes, page_url: str, name: str) -> Project:
     """A PEP 503 project page; `name` is the project the page was fetched for."""
-    tree = LexborHTMLParser(body)
+    tree = LexborHTMLParser(_utf8(body))
     _check_api_version(_meta_content(tree, "pypi:repository-version") or "1.0")
     base = _base_url(tree, page_url)
     files = (_html_file(anchor.attributes, base) for anchor in tree.css("a[href]"))
     return Project(
         name=name,
-        files=_unique(file for file in files if file is not None),
+        files=_own(normalize(name), (file for file in files if file is not None)),
         last_serial=_html_serial(body),
         status=_meta_content(tree, "pypi:project-status"),
         status_reason=_meta_content(tree, "pypi:project-status-reason"),
@@ -180,7 +180,7 @@ def parse_project_html(body: bytes, page_url: str, name: str) -> Project:
 
 def parse_project_list_html(body: bytes) -> ProjectList:
     """A PEP 503 root page: the project names are the link texts."""
-    tree = LexborHTMLParser(body)
+    tree = LexborHTMLParser(_utf8(body))
     _check_api_version(_meta_content(tree, "pypi:repository-version") or "1.0")
     names = [anchor.text().strip() for anchor in tree.css("a")]
     return ProjectList(names=_valid_names(names), last_serial=_html_serial(body))
@@ -285,6 +285,21 @@ def _clean_hashes(items: Iterable[tuple[str, str]]) -> dict[str, str]:
         if _HEX_LENGTHS.get(name) == len(digest) and not digest.strip(_HEX_DIGITS):
             hashes[name] = digest
     return hashes
+
+
+def _utf8(body: bytes) -> bytes:
+    """PEP 503 pages are UTF-8; anything else is not a page we can trust to be complete."""
+    try:
+        body.decode()
+    except UnicodeDecodeError:
+        raise ParseError("the HTML page is not valid UTF-8") from None
+    return body
+
+
+def _own(project: str, files: Iterable[File]) -> list[File]:
+    """The files that are distributions of `project`, each filename once: a page cannot
+    list another project's files, or anything that is no distribution at all."""
+    return _unique(file for file in files if belongs_to(file.filename, project))
 
 
 def _unique(files: Iterable[File]) -> list[File]:

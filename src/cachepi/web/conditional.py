@@ -10,7 +10,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-_RANGE_RE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
+_RANGE_RE = re.compile(r"^\s*bytes\s*=\s*([0-9]*)\s*-\s*([0-9]*)\s*$", re.IGNORECASE)
+# A position with more digits than this is past the end of any file (and int() refuses
+# strings of thousands of digits).
+_MAX_DIGITS = 18
 
 
 class RangeNotSatisfiable(Exception):
@@ -31,17 +34,21 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     if not first:
         if not last:
             return None
-        suffix = int(last)
-        if suffix == 0:
+        suffix = _position(last)
+        if suffix == 0 or size == 0:
             raise RangeNotSatisfiable
         return max(0, size - suffix), size
-    start = int(first)
-    stop = size if not last else int(last) + 1
+    start = _position(first)
+    stop = size if not last else _position(last) + 1
     if last and stop <= start:
         return None  # "bytes=5-3" is invalid: the RFC says ignore it
     if start >= size:
         raise RangeNotSatisfiable
     return start, min(stop, size)
+
+
+def _position(digits: str) -> int:
+    return int(digits) if len(digits) <= _MAX_DIGITS else 10**_MAX_DIGITS
 
 
 @dataclass(frozen=True)

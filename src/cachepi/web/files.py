@@ -25,8 +25,11 @@ from cachepi.web.pages import checked_name, gateway_error
 # Files never change in an index: a client may keep them forever.
 FILE_CACHE_CONTROL = "max-age=365000000, immutable"
 _METADATA_SUFFIX = ".metadata"
-# sendfile goes out in pieces of this size, each with the client's deadline.
-_SENDFILE_PIECE = 8 * 1024 * 1024
+# sendfile goes out in pieces (see _sendfile), between these sizes; a client slower than
+# _SLOWEST_CLIENT bytes a second over a whole client_timeout is disconnected.
+_SLOWEST_CLIENT = 64 * 1024
+_MIN_PIECE = 64 * 1024
+_MAX_PIECE = 16 * 1024 * 1024
 log = logging.getLogger(__name__)
 
 # Sends the body bytes [start, stop) of a prepared response.
@@ -135,11 +138,12 @@ def _sendfile(blob: Blob, patience: float) -> BodySender:
             return
         loop = asyncio.get_running_loop()
         end = blob.size if stop is None else stop
-        # In pieces, each with a deadline: a client that stops reading is let go.
-        for offset in range(start, end, _SENDFILE_PIECE):
-            count = min(_SENDFILE_PIECE, end - offset)
+        # In pieces, each with the client's deadline: what a client reading at the slowest
+        # rate we wait for gets in that time. A stalled client is let go, a slow one is not.
+        piece = int(min(max(_SLOWEST_CLIENT * patience, _MIN_PIECE), _MAX_PIECE))
+        for offset in range(start, end, piece):
             async with _client_deadline(request, patience):
-                await loop.sendfile(transport, blob.file, offset, count)
+                await loop.sendfile(transport, blob.file, offset, min(piece, end - offset))
         await response.write_eof()
 
     return send
