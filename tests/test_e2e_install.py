@@ -6,12 +6,12 @@ import asyncio
 import sys
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from tests.clients import isolated_env, pip_install, uv_install
 from tests.conftest import ProxyFactory
 from tests.fakeupstream import FakeUpstream
+from tests.fetching import wait_healthy
 
 INSTALLERS = {"pip": pip_install, "uv": uv_install}
 
@@ -75,16 +75,3 @@ async def test_cachepi_serve_command_proxies_for_pip(
         server.terminate()
         await server.wait()
     assert (tmp_path / "c" / "cachepi.sqlite3").is_file()
-
-
-async def wait_healthy(base: str, within: float = 30) -> None:
-    async with aiohttp.ClientSession() as session:
-        for _ in range(int(within * 10)):
-            try:
-                async with session.get(base + "/health") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"{base} never became healthy")

@@ -551,6 +551,31 @@ async def test_requests_are_recorded_and_counted(
     assert fake_upstream.count_prefix("/", method=None) == 0
 
 
+async def test_peak_concurrency_counts_overlapping_requests_only(
+    fake_upstream: FakeUpstream, session: aiohttp.ClientSession
+) -> None:
+    fake_upstream.delay("/simple/*", 0.2)
+    await asyncio.gather(*(fetch(session, fake_upstream.url + "app/") for _ in range(3)))
+    await fetch(session, fake_upstream.url + "lib/")  # after the others: no overlap
+    assert fake_upstream.peak_concurrency("/simple/") == 3
+    assert fake_upstream.peak_concurrency("/simple/lib/") == 1
+    assert fake_upstream.peak_concurrency("/files/") == 0
+    assert all(r.finished is not None and r.finished >= r.started for r in fake_upstream.requests)
+
+
+async def test_serve_raw_answers_exactly_the_given_bytes_until_cleared(
+    fake_upstream: FakeUpstream, session: aiohttp.ClientSession
+) -> None:
+    fake_upstream.serve_raw("/simple/app/", b"<not a page>", "text/html")
+    response, body = await fetch(session, fake_upstream.url + "app/")
+    assert (response.status, response.content_type, body) == (200, "text/html", b"<not a page>")
+    fake_upstream.fail("/simple/app/", 503, times=1)  # faults still win
+    assert (await fetch(session, fake_upstream.url + "app/"))[0].status == 503
+    fake_upstream.clear("/simple/app/")
+    assert (await get_json(session, fake_upstream.url + "app/"))["name"] == "app"
+    assert fake_upstream.count("/simple/app/") == 3
+
+
 # -- faults --------------------------------------------------------------------------------
 
 
@@ -646,6 +671,10 @@ async def test_garbage_is_a_200_that_does_not_parse(
         json.loads(body)
     response, body = await fetch(session, fake_upstream.url + "app/")
     assert response.status == 200
+    assert html_links(body) == {}
+    fake_upstream.garbage("/simple/app/", format="html")  # whatever the client accepts
+    response, body = await fetch(session, fake_upstream.url + "app/", headers={"Accept": JSON_TYPE})
+    assert (response.status, response.content_type) == (200, "text/html")
     assert html_links(body) == {}
 
 

@@ -4,24 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from pathlib import Path
 
 import aiohttp
 import pytest
 from yarl import URL
 
+from tests.cachedir import blobs_on_disk, leftovers
 from tests.conftest import ProxyFactory
 from tests.fakeupstream import Dist, FakeUpstream
 from tests.proxy import RunningProxy
 
 
-def blobs_on_disk(proxy: RunningProxy) -> dict[str, int]:
-    root = proxy.settings.cache_dir / "blobs"
-    return {p.name: p.stat().st_size for p in root.rglob("*") if p.is_file()}
-
-
-def temp_files(proxy: RunningProxy) -> list[Path]:
-    return list((proxy.settings.cache_dir / "tmp").iterdir())
+def blobs(proxy: RunningProxy) -> dict[str, int]:
+    return blobs_on_disk(proxy.settings.cache_dir)
 
 
 def file_url(proxy: RunningProxy, dist: Dist) -> str:
@@ -48,8 +43,8 @@ async def test_concurrent_clients_share_one_upstream_download(
     for status, _, body in results:
         assert status == 200
         assert hashlib.sha256(body).hexdigest() == big.sha256
-    assert blobs_on_disk(proxy) == {big.sha256: big.size}
-    assert temp_files(proxy) == []
+    assert blobs(proxy) == {big.sha256: big.size}
+    assert leftovers(proxy.settings.cache_dir) == []
 
 
 async def test_clients_receive_bytes_before_the_download_ends(
@@ -77,14 +72,14 @@ async def test_corrupted_upstream_bytes_are_not_stored_and_the_client_transfer_f
     async with aiohttp.ClientSession() as session:
         with pytest.raises(aiohttp.ClientPayloadError):
             await fetch(session, file_url(proxy, dist))
-        assert blobs_on_disk(proxy) == {}
-        assert temp_files(proxy) == []
+        assert blobs(proxy) == {}
+        assert leftovers(proxy.settings.cache_dir) == []
         # Once the upstream is healthy again, the file downloads and verifies.
         fake_upstream.clear()
         status, _, body = await fetch(session, file_url(proxy, dist))
     assert status == 200
     assert hashlib.sha256(body).hexdigest() == dist.sha256
-    assert blobs_on_disk(proxy) == {dist.sha256: dist.size}
+    assert blobs(proxy) == {dist.sha256: dist.size}
 
 
 async def test_upstream_reset_mid_body_fails_the_client_and_stores_nothing(
@@ -96,7 +91,7 @@ async def test_upstream_reset_mid_body_fails_the_client_and_stores_nothing(
     async with aiohttp.ClientSession() as session:
         with pytest.raises(aiohttp.ClientPayloadError):
             await fetch(session, file_url(proxy, dist))
-    assert blobs_on_disk(proxy) == {}
+    assert blobs(proxy) == {}
 
 
 async def test_eviction_keeps_the_cache_under_its_limit_and_drops_the_least_recently_used(
@@ -116,7 +111,7 @@ async def test_eviction_keeps_the_cache_under_its_limit_and_drops_the_least_rece
         for dist in dists[3:]:
             await asyncio.sleep(0.01)
             assert (await fetch(session, file_url(proxy, dist)))[0] == 200
-    stored = blobs_on_disk(proxy)
+    stored = blobs(proxy)
     assert sum(stored.values()) <= limit
     assert set(stored) == {dists[0].sha256, dists[3].sha256, dists[4].sha256}
 
@@ -136,7 +131,7 @@ async def test_eviction_state_survives_a_restart(
         await proxy.stop()
         restarted = await proxy_factory(fake_upstream, cache_size=limit)
         await fetch(session, file_url(restarted, dists[2]))
-    assert set(blobs_on_disk(restarted)) == {dists[1].sha256, dists[2].sha256}
+    assert set(blobs(restarted)) == {dists[1].sha256, dists[2].sha256}
 
 
 async def test_cache_size_zero_streams_without_storing(
@@ -149,8 +144,8 @@ async def test_cache_size_zero_streams_without_storing(
             status, _, body = await fetch(session, file_url(proxy, dist))
             assert (status, body) == (200, dist.read_bytes())
     assert fake_upstream.count(fake_upstream.file_path(dist.filename)) == 2
-    assert blobs_on_disk(proxy) == {}
-    assert temp_files(proxy) == []
+    assert blobs(proxy) == {}
+    assert leftovers(proxy.settings.cache_dir) == []
 
 
 async def test_cached_file_head_and_ranges(
@@ -220,4 +215,4 @@ async def test_range_of_a_file_that_fails_verification_never_completes(
     async with aiohttp.ClientSession() as session:
         with pytest.raises(aiohttp.ClientPayloadError):
             await fetch(session, file_url(proxy, dist), Range="bytes=0-99")
-    assert blobs_on_disk(proxy) == {}
+    assert blobs(proxy) == {}

@@ -7,6 +7,8 @@
         up.throttle("/files/*", 100_000)
         up.count("/simple/app/")
         up.set_status("lib", "archived", "moved to lib2")   # PEP 792, both formats
+        up.serve_raw("/simple/evil/", b'{"files": ...}')    # any bytes, hostile or broken
+        up.peak_concurrency("/files/")  # most file requests being answered at one moment
 
 Fault and count paths are request paths; a trailing `*` makes a fault match a prefix.
 Nothing here imports pytest, so benchmarks can use it as a plain library.
@@ -73,6 +75,8 @@ class RecordedRequest:
     query: str
     headers: CIMultiDictProxy[str]  # all of them; look up case-insensitively
     status: int | None = None  # None while unanswered (hung) or if it never got an answer
+    started: float = 0.0  # loop time the request arrived
+    finished: float | None = None  # loop time its answer was fully sent (None: not yet)
 
 
 @dataclass(eq=False)
@@ -164,6 +168,7 @@ class FakeUpstream:
         self._projects: dict[str, _Project] = {}
         self._files: dict[str, _Entry] = {}
         self._faults: dict[tuple[str, str], _Fault] = {}
+        self._raw: dict[str, tuple[bytes, str]] = {}  # path -> (body, content type)
         self._arrived = asyncio.Event()  # set on every request, for wait_for_requests()
         self._index_modified = 0
         self._uploads = 0
@@ -399,6 +404,18 @@ class FakeUpstream:
     def reset_counts(self) -> None:
         self.requests.clear()
 
+    def peak_concurrency(self, prefix: str) -> int:
+        """The most requests under `prefix` that were being answered at one moment."""
+        events = []
+        for r in self.requests:
+            if r.path.startswith(prefix):
+                events += [(r.started, 1), (r.finished if r.finished is not None else 1e300, -1)]
+        peak = current = 0
+        for _, step in sorted(events):  # at a tie an end sorts first: back-to-back is not overlap
+            current += step
+            peak = max(peak, current)
+        return peak
+
     async def wait_for_requests(self, path: str, count: int = 1, within: float = 5.0) -> None:
         """Wait until `count` requests (any method) to `path` have arrived, at most `within`
         seconds (then TimeoutError): e.g. to know a proxy's request reached a `hang`."""
@@ -443,16 +460,27 @@ class FakeUpstream:
         """Promise more bytes in Content-Length than the body has, send it, then close."""
         self._add_fault("wrong_length", path, times)
 
-    def garbage(self, path: str, *, times: int | None = None) -> None:
-        """Answer 200 with a broken JSON or HTML body (by the Accept header)."""
-        self._add_fault("garbage", path, times)
+    def garbage(
+        self, path: str, *, times: int | None = None, format: Literal["json", "html"] | None = None
+    ) -> None:
+        """Answer 200 with a broken JSON or HTML body (by the Accept header, or `format`)."""
+        self._add_fault("garbage", path, times, {"json": 1, "html": 2}.get(format or "", 0))
+
+    def serve_raw(self, path: str, body: bytes, content_type: str = JSON_TYPE) -> None:
+        """Answer GET `path` with exactly `body` from now on, whatever it holds (a hostile
+        or broken page the model could never produce); faults on the path still win."""
+        self._raw[path] = (body, content_type)
 
     def clear(self, path: str | None = None) -> None:
-        """Remove the faults set on `path` (exactly as given), or all; hung requests go on."""
+        """Remove the faults (and `serve_raw` answers) set on `path` (exactly as given), or
+        all; hung requests go on."""
         for key, fault in list(self._faults.items()):
             if path is None or fault.pattern == path:
                 del self._faults[key]
                 fault.released.set()
+        for raw_path in list(self._raw):
+            if path is None or raw_path == path:
+                del self._raw[raw_path]
 
     def _add_fault(self, kind: str, path: str, times: int | None, arg: float = 0) -> None:
         old = self._faults.pop((kind, path), None)
@@ -476,14 +504,25 @@ class FakeUpstream:
     # -- HTTP --------------------------------------------------------------------------
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        loop = asyncio.get_running_loop()
         record = RecordedRequest(
-            request.method, request.path, request.query_string, request.headers
+            request.method, request.path, request.query_string, request.headers, None, loop.time()
         )
         self.requests.append(record)
         self._arrived.set()
-        response = await self._answer(request, self._take_faults(request.path))
-        record.status = response.status
-        return response
+        try:
+            faults = self._take_faults(request.path)
+            raw = self._raw.get(request.path)
+            if raw is not None and not faults:
+                response: web.StreamResponse = web.Response(
+                    body=raw[0], headers={"Content-Type": raw[1]}
+                )
+            else:
+                response = await self._answer(request, faults)
+            record.status = response.status
+            return response
+        finally:
+            record.finished = loop.time()
 
     async def _answer(self, request: web.Request, faults: dict[str, _Fault]) -> web.StreamResponse:
         if "hang" in faults:
@@ -500,7 +539,9 @@ class FakeUpstream:
                 headers={"WWW-Authenticate": 'Basic realm="fakeupstream"'},
             )
         if "garbage" in faults:
-            is_json = _negotiate(request.headers.get("Accept"), "negotiate") == JSON_TYPE
+            forced = int(faults["garbage"].arg)  # 1: JSON, 2: HTML, 0: by Accept
+            negotiated = _negotiate(request.headers.get("Accept"), "negotiate") == JSON_TYPE
+            is_json = forced == 1 or (forced == 0 and negotiated)
             return web.Response(
                 body=_GARBAGE_JSON if is_json else _GARBAGE_HTML,
                 headers={"Content-Type": JSON_TYPE if is_json else TEXT_HTML_TYPE},
