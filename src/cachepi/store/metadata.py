@@ -91,9 +91,6 @@ class MetadataStore:
         Their validators stay, so the next request revalidates cheaply."""
         self._db.execute("UPDATE pages SET fetched_at = 0 WHERE key = ?", (key,))
 
-    def page_count(self) -> int:
-        return self._db.execute("SELECT count(*) FROM pages").fetchone()[0]
-
     # -- blobs ---------------------------------------------------------------------------
 
     def add_blob(self, sha256: str, size: int, now: float) -> None:
