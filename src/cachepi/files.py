@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 _CHUNK = 256 * 1024
 # What a download may hold in memory when the disk refuses its bytes.
 _WINDOW_BYTES = 8 * 1024 * 1024
-# Chunks a download may have waiting for its writer thread.
-_CHUNKS_IN_FLIGHT = 8
+# Chunks a download may have waiting for its hashing thread.
+_HASH_QUEUE = 16
 # How often a follower looks at another worker's part file.
 _POLL_SECONDS = 0.002
 _EXTRACTED = "extracted"  # the generation counter other workers watch
@@ -417,41 +417,35 @@ class FileCache:
 
     async def _transfer_once(self, download: Download, fd: int, part: Path) -> str:
         spec = download.spec
-        persister = _Persister(fd, spec.hashes)
-        pending: collections.deque[tuple[asyncio.Future[bool], bytes]] = collections.deque()
-
-        async def hand_on(keep_pending: int) -> None:
-            """Tell readers about chunks the writer thread is done with, in order."""
-            while len(pending) > keep_pending:
-                future, chunk = pending.popleft()
-                if not await future and not download.spilled:
-                    log.error(
-                        "cannot store %s (%s): disk full or unwritable; relaying it "
-                        "from memory, it will not be cached",
-                        redact(spec.url),
-                        persister.write_error,
-                    )
-                    download.spill()
-                if download.spilled:
-                    await download.relay(chunk)
-                download.progressed(len(chunk))
-
+        hasher = _Hasher(spec.hashes)
         try:
             async with spec.upstream.open_file(spec.url) as response:
                 download.started(os.open(part, os.O_RDONLY), response.content_length)
                 async for chunk in response.content.iter_any():
                     download.received += len(chunk)
-                    pending.append((persister.submit(chunk), chunk))
-                    await hand_on(keep_pending=_CHUNKS_IN_FLIGHT)
-                await hand_on(keep_pending=0)
+                    await hasher.update(chunk)
+                    if not download.spilled:
+                        try:
+                            _write_all(fd, chunk)
+                        except OSError as error:
+                            log.error(
+                                "cannot store %s (%s): disk full or unwritable; relaying it "
+                                "from memory, it will not be cached",
+                                redact(spec.url),
+                                error.strerror or error,
+                            )
+                            download.spill()
+                    if download.spilled:
+                        await download.relay(chunk)
+                    download.progressed(len(chunk))
+            digests = await hasher.hexdigests()
         finally:
-            persister.close()
+            hasher.close()
         for expected in (spec.size, download.size):
             if expected is not None and expected != download.written:
                 raise DownloadFailed(
                     f"got {download.written} bytes, the index or upstream said {expected}"
                 )
-        digests = persister.hexdigests()
         for name, expected_digest in spec.hashes.items():
             if name in digests and digests[name] != expected_digest.lower():
                 raise DownloadFailed(f"{name} mismatch: the upstream sent different bytes")
@@ -550,36 +544,31 @@ class FileCache:
                     return
 
 
-class _Persister:
-    """Writes a download's chunks to its part file and hashes them, in order, on a thread
-    of its own (both release the GIL), while the event loop receives and sends bytes."""
+class _Hasher:
+    """A download's hashes, computed in order on a thread of its own (hashlib releases the
+    GIL), while the event loop receives, writes and relays. Only the digests at the end are
+    waited for, and at most a few chunks are queued."""
 
-    def __init__(self, fd: int, expected: dict[str, str]) -> None:
-        self._fd = fd
+    def __init__(self, expected: dict[str, str]) -> None:
         self._hashers = {"sha256": hashlib.sha256()}
         for name in expected:
             if name not in self._hashers and name in hashlib.algorithms_available:
                 self._hashers[name] = hashlib.new(name)
-        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="persist")
-        self.write_error: str | None = None
+        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="hash")
+        self._queued: collections.deque[asyncio.Future[None]] = collections.deque()
 
-    def submit(self, chunk: bytes) -> asyncio.Future[bool]:
-        """Write and hash `chunk`; the future says whether it reached the part file."""
-        return asyncio.wrap_future(self._thread.submit(self._persist, chunk))
+    async def update(self, chunk: bytes) -> None:
+        self._queued.append(asyncio.wrap_future(self._thread.submit(self._update, chunk)))
+        while self._queued and (self._queued[0].done() or len(self._queued) > _HASH_QUEUE):
+            await self._queued.popleft()
 
-    def _persist(self, chunk: bytes) -> bool:
+    def _update(self, chunk: bytes) -> None:
         for hasher in self._hashers.values():
             hasher.update(chunk)
-        if self.write_error is not None:  # once the disk said no, it says no to the rest
-            return False
-        try:
-            _write_all(self._fd, chunk)
-        except OSError as error:
-            self.write_error = error.strerror or str(error)
-            return False
-        return True
 
-    def hexdigests(self) -> dict[str, str]:
+    async def hexdigests(self) -> dict[str, str]:
+        while self._queued:
+            await self._queued.popleft()
         return {name: hasher.hexdigest() for name, hasher in self._hashers.items()}
 
     def close(self) -> None:

@@ -215,4 +215,7 @@ def make_session(
         connector=connector,
         headers={"User-Agent": f"cachepi/{__version__} aiohttp/{aiohttp.__version__}"},
         trust_env=True,
+        # Bigger reads: fewer chunks, each costing a hop to the hashing thread and a wake-up
+        # of every reader.
+        read_bufsize=1024 * 1024,
     )
