@@ -80,7 +80,7 @@ def isolated_env(home: Path, egress: str = DEAD_END) -> dict[str, str]:
 
 class EgressTrap:
     """An HTTP proxy on 127.0.0.1 that forwards nothing: it answers 403 and remembers each
-    request line (`CONNECT pypi.org:443 HTTP/1.1`), so a test can assert there were none."""
+    request line (`CONNECT index.example:443 HTTP/1.1`), so a test can assert there were none."""
 
     def __init__(self) -> None:
         self.attempts: list[str] = []

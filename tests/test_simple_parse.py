@@ -16,8 +16,8 @@ from cachepi.simple.parse import (
     parse_project_list_json,
 )
 
-PAGE_URL = "https://pypi.org/simple/sampleproject/"
-FILES_HOST = "https://files.pythonhosted.org/packages"
+PAGE_URL = "https://index.example/simple/sampleproject/"
+FILES_HOST = "https://files.example/packages"
 
 
 def digest(seed: str) -> str:
@@ -51,7 +51,7 @@ PYPI_JSON = {
             "data-dist-info-metadata": {"sha256": digest("metadata")},
             "filename": WHEEL,
             "hashes": {"sha256": digest(WHEEL).upper()},
-            "provenance": "https://pypi.org/integrity/sampleproject/4.0.0/x/provenance",
+            "provenance": "https://index.example/integrity/sampleproject/4.0.0/x/provenance",
             "requires-python": ">=3.8",
             "size": 4662,
             "upload-time": "2024-04-21T18:21:52.125849Z",
@@ -86,7 +86,7 @@ PYPI_HTML = f"""<!DOCTYPE html>
   <body>
     <h1>Links for sampleproject</h1>
     <a href="{FILES_HOST}/30/52/{OLD_WHEEL}#sha256={digest(OLD_WHEEL)}" data-yanked="broken on Python 2">{OLD_WHEEL}</a><br />
-    <a href="{FILES_HOST}/ec/a8/{WHEEL}#sha256={digest(WHEEL)}" data-requires-python="&gt;=3.8" data-dist-info-metadata="sha256={digest("metadata")}" data-core-metadata="sha256={digest("metadata")}" data-provenance="https://pypi.org/integrity/sampleproject/4.0.0/x/provenance">{WHEEL}</a><br />
+    <a href="{FILES_HOST}/ec/a8/{WHEEL}#sha256={digest(WHEEL)}" data-requires-python="&gt;=3.8" data-dist-info-metadata="sha256={digest("metadata")}" data-core-metadata="sha256={digest("metadata")}" data-provenance="https://index.example/integrity/sampleproject/4.0.0/x/provenance">{WHEEL}</a><br />
     <a href="{FILES_HOST}/67/2a/{SDIST}#sha256={digest(SDIST)}" data-requires-python="&gt;=3.8" data-yanked="">{SDIST}</a><br />
     </body>
 </html>
@@ -138,7 +138,7 @@ def test_pypi_json_page_parses_into_the_model() -> None:
                 core_metadata={"sha256": digest("metadata")},
                 size=4662,
                 upload_time="2024-04-21T18:21:52.125849Z",
-                provenance="https://pypi.org/integrity/sampleproject/4.0.0/x/provenance",
+                provenance="https://index.example/integrity/sampleproject/4.0.0/x/provenance",
             ),
             File(
                 filename=SDIST,
@@ -310,7 +310,7 @@ def test_pypi_html_page_parses_into_the_model() -> None:
                 hashes={"sha256": digest(WHEEL)},
                 requires_python=">=3.8",
                 core_metadata={"sha256": digest("metadata")},
-                provenance="https://pypi.org/integrity/sampleproject/4.0.0/x/provenance",
+                provenance="https://index.example/integrity/sampleproject/4.0.0/x/provenance",
             ),
             File(
                 filename=SDIST,
@@ -344,14 +344,14 @@ def test_html_base_href_wins_over_the_page_url() -> None:
 def test_html_relative_base_href_resolves_against_the_page() -> None:
     body = html_page('<a href="foo-1.0.tar.gz">x</a>', head='<base href="/files/">')
     project = parse_project_html(body, PAGE_URL, "foo")
-    assert project.files[0].url == "https://pypi.org/files/foo-1.0.tar.gz"
+    assert project.files[0].url == "https://index.example/files/foo-1.0.tar.gz"
 
 
 def test_html_filename_is_the_percent_decoded_last_segment_not_the_link_text() -> None:
     body = html_page('<a href="/p/foo-1.0%2Blocal.tar.gz?x=1#md5=00">click here</a>')
     file = parse_project_html(body, PAGE_URL, "foo").files[0]
     assert file.filename == "foo-1.0+local.tar.gz"
-    assert file.url == "https://pypi.org/p/foo-1.0%2Blocal.tar.gz?x=1"
+    assert file.url == "https://index.example/p/foo-1.0%2Blocal.tar.gz?x=1"
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,7 @@ from cachepi.simple.render import (
 )
 
 PROXY_PAGE = "http://proxy.example/index/sampleproject/"
-UPSTREAM = "https://files.pythonhosted.org/packages/ab/cd"
+UPSTREAM = "https://files.example/packages/ab/cd"
 
 
 def digest(seed: str) -> str:
@@ -51,7 +51,7 @@ FULL_FILE = a_file(
     core_metadata={"sha256": digest("metadata")},
     size=4662,
     upload_time="2024-04-21T18:21:52.125849Z",
-    provenance="https://pypi.org/integrity/sampleproject/4.0.0/x/provenance",
+    provenance="https://index.example/integrity/sampleproject/4.0.0/x/provenance",
 )
 
 
@@ -78,7 +78,7 @@ def test_json_page_with_sizes_is_api_version_1_4_with_every_key() -> None:
                 "core-metadata": {"sha256": digest("metadata")},
                 "size": 4662,
                 "upload-time": "2024-04-21T18:21:52.125849Z",
-                "provenance": "https://pypi.org/integrity/sampleproject/4.0.0/x/provenance",
+                "provenance": "https://index.example/integrity/sampleproject/4.0.0/x/provenance",
             },
             {
                 "filename": "sampleproject-1.0.tar.gz",
@@ -168,7 +168,7 @@ def test_html_link_carries_every_attribute() -> None:
             "data-requires-python": ">=3.8",
             "data-core-metadata": metadata,
             "data-dist-info-metadata": metadata,
-            "data-provenance": "https://pypi.org/integrity/sampleproject/4.0.0/x/provenance",
+            "data-provenance": "https://index.example/integrity/sampleproject/4.0.0/x/provenance",
             "text": "sampleproject-4.0.0-py3-none-any.whl",
         }
     ]
@@ -258,7 +258,7 @@ def test_json_upstream_yanked_reason_survives_to_html() -> None:
             ],
         }
     ).encode()
-    html = render_project_html(parse_project_json(upstream, "https://pypi.org/simple/foo/"))
+    html = render_project_html(parse_project_json(upstream, "https://index.example/simple/foo/"))
     assert parse_project_html(html, PROXY_PAGE, "foo").files[0].yanked == "broken <again>"
 
 
@@ -267,7 +267,9 @@ def test_html_upstream_metadata_hash_survives_to_json() -> None:
         f'<a href="https://files.example/foo-1.0-py3-none-any.whl#sha256={digest("w")}" '
         f'data-dist-info-metadata="sha256={digest("m")}">foo-1.0-py3-none-any.whl</a>'
     ).encode()
-    page = render_project_json(parse_project_html(upstream, "https://pypi.org/simple/foo/", "foo"))
+    page = render_project_json(
+        parse_project_html(upstream, "https://index.example/simple/foo/", "foo")
+    )
     assert json.loads(page)["files"][0]["core-metadata"] == {"sha256": digest("m")}
 
 
@@ -302,7 +304,7 @@ def files_of(name: str) -> st.SearchStrategy[File]:
         yanked=st.booleans() | html_text,
         size=st.none() | st.integers(min_value=0, max_value=2**53),
         upload_time=st.none() | st.just("2024-01-02T03:04:05.123456Z"),
-        provenance=st.none() | st.just("https://pypi.org/integrity/x/1.0/f/provenance"),
+        provenance=st.none() | st.just("https://index.example/integrity/x/1.0/f/provenance"),
     )
 
 
