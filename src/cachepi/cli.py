@@ -67,6 +67,11 @@ def main() -> None:
 )
 @click.option("--file-hosts", help="Only download files from these hosts (comma-separated).")
 @click.option("--upstream-connections", type=int, help="Cap on upstream connections.")
+@click.option(
+    "--config", help="TOML file: settings, [[index]] tables, [[route]]s and policy rules."
+)
+@click.option("--combine", type=click.Choice(["merge", "first"]), help="How indexes combine.")
+@click.option("--min-release-age", help="Hide files uploaded more recently (7d, 12h, 30m).")
 @click.option("--log-level", default="INFO", show_default=True)
 def serve(log_level: str, **flags: Any) -> None:
     """Run the proxy."""

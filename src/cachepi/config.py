@@ -10,10 +10,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from cachepi.policy import Policy, Rule, name_glob, parse_duration, parse_rule
+from cachepi.routes import Route
 
 DEFAULT_INDEX_TTL = 30 * 60  # proxpi's default for the main index
 DEFAULT_EXTRA_INDEX_TTL = 3 * 60  # proxpi's default for extra indexes
@@ -32,6 +36,17 @@ class Upstream:
 
     url: str
     ttl: int
+    name: str = ""  # shown on /health, the home page and in headers; default: host[:port]
+    # Release cooldown for this index's files, overriding the global one (None: global).
+    min_release_age: int | None = None
+    # An explicit index serves only the projects a route sends to it.
+    explicit: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            parts = urlsplit(self.url)
+            host = parts.hostname or ""
+            object.__setattr__(self, "name", f"{host}:{parts.port}" if parts.port else host)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +81,11 @@ class Settings:
     htpasswd: Path | None = None
     # A client that accepts no bytes for this long is disconnected.
     client_timeout: float = 60.0
+    # How the indexes that serve a project are combined: "merge" (proxpi) or "first".
+    combine: str = "merge"
+    # Projects pinned to some indexes; the first route that names a project applies.
+    routes: tuple[Route, ...] = ()
+    policy: Policy = dataclasses.field(default_factory=Policy)
 
 
 def default_index_url() -> str:
@@ -167,68 +187,237 @@ def parse_port(text: str) -> int:
 
 
 def parse_list(item: Callable[[str], Any]) -> Callable[[str], list[Any]]:
+    """Comma- or line-separated values (lists in the TOML file arrive one per line)."""
+
     def parse(text: str) -> list[Any]:
-        return [item(part) for part in text.split(",") if part.strip()]
+        return [item(part) for part in re.split(r"[,\n]", text) if part.strip()]
 
     return parse
 
 
-def _source(name: str, flags: Mapping[str, Any], env: Mapping[str, str]) -> tuple[str, Any]:
-    """Where a setting's raw value comes from, and the value; ("", None) when unset."""
-    flag = flags.get(name.lower())
-    if flag is not None and flag != ():
-        return f"--{name.lower().replace('_', '-')}", flag
-    for prefix in ("CACHEPI_", "PROXPI_"):
-        if (raw := env.get(prefix + name)) is not None:
-            return prefix + name, raw
-    return "", None
+def parse_rules(text: str) -> tuple[Rule, ...]:
+    """Policy rules separated by `;` or lines (commas belong to version specifiers)."""
+    return tuple(parse_rule(part) for part in re.split(r"[;\n]", text) if part.strip())
 
 
-def _read(
-    name: str,
-    parse: Callable[[str], Any],
-    flags: Mapping[str, Any],
-    env: Mapping[str, str],
-    default: Any,
-) -> Any:
-    origin, raw = _source(name, flags, env)
-    if origin == "":
-        return default
-    if isinstance(raw, tuple):  # repeatable flags
-        raw = ",".join(str(item) for item in raw)
-    raw = str(raw)  # flags arrive typed already (click); parse them like the environment
+def parse_allow(text: str) -> tuple[Rule, ...]:
+    rules = parse_rules(text)
+    if any(rule.filename for rule in rules):
+        raise ValueError("the allow list takes projects and `project<specifier>`, not files")
+    return rules
+
+
+def parse_globs(text: str) -> tuple[re.Pattern[str], ...]:
+    return tuple(name_glob(part) for part in re.split(r"[,;\n]", text) if part.strip())
+
+
+def parse_choice(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in choices:
+            raise ValueError(f"expected one of: {', '.join(choices)}")
+        return value
+
+    return parse
+
+
+class _Sources:
+    """Where settings come from, strongest first: flags, CACHEPI_*, PROXPI_*, the file."""
+
+    def __init__(
+        self, flags: Mapping[str, Any], env: Mapping[str, str], file: Mapping[str, Any], origin: str
+    ) -> None:
+        self.flags = flags
+        self.env = env
+        self.file = file  # setting name (INDEX_TTL) -> TOML value
+        self.file_origin = origin
+        self.used: set[str] = set()
+
+    def find(self, name: str) -> tuple[str, Any]:
+        """Where a setting's raw value comes from, and the value; ("", None) when unset."""
+        self.used.add(name)
+        flag = self.flags.get(name.lower())
+        if flag is not None and flag != ():
+            return f"--{name.lower().replace('_', '-')}", flag
+        for prefix in ("CACHEPI_", "PROXPI_"):
+            if (raw := self.env.get(prefix + name)) is not None:
+                return prefix + name, raw
+        if name in self.file:
+            return f"{self.file_origin}: {name.lower().replace('_', '-')}", self.file[name]
+        return "", None
+
+    def read(self, name: str, parse: Callable[[str], Any], default: Any) -> Any:
+        origin, raw = self.find(name)
+        if origin == "":
+            return default
+        if isinstance(raw, tuple | list):  # repeatable flags, TOML arrays
+            raw = "\n".join(str(item) for item in raw)
+        elif isinstance(raw, bool):
+            raw = "1" if raw else "0"
+        raw = str(raw)  # flags and TOML values arrive typed; parse them like the environment
+        try:
+            return parse(raw)
+        except ValueError as error:
+            reason = str(error) if not str(error).startswith("invalid literal") else "not a number"
+            raise ConfigError(f"{origin}={raw!r}: {reason}") from None
+
+
+def _read_file(path: Path) -> dict[str, Any]:
     try:
-        return parse(raw)
-    except ValueError as error:
-        reason = str(error) if not str(error).startswith("invalid literal") else "not a number"
-        raise ConfigError(f"{origin}={raw!r}: {reason}") from None
+        with path.open("rb") as file:
+            return tomllib.load(file)
+    except OSError as error:
+        raise ConfigError(f"--config {path}: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"--config {path}: not valid TOML ({error})") from None
 
 
-def load_settings(
-    flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
-) -> Settings:
-    """Build the settings from CLI flags (keys are setting names in lower case) and env."""
-    flags = flags or {}
-    env = os.environ if env is None else env
+_INDEX_KEYS = {"name", "url", "ttl", "min-release-age", "explicit"}
+_ENV_VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
-    def read(name: str, parse: Callable[[str], Any], default: Any) -> Any:
-        return _read(name, parse, flags, env, default)
 
+def _expand(text: str, env: Mapping[str, str], origin: str) -> str:
+    """`${VAR}` from the environment: secrets stay out of the file."""
+
+    def value(match: re.Match[str]) -> str:
+        if match[1] not in env:
+            raise ConfigError(f"{origin}: environment variable {match[1]} is not set")
+        return env[match[1]]
+
+    return _ENV_VAR_RE.sub(value, text)
+
+
+def _index_from_table(table: Any, position: int, env: Mapping[str, str], origin: str) -> Upstream:
+    where = f"{origin}: index #{position + 1}"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: expected a table ([[index]])")
+    if unknown := set(table) - _INDEX_KEYS:
+        raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}")
+    if "url" not in table:
+        raise ConfigError(f"{where}: needs a url")
+
+    def value(key: str, parse: Callable[[str], Any], default: Any) -> Any:
+        if key not in table:
+            return default
+        raw = table[key]
+        try:
+            return parse(("1" if raw else "0") if isinstance(raw, bool) else str(raw))
+        except ValueError as error:
+            # Never echo the URL: it may carry credentials.
+            shown = "…" if key == "url" else repr(raw)
+            raise ConfigError(f"{where}: {key}={shown}: {error}") from None
+
+    return Upstream(
+        url=value("url", lambda text: parse_url(_expand(text, env, where)), None),
+        ttl=value(
+            "ttl", parse_ttl, DEFAULT_INDEX_TTL if position == 0 else DEFAULT_EXTRA_INDEX_TTL
+        ),
+        name=value("name", str.strip, ""),
+        min_release_age=value("min-release-age", parse_duration, None),
+        explicit=value("explicit", parse_bool, False),
+    )
+
+
+def _routes_from_tables(
+    tables: Any, upstreams: tuple[Upstream, ...], origin: str
+) -> tuple[Route, ...]:
+    positions = {up.name: position for position, up in enumerate(upstreams)}
+    routes = []
+    for number, table in enumerate(tables if isinstance(tables, list) else [tables], 1):
+        where = f"{origin}: route #{number}"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: expected a table ([[route]])")
+        if unknown := set(table) - {"projects", "index"}:
+            raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}")
+        if set(table) != {"projects", "index"}:
+            raise ConfigError(f"{where}: needs `projects` and `index`")
+        projects, indexes = (
+            [v] if isinstance(v, str) else v for v in (table["projects"], table["index"])
+        )
+        if not projects or not indexes:
+            raise ConfigError(f"{where}: `projects` and `index` must not be empty")
+        try:
+            patterns = tuple(name_glob(str(pattern)) for pattern in projects)
+        except ValueError as error:
+            raise ConfigError(f"{where}: {error}") from None
+        if unknown := [name for name in indexes if name not in positions]:
+            raise ConfigError(f"{where}: no index is named {unknown[0]!r}")
+        routes.append(Route(patterns, tuple(positions[name] for name in indexes)))
+    return tuple(routes)
+
+
+def _upstreams_from_settings(sources: _Sources) -> tuple[Upstream, ...]:
+    """The proxpi way: INDEX_URL and EXTRA_INDEX_URLS with their TTLs."""
+    read = sources.read
     index_url = read("INDEX_URL", parse_url, None) or default_index_url()
     extra_urls: list[str] = read("EXTRA_INDEX_URLS", parse_list(parse_url), [])
     extra_ttls: list[int] | None = read("EXTRA_INDEX_TTLS", parse_list(parse_ttl), None)
     if extra_ttls is None:
         extra_ttls = [DEFAULT_EXTRA_INDEX_TTL] * len(extra_urls)
     elif len(extra_ttls) != len(extra_urls):
-        origin, _ = _source("EXTRA_INDEX_TTLS", flags, env)
+        origin, _ = sources.find("EXTRA_INDEX_TTLS")
         raise ConfigError(
             f"{origin}: {len(extra_ttls)} TTLs given for {len(extra_urls)} extra index URLs"
         )
-    upstreams = (
+    return (
         Upstream(index_url, read("INDEX_TTL", parse_ttl, DEFAULT_INDEX_TTL)),
         *(Upstream(url, ttl) for url, ttl in zip(extra_urls, extra_ttls, strict=True)),
     )
-    return Settings(
+
+
+def _unique_names(upstreams: tuple[Upstream, ...]) -> tuple[Upstream, ...]:
+    """Default names (host:port) made unique: two indexes on one host are index, index-2."""
+    seen: dict[str, int] = {}
+    named = []
+    for upstream in upstreams:
+        count = seen[upstream.name] = seen.get(upstream.name, 0) + 1
+        named.append(
+            upstream
+            if count == 1
+            else dataclasses.replace(upstream, name=f"{upstream.name}-{count}")
+        )
+    return tuple(named)
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
+) -> Settings:
+    """Build the settings from CLI flags (keys are setting names in lower case), the
+    environment, and the TOML file named by `config` (flag or CACHEPI_CONFIG)."""
+    flags = flags or {}
+    env = os.environ if env is None else env
+    config_origin, config_path = _Sources(flags, env, {}, "").find("CONFIG")
+    file: dict[str, Any] = {}
+    origin = ""
+    if config_origin:
+        path = Path(str(config_path)).expanduser()
+        origin = path.name
+        file = {key.upper().replace("-", "_"): value for key, value in _read_file(path).items()}
+    sources = _Sources(flags, env, file, origin)
+    read = sources.read
+
+    index_tables = file.pop("INDEX", None)
+    route_tables = file.pop("ROUTE", None)
+    if index_tables is not None:
+        for name in ("INDEX_URL", "EXTRA_INDEX_URLS", "EXTRA_INDEX_TTLS", "INDEX_TTL"):
+            if where := sources.find(name)[0]:
+                raise ConfigError(f"{where}: the indexes are given by [[index]] in {origin}")
+        if not isinstance(index_tables, list) or not index_tables:
+            raise ConfigError(f"{origin}: index: expected one or more [[index]] tables")
+        upstreams = tuple(
+            _index_from_table(table, position, env, origin)
+            for position, table in enumerate(index_tables)
+        )
+        names = [up.name for up in upstreams]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{origin}: two indexes are named {max(names, key=names.count)!r}")
+    else:
+        upstreams = _unique_names(_upstreams_from_settings(sources))
+    routes = _routes_from_tables(route_tables, upstreams, origin) if route_tables else ()
+    if all(up.explicit for up in upstreams):
+        raise ConfigError(f"{origin}: every index is explicit: no index serves unrouted projects")
+
+    settings = Settings(
         upstreams=upstreams,
         cache_dir=Path(read("CACHE_DIR", str, None) or default_cache_dir()).expanduser(),
         cache_size=read("CACHE_SIZE", parse_size, DEFAULT_CACHE_SIZE),
@@ -248,4 +437,20 @@ def load_settings(
         admin_token=read("ADMIN_TOKEN", parse_token, None),
         htpasswd=read("HTPASSWD", parse_readable_file, None),
         client_timeout=read("CLIENT_TIMEOUT", parse_seconds, 60.0),
+        combine=read("COMBINE", parse_choice("merge", "first"), "merge"),
+        routes=routes,
+        policy=Policy(
+            deny=read("DENY", parse_rules, ()),
+            allow=read("ALLOW", parse_allow, None),
+            min_release_age=read("MIN_RELEASE_AGE", parse_duration, 0),
+            cooldown_exempt=read("COOLDOWN_EXEMPT", parse_globs, ()),
+            show_unknown_upload_time=read(
+                "UNKNOWN_UPLOAD_TIME", parse_choice("show", "hide"), "show"
+            )
+            == "show",
+        ),
     )
+    if unknown := set(file) - sources.used:
+        key = sorted(unknown)[0].lower().replace("_", "-")
+        raise ConfigError(f"{origin}: unknown setting {key!r}")
+    return settings
