@@ -9,18 +9,22 @@ ask); when the upstream fails, the stale entry is used and the answer marked sta
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import hashlib
 import logging
+import math
 import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
 
 from cachepi.locks import Locks
+from cachepi.policy import Policy, visible_versions
+from cachepi.routes import Router
 from cachepi.simple.model import File, Project, ProjectList
 from cachepi.simple.names import normalize
 from cachepi.simple.parse import (
@@ -69,18 +73,27 @@ def _digest(body: bytes) -> str:
 Fetched = tuple[Entry | None, UpstreamError | None]
 
 
+class Refused(Exception):
+    """The policy refuses a whole project; the message says why, in one line."""
+
+
 @dataclass(frozen=True)
 class Listing:
-    """A project as clients see it: the files of every upstream, merged.
+    """A project as clients see it: the files of its upstreams, combined and screened.
 
     `sources[i]` is the upstream that listed `project.files[i]`: a file is always downloaded
-    from the index whose entry was shown.
+    from the index whose entry was shown. `refused` holds the files the policy keeps from
+    clients, with the reason; `unavailable` the upstreams that failed just now (`stale`: one
+    of them answered with its stale copy).
     """
 
     project: Project
     sources: tuple[Upstream, ...]
     version: str
-    stale: bool
+    stale: bool = False
+    unavailable: tuple[str, ...] = ()
+    refused: Mapping[str, str] = field(default_factory=dict)
+    valid_until: float = math.inf  # when a cooldown ends and the screening must be redone
     _by_filename: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -104,7 +117,8 @@ class Listing:
 class ListResult:
     names: ProjectList
     version: str
-    stale: bool
+    stale: bool = False
+    unavailable: tuple[str, ...] = ()
 
 
 class IndexCache:
@@ -117,7 +131,13 @@ class IndexCache:
         memory_entries: int = 4096,
         clock: Callable[[], float] = time.time,
         offline: bool = False,
+        first: bool = False,
+        router: Router | None = None,
+        policy: Policy | None = None,
     ) -> None:
+        """`first`: a project's files come from the first of its indexes that has it
+        (otherwise all its indexes are merged). `router`: which indexes serve a project
+        (default: all). `policy`: what clients may see of it."""
         self.upstreams = tuple(upstreams)
         self._store = store
         self._locks = locks
@@ -128,49 +148,112 @@ class IndexCache:
         self._memory: OrderedDict[tuple[int, str], Entry] = OrderedDict()
         self._memory_entries = memory_entries
         self._inflight: dict[tuple[int, str], asyncio.Task[Fetched]] = {}
-        self._merged: OrderedDict[str, Listing] = OrderedDict()
+        # name -> (the version of its upstream entries, the listing made of them)
+        self._listings: OrderedDict[str, tuple[str, Listing]] = OrderedDict()
+        self._names: ListResult | None = None  # the combined project list, by version
         self._clock = clock
         # Offline, whatever is stored is as fresh as it gets.
         self._offline = offline
+        self._first = first
+        everything = tuple(range(len(self.upstreams)))
+        self._router = router or Router((), everything)
+        self._policy = policy or Policy()
 
     # -- public ---------------------------------------------------------------------------
 
     async def listing(self, name: str) -> Listing | None:
-        """The merged project `name` (normalized), or None if no upstream has it."""
-        entries = await self._gather(name)
-        found = [
-            (up, e) for up, (e, _) in zip(self.upstreams, entries, strict=True) if e and e.page
-        ]
+        """Project `name` (normalized) as clients may see it, or None if no upstream has it.
+
+        Raises Refused when the policy refuses the whole project (no upstream is asked),
+        and UpstreamError when an index failed and none has the project.
+        """
+        if (reason := self._policy.project_refusal(name)) is not None:
+            raise Refused(reason)
+        entries = await self._gather(name, self._router.positions(name), first=self._first)
+        found = [(self.upstreams[p], e.page) for p, (e, _) in entries if e and e.page]
         if not found:
-            for entry, failure in entries:
+            for _, (entry, failure) in entries:
                 if entry is None and failure is not None:
                     # Somebody failed and nobody has it: do not claim a 404 that is not known.
                     raise failure
             return None
-        version = "+".join(entry.digest if entry else "-" for entry, _ in entries)
-        stale = any(entry is not None and failure for entry, failure in entries)
-        cached = self._merged.get(name)
-        if cached is not None and cached.version == version:
-            if cached.stale != stale:
-                cached = Listing(cached.project, cached.sources, version, stale)
-                self._merged[name] = cached
-            self._merged.move_to_end(name)
-            return cached
-        listing = merge(name, [(up, e.page) for up, e in found], version, stale)  # type: ignore[misc]
-        self._merged[name] = listing
-        if len(self._merged) > self._memory_entries:
-            self._merged.popitem(last=False)
+        version = "+".join(f"{p}:{e.digest if e else '-'}" for p, (e, _) in entries)
+        now = self._clock()
+        held = self._listings.get(name)
+        if held is not None and held[0] == version and now < held[1].valid_until:
+            self._listings.move_to_end(name)
+            listing = held[1]
+        else:
+            listing = self._screen(name, merge(name, found, version), now)  # type: ignore[arg-type]
+            self._listings[name] = (version, listing)
+            if len(self._listings) > self._memory_entries:
+                self._listings.popitem(last=False)
+        stale, unavailable = _degradation(self.upstreams, entries)
+        if (stale, unavailable) != (listing.stale, listing.unavailable):
+            listing = dataclasses.replace(listing, stale=stale, unavailable=unavailable)
         return listing
 
     async def project_list(self) -> ListResult:
-        entries = await self._gather(LIST_KEY)
-        lists = [e.page for e, _ in entries if e is not None and isinstance(e.page, ProjectList)]
+        """Every project some index lists and serves (under the routes and the policy)."""
+        entries = await self._gather(LIST_KEY, tuple(range(len(self.upstreams))))
+        lists = [
+            (position, entry.page)
+            for position, (entry, _) in entries
+            if entry is not None and isinstance(entry.page, ProjectList)
+        ]
         if not lists:
-            failures = [failure for _, failure in entries if failure is not None]
+            failures = [failure for _, (_, failure) in entries if failure is not None]
             raise failures[0] if failures else UpstreamError("no upstream lists any project")
-        names = lists[0] if len(lists) == 1 else merge_lists(lists)
-        version = "+".join(e.digest if e else "-" for e, _ in entries)
-        return ListResult(names, version, any(e is not None and f for e, f in entries))
+        version = "+".join(f"{p}:{e.digest if e else '-'}" for p, (e, _) in entries)
+        if self._names is None or self._names.version != version:
+            # 700,000 names take a while: off the event loop.
+            names = await asyncio.to_thread(self._combine_lists, lists)
+            self._names = ListResult(names, version)
+        stale, unavailable = _degradation(self.upstreams, entries)
+        return ListResult(self._names.names, version, stale, unavailable)
+
+    def _combine_lists(self, lists: Sequence[tuple[int, ProjectList]]) -> ProjectList:
+        """Every name once, spelled as the first list that has it, if the index that lists
+        it serves it and the policy does not refuse it."""
+        if len(lists) == 1 and not self._router.routed and not self._policy.active:
+            return lists[0][1]
+        seen: dict[str, str] = {}
+        for position, plist in lists:
+            for spelled in plist.names:
+                name = normalize(spelled)
+                if (
+                    name not in seen
+                    and position in self._router.match(name)
+                    and self._policy.project_refusal(name) is None
+                ):
+                    seen[name] = spelled
+        return ProjectList(names=list(seen.values()))
+
+    def _screen(self, name: str, listing: Listing, now: float) -> Listing:
+        """`listing` without the files the policy refuses (they go to `refused`)."""
+        default = self._policy.min_release_age
+        cooldowns = [
+            default if up.min_release_age is None else up.min_release_age for up in listing.sources
+        ]
+        if not self._policy.active and not any(cooldowns):
+            return listing
+        files = listing.project.files
+        screened = self._policy.screen(name, files, cooldowns, now)
+        if not screened.refused:
+            return dataclasses.replace(listing, valid_until=screened.valid_until)
+        kept = [files[i] for i in screened.kept]
+        project = msgspec.structs.replace(
+            listing.project,
+            files=kept,
+            versions=visible_versions(listing.project.versions, kept, screened.refused),
+        )
+        return Listing(
+            project,
+            tuple(listing.sources[i] for i in screened.kept),
+            f"{listing.version}~{_digest('/'.join(sorted(screened.refused)).encode())}",
+            refused=screened.refused,
+            valid_until=screened.valid_until,
+        )
 
     def invalidate(self, name: str) -> None:
         """Make `name` (normalized; LIST_KEY for the project list) stale in every worker:
@@ -180,7 +263,7 @@ class IndexCache:
         self._store.bump(_PAGES)
         for position in range(len(self.upstreams)):
             self._memory.pop((position, name), None)
-        self._merged.pop(name, None)
+        self._listings.pop(name, None)
 
     def _follow_other_workers(self, now: float) -> None:
         if now - self._generation_checked < 1.0:
@@ -190,28 +273,39 @@ class IndexCache:
         if generation != self._generation:  # somebody invalidated: reload from the store
             self._generation = generation
             self._memory.clear()
-            self._merged.clear()
+            self._listings.clear()
 
     # -- entries --------------------------------------------------------------------------
 
-    async def _gather(self, key: str) -> list[Fetched]:
-        """What every upstream has for `key`, in order."""
+    async def _gather(
+        self, key: str, positions: tuple[int, ...], first: bool = False
+    ) -> list[tuple[int, Fetched]]:
+        """What the upstreams at `positions` have for `key`, in order; with `first`, up to
+        the first that has it (the others are not asked)."""
         now = self._clock()
         self._follow_other_workers(now)
-        results: list[Fetched | None] = []
-        pending: list[int] = []
-        for position, upstream in enumerate(self.upstreams):
-            entry = self._load(position, key)
-            if entry is not None and self._fresh(upstream, entry, now):
-                results.append((entry, None))
-            else:
-                results.append(None)
-                pending.append(position)
+        if first:
+            results: list[tuple[int, Fetched]] = []
+            for position in positions:
+                fetched = self._fresh_entry(position, key, now) or await self._refresh(
+                    position, key
+                )
+                results.append((position, fetched))
+                if fetched[0] is not None and fetched[0].page is not None:
+                    break
+            return results
+        known = {position: self._fresh_entry(position, key, now) for position in positions}
+        pending = [position for position, fetched in known.items() if fetched is None]
         if pending:  # the fast path (everything fresh) awaits nothing
             fetched = await asyncio.gather(*(self._refresh(pos, key) for pos in pending))
-            for position, result in zip(pending, fetched, strict=True):
-                results[position] = result
-        return results  # type: ignore[return-value]
+            known.update(zip(pending, fetched, strict=True))
+        return list(known.items())  # type: ignore[arg-type]
+
+    def _fresh_entry(self, position: int, key: str, now: float) -> Fetched | None:
+        entry = self._load(position, key)
+        if entry is not None and self._fresh(self.upstreams[position], entry, now):
+            return entry, None
+        return None
 
     def _fresh(self, upstream: Upstream, entry: Entry, now: float) -> bool:
         if self._offline:
@@ -322,9 +416,16 @@ def parse_and_encode(key: str, response: PageResponse) -> tuple[Project | Projec
     return page, _encode(page)
 
 
-def merge(
-    name: str, pages: Sequence[tuple[Upstream, Project]], version: str, stale: bool
-) -> Listing:
+def _degradation(
+    upstreams: Sequence[Upstream], entries: Sequence[tuple[int, Fetched]]
+) -> tuple[bool, tuple[str, ...]]:
+    """Whether a stale copy stood in for an upstream, and the names of those that failed."""
+    stale = any(entry is not None and failure for _, (entry, failure) in entries)
+    failed = tuple(upstreams[p].name for p, (_, failure) in entries if failure is not None)
+    return stale, failed
+
+
+def merge(name: str, pages: Sequence[tuple[Upstream, Project]], version: str) -> Listing:
     """proxpi's merge: the first index's files first; later indexes add filenames it lacks.
 
     The first index that has the project speaks for it: a project it quarantined (PEP 792)
@@ -332,9 +433,9 @@ def merge(
     """
     first = pages[0][1]
     if first.status == QUARANTINED:
-        return Listing(msgspec.structs.replace(first, files=[], versions=[]), (), version, stale)
+        return Listing(msgspec.structs.replace(first, files=[], versions=[]), (), version)
     if len(pages) == 1:
-        return Listing(first, (pages[0][0],) * len(first.files), version, stale)
+        return Listing(first, (pages[0][0],) * len(first.files), version)
     files: list[File] = []
     sources: list[Upstream] = []
     seen: dict[str, File] = {}
@@ -352,23 +453,14 @@ def merge(
                     "hash conflict for %s/%s: %s lists different bytes; keeping the first index's",
                     name,
                     file.filename,
-                    upstream.url,
+                    upstream.name,
                 )
     merged = msgspec.structs.replace(
         first, files=files, versions=sorted(versions) if versions else first.versions
     )
-    return Listing(merged, tuple(sources), version, stale)
+    return Listing(merged, tuple(sources), version)
 
 
 def _conflicting(a: File, b: File) -> bool:
     shared = a.hashes.keys() & b.hashes.keys()
     return any(a.hashes[h] != b.hashes[h] for h in shared)
-
-
-def merge_lists(lists: Sequence[ProjectList]) -> ProjectList:
-    """Every project of every list once, spelled as the first list that has it spells it."""
-    seen: dict[str, str] = {}
-    for plist in lists:
-        for spelled in plist.names:
-            seen.setdefault(normalize(spelled), spelled)
-    return ProjectList(names=list(seen.values()))

@@ -7,12 +7,14 @@ module hands to logs, pages or errors uses the redacted URL.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import aiohttp
 
@@ -55,6 +57,10 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def _basic_auth(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+
+
 def _origin(url: str) -> tuple[str, str | None, int | None]:
     parts = urlsplit(url)
     return parts.scheme, parts.hostname, parts.port
@@ -72,6 +78,28 @@ class PageResponse:
     url: str  # final URL after redirects, redacted, for resolving relative links
 
 
+@dataclass
+class Health:
+    """How the latest requests to an upstream went, for /health and the home page."""
+
+    last_success: float | None = None
+    last_failure: float | None = None
+    last_error: str | None = None
+    _clock: Callable[[], float] = field(default=time.time, repr=False)
+
+    @property
+    def healthy(self) -> bool:
+        """Whether the latest request got an answer (a 404 is an answer)."""
+        return self.last_failure is None or (self.last_success or 0) >= self.last_failure
+
+    def succeeded(self) -> None:
+        self.last_success = self._clock()
+
+    def failed(self, error: str) -> None:
+        self.last_failure = self._clock()
+        self.last_error = error
+
+
 class Upstream:
     def __init__(
         self,
@@ -79,6 +107,8 @@ class Upstream:
         ttl: int,
         session: aiohttp.ClientSession,
         *,
+        name: str = "",
+        min_release_age: int | None = None,
         offline: bool = False,
         file_hosts: frozenset[str] | None = None,
         retry_delays: tuple[float, ...] = (0.25, 1.0),
@@ -86,8 +116,11 @@ class Upstream:
         parts = urlsplit(url)
         self.url = redact(url)
         self.ttl = ttl
+        self.name = name or parts.netloc.rpartition("@")[2]
+        self.min_release_age = min_release_age
+        self.health = Health()
         self._auth = (
-            aiohttp.BasicAuth(parts.username or "", parts.password or "")
+            _basic_auth(unquote(parts.username), unquote(parts.password or ""))
             if parts.username is not None
             else None
         )
@@ -99,9 +132,11 @@ class Upstream:
     def __repr__(self) -> str:
         return f"Upstream({self.url!r}, ttl={self.ttl})"
 
-    def _auth_for(self, url: str) -> aiohttp.BasicAuth | None:
+    def _headers_for(self, url: str, headers: dict[str, str]) -> dict[str, str]:
         # Credentials go only to the index's own origin, never to a file host elsewhere.
-        return self._auth if _origin(url) == _origin(self.url) else None
+        if self._auth is None or _origin(url) != _origin(self.url):
+            return headers
+        return headers | {"Authorization": self._auth}
 
     async def fetch_page(
         self, path: str, etag: str | None = None, last_modified: str | None = None
@@ -171,17 +206,27 @@ class Upstream:
         """A GET whose response is 200 or 304; anything else raises."""
         if self._offline:
             raise UpstreamError(f"{redact(url)}: offline, and not in the cache", status=503)
-        async with self._session.get(
-            url, headers=headers, auth=self._auth_for(url), auto_decompress=auto_decompress
-        ) as response:
-            if response.status in (404, 410):
-                raise UpstreamNotFound(redact(url))
-            if response.status not in (200, 304):
-                raise UpstreamError(
-                    f"{redact(url)}: upstream answered {response.status}",
-                    retryable=response.status in _RETRYABLE_STATUSES,
-                )
-            yield response
+        try:
+            async with self._session.get(
+                url, headers=self._headers_for(url, headers), auto_decompress=auto_decompress
+            ) as response:
+                if response.status in (404, 410):
+                    self.health.succeeded()
+                    raise UpstreamNotFound(redact(url))
+                if response.status not in (200, 304):
+                    raise UpstreamError(
+                        f"{redact(url)}: upstream answered {response.status}",
+                        retryable=response.status in _RETRYABLE_STATUSES,
+                    )
+                yield response
+        except UpstreamError as error:
+            self.health.failed(str(error))
+            raise
+        except (aiohttp.ClientError, TimeoutError) as error:
+            self.health.failed(f"{redact(url)}: {describe(error)}")
+            raise
+        else:
+            self.health.succeeded()
 
 
 def _failure(url: str, error: BaseException) -> UpstreamError:

@@ -51,14 +51,32 @@ async def invalidate_form(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    """200 while cachepi serves, also when an index fails ("degraded": cached pages and
+    files still go out, so a load balancer should keep sending traffic)."""
+    upstreams = request.app[INDEX_CACHE].upstreams
+    indexes = [
+        {
+            "name": up.name,
+            "url": up.url,
+            "ttl": up.ttl,
+            "healthy": up.health.healthy,
+            "last_success": up.health.last_success,
+            "last_failure": up.health.last_failure,
+            "last_error": up.health.last_error,
+        }
+        for up in upstreams
+    ]
+    degraded = not all(up.health.healthy for up in upstreams)
+    return web.json_response({"status": "degraded" if degraded else "ok", "indexes": indexes})
 
 
 async def home(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     count, total = request.app[FILE_CACHE].usage()
     upstream_rows = "".join(
-        f"<tr><td>{escape(up.url)}</td><td>{up.ttl} s</td></tr>"
+        f"<tr><td>{escape(up.name)}</td><td>{escape(up.url)}</td><td>{up.ttl} s</td>"
+        f"<td>{'ok' if up.health.healthy else 'failing: ' + escape(up.health.last_error or '')}"
+        "</td></tr>"
         for up in request.app[INDEX_CACHE].upstreams
     )
     limit = _human(settings.cache_size) if settings.cache_size else "0 (files not stored)"
@@ -75,7 +93,7 @@ table{{border-collapse:collapse}}td,th{{padding:.2rem .8rem;text-align:left}}</s
 <p>Install through this proxy with
 <code>pip install --index-url {escape(str(request.url.origin()))}/index/ PACKAGE</code></p>
 <h2>Upstream indexes</h2>
-<table><tr><th>URL</th><th>TTL</th></tr>{upstream_rows}</table>
+<table><tr><th>Name</th><th>URL</th><th>TTL</th><th>Health</th></tr>{upstream_rows}</table>
 <h2>File cache</h2>
 <p>{count} files, {_human(total)} of {limit}.</p>
 <h2>Invalidate the index cache</h2>

@@ -12,6 +12,7 @@ from cachepi.config import Settings
 from cachepi.files import FileCache
 from cachepi.index import IndexCache
 from cachepi.locks import Locks
+from cachepi.routes import Router
 from cachepi.store.blobs import BlobStore
 from cachepi.store.metadata import MetadataStore
 from cachepi.upstream import Upstream, make_session
@@ -64,23 +65,35 @@ async def _components(app: web.Application, reconcile: bool) -> AsyncIterator[No
         limit=settings.upstream_connections,
     )
     upstreams = [
-        Upstream(up.url, up.ttl, session, offline=settings.offline, file_hosts=settings.file_hosts)
+        Upstream(
+            up.url,
+            up.ttl,
+            session,
+            name=up.name,
+            min_release_age=up.min_release_age,
+            offline=settings.offline,
+            file_hosts=settings.file_hosts,
+        )
         for up in settings.upstreams
     ]
     blobs = BlobStore(settings.cache_dir)
+    unrouted = tuple(i for i, up in enumerate(settings.upstreams) if not up.explicit)
     app[INDEX_CACHE] = IndexCache(
         upstreams,
         metadata,
         Locks(blobs.temp_dir),
         settings.negative_ttl,
         offline=settings.offline,
+        first=settings.combine == "first",
+        router=Router(settings.routes, unrouted),
+        policy=settings.policy,
     )
     file_cache = FileCache(blobs, metadata, settings.cache_size)
     file_cache.open(reconcile)
     app[FILE_CACHE] = file_cache
     log.info(
         "serving %s from %s (%d files, %d bytes cached)",
-        ", ".join(up.url for up in upstreams),
+        ", ".join(f"{up.url} ({up.name})" for up in upstreams),
         settings.cache_dir,
         *file_cache.usage(),
     )

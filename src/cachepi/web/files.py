@@ -19,8 +19,8 @@ from cachepi.files import Blob, Download, DownloadFailed, FileSpec
 from cachepi.simple.names import is_safe_filename
 from cachepi.upstream import UpstreamError, UpstreamNotFound
 from cachepi.web.conditional import plan_response
-from cachepi.web.keys import FILE_CACHE, INDEX_CACHE, SETTINGS
-from cachepi.web.pages import checked_name, gateway_error
+from cachepi.web.keys import FILE_CACHE, SETTINGS
+from cachepi.web.pages import checked_name, find_listing, gateway_error
 
 # Files never change in an index: a client may keep them forever.
 FILE_CACHE_CONTROL = "max-age=365000000, immutable"
@@ -76,12 +76,11 @@ async def dist_file(request: web.Request) -> web.StreamResponse:
 async def _spec(request: web.Request, name: str, filename: str) -> FileSpec:
     """What the index says about `filename` (or the wheel whose `.metadata` it is)."""
     base = filename.removesuffix(_METADATA_SUFFIX)
-    try:
-        listing = await request.app[INDEX_CACHE].listing(name)
-    except UpstreamError as error:
-        raise gateway_error(error) from None
+    listing = await find_listing(request, name)
     if listing is not None and listing.quarantined:
         raise web.HTTPForbidden(text=f"{name} is quarantined by its index: no files are served\n")
+    if listing is not None and (refusal := listing.refused.get(base)) is not None:
+        raise web.HTTPForbidden(text=f"{refusal}\n")
     found = listing.find(base) if listing is not None else None
     if found is None:
         raise web.HTTPNotFound(text=f"{name} has no file {base!r}\n")

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import zstandard
 from aiohttp import web
 
-from cachepi.index import IndexCache
+from cachepi.index import IndexCache, Listing, ListResult, Refused
 from cachepi.simple.model import Project, ProjectList
 from cachepi.simple.names import is_valid_project_name, normalize
 from cachepi.simple.negotiate import Format, choose_encoding, choose_format, content_type
@@ -43,6 +43,7 @@ _LIST_RENDERERS: dict[Format, Callable[[ProjectList], bytes]] = {
 }
 _VARY = "Accept, Accept-Encoding"
 STALE_HEADER = "X-Cachepi-Stale"
+UNAVAILABLE_HEADER = "X-Cachepi-Unavailable"
 
 
 class Representation:
@@ -111,8 +112,14 @@ def negotiated(request: web.Request) -> Format:
     return fmt
 
 
-def respond(request: web.Request, page: Representation, stale: bool) -> web.Response:
-    """The page in the best coding the client takes, or 304 if the client holds it."""
+def respond(
+    request: web.Request, page: Representation, source: Listing | ListResult
+) -> web.Response:
+    """The page in the best coding the client takes, or 304 if the client holds it.
+
+    An answer some index could not contribute to says so, and clients must ask again
+    rather than keep it (cheap: a 304 once nothing changed).
+    """
     coding = choose_encoding(request.headers.get("Accept-Encoding"))
     body, etag = page.codings[coding]
     headers = {
@@ -120,7 +127,10 @@ def respond(request: web.Request, page: Representation, stale: bool) -> web.Resp
         "Vary": _VARY,
         "Cache-Control": f"max-age={request.app[SETTINGS].page_max_age}, public",
     }
-    if stale:
+    if source.unavailable:
+        headers[UNAVAILABLE_HEADER] = ", ".join(source.unavailable)
+        headers["Cache-Control"] = "no-cache"
+    if source.stale:
         headers[STALE_HEADER] = "1"
     if etag_matches(request.headers.get("If-None-Match"), etag):
         return web.Response(status=304, headers=headers)
@@ -152,10 +162,7 @@ def checked_name(request: web.Request, rest: str = "") -> str:
 async def project_page(request: web.Request) -> web.Response:
     name = checked_name(request)
     fmt = negotiated(request)
-    try:
-        listing = await request.app[INDEX_CACHE].listing(name)
-    except UpstreamError as error:
-        raise gateway_error(error) from None
+    listing = await find_listing(request, name)
     if listing is None:
         raise web.HTTPNotFound(text=f"project {name!r} not found\n")
     project, version = listing.project, listing.version
@@ -171,7 +178,18 @@ async def project_page(request: web.Request) -> web.Response:
             return _PROJECT_RENDERERS[fmt](project)
 
     page = await request.app[RENDERED].get(name, version, fmt, render)
-    return respond(request, page, listing.stale)
+    return respond(request, page, listing)
+
+
+async def find_listing(request: web.Request, name: str) -> Listing | None:
+    """The project as clients may see it; 403 when the policy refuses it, 502/503/504
+    when its indexes fail."""
+    try:
+        return await request.app[INDEX_CACHE].listing(name)
+    except Refused as refusal:
+        raise web.HTTPForbidden(text=f"{refusal}\n") from None
+    except UpstreamError as error:
+        raise gateway_error(error) from None
 
 
 async def project_list(request: web.Request) -> web.Response:
@@ -184,4 +202,4 @@ async def project_list(request: web.Request) -> web.Response:
     page = await request.app[RENDERED].get(
         LIST_KEY, result.version, fmt, lambda: _LIST_RENDERERS[fmt](result.names)
     )
-    return respond(request, page, result.stale)
+    return respond(request, page, result)
