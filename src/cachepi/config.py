@@ -86,6 +86,10 @@ class Settings:
     # Projects pinned to some indexes; the first route that names a project applies.
     routes: tuple[Route, ...] = ()
     policy: Policy = dataclasses.field(default_factory=Policy)
+    # Serve HTTPS with this certificate (chain) and key.
+    certfile: Path | None = None
+    keyfile: Path | None = None
+    access_log: str = "text"  # or "json", "off"
 
 
 def default_index_url() -> str:
@@ -449,7 +453,15 @@ def load_settings(
             )
             == "show",
         ),
+        certfile=read("CERTFILE", parse_readable_file, None),
+        keyfile=read("KEYFILE", parse_readable_file, None),
+        access_log=read("ACCESS_LOG", parse_choice("text", "json", "off"), "text"),
     )
+    if (settings.certfile is None) != (settings.keyfile is None):
+        given = "CERTFILE" if settings.certfile is not None else "KEYFILE"
+        missing = "KEYFILE" if given == "CERTFILE" else "CERTFILE"
+        origin, _ = sources.find(given)
+        raise ConfigError(f"{origin}: HTTPS needs {missing.lower()} too")
     if unknown := set(file) - sources.used:
         key = sorted(unknown)[0].lower().replace("_", "-")
         raise ConfigError(f"{origin}: unknown setting {key!r}")

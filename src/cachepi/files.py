@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from cachepi.locks import LockFile, Locks
+from cachepi.metrics import Metrics
 from cachepi.store.blobs import BlobStore
 from cachepi.store.metadata import MetadataStore
 from cachepi.upstream import Upstream, redact
@@ -58,6 +59,9 @@ class FileSpec:
     upstream: Upstream
     # The wheel's filename when its index offers no PEP 658 metadata: extract it once cached.
     wheel_without_metadata: str | None = None
+    # What the file is, for the dashboard, `cachepi stats` and `cachepi purge PROJECT`.
+    project: str | None = None
+    filename: str | None = None
 
     @property
     def sha256(self) -> str | None:
@@ -229,8 +233,10 @@ class FileCache:
         store: MetadataStore,
         max_bytes: int,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
         self._blobs = blobs
+        self._metrics = metrics
         self._store = store
         self._locks = Locks(blobs.temp_dir)
         self.max_bytes = max_bytes
@@ -253,16 +259,24 @@ class FileCache:
         if reconcile:
             if removed := self._blobs.clear_temp():
                 log.info("removed %d leftovers of unfinished downloads", removed)
+            self.match_records()
+        self._extracted = self._store.extracted_metadata()
+
+    def match_records(self) -> tuple[int, int, int]:
+        """Make the records agree with the blobs on disk, then evict down to the limit;
+        safe while other processes serve. Returns (files recorded, records dropped,
+        files evicted)."""
+        with self._blobs.exclusive():
             recorded = self._store.blobs()
             now = self._clock()
+            added = 0
             for sha256, size in self._blobs.scan():
                 if recorded.pop(sha256, None) != size:
                     self._store.add_blob(sha256, size, now)
+                    added += 1
             for sha256 in recorded:  # recorded, but the file is gone
                 self._store.remove_blob(sha256)
-            with self._blobs.exclusive():
-                self._evict(0)
-        self._extracted = self._store.extracted_metadata()
+            return added, len(recorded), self._evict(0)
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -306,7 +320,7 @@ class FileCache:
         two requests never start two downloads of one file."""
         if (blob := self.cached(spec)) is not None:
             if spec.wheel_without_metadata and blob.sha256 not in self._extracted:
-                self._spawn(self._extract(blob.sha256, spec.wheel_without_metadata))
+                self._spawn(self._extract(blob.sha256, spec.wheel_without_metadata, spec.project))
             return blob
         download = self._downloads.get(spec.url)
         if download is None:
@@ -349,6 +363,8 @@ class FileCache:
         except Exception as failure:
             error = failure
             log.warning("download of %s failed: %s", redact(spec.url), failure)
+            if self._metrics is not None:
+                self._metrics.download_errors.labels(spec.upstream.name).inc()
         except BaseException as failure:  # cancelled at shutdown: readers must not hang
             error = failure
             raise
@@ -357,14 +373,14 @@ class FileCache:
             # download completes, the cache holds the file and its PEP 658 metadata.
             try:
                 stored = not download.spilled and await self._keep(
-                    fd, part, sha256, download.written
+                    fd, part, sha256, download.written, spec.project, spec.filename
                 )
                 if stored and spec.sha256 is None:
                     self._store.put_ref(spec.url, sha256)
             except (OSError, sqlite3.Error) as failure:  # the bytes are good: clients got them
                 log.error("cannot store %s in the cache: %s", redact(spec.url), failure)
             if stored and spec.wheel_without_metadata:
-                await self._extract(sha256, spec.wheel_without_metadata)
+                await self._extract(sha256, spec.wheel_without_metadata, spec.project)
         finally:
             download.finished(error)  # first: whatever fails below, no reader may hang
             os.close(fd)
@@ -451,7 +467,10 @@ class FileCache:
                 raise DownloadFailed(f"{name} mismatch: the upstream sent different bytes")
         return digests["sha256"]
 
-    async def _keep(self, fd: int, temp: Path, sha256: str, size: int) -> bool:
+    async def _keep(
+        self, fd: int, temp: Path, sha256: str, size: int, project: str | None,
+        filename: str | None,
+    ) -> bool:  # fmt: skip
         """Make verified bytes (written to `temp` through `fd`) a blob, evicting others to
         make room; True if the cache now holds `sha256` (perhaps from before)."""
         if size > self.max_bytes:  # includes a cache size of 0: stream through only
@@ -464,21 +483,23 @@ class FileCache:
                 return True
             self._evict(size)
             self._blobs.commit(temp, sha256)
-            self._store.add_blob(sha256, size, self._clock())
+            self._store.add_blob(sha256, size, self._clock(), project, filename)
         return True
 
     def usage(self) -> tuple[int, int]:
         """(files, bytes) stored, as every worker sees them."""
         return self._store.blob_stats()
 
-    async def _extract(self, wheel_sha256: str, filename: str) -> None:
+    async def _extract(self, wheel_sha256: str, filename: str, project: str | None) -> None:
         """Store a cached wheel's METADATA as a blob of its own and remember the pair."""
         try:
-            await self._extract_unguarded(wheel_sha256, filename)
+            await self._extract_unguarded(wheel_sha256, filename, project)
         except (OSError, sqlite3.Error) as failure:  # a missed optimisation, no more
             log.error("cannot store the METADATA of %s: %s", filename, failure)
 
-    async def _extract_unguarded(self, wheel_sha256: str, filename: str) -> None:
+    async def _extract_unguarded(
+        self, wheel_sha256: str, filename: str, project: str | None
+    ) -> None:
         wheel = self._blobs.path(wheel_sha256)
         data = await asyncio.to_thread(read_wheel_metadata, wheel, filename)
         if data is None or wheel_sha256 in self._extracted:
@@ -487,7 +508,9 @@ class FileCache:
         fd, temp = self._blobs.new_temp()
         try:
             _write_all(fd, data)
-            stored = await self._keep(fd, temp, metadata_sha256, len(data))
+            stored = await self._keep(
+                fd, temp, metadata_sha256, len(data), project, filename + ".metadata"
+            )
         finally:
             os.close(fd)
             self._blobs.discard(temp)
@@ -528,20 +551,25 @@ class FileCache:
         self._store.remove_blob(sha256)
         self._forget_extracted(sha256)
 
-    def _evict(self, incoming: int) -> None:
-        """Delete least recently used blobs until `incoming` more bytes fit under the limit.
-        Call with the store lock held."""
+    def _evict(self, incoming: int) -> int:
+        """Delete least recently used blobs until `incoming` more bytes fit under the limit;
+        returns how many. Call with the store lock held."""
         _, total = self._store.blob_stats()
+        evicted = 0
         if total + incoming <= self.max_bytes:
-            return
+            return evicted
         self.flush_touches()
         while victims := self._store.least_recently_used():
             for sha256, size in victims:
                 self._drop(sha256)
                 total -= size
+                evicted += 1
                 log.info("evicted %s (%d bytes)", sha256, size)
+                if self._metrics is not None:
+                    self._metrics.evicted(size)
                 if total + incoming <= self.max_bytes:
-                    return
+                    return evicted
+        return evicted
 
 
 class _Hasher:

@@ -94,6 +94,7 @@ class Listing:
     unavailable: tuple[str, ...] = ()
     refused: Mapping[str, str] = field(default_factory=dict)
     valid_until: float = math.inf  # when a cooldown ends and the screening must be redone
+    cache: str = "hit"  # "miss" when an upstream was asked for this answer, "stale"
     _by_filename: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -119,6 +120,7 @@ class ListResult:
     version: str
     stale: bool = False
     unavailable: tuple[str, ...] = ()
+    cache: str = "hit"
 
 
 class IndexCache:
@@ -169,7 +171,7 @@ class IndexCache:
         """
         if (reason := self._policy.project_refusal(name)) is not None:
             raise Refused(reason)
-        entries = await self._gather(name, self._router.positions(name), first=self._first)
+        entries, asked = await self._gather(name, self._router.positions(name), first=self._first)
         found = [(self.upstreams[p], e.page) for p, (e, _) in entries if e and e.page]
         if not found:
             for _, (entry, failure) in entries:
@@ -189,13 +191,16 @@ class IndexCache:
             if len(self._listings) > self._memory_entries:
                 self._listings.popitem(last=False)
         stale, unavailable = _degradation(self.upstreams, entries)
-        if (stale, unavailable) != (listing.stale, listing.unavailable):
-            listing = dataclasses.replace(listing, stale=stale, unavailable=unavailable)
+        cache = _cache_result(stale, asked)
+        if (stale, unavailable, cache) != (listing.stale, listing.unavailable, listing.cache):
+            listing = dataclasses.replace(
+                listing, stale=stale, unavailable=unavailable, cache=cache
+            )
         return listing
 
     async def project_list(self) -> ListResult:
         """Every project some index lists and serves (under the routes and the policy)."""
-        entries = await self._gather(LIST_KEY, tuple(range(len(self.upstreams))))
+        entries, asked = await self._gather(LIST_KEY, tuple(range(len(self.upstreams))))
         lists = [
             (position, entry.page)
             for position, (entry, _) in entries
@@ -210,7 +215,8 @@ class IndexCache:
             names = await asyncio.to_thread(self._combine_lists, lists)
             self._names = ListResult(names, version)
         stale, unavailable = _degradation(self.upstreams, entries)
-        return ListResult(self._names.names, version, stale, unavailable)
+        cache = _cache_result(stale, asked)
+        return ListResult(self._names.names, version, stale, unavailable, cache)
 
     def _combine_lists(self, lists: Sequence[tuple[int, ProjectList]]) -> ProjectList:
         """Every name once, spelled as the first list that has it, if the index that lists
@@ -279,27 +285,29 @@ class IndexCache:
 
     async def _gather(
         self, key: str, positions: tuple[int, ...], first: bool = False
-    ) -> list[tuple[int, Fetched]]:
-        """What the upstreams at `positions` have for `key`, in order; with `first`, up to
-        the first that has it (the others are not asked)."""
+    ) -> tuple[list[tuple[int, Fetched]], bool]:
+        """What the upstreams at `positions` have for `key`, in order (with `first`, up to
+        the first that has it: the others are not asked), and whether any was asked."""
         now = self._clock()
         self._follow_other_workers(now)
         if first:
             results: list[tuple[int, Fetched]] = []
+            asked = False
             for position in positions:
-                fetched = self._fresh_entry(position, key, now) or await self._refresh(
-                    position, key
-                )
+                fetched = self._fresh_entry(position, key, now)
+                if fetched is None:
+                    asked = True
+                    fetched = await self._refresh(position, key)
                 results.append((position, fetched))
                 if fetched[0] is not None and fetched[0].page is not None:
                     break
-            return results
+            return results, asked
         known = {position: self._fresh_entry(position, key, now) for position in positions}
         pending = [position for position, fetched in known.items() if fetched is None]
         if pending:  # the fast path (everything fresh) awaits nothing
             fetched = await asyncio.gather(*(self._refresh(pos, key) for pos in pending))
             known.update(zip(pending, fetched, strict=True))
-        return list(known.items())  # type: ignore[arg-type]
+        return list(known.items()), bool(pending)  # type: ignore[arg-type]
 
     def _fresh_entry(self, position: int, key: str, now: float) -> Fetched | None:
         entry = self._load(position, key)
@@ -402,6 +410,14 @@ class IndexCache:
         return entry, None
 
 
+def forget_pages(store: MetadataStore, key: str | None) -> int:
+    """Delete the stored pages of `key` (None: all) and tell every worker; returns how many.
+    Unlike invalidating, nothing is kept to revalidate with: the next request refetches."""
+    removed = store.delete_pages(key)
+    store.bump(_PAGES)
+    return removed
+
+
 def parse_and_encode(key: str, response: PageResponse) -> tuple[Project | ProjectList, bytes]:
     """An upstream page as our model, and that model as stored (msgpack)."""
     body = response.body or b""
@@ -423,6 +439,10 @@ def _degradation(
     stale = any(entry is not None and failure for _, (entry, failure) in entries)
     failed = tuple(upstreams[p].name for p, (_, failure) in entries if failure is not None)
     return stale, failed
+
+
+def _cache_result(stale: bool, asked: bool) -> str:
+    return "stale" if stale else "miss" if asked else "hit"
 
 
 def merge(name: str, pages: Sequence[tuple[Upstream, Project]], version: str) -> Listing:

@@ -19,6 +19,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import aiohttp
 
 from cachepi import __version__
+from cachepi.metrics import Metrics
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -112,8 +113,10 @@ class Upstream:
         offline: bool = False,
         file_hosts: frozenset[str] | None = None,
         retry_delays: tuple[float, ...] = (0.25, 1.0),
+        metrics: Metrics | None = None,
     ) -> None:
         parts = urlsplit(url)
+        self._metrics = metrics
         self.url = redact(url)
         self.ttl = ttl
         self.name = name or parts.netloc.rpartition("@")[2]
@@ -206,10 +209,15 @@ class Upstream:
         """A GET whose response is 200 or 304; anything else raises."""
         if self._offline:
             raise UpstreamError(f"{redact(url)}: offline, and not in the cache", status=503)
+        started = time.monotonic()
         try:
             async with self._session.get(
                 url, headers=self._headers_for(url, headers), auto_decompress=auto_decompress
             ) as response:
+                if self._metrics is not None:
+                    self._metrics.upstream_seconds.labels(self.name).observe(
+                        time.monotonic() - started
+                    )
                 if response.status in (404, 410):
                     self.health.succeeded()
                     raise UpstreamNotFound(redact(url))

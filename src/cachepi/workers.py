@@ -11,16 +11,20 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
+import ssl
 import time
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from types import FrameType
 
 from aiohttp import web
 
 from cachepi.config import Settings
-from cachepi.web.accesslog import AccessLog
+from cachepi.metrics import MULTIPROC_ENV
+from cachepi.web.accesslog import ACCESS_LOGS, AccessLog
 from cachepi.web.app import create_app, reconcile_cache
 
 log = logging.getLogger(__name__)
@@ -30,18 +34,45 @@ _RESTART_DELAY = 1.0
 
 def serve(settings: Settings) -> None:
     """Serve until stopped: in this process for one worker, else in `settings.workers`."""
+    _metrics_dir(settings.cache_dir / "metrics")
     if settings.workers == 1:
-        web.run_app(
-            create_app(settings),
-            host=settings.host,
-            port=settings.port,
-            print=None,
-            access_log_class=AccessLog,
-        )
+        _run(create_app(settings), settings)
         return
     check_port(settings.host, settings.port)
     reconcile_cache(settings)
     _supervise(settings)
+
+
+def _metrics_dir(path: Path) -> None:
+    """Where every process of this server keeps its Prometheus values, emptied: counters
+    start from zero with the server."""
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    os.environ[MULTIPROC_ENV] = str(path)
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The server's TLS context when HTTPS is configured; OSError/SSLError if the files
+    are unusable."""
+    if settings.certfile is None or settings.keyfile is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.certfile, settings.keyfile)
+    return context
+
+
+def _run(app: web.Application, settings: Settings, reuse_port: bool = False) -> None:
+    access_log = ACCESS_LOGS[settings.access_log]
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        reuse_port=reuse_port or None,
+        ssl_context=tls_context(settings),
+        print=None,
+        access_log=None if access_log is None else logging.getLogger("cachepi.access"),
+        access_log_class=access_log or AccessLog,
+    )
 
 
 def check_port(host: str, port: int) -> None:
@@ -53,14 +84,7 @@ def check_port(host: str, port: int) -> None:
 
 
 def _worker(settings: Settings) -> None:
-    web.run_app(
-        create_app(settings, reconcile=False),
-        host=settings.host,
-        port=settings.port,
-        reuse_port=True,
-        print=None,
-        access_log_class=AccessLog,
-    )
+    _run(create_app(settings, reconcile=False), settings, reuse_port=True)
 
 
 def _supervise(settings: Settings) -> None:

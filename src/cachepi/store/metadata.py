@@ -29,7 +29,10 @@ CREATE INDEX IF NOT EXISTS pages_by_key ON pages (key);
 CREATE TABLE IF NOT EXISTS blobs (
     sha256 TEXT PRIMARY KEY,
     size INTEGER NOT NULL,
-    last_access REAL NOT NULL
+    last_access REAL NOT NULL,
+    project TEXT,
+    filename TEXT,
+    added_at REAL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS blobs_by_last_access ON blobs (last_access);
 CREATE TABLE IF NOT EXISTS wheel_metadata (
@@ -44,7 +47,13 @@ CREATE TABLE IF NOT EXISTS refs (
     url TEXT PRIMARY KEY,
     sha256 TEXT NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
 """
+# Columns added after the first release, for caches made before them.
+_ADDED_COLUMNS = {"blobs": ("project TEXT", "filename TEXT", "added_at REAL")}
 
 
 class PageRecord(msgspec.Struct, frozen=True):
@@ -66,6 +75,11 @@ class MetadataStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
+        for table, columns in _ADDED_COLUMNS.items():
+            have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            for column in columns:
+                if column.split()[0] not in have:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
 
     def close(self) -> None:
         self._db.close()
@@ -86,6 +100,29 @@ class MetadataStore:
             (index_url, key, record.fetched_at, record.etag, record.last_modified, record.body),
         )
 
+    def pages_of(self, key: str) -> list[tuple[str, PageRecord]]:
+        """Every index's stored page for `key`, as (index URL, record)."""
+        rows = self._db.execute(
+            "SELECT index_url, fetched_at, etag, last_modified, body FROM pages WHERE key = ?",
+            (key,),
+        )
+        return [(row[0], PageRecord(*row[1:])) for row in rows]
+
+    def page_keys(self, prefix: str, limit: int) -> list[str]:
+        """Cached project names starting with `prefix`, a normalized name (only a-z, 0-9
+        and `-`, so nothing in it is special to LIKE)."""
+        rows = self._db.execute(
+            "SELECT DISTINCT key FROM pages WHERE key LIKE ? AND key != '' ORDER BY key LIMIT ?",
+            (prefix + "%", limit),
+        )
+        return [row[0] for row in rows]
+
+    def delete_pages(self, key: str | None) -> int:
+        """Forget the pages of `key` (None: every page); returns how many."""
+        if key is None:
+            return self._db.execute("DELETE FROM pages").rowcount
+        return self._db.execute("DELETE FROM pages WHERE key = ?", (key,)).rowcount
+
     def expire_pages(self, key: str) -> None:
         """Make one project's pages (or the list's, with LIST_KEY) stale for every index.
         Their validators stay, so the next request revalidates cheaply."""
@@ -93,8 +130,14 @@ class MetadataStore:
 
     # -- blobs ---------------------------------------------------------------------------
 
-    def add_blob(self, sha256: str, size: int, now: float) -> None:
-        self._db.execute("INSERT OR REPLACE INTO blobs VALUES (?, ?, ?)", (sha256, size, now))
+    def add_blob(
+        self, sha256: str, size: int, now: float, project: str | None = None,
+        filename: str | None = None,
+    ) -> None:  # fmt: skip
+        self._db.execute(
+            "INSERT OR REPLACE INTO blobs VALUES (?, ?, ?, ?, ?, ?)",
+            (sha256, size, now, project, filename, now),
+        )
 
     def remove_blob(self, sha256: str) -> None:
         """Forget a blob and everything that points at it or derives from it."""
@@ -121,6 +164,30 @@ class MetadataStore:
         """(number of blobs, total bytes)."""
         row = self._db.execute("SELECT count(*), coalesce(sum(size), 0) FROM blobs").fetchone()
         return row[0], row[1]
+
+    def recent_blobs(self, limit: int) -> list[tuple[float, str, str, int]]:
+        """The latest stored files as (added at, project, filename, size), newest first."""
+        return self._db.execute(
+            "SELECT added_at, project, filename, size FROM blobs WHERE added_at IS NOT NULL"
+            " ORDER BY added_at DESC LIMIT ?",
+            (limit,),
+        ).fetchall()
+
+    def biggest_projects(self, limit: int) -> list[tuple[str, int, int]]:
+        """(project, files, bytes) of the projects taking the most space."""
+        return self._db.execute(
+            "SELECT project, count(*), sum(size) FROM blobs WHERE project IS NOT NULL"
+            " GROUP BY project ORDER BY sum(size) DESC LIMIT ?",
+            (limit,),
+        ).fetchall()
+
+    def blobs_of(self, project: str) -> list[tuple[str, str, int, float]]:
+        """A project's stored files as (sha256, filename, size, last access)."""
+        return self._db.execute(
+            "SELECT sha256, filename, size, last_access FROM blobs WHERE project = ?"
+            " ORDER BY filename",
+            (project,),
+        ).fetchall()
 
     def least_recently_used(self, limit: int = 256) -> list[tuple[str, int]]:
         """The `limit` blobs used longest ago, oldest first, as (sha256, size)."""
@@ -151,6 +218,19 @@ class MetadataStore:
     def generation(self, name: str) -> int:
         row = self._db.execute("SELECT value FROM generations WHERE name = ?", (name,)).fetchone()
         return row[0] if row else 0
+
+    # -- counters: lifetime traffic totals, added to by every worker --------------------
+
+    def add_counts(self, deltas: Iterable[tuple[str, int]]) -> None:
+        with self._db:
+            self._db.executemany(
+                "INSERT INTO counters VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+                deltas,
+            )
+
+    def counts(self) -> dict[str, int]:
+        return dict(self._db.execute("SELECT name, value FROM counters"))
 
     # -- refs: the sha256 of files whose index gave no sha256 ----------------------------
 

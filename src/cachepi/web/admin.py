@@ -1,15 +1,13 @@
-"""The home page, `/health`, and cache invalidation (`DELETE /cache/list|{project}`)."""
+"""`/health`, and cache invalidation (`DELETE /cache/list|{project}`, the dashboard's forms)."""
 
 from __future__ import annotations
-
-from html import escape
 
 from aiohttp import web
 
 from cachepi.simple.names import is_valid_project_name, normalize
 from cachepi.store.metadata import LIST_KEY
 from cachepi.web.auth import require_admin
-from cachepi.web.keys import FILE_CACHE, INDEX_CACHE, SETTINGS
+from cachepi.web.keys import INDEX_CACHE
 from cachepi.web.pages import RENDERED
 
 
@@ -68,50 +66,3 @@ async def health(request: web.Request) -> web.Response:
     ]
     degraded = not all(up.health.healthy for up in upstreams)
     return web.json_response({"status": "degraded" if degraded else "ok", "indexes": indexes})
-
-
-async def home(request: web.Request) -> web.Response:
-    settings = request.app[SETTINGS]
-    count, total = request.app[FILE_CACHE].usage()
-    upstream_rows = "".join(
-        f"<tr><td>{escape(up.name)}</td><td>{escape(up.url)}</td><td>{up.ttl} s</td>"
-        f"<td>{'ok' if up.health.healthy else 'failing: ' + escape(up.health.last_error or '')}"
-        "</td></tr>"
-        for up in request.app[INDEX_CACHE].upstreams
-    )
-    limit = _human(settings.cache_size) if settings.cache_size else "0 (files not stored)"
-    token_field = (
-        ' <label>Admin token <input name="token" type="password" required></label>'
-        if settings.admin_token
-        else ""
-    )
-    body = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>cachepi</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:50rem;margin:2rem auto;padding:0 1rem}}
-table{{border-collapse:collapse}}td,th{{padding:.2rem .8rem;text-align:left}}</style></head>
-<body><h1>cachepi</h1>
-<p>Install through this proxy with
-<code>pip install --index-url {escape(str(request.url.origin()))}/index/ PACKAGE</code></p>
-<h2>Upstream indexes</h2>
-<table><tr><th>Name</th><th>URL</th><th>TTL</th><th>Health</th></tr>{upstream_rows}</table>
-<h2>File cache</h2>
-<p>{count} files, {_human(total)} of {limit}.</p>
-<h2>Invalidate the index cache</h2>
-<form method="post" action="/cache/invalidate"><label>Project
-<input name="project" required pattern="[A-Za-z0-9._\\-]+"></label>{token_field}
-<button>Invalidate project</button></form>
-<form method="post" action="/cache/invalidate">{token_field}
-<button>Invalidate project list</button></form>
-<p><a href="/index/">Browse the index</a> · <a href="/health">Health</a></p>
-</body></html>
-"""
-    return web.Response(text=body, content_type="text/html")
-
-
-def _human(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024:
-            return f"{value:.1f} {unit}" if unit != "B" else f"{size} B"
-        value /= 1024
-    return f"{value:.1f} TiB"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
+import sqlite3
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -12,15 +14,18 @@ from cachepi.config import Settings
 from cachepi.files import FileCache
 from cachepi.index import IndexCache
 from cachepi.locks import Locks
+from cachepi.metrics import Metrics
 from cachepi.routes import Router
 from cachepi.store.blobs import BlobStore
 from cachepi.store.metadata import MetadataStore
 from cachepi.upstream import Upstream, make_session
-from cachepi.web import admin, files, pages
+from cachepi.web import admin, dashboard, files, monitoring, pages
 from cachepi.web.auth import Htpasswd, basic_auth
-from cachepi.web.keys import FILE_CACHE, INDEX_CACHE, SETTINGS
+from cachepi.web.keys import FILE_CACHE, INDEX_CACHE, METADATA, METRICS, SETTINGS
+from cachepi.web.monitoring import Handler
 
 log = logging.getLogger(__name__)
+_FLUSH_SECONDS = 5.0
 
 
 def create_app(settings: Settings, reconcile: bool = True) -> web.Application:
@@ -28,17 +33,31 @@ def create_app(settings: Settings, reconcile: bool = True) -> web.Application:
     process using it (worker processes leave that to their parent, see workers.py)."""
     app = web.Application(client_max_size=64 * 1024)
     app[SETTINGS] = settings
+    app[METRICS] = Metrics()
     app[pages.RENDERED] = pages.RenderCache()
+    routes: dict[Handler, str] = {
+        pages.project_list: "project_list",
+        pages.project_page: "project_page",
+        files.dist_file: "file",
+        dashboard.home: "home",
+        admin.health: "health",
+        monitoring.metrics: "metrics",
+        admin.invalidate_list: "admin",
+        admin.invalidate_project: "admin",
+        admin.invalidate_form: "admin",
+    }
     for prefix in ("/index", "/simple"):  # /simple/ is an alias many configs use
         app.router.add_get(prefix + "/", pages.project_list)
         app.router.add_get(prefix + "/{project}", pages.project_page)
         app.router.add_get(prefix + "/{project}/", pages.project_page)
         app.router.add_get(prefix + "/{project}/{filename}", files.dist_file)
-    app.router.add_get("/", admin.home)
+    app.router.add_get("/", dashboard.home)
     app.router.add_get("/health", admin.health)
+    app.router.add_get("/metrics", monitoring.metrics)
     app.router.add_delete("/cache/list", admin.invalidate_list)
     app.router.add_delete("/cache/{project}", admin.invalidate_project)
     app.router.add_post("/cache/invalidate", admin.invalidate_form)
+    app.middlewares.append(monitoring.request_counter(routes))
     if settings.htpasswd is not None:
         app.middlewares.append(basic_auth(Htpasswd(settings.htpasswd)))
     app.cleanup_ctx.append(functools.partial(_components, reconcile=reconcile))
@@ -57,7 +76,8 @@ def reconcile_cache(settings: Settings) -> None:
 async def _components(app: web.Application, reconcile: bool) -> AsyncIterator[None]:
     """Open the stores and the upstream session at startup; close them at shutdown."""
     settings = app[SETTINGS]
-    metadata = MetadataStore(settings.cache_dir / "cachepi.sqlite3")
+    metrics = app[METRICS]
+    metadata = app[METADATA] = MetadataStore(settings.cache_dir / "cachepi.sqlite3")
     session = make_session(
         settings.connect_timeout,
         settings.read_timeout,
@@ -73,6 +93,7 @@ async def _components(app: web.Application, reconcile: bool) -> AsyncIterator[No
             min_release_age=up.min_release_age,
             offline=settings.offline,
             file_hosts=settings.file_hosts,
+            metrics=metrics,
         )
         for up in settings.upstreams
     ]
@@ -88,7 +109,7 @@ async def _components(app: web.Application, reconcile: bool) -> AsyncIterator[No
         router=Router(settings.routes, unrouted),
         policy=settings.policy,
     )
-    file_cache = FileCache(blobs, metadata, settings.cache_size)
+    file_cache = FileCache(blobs, metadata, settings.cache_size, metrics=metrics)
     file_cache.open(reconcile)
     app[FILE_CACHE] = file_cache
     log.info(
@@ -97,9 +118,22 @@ async def _components(app: web.Application, reconcile: bool) -> AsyncIterator[No
         settings.cache_dir,
         *file_cache.usage(),
     )
+    flusher = asyncio.create_task(_flush_totals(metrics, metadata))
     try:
         yield
     finally:
+        flusher.cancel()
         await file_cache.close()
         await session.close()
+        metrics.flush(metadata)
         metadata.close()
+
+
+async def _flush_totals(metrics: Metrics, metadata: MetadataStore) -> None:
+    """Add this process's traffic totals to the store every few seconds."""
+    while True:
+        await asyncio.sleep(_FLUSH_SECONDS)
+        try:
+            metrics.flush(metadata)
+        except sqlite3.Error as failure:  # counted again at the next flush
+            log.warning("cannot record traffic totals: %s", failure)

@@ -19,7 +19,7 @@ from cachepi.files import Blob, Download, DownloadFailed, FileSpec
 from cachepi.simple.names import is_safe_filename
 from cachepi.upstream import UpstreamError, UpstreamNotFound
 from cachepi.web.conditional import plan_response
-from cachepi.web.keys import FILE_CACHE, SETTINGS
+from cachepi.web.keys import BODY_BYTES, CACHE_RESULT, FILE_CACHE, METRICS, SETTINGS
 from cachepi.web.pages import checked_name, find_listing, gateway_error
 
 # Files never change in an index: a client may keep them forever.
@@ -64,12 +64,15 @@ async def dist_file(request: web.Request) -> web.StreamResponse:
         "Content-Type": file_type(filename, settings.binary_file_mime_type),
         "Cache-Control": FILE_CACHE_CONTROL,
     }
+    result, source = ("hit", "cache") if isinstance(found, Blob) else ("miss", "upstream")
+    request[CACHE_RESULT] = result
+    request.app[METRICS].cache_result("file", result)
     if isinstance(found, Blob):
         with found.file:
             send = _sendfile(found, settings.client_timeout)
-            return await _answer(request, headers, found.size, found.sha256, send)
+            return await _answer(request, headers, found.size, found.sha256, send, source)
     return await _answer(
-        request, headers, found.size, spec.sha256, _relay(found, settings.client_timeout)
+        request, headers, found.size, spec.sha256, _relay(found, settings.client_timeout), source
     )
 
 
@@ -87,7 +90,9 @@ async def _spec(request: web.Request, name: str, filename: str) -> FileSpec:
     file, upstream = found
     extract = base.endswith(".whl") and not file.core_metadata
     if base == filename:
-        return FileSpec(file.url, file.hashes, file.size, upstream, base if extract else None)
+        return FileSpec(
+            file.url, file.hashes, file.size, upstream, base if extract else None, name, base
+        )
     if extract:  # the index has none, but we may have extracted it from the cached wheel
         _, known = request.app[FILE_CACHE].extracted()
         extracted = known.get(file.hashes.get("sha256", ""))
@@ -98,7 +103,7 @@ async def _spec(request: web.Request, name: str, filename: str) -> FileSpec:
         raise web.HTTPNotFound(text=f"the index offers no metadata file for {base!r}\n")
     else:
         hashes = file.core_metadata if isinstance(file.core_metadata, dict) else {}
-    return FileSpec(file.url + _METADATA_SUFFIX, hashes, None, upstream)
+    return FileSpec(file.url + _METADATA_SUFFIX, hashes, None, upstream, None, name, filename)
 
 
 async def _answer(
@@ -107,8 +112,10 @@ async def _answer(
     size: int | None,
     sha256: str | None,
     send: BodySender,
+    source: str,
 ) -> web.StreamResponse:
-    """The one way a file request is answered, stored or still downloading."""
+    """The one way a file request is answered, stored ("cache") or still downloading
+    ("upstream")."""
     if sha256 is not None:
         headers["ETag"] = f'"{sha256}"'
     plan = plan_response(request.headers, size, headers.get("ETag"))
@@ -125,6 +132,10 @@ async def _answer(
     if request.method != "HEAD" and plan.stop != plan.start:
         with contextlib.suppress(ConnectionError):  # the client hung up: nothing to do
             await send(request, response, plan.start, plan.stop)
+        end = size if plan.stop is None else plan.stop
+        if end is not None:
+            request[BODY_BYTES] = end - plan.start
+            request.app[METRICS].served(source, end - plan.start)
     return response
 
 

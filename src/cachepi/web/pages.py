@@ -28,7 +28,7 @@ from cachepi.simple.render import (
 from cachepi.store.metadata import LIST_KEY
 from cachepi.upstream import UpstreamError
 from cachepi.web.conditional import etag_matches
-from cachepi.web.keys import FILE_CACHE, INDEX_CACHE, SETTINGS
+from cachepi.web.keys import CACHE_RESULT, FILE_CACHE, INDEX_CACHE, METRICS, SETTINGS
 from cachepi.wheelmeta import with_extracted_metadata
 
 _PROJECT_RENDERERS: dict[Format, Callable[[Project], bytes]] = {
@@ -120,6 +120,8 @@ def respond(
     An answer some index could not contribute to says so, and clients must ask again
     rather than keep it (cheap: a 304 once nothing changed).
     """
+    request[CACHE_RESULT] = source.cache
+    request.app[METRICS].cache_result("page", source.cache)
     coding = choose_encoding(request.headers.get("Accept-Encoding"))
     body, etag = page.codings[coding]
     headers = {

@@ -1,0 +1,141 @@
+"""What the proxy counts: Prometheus metrics for `/metrics`, and lifetime totals kept in the
+metadata store for the dashboard and `cachepi stats`.
+
+One call records an event in both. With several worker processes, Prometheus values live in
+files under PROMETHEUS_MULTIPROC_DIR (set by workers.py) and a scrape sums them; the totals
+are added to the store by every worker every few seconds.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter as Tally
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+from cachepi.store.metadata import MetadataStore
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Names of the lifetime totals in the store.
+TOTALS = (
+    "page_hit", "page_miss", "page_stale", "file_hit", "file_miss",
+    "bytes_cache", "bytes_upstream",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Values read when scraped rather than counted: they are the store's, whoever wrote."""
+
+    cache_files: int
+    cache_bytes: int
+    cache_limit: int
+    indexes_up: Sequence[tuple[str, bool]]
+
+
+class _Gauges(Collector):
+    def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        now = self._snapshot()
+        yield GaugeMetricFamily("cachepi_cache_files", "Files in the cache", now.cache_files)
+        yield GaugeMetricFamily("cachepi_cache_bytes", "Bytes in the cache", now.cache_bytes)
+        yield GaugeMetricFamily(
+            "cachepi_cache_limit_bytes", "The cache size limit", now.cache_limit
+        )
+        up = GaugeMetricFamily(
+            "cachepi_index_up", "1 if the index's latest request got an answer", labels=["index"]
+        )
+        for name, healthy in now.indexes_up:
+            up.add_metric([name], 1 if healthy else 0)
+        yield up
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self._multiprocess = bool(os.environ.get(MULTIPROC_ENV))
+        if self._multiprocess:
+            # Chosen when prometheus_client is imported, which may be before workers.py set
+            # the directory: choose again, in this (forked) process.
+            values.ValueClass = values.MultiProcessValue()
+        # Multiprocess values are collected from their files, not from a registry.
+        self._registry = CollectorRegistry()
+        into = None if self._multiprocess else self._registry
+        self.requests = Counter(
+            "cachepi_requests", "Requests answered", ["route", "status"], registry=into
+        )
+        self._cache = Counter(
+            "cachepi_cache", "Pages and files by cache result", ["kind", "result"], registry=into
+        )
+        self._served = Counter(
+            "cachepi_served_bytes", "File bytes sent to clients", ["source"], registry=into
+        )
+        self.upstream_seconds = Histogram(
+            "cachepi_upstream_request_seconds",
+            "Time until an upstream's response headers arrived",
+            ["index"],
+            registry=into,
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.download_errors = Counter(
+            "cachepi_download_errors", "File downloads that failed", ["index"], registry=into
+        )
+        self.evictions = Counter("cachepi_evictions", "Files evicted", registry=into)
+        self.evicted_bytes = Counter("cachepi_evicted_bytes", "Bytes evicted", registry=into)
+        self._unflushed: Tally[str] = Tally()
+
+    def cache_result(self, kind: str, result: str) -> None:
+        """A page or file was answered from the cache ("hit"), after asking an upstream
+        ("miss"), or from a stale copy ("stale")."""
+        self._cache.labels(kind, result).inc()
+        self._unflushed[f"{kind}_{result}"] += 1
+
+    def served(self, source: str, count: int) -> None:
+        """`count` file bytes went to a client from the "cache" or relayed from "upstream"."""
+        self._served.labels(source).inc(count)
+        self._unflushed[f"bytes_{source}"] += count
+
+    def evicted(self, size: int) -> None:
+        self.evictions.inc()
+        self.evicted_bytes.inc(size)
+
+    def flush(self, store: MetadataStore) -> None:
+        """Add what was counted since the last flush to the store's lifetime totals."""
+        if self._unflushed:
+            deltas, self._unflushed = self._unflushed, Tally()
+            store.add_counts(deltas.items())
+
+    def totals(self, store: MetadataStore) -> dict[str, int]:
+        """Lifetime totals: the store's plus what this process has not flushed yet."""
+        counts = dict.fromkeys(TOTALS, 0) | store.counts()
+        for name, value in self._unflushed.items():
+            counts[name] = counts.get(name, 0) + value
+        return counts
+
+    def exposition(self, snapshot: Callable[[], Snapshot]) -> bytes:
+        """The Prometheus text format of every metric, summed over worker processes."""
+        registry = self._registry
+        if self._multiprocess:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+        gauges = _Gauges(snapshot)
+        registry.register(gauges)
+        try:
+            return generate_latest(registry)
+        finally:
+            registry.unregister(gauges)
+
+
+def hit_ratio(totals: dict[str, int]) -> float | None:
+    """Share of page and file answers that needed no upstream request (stale copies
+    included: they came from the cache)."""
+    hits = totals.get("page_hit", 0) + totals.get("page_stale", 0) + totals.get("file_hit", 0)
+    asked = totals.get("page_miss", 0) + totals.get("file_miss", 0)
+    return hits / (hits + asked) if hits + asked else None

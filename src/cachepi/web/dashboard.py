@@ -1,0 +1,188 @@
+"""The dashboard at `/`: indexes and their health, cache use, traffic, recent misses, the
+biggest projects, a project search, and invalidation forms.
+
+Rendered on the server from the metadata store (so every worker shows the same numbers);
+plain HTML forms, no JavaScript.
+"""
+
+from __future__ import annotations
+
+import time
+from html import escape
+
+from aiohttp import web
+
+from cachepi.index import Entry
+from cachepi.metrics import hit_ratio
+from cachepi.simple.model import Project
+from cachepi.simple.names import is_valid_project_name, normalize
+from cachepi.web.keys import INDEX_CACHE, METADATA, METRICS, SETTINGS
+
+_STYLE = """body{font-family:system-ui,sans-serif;max-width:64rem;margin:2rem auto;padding:0 1rem;
+color:#222}table{border-collapse:collapse;margin:.5rem 0}td,th{padding:.25rem .8rem;
+text-align:left;border-bottom:1px solid #ddd}td.n{text-align:right;font-variant-numeric:
+tabular-nums}.bad{color:#b00}.ok{color:#070}meter{width:16rem}form{margin:.5rem 0}
+section{margin-bottom:1.5rem}"""
+
+
+def human(size: float) -> str:
+    """1536 -> '1.5 KiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{int(size)} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def _when(timestamp: float | None) -> str:
+    if not timestamp:
+        return "never"
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(timestamp))
+
+
+def _table(headings: tuple[str, ...], rows: list[str], empty: str) -> str:
+    if not rows:
+        return f"<p>{empty}</p>"
+    head = "".join(f"<th>{h}</th>" for h in headings)
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def _indexes(request: web.Request) -> str:
+    rows = []
+    for up in request.app[INDEX_CACHE].upstreams:
+        health = (
+            '<span class="ok">ok</span>'
+            if up.health.healthy
+            else f'<span class="bad">failing: {escape(up.health.last_error or "")}</span>'
+        )
+        rows.append(
+            f"<tr><td>{escape(up.name)}</td><td>{escape(up.url)}</td>"
+            f'<td class="n">{up.ttl} s</td><td>{health}</td></tr>'
+        )
+    return _table(("Name", "URL", "TTL", "Health"), rows, "No index.")
+
+
+def _cache(request: web.Request) -> str:
+    settings = request.app[SETTINGS]
+    store = request.app[METADATA]
+    files, size = store.blob_stats()
+    totals = request.app[METRICS].totals(store)
+    ratio = hit_ratio(totals)
+    limit = settings.cache_size
+    meter = f'<meter min="0" max="{limit}" value="{min(size, limit)}"></meter> ' if limit else ""
+    return (
+        f"<p>{meter}{files} files, {human(size)} of "
+        f"{human(limit) if limit else '0 (files are not stored)'}</p>"
+        f"<p>Hit ratio: {'no traffic yet' if ratio is None else f'{ratio:.1%}'} "
+        f"(pages: {totals['page_hit']} hits, {totals['page_miss']} misses, "
+        f"{totals['page_stale']} stale; files: {totals['file_hit']} hits, "
+        f"{totals['file_miss']} misses)</p>"
+        f"<p>Served {human(totals['bytes_cache'])} from the cache and "
+        f"{human(totals['bytes_upstream'])} from upstream.</p>"
+    )
+
+
+def _recent(request: web.Request) -> str:
+    rows = [
+        f"<tr><td>{_when(at)}</td><td>{escape(project or '')}</td>"
+        f'<td>{escape(filename or "")}</td><td class="n">{human(size)}</td></tr>'
+        for at, project, filename, size in request.app[METADATA].recent_blobs(20)
+    ]
+    return _table(("Stored", "Project", "File", "Size"), rows, "Nothing downloaded yet.")
+
+
+def _biggest(request: web.Request) -> str:
+    rows = [
+        f'<tr><td><a href="/?q={escape(project)}">{escape(project)}</a></td>'
+        f'<td class="n">{files}</td><td class="n">{human(size)}</td></tr>'
+        for project, files, size in request.app[METADATA].biggest_projects(10)
+    ]
+    return _table(("Project", "Files", "Size"), rows, "No files cached yet.")
+
+
+def _invalidate_forms(request: web.Request, project: str = "") -> str:
+    token = (
+        ' <label>Admin token <input name="token" type="password" required></label>'
+        if request.app[SETTINGS].admin_token
+        else ""
+    )
+    return (
+        '<form id="invalidate-project" method="post" action="/cache/invalidate">'
+        f'<label>Project <input name="project" required value="{escape(project)}" '
+        f'pattern="[A-Za-z0-9._\\-]+"></label>{token} <button>Invalidate project</button></form>'
+        '<form id="invalidate-list" method="post" action="/cache/invalidate">'
+        f"{token} <button>Invalidate project list</button></form>"
+    )
+
+
+def _result(request: web.Request, query: str) -> str:
+    """What is cached of the project `query`, and cached names starting with it."""
+    if not is_valid_project_name(query):
+        return f"<p>{escape(query)!s} is not a valid project name.</p>"
+    name = normalize(query)
+    store = request.app[METADATA]
+    upstreams = {up.url: up for up in request.app[INDEX_CACHE].upstreams}
+    now = time.time()
+    page_rows = []
+    for url, record in store.pages_of(name):
+        upstream = upstreams.get(url)
+        if upstream is None:  # an index no longer configured
+            continue
+        entry = Entry.from_record(name, record)
+        listed = (
+            f"{len(entry.page.files)} files"
+            if isinstance(entry.page, Project)
+            else "not on this index"
+        )
+        fresh = "fresh" if now - record.fetched_at < upstream.ttl else "stale"
+        page_rows.append(
+            f"<tr><td>{escape(upstream.name)}</td><td>{_when(record.fetched_at)}</td>"
+            f"<td>{fresh}</td><td>{listed}</td></tr>"
+        )
+    file_rows = [
+        f'<tr><td>{escape(filename or sha256)}</td><td class="n">{human(size)}</td>'
+        f"<td>{_when(used)}</td></tr>"
+        for sha256, filename, size, used in store.blobs_of(name)
+    ]
+    similar = [key for key in store.page_keys(name, 20) if key != name]
+    links = ", ".join(f'<a href="/?q={escape(key)}">{escape(key)}</a>' for key in similar)
+    return (
+        f'<h3>{escape(name)} <a href="/index/{escape(name)}/">(page)</a></h3>'
+        + _table(("Index", "Fetched", "State", "Listed"), page_rows, "No page of it is cached.")
+        + _table(("File", "Size", "Last used"), file_rows, "No file of it is cached.")
+        + (f"<p>Also cached: {links}</p>" if links else "")
+        + _invalidate_forms(request, name)
+    )
+
+
+async def home(request: web.Request) -> web.Response:
+    query = request.query.get("q", "").strip()
+    result = (
+        f'<section id="result"><h2>Search result</h2>{_result(request, query)}</section>'
+        if query
+        else ""
+    )
+    body = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>cachepi</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>{_STYLE}</style></head>
+<body><h1>cachepi</h1>
+<p>Install through this proxy with
+<code>pip install --index-url {escape(str(request.url.origin()))}/index/ PACKAGE</code></p>
+<form id="search" method="get" action="/"><label>Project
+<input name="q" value="{escape(query)}" required></label> <button>Search</button></form>
+{result}
+<section><h2>Upstream indexes</h2><div id="indexes">{_indexes(request)}</div></section>
+<section><h2>Cache</h2><div id="cache">{_cache(request)}</div></section>
+<section><h2>Recent misses</h2><div id="recent">{_recent(request)}</div></section>
+<section><h2>Biggest projects</h2><div id="biggest">{_biggest(request)}</div></section>
+<section><h2>Invalidate the index cache</h2>{
+        _invalidate_forms(request)
+        if not query
+        else "<p>See the search result above, or clear the search.</p>"
+    }</section>
+<p><a href="/index/">Browse the index</a> · <a href="/health">Health</a> ·
+<a href="/metrics">Metrics</a></p>
+</body></html>
+"""
+    return web.Response(text=body, content_type="text/html")
