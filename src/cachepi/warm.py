@@ -8,6 +8,7 @@ the proxy stored on the way.
 from __future__ import annotations
 
 import itertools
+import os
 import ssl
 import subprocess
 import sys
@@ -89,8 +90,12 @@ def warm_target(
         if parts.scheme == "http" and parts.netloc:
             # The user named this proxy: trust it over plain http, as pip requires.
             command += ["--trusted-host", parts.netloc.rpartition("@")[2]]
+        env = dict(os.environ)
+        if cafile:  # requests prefers these to pip's --cert
+            env.pop("REQUESTS_CA_BUNDLE", None)
+            env.pop("CURL_CA_BUNDLE", None)
         process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
         )
         assert process.stdout is not None
         tail: list[str] = []
