@@ -146,6 +146,13 @@ def cache_options(command: Any) -> Any:
 @click.option("--certfile", help="Serve HTTPS with this certificate (PEM).")
 @click.option("--keyfile", help="The certificate's private key (PEM).")
 @click.option("--access-log", type=click.Choice(["text", "json", "off"]), help="Access log format.")
+@click.option("--storage", help="Cluster: blobs in s3://BUCKET/PREFIX (needs --redis-url).")
+@click.option("--s3-endpoint", help="S3 endpoint URL (else AWS_ENDPOINT_URL, else AWS).")
+@click.option(
+    "--s3-serve", type=click.Choice(["stream", "redirect"]), help="Send S3 blobs via the node."
+)
+@click.option("--redis-url", help="Cluster: metadata in this Redis (needs --storage).")
+@click.option("--node-id", help="This node's name in /health.  [default: host-pid]")
 @click.option("--log-level", default="INFO", show_default=True)
 def serve(log_level: str, **flags: Any) -> None:
     """Run the proxy."""
@@ -249,7 +256,7 @@ def stats(as_json: bool, **flags: Any) -> None:
     """Cache usage, hit ratio and the biggest projects."""
     settings = settings_from(flags)
     try:
-        report = maintenance.stats(settings.cache_dir, settings.cache_size)
+        report = asyncio.run(maintenance.stats(settings))
     except maintenance.NoCache as error:
         fail(str(error))
     if as_json:
@@ -297,9 +304,7 @@ def purge(
     settings = settings_from(flags)
     names = None if everything else sorted({normalize(p) for p in projects})
     try:
-        done = maintenance.purge(
-            settings.cache_dir, settings.cache_size, names, not files_only, not pages_only
-        )
+        done = asyncio.run(maintenance.purge(settings, names, not files_only, not pages_only))
     except maintenance.NoCache as error:
         fail(str(error))
     click.echo(f"removed {done.pages} pages and {done.files} files ({human(done.bytes)})")
@@ -313,6 +318,8 @@ def verify(**flags: Any) -> None:
     Exit code 0: every file verified; 1: some were corrupt and have been removed.
     """
     settings = settings_from(flags)
+    if settings.storage is not None:
+        fail("verify re-hashes a local cache; a cluster's blobs are verified on upload")
     if not (settings.cache_dir / maintenance.DATABASE).is_file():
         fail(f"no cache at {settings.cache_dir}")
     with Progress(
@@ -343,7 +350,7 @@ def gc(**flags: Any) -> None:
     files on disk, and evict down to the cache size. Safe while a server runs."""
     settings = settings_from(flags)
     try:
-        done = maintenance.gc(settings.cache_dir, settings.cache_size)
+        done = asyncio.run(maintenance.gc(settings))
     except maintenance.NoCache as error:
         fail(str(error))
     click.echo(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import socket
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -90,6 +91,15 @@ class Settings:
     certfile: Path | None = None
     keyfile: Path | None = None
     access_log: str = "text"  # or "json", "off"
+    # A cluster: blobs in this S3 bucket (s3://bucket/prefix) and metadata in this Redis,
+    # shared by every node (both or neither).
+    storage: str | None = None
+    s3_endpoint: str | None = None
+    s3_serve: str = "stream"  # or "redirect" (to a presigned URL)
+    redis_url: str | None = None
+    node_id: str = dataclasses.field(
+        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}"
+    )
 
 
 def default_index_url() -> str:
@@ -213,6 +223,23 @@ def parse_allow(text: str) -> tuple[Rule, ...]:
 
 def parse_globs(text: str) -> tuple[re.Pattern[str], ...]:
     return tuple(name_glob(part) for part in re.split(r"[,;\n]", text) if part.strip())
+
+
+def parse_storage(text: str) -> str | None:
+    url = text.strip()
+    if url in ("", "local"):
+        return None
+    parts = urlsplit(url)
+    if parts.scheme != "s3" or not parts.netloc:
+        raise ValueError("expected s3://BUCKET/PREFIX (or local)")
+    return url.rstrip("/")
+
+
+def parse_redis_url(text: str) -> str:
+    url = text.strip()
+    if urlsplit(url).scheme not in {"redis", "rediss", "unix"}:
+        raise ValueError("expected redis://HOST:PORT/DB, rediss:// or unix://")
+    return url
 
 
 def parse_choice(*choices: str) -> Callable[[str], str]:
@@ -456,7 +483,19 @@ def load_settings(
         certfile=read("CERTFILE", parse_readable_file, None),
         keyfile=read("KEYFILE", parse_readable_file, None),
         access_log=read("ACCESS_LOG", parse_choice("text", "json", "off"), "text"),
+        storage=read("STORAGE", parse_storage, None),
+        s3_endpoint=read("S3_ENDPOINT", parse_url, None) or env.get("AWS_ENDPOINT_URL"),
+        s3_serve=read("S3_SERVE", parse_choice("stream", "redirect"), "stream"),
+        redis_url=read("REDIS_URL", parse_redis_url, None),
+        node_id=read("NODE_ID", str.strip, None) or f"{socket.gethostname()}-{os.getpid()}",
     )
+    if (settings.storage is None) != (settings.redis_url is None):
+        given, missing = ("STORAGE", "REDIS_URL") if settings.storage else ("REDIS_URL", "STORAGE")
+        origin, _ = sources.find(given)
+        raise ConfigError(
+            f"{origin}: a cluster needs both CACHEPI_STORAGE=s3://... and CACHEPI_REDIS_URL;"
+            f" {missing} is not set"
+        )
     if (settings.certfile is None) != (settings.keyfile is None):
         given = "CERTFILE" if settings.certfile is not None else "KEYFILE"
         missing = "KEYFILE" if given == "CERTFILE" else "CERTFILE"

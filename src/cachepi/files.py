@@ -17,18 +17,22 @@ import enum
 import hashlib
 import logging
 import os
-import sqlite3
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 from cachepi.locks import LockFile, Locks
 from cachepi.metrics import Metrics
-from cachepi.store.blobs import BlobStore
-from cachepi.store.metadata import MetadataStore
+from cachepi.store.blobs import Blob, BlobStore
+from cachepi.store.metadata import STORE_ERRORS, MetadataStore
+
+if TYPE_CHECKING:
+    from cachepi.store.redis import RedisLock, RedisLocks, RedisMetadataStore
+    from cachepi.store.s3 import RemoteBlob, S3Blobs
 from cachepi.upstream import Upstream, redact
 from cachepi.wheelmeta import read_wheel_metadata
 
@@ -68,14 +72,8 @@ class FileSpec:
         return self.hashes.get("sha256")
 
 
-@dataclass(frozen=True)
-class Blob:
-    """A stored, verified file, already open (so eviction cannot pull it away between
-    lookup and send): the caller sends it and closes `file`."""
-
-    file: BinaryIO
-    sha256: str
-    size: int
+# Where a transfer's bytes come from: its length, if known, and the bytes.
+Source = AbstractAsyncContextManager[tuple[int | None, AsyncIterator[bytes]]]
 
 
 class _State(enum.Enum):
@@ -229,16 +227,19 @@ class Download:
 class FileCache:
     def __init__(
         self,
-        blobs: BlobStore,
-        store: MetadataStore,
+        blobs: BlobStore | S3Blobs,
+        store: MetadataStore | RedisMetadataStore,
         max_bytes: int,
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
+        locks: Locks | RedisLocks | None = None,
     ) -> None:
+        """`locks` keep processes (or, from Redis, nodes) from downloading a file twice;
+        by default, lock files beside the blobs."""
         self._blobs = blobs
         self._metrics = metrics
         self._store = store
-        self._locks = Locks(blobs.temp_dir)
+        self._locks = locks or Locks(blobs.temp_dir)
         self.max_bytes = max_bytes
         self._clock = clock
         self._downloads: dict[str, Download] = {}
@@ -250,33 +251,38 @@ class FileCache:
         # workers' extractions are picked up from the store, at most a second late.
         self._extracted: dict[str, str] = {}
         self._extracted_generation = 0
-        self._extracted_stored = store.generation(_EXTRACTED)
+        self._extracted_stored = -1  # read at open()
         self._extracted_checked = clock()
 
-    def open(self, reconcile: bool = True) -> None:
+    async def open(self, reconcile: bool = True) -> None:
         """Load the state; with `reconcile` (one process, before any worker serves), first
         make the records agree with the disk after whatever stopped the last process."""
         if reconcile:
             if removed := self._blobs.clear_temp():
                 log.info("removed %d leftovers of unfinished downloads", removed)
-            self.match_records()
-        self._extracted = self._store.extracted_metadata()
+            if self._blobs.kind == "local":  # listing a shared bucket is `cachepi gc`'s job
+                await self.match_records()
+        try:
+            self._extracted_stored = self._store.generation(_EXTRACTED)
+            self._extracted = self._store.extracted_metadata()
+        except STORE_ERRORS as failure:  # a shared store that is down: picked up later
+            log.warning("cannot load the extracted METADATA records: %s", failure)
 
-    def match_records(self) -> tuple[int, int, int]:
-        """Make the records agree with the blobs on disk, then evict down to the limit;
+    async def match_records(self) -> tuple[int, int, int]:
+        """Make the records agree with the stored blobs, then evict down to the limit;
         safe while other processes serve. Returns (files recorded, records dropped,
         files evicted)."""
-        with self._blobs.exclusive():
+        async with self._blobs.exclusive():
             recorded = self._store.blobs()
             now = self._clock()
             added = 0
-            for sha256, size in self._blobs.scan():
+            async for sha256, size in self._blobs.listing():
                 if recorded.pop(sha256, None) != size:
                     self._store.add_blob(sha256, size, now)
                     added += 1
             for sha256 in recorded:  # recorded, but the file is gone
                 self._store.remove_blob(sha256)
-            return added, len(recorded), self._evict(0)
+            return added, len(recorded), await self._evict(0)
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -286,16 +292,19 @@ class FileCache:
 
     # -- hits -----------------------------------------------------------------------------
 
-    def cached(self, spec: FileSpec) -> Blob | None:
-        """The stored blob for `spec`, if we have it; counts as a use for eviction."""
-        sha256 = spec.sha256 or self._store.get_ref(spec.url)
-        if sha256 is None:
-            return None
+    async def cached(self, spec: FileSpec) -> Blob | RemoteBlob | None:
+        """The stored blob for `spec`, if we have it; counts as a use for eviction. A
+        shared store that does not answer has nothing (the file then comes from upstream).
+        """
         try:
-            file = self._blobs.path(sha256).open("rb")
-        except FileNotFoundError:
+            sha256 = spec.sha256 or self._store.get_ref(spec.url)
+            if sha256 is None:
+                return None
+            blob = await self._blobs.open(sha256)
+        except STORE_ERRORS:
             return None
-        blob = Blob(file, sha256, os.fstat(file.fileno()).st_size)
+        if blob is None:
+            return None
         now = self._clock()
         self._touched[sha256] = now
         if now - self._last_flush > _TOUCH_FLUSH_SECONDS:
@@ -307,7 +316,7 @@ class FileCache:
         if self._touched:
             try:
                 self._store.touch_blobs(self._touched.items())
-            except sqlite3.Error as failure:  # eviction order gets a little less exact
+            except STORE_ERRORS as failure:  # eviction order gets a little less exact
                 log.warning("cannot record when files were last used: %s", failure)
             self._touched.clear()
         self._last_flush = self._clock()
@@ -318,7 +327,7 @@ class FileCache:
         """The stored blob for `spec`, else its download (joined or started) once the
         upstream's headers are in. Check and start happen without an await in between, so
         two requests never start two downloads of one file."""
-        if (blob := self.cached(spec)) is not None:
+        if (blob := await self.cached(spec)) is not None:
             if spec.wheel_without_metadata and blob.sha256 not in self._extracted:
                 self._spawn(self._extract(blob.sha256, spec.wheel_without_metadata, spec.project))
             return blob
@@ -342,15 +351,20 @@ class FileCache:
         try:
             if lock.try_acquire():
                 await self._fetch(download, lock)
-            else:
+            elif isinstance(lock, LockFile):  # a worker of this machine: read its part file
                 await self._follow(download, lock)
+            else:
+                await self._follow_node(download, lock)
         finally:
             self._downloads.pop(download.spec.url, None)
             lock.close()
 
-    async def _fetch(self, download: Download, lock: LockFile) -> None:
+    async def _fetch(self, download: Download, lock: LockFile | RedisLock) -> None:
+        """Download `download.spec` under `lock`, from the store if another process or
+        node stored it meanwhile, else from upstream (and then store it)."""
         spec = download.spec
-        if (blob := self.cached(spec)) is not None:  # another worker finished just now
+        blob = await self.cached(spec)
+        if isinstance(blob, Blob):  # another worker finished just now
             lock.release("ok")
             _complete_from(download, blob)
             return
@@ -359,7 +373,13 @@ class FileCache:
         error: BaseException | None = None
         stored = False
         try:
-            sha256 = await self._transfer(download, fd, part)
+            stored_copy = blob
+            source: Callable[[], Source] = (
+                (lambda: _from_store(stored_copy))
+                if stored_copy is not None
+                else (lambda: _from_upstream(spec))
+            )
+            sha256 = await self._transfer(download, fd, part, source)
         except Exception as failure:
             error = failure
             log.warning("download of %s failed: %s", redact(spec.url), failure)
@@ -372,12 +392,16 @@ class FileCache:
             # Stored (fsync'd, renamed, recorded) before the clients' last byte: when a
             # download completes, the cache holds the file and its PEP 658 metadata.
             try:
-                stored = not download.spilled and await self._keep(
-                    fd, part, sha256, download.written, spec.project, spec.filename
-                )
+                stored = blob is not None or (
+                    not download.spilled
+                    and await self._keep(
+                        fd, part, sha256, download.written, spec.project, spec.filename,
+                        lock.storable,
+                    )
+                )  # fmt: skip
                 if stored and spec.sha256 is None:
                     self._store.put_ref(spec.url, sha256)
-            except (OSError, sqlite3.Error) as failure:  # the bytes are good: clients got them
+            except (OSError, *STORE_ERRORS) as failure:  # the bytes are good: clients got them
                 log.error("cannot store %s in the cache: %s", redact(spec.url), failure)
             if stored and spec.wheel_without_metadata:
                 await self._extract(sha256, spec.wheel_without_metadata, spec.project)
@@ -403,8 +427,8 @@ class FileCache:
                 break
             except FileNotFoundError:
                 if not lock.held_elsewhere():  # it finished before we saw its part file
-                    blob = self.cached(download.spec)
-                    if blob is None:
+                    blob = await self.cached(download.spec)
+                    if not isinstance(blob, Blob):
                         download.finished(DownloadFailed("the worker fetching it failed"))
                     else:
                         _complete_from(download, blob)
@@ -424,20 +448,34 @@ class FileCache:
                 return
             await asyncio.sleep(_POLL_SECONDS)
 
-    async def _transfer(self, download: Download, fd: int, part: Path) -> str:
-        """Copy the upstream body into `fd` (the part file), checking length and hashes;
-        a passing failure is retried while no byte has been received."""
+    async def _follow_node(self, download: Download, lock: RedisLock) -> None:
+        """Another node downloads the file: wait until it stored it, then stream it from
+        the store. If that node failed, say so; if it died (its lock expired) or did not
+        store the file, take over."""
+        while True:
+            outcome = await lock.wait_released()
+            if outcome.startswith("failed"):
+                download.finished(DownloadFailed(outcome))
+                return
+            if lock.try_acquire():  # nobody holds it now: it is ours to finish
+                await self._fetch(download, lock)
+                return
+
+    async def _transfer(self, download: Download, fd: int, part: Path, source: Source) -> str:
+        """Copy the body from `source` into `fd` (the part file), checking length and
+        hashes; a passing failure is retried while no byte has been received."""
         return await download.spec.upstream.retrying(
-            lambda: self._transfer_once(download, fd, part), safe=lambda: download.received == 0
+            lambda: self._transfer_once(download, fd, part, source),
+            safe=lambda: download.received == 0,
         )
 
-    async def _transfer_once(self, download: Download, fd: int, part: Path) -> str:
+    async def _transfer_once(self, download: Download, fd: int, part: Path, source: Source) -> str:
         spec = download.spec
         hasher = _Hasher(spec.hashes)
         try:
-            async with spec.upstream.open_file(spec.url) as response:
-                download.started(os.open(part, os.O_RDONLY), response.content_length)
-                async for chunk in response.content.iter_any():
+            async with source() as (length, chunks):
+                download.started(os.open(part, os.O_RDONLY), length)
+                async for chunk in chunks:
                     download.received += len(chunk)
                     await hasher.update(chunk)
                     if not download.spilled:
@@ -469,20 +507,23 @@ class FileCache:
 
     async def _keep(
         self, fd: int, temp: Path, sha256: str, size: int, project: str | None,
-        filename: str | None,
+        filename: str | None, storable: bool,
     ) -> bool:  # fmt: skip
         """Make verified bytes (written to `temp` through `fd`) a blob, evicting others to
-        make room; True if the cache now holds `sha256` (perhaps from before)."""
-        if size > self.max_bytes:  # includes a cache size of 0: stream through only
+        make room; True if the cache now holds `sha256` (perhaps from before).
+        `storable`: the lock it was downloaded under is still ours (and shared)."""
+        if size > self.max_bytes or not storable:  # a cache size of 0: stream through only
             return False
         if os.fstat(fd).st_size != size:  # never store anything but the verified bytes
             raise OSError(f"the part file holds {os.fstat(fd).st_size} bytes, not {size}")
-        await asyncio.to_thread(os.fsync, fd)  # 100 MB take ~0.15 s: not on the event loop
-        with self._blobs.exclusive():  # one process at a time counts, evicts and adds
-            if self._blobs.path(sha256).is_file():  # the same bytes came by another URL
+        await self._blobs.sync(fd)
+        # One process (node) at a time evicts; counting and adding are atomic in the store.
+        async with self._blobs.exclusive() as evicting:
+            if await self._blobs.contains(sha256):  # the same bytes came by another URL
                 return True
-            self._evict(size)
-            self._blobs.commit(temp, sha256)
+            if evicting:
+                await self._evict(size)
+            await self._blobs.put(fd, temp, sha256)
             self._store.add_blob(sha256, size, self._clock(), project, filename)
         return True
 
@@ -494,13 +535,15 @@ class FileCache:
         """Store a cached wheel's METADATA as a blob of its own and remember the pair."""
         try:
             await self._extract_unguarded(wheel_sha256, filename, project)
-        except (OSError, sqlite3.Error) as failure:  # a missed optimisation, no more
+        except (OSError, *STORE_ERRORS) as failure:  # a missed optimisation, no more
             log.error("cannot store the METADATA of %s: %s", filename, failure)
 
     async def _extract_unguarded(
         self, wheel_sha256: str, filename: str, project: str | None
     ) -> None:
-        wheel = self._blobs.path(wheel_sha256)
+        wheel = self._blobs.local_path(wheel_sha256)
+        if wheel is None:  # not a local file (S3): not worth downloading it again
+            return
         data = await asyncio.to_thread(read_wheel_metadata, wheel, filename)
         if data is None or wheel_sha256 in self._extracted:
             return
@@ -509,7 +552,7 @@ class FileCache:
         try:
             _write_all(fd, data)
             stored = await self._keep(
-                fd, temp, metadata_sha256, len(data), project, filename + ".metadata"
+                fd, temp, metadata_sha256, len(data), project, filename + ".metadata", True
             )
         finally:
             os.close(fd)
@@ -534,24 +577,27 @@ class FileCache:
         now = self._clock()
         if now - self._extracted_checked >= 1.0:
             self._extracted_checked = now
-            stored = self._store.generation(_EXTRACTED)
-            if stored != self._extracted_stored:
-                self._extracted_stored = stored
-                self._extracted = self._store.extracted_metadata()
-                self._extracted_generation += 1
+            try:
+                stored = self._store.generation(_EXTRACTED)
+                if stored != self._extracted_stored:
+                    self._extracted = self._store.extracted_metadata()
+                    self._extracted_stored = stored
+                    self._extracted_generation += 1
+            except STORE_ERRORS:  # keep what we know
+                pass
         return self._extracted_generation, self._extracted
 
-    def remove(self, sha256: str) -> None:
+    async def remove(self, sha256: str) -> None:
         """Drop one blob, its file and every record of it."""
-        with self._blobs.exclusive():
-            self._drop(sha256)
+        async with self._blobs.exclusive():
+            await self._drop(sha256)
 
-    def _drop(self, sha256: str) -> None:
-        self._blobs.delete(sha256)
+    async def _drop(self, sha256: str) -> None:
+        await self._blobs.remove(sha256)
         self._store.remove_blob(sha256)
         self._forget_extracted(sha256)
 
-    def _evict(self, incoming: int) -> int:
+    async def _evict(self, incoming: int) -> int:
         """Delete least recently used blobs until `incoming` more bytes fit under the limit;
         returns how many. Call with the store lock held."""
         _, total = self._store.blob_stats()
@@ -561,7 +607,7 @@ class FileCache:
         self.flush_touches()
         while victims := self._store.least_recently_used():
             for sha256, size in victims:
-                self._drop(sha256)
+                await self._drop(sha256)
                 total -= size
                 evicted += 1
                 log.info("evicted %s (%d bytes)", sha256, size)
@@ -601,6 +647,18 @@ class _Hasher:
 
     def close(self) -> None:
         self._thread.shutdown(wait=True, cancel_futures=True)
+
+
+@asynccontextmanager
+async def _from_upstream(spec: FileSpec) -> AsyncIterator[tuple[int | None, AsyncIterator[bytes]]]:
+    async with spec.upstream.open_file(spec.url) as response:
+        yield response.content_length, response.content.iter_any()
+
+
+@asynccontextmanager
+async def _from_store(blob: RemoteBlob) -> AsyncIterator[tuple[int | None, AsyncIterator[bytes]]]:
+    """A blob another node stored, read back like an upstream body (and verified again)."""
+    yield blob.size, blob.chunks(0, blob.size)
 
 
 def _complete_from(download: Download, blob: Blob) -> None:

@@ -14,7 +14,6 @@ import functools
 import hashlib
 import logging
 import math
-import sqlite3
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -34,7 +33,7 @@ from cachepi.simple.parse import (
     parse_project_list_html,
     parse_project_list_json,
 )
-from cachepi.store.metadata import LIST_KEY, MetadataStore, PageRecord
+from cachepi.store.metadata import LIST_KEY, STORE_ERRORS, MetadataStore, PageRecord
 from cachepi.upstream import PageResponse, Upstream, UpstreamError, UpstreamNotFound
 from cachepi.wheelmeta import lacks_metadata
 
@@ -275,7 +274,10 @@ class IndexCache:
         if now - self._generation_checked < 1.0:
             return
         self._generation_checked = now
-        generation = self._store.generation(_PAGES)
+        try:
+            generation = self._store.generation(_PAGES)
+        except STORE_ERRORS:  # a shared store that is down: keep what memory holds
+            return
         if generation != self._generation:  # somebody invalidated: reload from the store
             self._generation = generation
             self._memory.clear()
@@ -329,7 +331,10 @@ class IndexCache:
         if entry is not None and not from_store:
             self._memory.move_to_end(memory_key)
             return entry
-        record = self._store.get_page(self.upstreams[position].url, key)
+        try:
+            record = self._store.get_page(self.upstreams[position].url, key)
+        except STORE_ERRORS:  # a shared store that is down: what memory holds, if anything
+            return entry
         if record is None:
             return None
         if entry is not None and entry.record.fetched_at == record.fetched_at:
@@ -404,7 +409,7 @@ class IndexCache:
             return old, failure
         try:
             self._store.put_page(upstream.url, key, entry.record)
-        except sqlite3.Error as failure:  # still good to serve from memory
+        except STORE_ERRORS as failure:  # still good to serve from memory
             log.error("cannot store the page %r of %s: %s", key, upstream.url, failure)
         self._remember((position, key), entry)
         return entry, None

@@ -49,6 +49,11 @@ class LockFile:
                 return True
             os.close(fd)
 
+    @property
+    def storable(self) -> bool:
+        """Whether work done under this lock may be stored (see store/redis.py's)."""
+        return self.acquired
+
     def held_elsewhere(self) -> bool:
         """True while another process holds the file we opened."""
         try:

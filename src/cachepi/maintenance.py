@@ -5,19 +5,19 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cachepi.config import Settings
 from cachepi.files import FileCache
 from cachepi.index import forget_pages
 from cachepi.locks import LockFile
 from cachepi.metrics import hit_ratio
-from cachepi.store.blobs import BlobStore
+from cachepi.store import DATABASE, open_stores
 from cachepi.store.metadata import MetadataStore
 
-DATABASE = "cachepi.sqlite3"
 # A temp file nobody touched for this long belongs to no running download.
 ABANDONED_SECONDS = 3600
 
@@ -26,22 +26,22 @@ class NoCache(Exception):
     """There is no cache at the given directory."""
 
 
-@contextlib.contextmanager
-def opened(cache_dir: Path, cache_size: int) -> Iterator[tuple[MetadataStore, FileCache]]:
+@contextlib.asynccontextmanager
+async def opened(settings: Settings) -> AsyncIterator[tuple[MetadataStore, FileCache]]:
     """The cache's stores, as a server opens them (without reconciling: one may run)."""
-    if not (cache_dir / DATABASE).is_file():
-        raise NoCache(f"no cache at {cache_dir}")
-    store = MetadataStore(cache_dir / DATABASE)
+    if settings.storage is None and not (settings.cache_dir / DATABASE).is_file():
+        raise NoCache(f"no cache at {settings.cache_dir}")
+    stores = open_stores(settings)
     try:
-        files = FileCache(BlobStore(cache_dir), store, cache_size)
-        files.open(reconcile=False)
-        yield store, files
+        files = FileCache(stores.blobs, stores.metadata, settings.cache_size, locks=stores.locks)
+        await files.open(reconcile=False)
+        yield stores.metadata, files  # type: ignore[misc]
     finally:
-        store.close()
+        stores.close()
 
 
-def stats(cache_dir: Path, cache_size: int, top: int = 10) -> dict[str, Any]:
-    with opened(cache_dir, cache_size) as (store, _):
+async def stats(settings: Settings, top: int = 10) -> dict[str, Any]:
+    async with opened(settings) as (store, _):
         count, size = store.blob_stats()
         totals = store.counts()
         biggest = store.biggest_projects(top)
@@ -52,7 +52,7 @@ def stats(cache_dir: Path, cache_size: int, top: int = 10) -> dict[str, Any]:
     return {
         "files": count,
         "bytes": size,
-        "limit": cache_size,
+        "limit": settings.cache_size,
         "pages": {key: total(f"page_{key}") for key in ("hit", "miss", "stale")},
         "files_served": {key: total(f"file_{key}") for key in ("hit", "miss")},
         "bytes_served": {key: total(f"bytes_{key}") for key in ("cache", "upstream")},
@@ -70,12 +70,12 @@ class Purged:
     bytes: int
 
 
-def purge(
-    cache_dir: Path, cache_size: int, projects: Sequence[str] | None, pages: bool, files: bool
+async def purge(
+    settings: Settings, projects: Sequence[str] | None, pages: bool, files: bool
 ) -> Purged:
     """Remove the pages and/or files of `projects` (normalized; None: of everything)."""
     page_count = file_count = byte_count = 0
-    with opened(cache_dir, cache_size) as (store, file_cache):
+    async with opened(settings) as (store, file_cache):
         if pages:
             keys: Sequence[str | None] = [None] if projects is None else projects
             page_count = sum(forget_pages(store, key) for key in keys)
@@ -89,7 +89,7 @@ def purge(
                     for sha256, _, size, _ in store.blobs_of(project)
                 ]
             for sha256, size in victims:
-                file_cache.remove(sha256)
+                await file_cache.remove(sha256)
                 file_count += 1
                 byte_count += size
     return Purged(page_count, file_count, byte_count)
@@ -103,13 +103,13 @@ class Collected:
     evicted: int
 
 
-def gc(cache_dir: Path, cache_size: int, now: float | None = None) -> Collected:
-    """Remove what unfinished downloads left behind, make records and disk agree, and
-    evict down to `cache_size`."""
+async def gc(settings: Settings, now: float | None = None) -> Collected:
+    """Remove what unfinished downloads left behind, make records and stored blobs agree,
+    and evict down to the cache size."""
     now = time.time() if now is None else now
-    with opened(cache_dir, cache_size) as (_, file_cache):
-        removed = _remove_leftovers(cache_dir / "tmp", now)
-        recorded, forgotten, evicted = file_cache.match_records()
+    async with opened(settings) as (_, file_cache):
+        removed = _remove_leftovers(settings.cache_dir / "tmp", now)
+        recorded, forgotten, evicted = await file_cache.match_records()
     return Collected(removed, recorded, forgotten, evicted)
 
 

@@ -6,6 +6,7 @@ error, a hand edit) is removed with its records; the next request downloads it a
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,7 +47,7 @@ def verify_cache(
                 continue
             report.checked += 1
             if digest.hexdigest() != sha256:
-                cache.remove(sha256)
+                asyncio.run(cache.remove(sha256))
                 report.removed.append(sha256)
     finally:
         metadata.close()

@@ -6,14 +6,47 @@ the hot paths (fresh pages, cached files) are served from memory before reaching
 
 from __future__ import annotations
 
+import logging
 import sqlite3
+import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
 
+log = logging.getLogger(__name__)
+
 # The project list is stored beside the pages under a key no project name can have.
 LIST_KEY = ""
+
+
+class StoreUnavailable(Exception):
+    """A shared store (S3, Redis) did not answer; the message is one line."""
+
+
+@dataclass
+class StoreHealth:
+    """How the latest request to a shared store went, for /health."""
+
+    healthy: bool = True
+    last_error: str | None = None
+    changed_at: float = field(default_factory=time.time)
+
+    def ok(self) -> None:
+        if not self.healthy:
+            log.info("the store answers again")
+        self.healthy, self.changed_at = True, time.time()
+
+    def failed(self, error: BaseException) -> None:
+        message = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+        if self.healthy:
+            log.warning("the store failed: %s", message)
+        self.healthy, self.last_error, self.changed_at = False, message, time.time()
+
+
+# What a store call may raise when the store, not the caller, is at fault.
+STORE_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, StoreUnavailable)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS pages (
@@ -66,6 +99,8 @@ class PageRecord(msgspec.Struct, frozen=True):
 
 
 class MetadataStore:
+    kind = "sqlite"
+
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -74,6 +109,7 @@ class MetadataStore:
         # commits may be lost, and every row here can be rebuilt from upstream or disk.
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
+        self.health = StoreHealth()  # a local file: nothing to watch
         self._db.executescript(_SCHEMA)
         for table, columns in _ADDED_COLUMNS.items():
             have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}

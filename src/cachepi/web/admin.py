@@ -5,9 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from cachepi.simple.names import is_valid_project_name, normalize
-from cachepi.store.metadata import LIST_KEY
+from cachepi.store.metadata import LIST_KEY, STORE_ERRORS
 from cachepi.web.auth import require_admin
-from cachepi.web.keys import INDEX_CACHE
+from cachepi.web.keys import INDEX_CACHE, SETTINGS, STORES
 from cachepi.web.pages import RENDERED
 
 
@@ -24,7 +24,10 @@ def _invalidate(
         message = f"invalidated {key}"
     else:
         raise web.HTTPBadRequest(text="invalid project name\n")
-    request.app[INDEX_CACHE].invalidate(key)
+    try:
+        request.app[INDEX_CACHE].invalidate(key)
+    except STORE_ERRORS as error:
+        raise web.HTTPServiceUnavailable(text=f"cannot invalidate now: {error}\n") from None
     request.app[RENDERED].forget(key)
     if request.method == "POST":  # a browser form: back to the home page
         raise web.HTTPSeeOther("/")
@@ -64,5 +67,22 @@ async def health(request: web.Request) -> web.Response:
         }
         for up in upstreams
     ]
-    degraded = not all(up.health.healthy for up in upstreams)
-    return web.json_response({"status": "degraded" if degraded else "ok", "indexes": indexes})
+    stores = request.app[STORES]
+    parts = {
+        "storage": (stores.blobs.kind, stores.blobs.health),
+        "metadata": (stores.metadata.kind, stores.metadata.health),
+    }
+    degraded = not all(up.health.healthy for up in upstreams) or not all(
+        health.healthy for _, health in parts.values()
+    )
+    return web.json_response(
+        {
+            "status": "degraded" if degraded else "ok",
+            "node": request.app[SETTINGS].node_id,
+            "indexes": indexes,
+            **{
+                name: {"kind": kind, "healthy": health.healthy, "last_error": health.last_error}
+                for name, (kind, health) in parts.items()
+            },
+        }
+    )

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
-import sqlite3
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -13,15 +13,14 @@ from aiohttp import web
 from cachepi.config import Settings
 from cachepi.files import FileCache
 from cachepi.index import IndexCache
-from cachepi.locks import Locks
 from cachepi.metrics import Metrics
 from cachepi.routes import Router
-from cachepi.store.blobs import BlobStore
-from cachepi.store.metadata import MetadataStore
+from cachepi.store import open_stores
+from cachepi.store.metadata import STORE_ERRORS, MetadataStore
 from cachepi.upstream import Upstream, make_session
 from cachepi.web import admin, dashboard, files, monitoring, pages
 from cachepi.web.auth import Htpasswd, basic_auth
-from cachepi.web.keys import FILE_CACHE, INDEX_CACHE, METADATA, METRICS, SETTINGS
+from cachepi.web.keys import FILE_CACHE, INDEX_CACHE, METADATA, METRICS, SETTINGS, STORES
 from cachepi.web.monitoring import Handler
 
 log = logging.getLogger(__name__)
@@ -66,18 +65,19 @@ def create_app(settings: Settings, reconcile: bool = True) -> web.Application:
 
 def reconcile_cache(settings: Settings) -> None:
     """Make the cache's records agree with its disk, before any worker serves from it."""
-    metadata = MetadataStore(settings.cache_dir / "cachepi.sqlite3")
+    stores = open_stores(settings)
     try:
-        FileCache(BlobStore(settings.cache_dir), metadata, settings.cache_size).open()
+        asyncio.run(FileCache(stores.blobs, stores.metadata, settings.cache_size).open())
     finally:
-        metadata.close()
+        stores.close()
 
 
 async def _components(app: web.Application, reconcile: bool) -> AsyncIterator[None]:
     """Open the stores and the upstream session at startup; close them at shutdown."""
     settings = app[SETTINGS]
     metrics = app[METRICS]
-    metadata = app[METADATA] = MetadataStore(settings.cache_dir / "cachepi.sqlite3")
+    stores = app[STORES] = open_stores(settings)
+    metadata = app[METADATA] = stores.metadata
     session = make_session(
         settings.connect_timeout,
         settings.read_timeout,
@@ -97,26 +97,28 @@ async def _components(app: web.Application, reconcile: bool) -> AsyncIterator[No
         )
         for up in settings.upstreams
     ]
-    blobs = BlobStore(settings.cache_dir)
     unrouted = tuple(i for i, up in enumerate(settings.upstreams) if not up.explicit)
     app[INDEX_CACHE] = IndexCache(
         upstreams,
         metadata,
-        Locks(blobs.temp_dir),
+        stores.locks,
         settings.negative_ttl,
         offline=settings.offline,
         first=settings.combine == "first",
         router=Router(settings.routes, unrouted),
         policy=settings.policy,
     )
-    file_cache = FileCache(blobs, metadata, settings.cache_size, metrics=metrics)
-    file_cache.open(reconcile)
+    file_cache = FileCache(
+        stores.blobs, metadata, settings.cache_size, metrics=metrics, locks=stores.locks
+    )
+    await file_cache.open(reconcile)
     app[FILE_CACHE] = file_cache
     log.info(
-        "serving %s from %s (%d files, %d bytes cached)",
+        "serving %s from %s (%s blobs, %s metadata)",
         ", ".join(f"{up.url} ({up.name})" for up in upstreams),
-        settings.cache_dir,
-        *file_cache.usage(),
+        settings.storage or settings.cache_dir,
+        stores.blobs.kind,
+        metadata.kind,
     )
     flusher = asyncio.create_task(_flush_totals(metrics, metadata))
     try:
@@ -125,8 +127,9 @@ async def _components(app: web.Application, reconcile: bool) -> AsyncIterator[No
         flusher.cancel()
         await file_cache.close()
         await session.close()
-        metrics.flush(metadata)
-        metadata.close()
+        with contextlib.suppress(*STORE_ERRORS):
+            metrics.flush(metadata)
+        stores.close()
 
 
 async def _flush_totals(metrics: Metrics, metadata: MetadataStore) -> None:
@@ -135,5 +138,5 @@ async def _flush_totals(metrics: Metrics, metadata: MetadataStore) -> None:
         await asyncio.sleep(_FLUSH_SECONDS)
         try:
             metrics.flush(metadata)
-        except sqlite3.Error as failure:  # counted again at the next flush
+        except STORE_ERRORS as failure:  # counted again at the next flush
             log.warning("cannot record traffic totals: %s", failure)

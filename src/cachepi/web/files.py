@@ -12,15 +12,20 @@ import contextlib
 import logging
 import mimetypes
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from cachepi.files import Blob, Download, DownloadFailed, FileSpec
 from cachepi.simple.names import is_safe_filename
+from cachepi.store.metadata import StoreUnavailable
 from cachepi.upstream import UpstreamError, UpstreamNotFound
 from cachepi.web.conditional import plan_response
 from cachepi.web.keys import BODY_BYTES, CACHE_RESULT, FILE_CACHE, METRICS, SETTINGS
 from cachepi.web.pages import checked_name, find_listing, gateway_error
+
+if TYPE_CHECKING:
+    from cachepi.store.s3 import RemoteBlob
 
 # Files never change in an index: a client may keep them forever.
 FILE_CACHE_CONTROL = "max-age=365000000, immutable"
@@ -64,16 +69,25 @@ async def dist_file(request: web.Request) -> web.StreamResponse:
         "Content-Type": file_type(filename, settings.binary_file_mime_type),
         "Cache-Control": FILE_CACHE_CONTROL,
     }
-    result, source = ("hit", "cache") if isinstance(found, Blob) else ("miss", "upstream")
+    result, source = ("miss", "upstream") if isinstance(found, Download) else ("hit", "cache")
     request[CACHE_RESULT] = result
     request.app[METRICS].cache_result("file", result)
     if isinstance(found, Blob):
         with found.file:
             send = _sendfile(found, settings.client_timeout)
             return await _answer(request, headers, found.size, found.sha256, send, source)
-    return await _answer(
-        request, headers, found.size, spec.sha256, _relay(found, settings.client_timeout), source
-    )
+    if isinstance(found, Download):
+        send = _relay(found, settings.client_timeout)
+        return await _answer(request, headers, found.size, spec.sha256, send, source)
+    # In the shared object store: through this node, or straight from the store.
+    if settings.s3_serve == "redirect" and request.method == "GET":
+        try:
+            location = await found.store.presign(found.sha256)
+        except StoreUnavailable as error:
+            raise web.HTTPServiceUnavailable(text=f"{error}\n") from None
+        raise web.HTTPTemporaryRedirect(location, headers={"Cache-Control": "no-store"})
+    send = _stream(found, settings.client_timeout)
+    return await _answer(request, headers, found.size, found.sha256, send, source)
 
 
 async def _spec(request: web.Request, name: str, filename: str) -> FileSpec:
@@ -171,6 +185,24 @@ async def _client_deadline(request: web.Request, patience: float) -> AsyncIterat
         if request.transport is not None:
             request.transport.abort()
         raise ConnectionResetError("client stalled") from None
+
+
+def _stream(blob: RemoteBlob, patience: float) -> BodySender:
+    async def send(
+        request: web.Request, response: web.StreamResponse, start: int, stop: int | None
+    ) -> None:
+        try:
+            async for data in blob.chunks(start, blob.size if stop is None else stop):
+                async with _client_deadline(request, patience):
+                    await response.write(data)
+        except StoreUnavailable as error:  # cut short: the client must not take it as done
+            log.warning("%s: %s", request.path, error)
+            if request.transport is not None:
+                request.transport.close()
+            return
+        await response.write_eof()
+
+    return send
 
 
 def _relay(download: Download, patience: float) -> BodySender:

@@ -8,6 +8,7 @@ from cachepi.config import Settings
 from cachepi.files import FileCache
 from cachepi.index import IndexCache
 from cachepi.metrics import Metrics
+from cachepi.store import Stores
 from cachepi.store.metadata import MetadataStore
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -15,6 +16,7 @@ INDEX_CACHE = web.AppKey("index_cache", IndexCache)
 FILE_CACHE = web.AppKey("file_cache", FileCache)
 METRICS = web.AppKey("metrics", Metrics)
 METADATA = web.AppKey("metadata", MetadataStore)
+STORES = web.AppKey("stores", Stores)
 # Per request: "hit", "miss" or "stale", for the access log.
 CACHE_RESULT = web.RequestKey("cache_result", str)
 # Per request: body bytes a file response sent (sendfile bypasses aiohttp's count).
