@@ -11,7 +11,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # Only what the wheel needs: no tests, no dev extras, no build leftovers in the image.
 COPY pyproject.toml README.md /tmp/cachepi/
 COPY src /tmp/cachepi/src
-RUN pip install --no-cache-dir /tmp/cachepi \
+# The cluster extra (obstore, redis; a few MB): the same image runs alone or as a node of
+# compose.cluster.yaml (CACHEPI_STORAGE=s3://..., CACHEPI_REDIS_URL).
+RUN pip install --no-cache-dir "/tmp/cachepi[cluster]" \
     && rm -rf /tmp/cachepi
 
 # /var/cache/proxpi too: a proxpi deployment's volume and PROXPI_CACHE_DIR keep working, and

@@ -7,23 +7,22 @@ import asyncio
 import gzip
 import hashlib
 import json
-import re
 import shutil
 import signal
 import statistics
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
 import load
 import report
+import scaleout
 import servers
 import spy
 import tools
-from procs import Meter, Processes, Server, log, wait_until_quiet
+from procs import Meter, Processes, Server, log, log_findings, wait_until_quiet
 from report import Results
 from servers import FileInfo, Manifest, PageInfo, Running
 from targets import TARGETS
@@ -447,9 +446,7 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def main(quick: bool, profile: bool, output: Path | None) -> int:
-    plan = QUICK if quick else FULL
-    output = output or (WORK / "quick.md" if quick else RESULTS)
+def _prepare() -> None:
     # Ctrl-C, and also SIGINT where a shell started this in the background with it ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)
@@ -457,6 +454,56 @@ def main(quick: bool, profile: bool, output: Path | None) -> int:
     WORK.mkdir(parents=True, exist_ok=True)
     for old_log in WORK.glob("*.log"):
         old_log.unlink()
+
+
+def command_line(quick: bool, profile: bool = False, with_cluster: bool = False) -> str:
+    return " ".join(
+        [
+            "python bench/run.py",
+            *(["--quick"] if quick else []),
+            *(["--profile"] if profile else []),
+            *(["--cluster"] if with_cluster else []),
+        ]
+    )
+
+
+def main_cluster_only(quick: bool, output: Path | None) -> int:
+    """Only the cluster section, spliced into `output` (the results of the last full run
+    by default): the other sections stay as they were."""
+    output = output or (WORK / "quick.md" if quick else RESULTS)
+    reason = scaleout.unavailable()
+    if reason is not None:
+        print(f"bench: cluster section skipped: {reason}", file=sys.stderr)
+        return 1
+    _prepare()
+    plan = scaleout.QUICK if quick else scaleout.FULL
+    log(f"cluster only: {plan}")
+    tools.ensure_apt_tools()
+    workers = 2 if servers.has_workers_flag() else None
+    with Processes(WORK) as procs:
+        log("starting the fake upstream (building its files)")
+        _, manifest = servers.start_upstream(
+            procs, file_mb=1, miss_mb=1, herd_mb=1, herd_files=0, page_files=2,
+            install_packages=1, cluster=plan.upstream_options(),
+        )  # fmt: skip
+        result = scaleout.run(plan, procs, manifest, workers)
+    command = command_line(quick).replace("run.py", "run.py --cluster-only")
+    text = scaleout.section(result, command)
+    old = output.read_text() if output.exists() else "# cachepi benchmark\n"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(scaleout.splice(old, text))
+    log(f"written to {output}")
+    return 0
+
+
+def main(quick: bool, profile: bool, output: Path | None, with_cluster: bool = False) -> int:
+    plan = QUICK if quick else FULL
+    output = output or (WORK / "quick.md" if quick else RESULTS)
+    skip_cluster = scaleout.unavailable() if with_cluster else None
+    if skip_cluster is not None:
+        print(f"bench: cluster section skipped: {skip_cluster}", file=sys.stderr)
+    cluster_plan = scaleout.QUICK if quick else scaleout.FULL
+    _prepare()
     log(f"{'quick' if quick else 'full'} run: {plan}")
     tools.ensure_apt_tools()
     proxpi_bin = tools.ensure_proxpi()
@@ -472,6 +519,7 @@ def main(quick: bool, profile: bool, output: Path | None) -> int:
             herd_files=2 * plan.reps,
             page_files=plan.page_files,
             install_packages=plan.install_packages,
+            cluster=cluster_plan.upstream_options() if with_cluster else None,
         )
         bench = Bench(plan, procs, manifest)
         bench.running["upstream"] = upstream
@@ -507,6 +555,13 @@ def main(quick: bool, profile: bool, output: Path | None) -> int:
             profile_lines = bench.profile(py_spy)
         cachepi = bench.running["cachepi"].server
         upstream_rss = upstream.server.peak_rss_kib() / 1024
+        cluster_text = scaleout.skipped_section(skip_cluster) if skip_cluster else ""
+        if with_cluster and skip_cluster is None:
+            for name in ("proxpi", "nginx", "bare"):  # idle, but out of the cluster's way
+                procs.stop(bench.running.pop(name).server)
+            log("cluster (S3 + Redis)")
+            result = scaleout.run(cluster_plan, procs, manifest, bench.workers)
+            cluster_text = scaleout.section(result, command_line(quick, profile, with_cluster))
     notes += [
         f"other processes on the machine used {statistics.median(bench.others):.2f} cores "
         f"(median over the loads, max {max(bench.others):.2f}); hypervisor steal "
@@ -525,13 +580,7 @@ def main(quick: bool, profile: bool, output: Path | None) -> int:
         "processes as cachepi, no logging",
         *(f"error: {e}" for e in bench.errors),
     ]
-    command = " ".join(
-        [
-            "python bench/run.py",
-            *(["--quick"] if quick else []),
-            *(["--profile"] if profile else []),
-        ]
-    )
+    command = command_line(quick, profile, with_cluster)
     title = (
         f"`{command}` on "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: medians of {plan.reps} runs "
@@ -546,25 +595,11 @@ def main(quick: bool, profile: bool, output: Path | None) -> int:
         notes=notes,
         profile=profile_lines,
     )
+    if cluster_text:
+        text = scaleout.splice(text, cluster_text)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text)
     print("\n" + report.table(bench.results) + "\n")
     print(report.targets_section(bench.results, TARGETS))
     log(f"written to {output}")
     return 0
-
-
-def log_findings(path: Path) -> str:
-    """ERROR and WARNING records in a server's log, and the exceptions named in them."""
-    lines = path.read_text(errors="replace").splitlines() if path.exists() else []
-    records = Counter(
-        level for line in lines for level in ("ERROR", "WARNING") if f" {level} " in line[:40]
-    )
-    if not records:
-        return f"no warnings or errors in {len(lines):,} lines"
-    exceptions = Counter(
-        line[:100] for line in lines if re.match(r"[A-Za-z_.]+(Error|Exception|Warning)\b", line)
-    )
-    found = ", ".join(f"{n} {level}" for level, n in records.items())
-    named = "; ".join(f"{n} x `{text}`" for text, n in exceptions.most_common(3))
-    return f"{found} records in {len(lines):,} lines" + (f"; exceptions: {named}" if named else "")

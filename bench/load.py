@@ -175,10 +175,16 @@ async def download_probed(url: str, probe_url: str) -> tuple[Download, list[floa
 
 async def herd(url: str, clients: int) -> tuple[list[Download | BaseException], float]:
     """`clients` GETs of one URL at once, each on its own connection; (results, seconds)."""
-    async with _session(clients) as session:
+    return await herd_urls([url] * clients)
+
+
+async def herd_urls(urls: Sequence[str]) -> tuple[list[Download | BaseException], float]:
+    """A GET of each URL, all at once, each on its own connection: (results in the order
+    of `urls`, seconds until the last one ended)."""
+    async with _session(len(urls)) as session:
         started = time.perf_counter()
         results = await asyncio.gather(
-            *(_download(session, url, None) for _ in range(clients)), return_exceptions=True
+            *(_download(session, url, None) for url in urls), return_exceptions=True
         )
         return list(results), time.perf_counter() - started
 

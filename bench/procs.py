@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import resource
 import signal
 import socket
@@ -12,6 +13,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,6 +149,13 @@ class Processes:
         self.servers.append(server)
         return server
 
+    def adopt(self, name: str, popen: subprocess.Popen[bytes], log: Path) -> Server:
+        """A server started elsewhere, in a session of its own (its pid is its process
+        group's): measured and stopped like the others."""
+        server = Server(name, popen, log)
+        self.servers.append(server)
+        return server
+
     def stop(self, server: Server, grace: float = 5.0) -> None:
         """SIGTERM to the server's own process group, SIGKILL if it lingers."""
         if server in self.servers:
@@ -243,3 +252,19 @@ def wait_until_quiet(limit: float, servers: Sequence[Server]) -> float:
         if waited - said >= 10:
             said = waited
             log(f"  others use {meter.others_cores:.2f} cores: waiting up to {limit:.0f} s")
+
+
+def log_findings(path: Path) -> str:
+    """ERROR and WARNING records in a server's log, and the exceptions named in them."""
+    lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+    records = Counter(
+        level for line in lines for level in ("ERROR", "WARNING") if f" {level} " in line[:40]
+    )
+    if not records:
+        return f"no warnings or errors in {len(lines):,} lines"
+    exceptions = Counter(
+        line[:100] for line in lines if re.match(r"[A-Za-z_.]+(Error|Exception|Warning)\b", line)
+    )
+    found = ", ".join(f"{n} {level}" for level, n in records.items())
+    named = "; ".join(f"{n} x `{text}`" for text, n in exceptions.most_common(3))
+    return f"{found} records in {len(lines):,} lines" + (f"; exceptions: {named}" if named else "")

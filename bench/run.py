@@ -5,6 +5,14 @@ gunicorn, as its image runs it), with a fake upstream index, all on 127.0.0.1.
     python bench/run.py            # full run (~10 minutes), writes bench/results/latest.md
     python bench/run.py --quick    # smoke run, writes bench/.work/quick.md
     python bench/run.py --profile  # also py-spy flame graphs of cachepi under load
+    python bench/run.py --cluster  # also the cluster section (~2 more minutes), see below
+    python bench/run.py --cluster-only  # only that section, spliced into latest.md
+
+The cluster section (bench/scaleout.py) runs cachepi nodes sharing SeaweedFS's S3 gateway
+(`.venv/bin/weed`, from the test extra) and a redis-server, on this same machine: a cached
+50 MiB wheel through an S3 + Redis node vs a local-store node (wrk, 1 and 8 connections),
+and 30 first requests for one uncached file at 3 nodes at once (upstream GETs, time until
+the last client finished). Without `weed` or `redis-server` it is skipped, saying why.
 
 Installs what is missing (Debian wrk and nginx-light, proxpi in bench/.work/proxpi-venv) and
 stops every process it started, also on Ctrl-C. Runs under the project's .venv.
@@ -26,6 +34,14 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
     parser.add_argument("--profile", action="store_true", help="py-spy cachepi under load")
     parser.add_argument("--output", type=Path, help="where to write the markdown results")
+    parser.add_argument(
+        "--cluster", action="store_true", help="also S3 + Redis nodes (SeaweedFS, redis-server)"
+    )
+    parser.add_argument(
+        "--cluster-only",
+        action="store_true",
+        help="only the cluster section, replacing that of the results file",
+    )
     args = parser.parse_args()
     python = VENV / "bin" / "python"
     if Path(sys.prefix).resolve() != VENV.resolve() and python.exists():
@@ -33,7 +49,9 @@ def main() -> int:
     import harness
 
     try:
-        return harness.main(args.quick, args.profile, args.output)
+        if args.cluster_only:
+            return harness.main_cluster_only(args.quick, args.output)
+        return harness.main(args.quick, args.profile, args.output, args.cluster)
     except KeyboardInterrupt:
         print("\nbench: interrupted; every server it started has been stopped", file=sys.stderr)
         return 130

@@ -9,6 +9,7 @@ import select
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +57,15 @@ class PageInfo:
 
 
 @dataclass(frozen=True)
+class ClusterFiles:
+    """The cluster section's files (bench/scaleout.py)."""
+
+    file: FileInfo  # served cached, by an S3-backed node and by a local-store one
+    stampede: list[FileInfo]  # one per stampede run, each answered `delay` seconds late
+    delay: float
+
+
+@dataclass(frozen=True)
 class Manifest:
     """What bench/upstream.py serves, as it printed it."""
 
@@ -68,6 +78,7 @@ class Manifest:
     pages: dict[str, PageInfo]  # "big", "small"
     install: list[str]
     find_links: Path
+    cluster: ClusterFiles | None = None
 
     @classmethod
     def parse(cls, line: bytes) -> Manifest:
@@ -82,6 +93,13 @@ class Manifest:
             pages={k: PageInfo(**v) for k, v in data["pages"].items()},
             install=list(data["install"]),
             find_links=Path(data["find_links"]),
+            cluster=ClusterFiles(
+                file=FileInfo(**cluster["file"]),
+                stampede=[FileInfo(**d) for d in cluster["stampede"]],
+                delay=cluster["stampede_delay"],
+            )
+            if (cluster := data.get("cluster"))
+            else None,
         )
 
 
@@ -93,8 +111,10 @@ class Running:
 
 def start_upstream(
     procs: Processes, *, file_mb: float, miss_mb: float, herd_mb: float, herd_files: int,
-    page_files: int, install_packages: int,
+    page_files: int, install_packages: int, cluster: Mapping[str, float] | None = None,
 ) -> tuple[Running, Manifest]:  # fmt: skip
+    """`cluster`: the cluster section's files, as bench/upstream.py's options
+    (`cluster_file_mb`, `stampede_mb`, `stampede_files`, `stampede_delay`)."""
     find_links = WORK / "find-links"
     shutil.rmtree(find_links, ignore_errors=True)
     argv = [
@@ -104,6 +124,8 @@ def start_upstream(
         "--page-files", page_files, "--install-packages", install_packages,
         "--find-links-dir", find_links,
     ]  # fmt: skip
+    for option, value in (cluster or {}).items():
+        argv += [f"--{option.replace('_', '-')}", value]
     server = procs.start(
         "upstream",
         [str(a) for a in argv],
@@ -132,8 +154,14 @@ def has_workers_flag() -> bool:
 
 
 def start_cachepi(
-    procs: Processes, name: str, index_url: str, cache_dir: Path, workers: int | None
+    procs: Processes,
+    name: str,
+    index_url: str,
+    cache_dir: Path,
+    workers: int | None,
+    env: Mapping[str, str] | None = None,
 ) -> Running:
+    """`env`: settings on top of the harness's clean environment (the cluster's)."""
     shutil.rmtree(cache_dir, ignore_errors=True)
     port = free_port()
     argv = [
@@ -142,7 +170,7 @@ def start_cachepi(
     ]  # fmt: skip
     if workers is not None:
         argv += ["--workers", str(workers)]
-    server = procs.start(name, argv, env=server_env(), cwd=WORK)
+    server = procs.start(name, argv, env=server_env() | dict(env or {}), cwd=WORK)
     running = Running(server, f"http://127.0.0.1:{port}")
     wait_http(server, running.base + "/health")
     return running

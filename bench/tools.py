@@ -85,7 +85,7 @@ def server_env() -> dict[str, str]:
     }
 
 
-def _first_line(argv: list[str | Path]) -> str:
+def first_line(argv: list[str | Path]) -> str:
     try:
         done = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):
@@ -95,20 +95,20 @@ def _first_line(argv: list[str | Path]) -> str:
 
 
 def versions(proxpi_bin: Path, uv: str) -> dict[str, str]:
-    commit = _first_line(["git", "-C", ROOT, "describe", "--always", "--dirty"])
+    commit = first_line(["git", "-C", ROOT, "describe", "--always", "--dirty"])
     probe = (
         "import importlib.metadata as m;"
         "print(*(m.version(p) for p in ('proxpi', 'gunicorn', 'flask')))"
     )
     proxpi, gunicorn, flask = (
-        _first_line([proxpi_bin / "python", "-c", probe]).split() + 3 * ["?"]
+        first_line([proxpi_bin / "python", "-c", probe]).split() + 3 * ["?"]
     )[:3]
     return {
         "cachepi": f"{importlib.metadata.version('cachepi')} (git {commit})",
         "aiohttp": importlib.metadata.version("aiohttp"),
         "proxpi": f"{proxpi} (gunicorn {gunicorn}, flask {flask})",
-        "nginx": _first_line([nginx_binary(), "-v"]).removeprefix("nginx version: "),
-        "wrk": _first_line(["wrk", "-v"]).split(" [")[0].removeprefix("wrk "),
-        "uv": _first_line([uv, "--version"]).removeprefix("uv "),
-        "pip": _first_line([sys.executable, "-m", "pip", "--version"]).split(" from")[0],
+        "nginx": first_line([nginx_binary(), "-v"]).removeprefix("nginx version: "),
+        "wrk": first_line(["wrk", "-v"]).split(" [")[0].removeprefix("wrk "),
+        "uv": first_line([uv, "--version"]).removeprefix("uv "),
+        "pip": first_line([sys.executable, "-m", "pip", "--version"]).split(" from")[0],
     }

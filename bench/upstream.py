@@ -29,6 +29,10 @@ FILE_PROJECT = "bench-file"  # one big wheel, served cached
 MISS_PROJECT = "bench-miss"  # one bigger wheel, fetched through a fresh proxy
 HERD_PROJECT = "bench-herd"  # one wheel per herd run, each asked for by many clients at once
 PAGE_PROJECT = "bench-page"  # a project page with many files ("big")
+# The cluster section (--cluster): one wheel served cached by S3-backed and local nodes, and
+# one wheel per stampede run, answered late (--stampede-delay) so the first requests overlap.
+CLUSTER_FILE_PROJECT = "bench-cluster-file"
+STAMPEDE_PROJECT = "bench-stampede"
 # The install set: small wheels and sdists, a few dependencies; the first one's page is the
 # "small" page.
 INSTALL_PREFIX = "bench-pkg-"
@@ -67,7 +71,26 @@ def populate(upstream: FakeUpstream, args: argparse.Namespace) -> dict[str, obje
     for name in packages:
         for dist in upstream.dists(name):
             (find_links / dist.filename).write_bytes(dist.read_bytes())
+    cluster = None
+    if args.cluster_file_mb > 0:
+        (cluster_file,) = upstream.add_project(
+            CLUSTER_FILE_PROJECT, ["1.0"], sdist=False, big_mb=args.cluster_file_mb
+        )
+        stampede = upstream.add_project(
+            STAMPEDE_PROJECT,
+            [f"1.{i}" for i in range(args.stampede_files)],
+            sdist=False,
+            big_mb=args.stampede_mb,
+        )
+        for dist in stampede:
+            upstream.delay(upstream.file_path(dist.filename), args.stampede_delay)
+        cluster = {
+            "file": describe(cluster_file),
+            "stampede": [describe(d) for d in stampede],
+            "stampede_delay": args.stampede_delay,
+        }
     return {
+        "cluster": cluster,
         "file": describe(cached),
         "miss": describe(miss),
         "herd": [describe(d) for d in herd],
@@ -127,6 +150,10 @@ def main() -> None:
     parser.add_argument("--page-files", type=int, default=5000)
     parser.add_argument("--install-packages", type=int, default=30)
     parser.add_argument("--find-links-dir", required=True)
+    parser.add_argument("--cluster-file-mb", type=float, default=0, help="0: no cluster files")
+    parser.add_argument("--stampede-mb", type=float, default=20)
+    parser.add_argument("--stampede-files", type=int, default=3)
+    parser.add_argument("--stampede-delay", type=float, default=1.0, help="seconds")
     asyncio.run(serve(parser.parse_args()))
 
 
