@@ -8,6 +8,7 @@ turns that into one line on stderr and exit code 2.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import re
 import socket
@@ -489,6 +490,11 @@ def load_settings(
         redis_url=read("REDIS_URL", parse_redis_url, None),
         node_id=read("NODE_ID", str.strip, None) or f"{socket.gethostname()}-{os.getpid()}",
     )
+    if settings.storage is not None and not all(
+        importlib.util.find_spec(module) for module in ("obstore", "redis")
+    ):
+        origin, _ = sources.find("STORAGE")
+        raise ConfigError(f"{origin}: a cluster needs the extra: pip install 'cachepi[cluster]'")
     if (settings.storage is None) != (settings.redis_url is None):
         given, missing = ("STORAGE", "REDIS_URL") if settings.storage else ("REDIS_URL", "STORAGE")
         origin, _ = sources.find(given)

@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import enum
+import functools
 import hashlib
 import logging
 import os
@@ -47,6 +49,11 @@ _HASH_QUEUE = 16
 _POLL_SECONDS = 0.002
 _EXTRACTED = "extracted"  # the generation counter other workers watch
 _TOUCH_FLUSH_SECONDS = 5.0
+# A download another node follows is published in pieces of this size, checked this often.
+PIECE_BYTES = 8 * 1024 * 1024
+_NODE_POLL_SECONDS = 0.05
+# Followers move on to the stored file when it is there; the pieces go a little after.
+_PIECES_KEPT = 10.0
 
 
 class DownloadFailed(Exception):
@@ -168,6 +175,14 @@ class Download:
                 return data[position - offset : available - offset]
             offset += len(data)
         raise AssertionError("a position below `available` is always in the window")
+
+    @property
+    def done(self) -> bool:
+        return self._state is not _State.RUNNING
+
+    async def wait_changed(self) -> None:
+        """Until more bytes arrived or the download ended."""
+        await self._changed.wait()
 
     def bytes_on_disk(self) -> int:
         """How much the file we read from holds now (for following another writer)."""
@@ -359,26 +374,39 @@ class FileCache:
             self._downloads.pop(download.spec.url, None)
             lock.close()
 
-    async def _fetch(self, download: Download, lock: LockFile | RedisLock) -> None:
+    async def _fetch(
+        self,
+        download: Download,
+        lock: LockFile | RedisLock,
+        following: Callable[[], Source] | None = None,
+    ) -> None:
         """Download `download.spec` under `lock`, from the store if another process or
-        node stored it meanwhile, else from upstream (and then store it)."""
+        node stored it meanwhile, else from upstream (and then store it). `following`:
+        the bytes of another node's download instead (nothing to store then)."""
         spec = download.spec
-        blob = await self.cached(spec)
+        blob = None if following else await self.cached(spec)
         if isinstance(blob, Blob):  # another worker finished just now
             lock.release("ok")
             _complete_from(download, blob)
             return
-        part = lock.path.with_suffix(".part")
-        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        if following is None:  # other workers of this machine may follow this part file
+            part = lock.path.with_suffix(".part")
+            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        else:
+            fd, part = self._blobs.new_temp()
         error: BaseException | None = None
         stored = False
+        publisher = None
         try:
-            stored_copy = blob
-            source: Callable[[], Source] = (
-                (lambda: _from_store(stored_copy))
-                if stored_copy is not None
-                else (lambda: _from_upstream(spec))
-            )
+            source: Callable[[], Source]
+            if following is not None:
+                source = following
+            elif blob is not None:
+                source = functools.partial(_from_store, blob)
+            else:
+                source = functools.partial(_from_upstream, spec)
+            if following is None and blob is None and self._blobs.kind == "s3":
+                publisher = asyncio.create_task(self._publish(download, part, lock))  # type: ignore[arg-type]
             sha256 = await self._transfer(download, fd, part, source)
         except Exception as failure:
             error = failure
@@ -392,7 +420,9 @@ class FileCache:
             # Stored (fsync'd, renamed, recorded) before the clients' last byte: when a
             # download completes, the cache holds the file and its PEP 658 metadata.
             try:
-                stored = blob is not None or (
+                # What we followed was stored by its node, unless that died and we took over.
+                taken_over = following is not None and lock.acquired
+                stored = blob is not None or (following is not None and not taken_over) or (
                     not download.spilled
                     and await self._keep(
                         fd, part, sha256, download.written, spec.project, spec.filename,
@@ -406,6 +436,8 @@ class FileCache:
             if stored and spec.wheel_without_metadata:
                 await self._extract(sha256, spec.wheel_without_metadata, spec.project)
         finally:
+            if publisher is not None:
+                publisher.cancel()
             download.finished(error)  # first: whatever fails below, no reader may hang
             os.close(fd)
             self._blobs.discard(part)  # a no-op once the part file became a blob
@@ -449,17 +481,54 @@ class FileCache:
             await asyncio.sleep(_POLL_SECONDS)
 
     async def _follow_node(self, download: Download, lock: RedisLock) -> None:
-        """Another node downloads the file: wait until it stored it, then stream it from
-        the store. If that node failed, say so; if it died (its lock expired) or did not
-        store the file, take over."""
+        """Another node downloads the file: relay its bytes as it publishes them to the
+        store (in pieces, see `_publish`), the rest from the stored file. If that node
+        failed, say so; if it died (its lock expired) before we relayed anything, or it
+        could not store the file, take over."""
         while True:
-            outcome = await lock.wait_released()
-            if outcome.startswith("failed"):
-                download.finished(DownloadFailed(outcome))
+            holder = lock.holder()
+            if holder is None:  # released, or expired with its node
+                if lock.outcome().startswith("failed"):
+                    download.finished(DownloadFailed(lock.outcome()))
+                    return
+                if lock.try_acquire():  # nobody holds it now: it is ours to finish
+                    lock.unwant_pieces()
+                    await self._fetch(download, lock)
+                    return
+                continue
+            lock.want_pieces()
+            if lock.pieces(holder) > 0:
+                blobs: S3Blobs = self._blobs  # type: ignore[assignment]
+                await self._fetch(
+                    download,
+                    lock,
+                    functools.partial(_following, blobs, lock, holder, download.spec),
+                )
                 return
-            if lock.try_acquire():  # nobody holds it now: it is ours to finish
-                await self._fetch(download, lock)
-                return
+            await asyncio.sleep(_NODE_POLL_SECONDS)
+
+    async def _publish(self, download: Download, part: Path, lock: RedisLock) -> None:
+        """While downloading, put the bytes so far in the store in pieces when another
+        node follows this download, so its clients get them without waiting for the end.
+        The stored file replaces them; they are deleted a while after."""
+        token = lock.token
+        published = 0
+        try:
+            while not download.done:
+                if lock.pieces_wanted():
+                    while (published + 1) * PIECE_BYTES <= download.written:
+                        data = await asyncio.to_thread(_read_piece, part, published * PIECE_BYTES)
+                        await self._blobs.put_piece(token, published, data)  # type: ignore[union-attr]
+                        published += 1
+                        lock.publish_pieces(published)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_NODE_POLL_SECONDS):
+                        await download.wait_changed()
+        except (OSError, *STORE_ERRORS) as failure:  # followers wait for the stored file
+            log.warning("cannot publish the progress of %s: %s", download.spec.url, failure)
+        finally:
+            if published:
+                self._spawn(self._blobs.delete_pieces(token, published, later=_PIECES_KEPT))  # type: ignore[union-attr]
 
     async def _transfer(self, download: Download, fd: int, part: Path, source: Source) -> str:
         """Copy the body from `source` into `fd` (the part file), checking length and
@@ -587,6 +656,11 @@ class FileCache:
                 pass
         return self._extracted_generation, self._extracted
 
+    async def remove_stale_pieces(self, older_than: float) -> int:
+        """Delete what nodes that died left of the downloads they published (see
+        `_publish`); returns how many pieces."""
+        return await self._blobs.remove_stale_pieces(older_than)
+
     async def remove(self, sha256: str) -> None:
         """Drop one blob, its file and every record of it."""
         async with self._blobs.exclusive():
@@ -653,6 +727,59 @@ class _Hasher:
 async def _from_upstream(spec: FileSpec) -> AsyncIterator[tuple[int | None, AsyncIterator[bytes]]]:
     async with spec.upstream.open_file(spec.url) as response:
         yield response.content_length, response.content.iter_any()
+
+
+@asynccontextmanager
+async def _following(
+    blobs: S3Blobs, lock: RedisLock, holder: str, spec: FileSpec
+) -> AsyncIterator[tuple[int | None, AsyncIterator[bytes]]]:
+    """Another node's download as it progresses: its published pieces, then the rest
+    from the stored file. Fails if that node fails or dies, or another takes over."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        offset = piece = 0
+        while True:
+            while piece < lock.pieces(holder):
+                data = await blobs.read_piece(holder, piece)
+                piece += 1
+                offset += len(data)
+                yield data
+            current = lock.holder()
+            if current is None:
+                outcome = lock.outcome()
+                stored = await blobs.open(spec.sha256) if spec.sha256 else None
+                if outcome.startswith("ok") and stored is not None:
+                    async for data in stored.chunks(offset, stored.size):
+                        yield data
+                    return
+                if outcome or not lock.try_acquire():
+                    raise DownloadFailed(f"the node downloading it stopped ({outcome or 'died'})")
+                lock.unwant_pieces()
+                # Its node died: take over, from upstream, past what was relayed already
+                # (the whole is verified at the end, as always), and clear its pieces.
+                log.info("taking over the download of %s at byte %d", redact(spec.url), offset)
+                await blobs.delete_pieces(holder, piece)
+                async with spec.upstream.open_file(spec.url) as response:
+                    skip = offset
+                    async for data in response.content.iter_any():
+                        if skip >= len(data):
+                            skip -= len(data)
+                            continue
+                        yield data[skip:]
+                        skip = 0
+                return
+            if current != holder:
+                raise DownloadFailed("the node downloading it was replaced")
+            lock.want_pieces()
+            await asyncio.sleep(_NODE_POLL_SECONDS)
+
+    yield spec.size, chunks()
+
+
+def _read_piece(part: Path, offset: int) -> bytes:
+    with part.open("rb") as file:
+        file.seek(offset)
+        return file.read(PIECE_BYTES)
 
 
 @asynccontextmanager

@@ -109,6 +109,7 @@ async def gc(settings: Settings, now: float | None = None) -> Collected:
     now = time.time() if now is None else now
     async with opened(settings) as (_, file_cache):
         removed = _remove_leftovers(settings.cache_dir / "tmp", now)
+        removed += await file_cache.remove_stale_pieces(ABANDONED_SECONDS)
         recorded, forgotten, evicted = await file_cache.match_records()
     return Collected(removed, recorded, forgotten, evicted)
 

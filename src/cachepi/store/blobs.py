@@ -94,6 +94,10 @@ class BlobStore:
     async def remove(self, sha256: str) -> None:
         self.delete(sha256)
 
+    async def remove_stale_pieces(self, older_than: float) -> int:
+        """Nothing to do: a local download is followed through its part file."""
+        return 0
+
     async def listing(self) -> AsyncIterator[tuple[str, int]]:
         for item in self.scan():
             yield item

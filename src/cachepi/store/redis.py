@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
@@ -356,11 +357,55 @@ class RedisLock:
         digest = hashlib.sha256(key.encode()).hexdigest()[:32]
         self._key = f"{locks.prefix}lock:{digest}"
         self._outcome_key = f"{locks.prefix}outcome:{digest}"
+        self._wanted_key = f"{locks.prefix}wanted:{digest}"
         self.path = path  # local, for the part file of a download under this lock
         self.acquired = False
         self._token = ""
         self._lost = False
         self._renewer: asyncio.Task[None] | None = None
+
+    @property
+    def token(self) -> str:
+        return self._token
+
+    def holder(self) -> str | None:
+        """The fencing token of whoever holds the lock now (None: nobody)."""
+        try:
+            raw = self._locks.breaker.call(lambda: self._locks.client.get(self._key))
+        except StoreUnavailable:
+            return None
+        return raw.decode() if raw is not None else None  # type: ignore[union-attr]
+
+    # Following a download on another node: followers say they want its progress; the
+    # holder publishes pieces and their count, under its token.
+
+    def want_pieces(self) -> None:
+        with contextlib.suppress(StoreUnavailable):
+            self._locks.breaker.call(lambda: self._locks.client.set(self._wanted_key, 1, ex=30))
+
+    def unwant_pieces(self) -> None:
+        """This node stops following (it took over): only other followers may want them."""
+        with contextlib.suppress(StoreUnavailable):
+            self._locks.breaker.call(lambda: self._locks.client.delete(self._wanted_key))
+
+    def pieces_wanted(self) -> bool:
+        try:
+            return bool(
+                self._locks.breaker.call(lambda: self._locks.client.exists(self._wanted_key))
+            )
+        except StoreUnavailable:
+            return False
+
+    def publish_pieces(self, count: int) -> None:
+        key = f"{self._locks.prefix}pieces:{self._token}"
+        self._locks.breaker.call(lambda: self._locks.client.set(key, count, ex=3600))
+
+    def pieces(self, token: str) -> int:
+        key = f"{self._locks.prefix}pieces:{token}"
+        try:
+            return int(self._locks.breaker.call(lambda: self._locks.client.get(key)) or 0)  # type: ignore[arg-type]
+        except StoreUnavailable:
+            return 0
 
     @property
     def shared(self) -> bool:
@@ -387,7 +432,8 @@ class RedisLock:
         breaker = self._locks.breaker
         try:
             fence = breaker.call(lambda: self._locks.client.incr(f"{self._locks.prefix}fence"))
-            token = f"{self._locks.node}:{fence}"
+            # The counter restarts with an empty Redis: the nonce keeps tokens unique.
+            token = f"{self._locks.node}:{fence}:{secrets.token_hex(4)}"
             taken = breaker.call(
                 lambda: self._locks.client.set(self._key, token, nx=True, px=self._locks.ttl_ms)
             )
@@ -417,11 +463,8 @@ class RedisLock:
                 return
 
     def held_elsewhere(self) -> bool:
-        try:
-            holder = self._locks.breaker.call(lambda: self._locks.client.get(self._key))
-        except StoreUnavailable:
-            return False
-        return holder is not None and holder.decode() != self._token  # type: ignore[union-attr]
+        holder = self.holder()
+        return holder is not None and holder != self._token
 
     async def wait_released(self) -> str:
         while self.held_elsewhere():  # noqa: ASYNC110 - a lock elsewhere has no event

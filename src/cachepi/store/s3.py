@@ -9,11 +9,14 @@ redirected to instead.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
+import hashlib
 import logging
 import os
 import re
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +36,7 @@ _NOT_FOUND = (NotFoundError, FileNotFoundError)
 _EXISTS = (AlreadyExistsError, FileExistsError)
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _PRESIGN_SECONDS = 300
+_RETRY_AFTER = 2.0  # seconds of failing fast after the store did not answer
 
 
 @dataclass(frozen=True)
@@ -66,7 +70,19 @@ def s3_store(url: str, endpoint: str | None, env: dict[str, str]) -> tuple[S3Sto
         config["endpoint"] = endpoint
         config["virtual_hosted_style_request"] = False
         client["allow_http"] = endpoint.startswith("http://")
-    return S3Store(bucket, config=config, client_options=client), prefix.strip("/")
+    # Few, quick retries: a store that does not answer must not hold a request for minutes
+    # (the file then comes from upstream instead).
+    retry = {
+        "max_retries": 2,
+        "retry_timeout": datetime.timedelta(seconds=3),
+        "backoff": {
+            "init_backoff": datetime.timedelta(milliseconds=50),
+            "max_backoff": datetime.timedelta(milliseconds=500),
+            "base": 2,
+        },
+    }
+    store = S3Store(bucket, config=config, client_options=client, retry_config=retry)  # type: ignore[arg-type]
+    return store, prefix.strip("/")
 
 
 class S3Blobs:
@@ -83,9 +99,11 @@ class S3Blobs:
         cluster-wide lock under which one node at a time evicts."""
         self._store = store
         self._prefix = f"{prefix}/blobs/" if prefix else "blobs/"
+        self._pieces = f"{prefix}/pieces/" if prefix else "pieces/"
         self._local = local
         self._exclusive = exclusive
         self.health = StoreHealth()
+        self._retry_at = 0.0
 
     # -- local temp files, as for the local store --------------------------------------
 
@@ -117,7 +135,10 @@ class S3Blobs:
 
     @contextlib.asynccontextmanager
     async def _call(self) -> AsyncIterator[None]:
-        """Record the store's health; its failures become StoreUnavailable."""
+        """Record the store's health; its failures become StoreUnavailable. After one, calls
+        fail fast for a couple of seconds (a circuit breaker, as for Redis)."""
+        if not self.health.healthy and time.monotonic() < self._retry_at:
+            raise StoreUnavailable(f"object store: {self.health.last_error}")
         try:
             yield
         except (*_NOT_FOUND, *_EXISTS):
@@ -125,6 +146,7 @@ class S3Blobs:
             raise
         except Exception as error:  # obstore raises many kinds; all mean "no answer"
             self.health.failed(error)
+            self._retry_at = time.monotonic() + _RETRY_AFTER
             raise StoreUnavailable(f"object store: {self.health.last_error}") from error
         self.health.ok()
 
@@ -172,6 +194,42 @@ class S3Blobs:
             )
             async for chunk in result.stream(min_chunk_size=1024 * 1024):
                 yield bytes(chunk)
+
+    def _piece_key(self, token: str, index: int) -> str:
+        digest = hashlib.sha256(token.encode()).hexdigest()[:32]
+        return f"{self._pieces}{digest}/{index}"
+
+    async def put_piece(self, token: str, index: int, data: bytes) -> None:
+        """Part of a download in progress, for other nodes to relay (see files.py)."""
+        async with self._call():
+            await obstore.put_async(self._store, self._piece_key(token, index), data)
+
+    async def read_piece(self, token: str, index: int) -> bytes:
+        async with self._call():
+            result = await obstore.get_async(self._store, self._piece_key(token, index))
+            return bytes(await result.bytes_async())
+
+    async def delete_pieces(self, token: str, count: int, later: float = 0.0) -> None:
+        """Delete a finished download's pieces, `later` seconds from now (followers may
+        still read the last ones)."""
+        await asyncio.sleep(later)
+        for index in range(count):
+            with contextlib.suppress(*_NOT_FOUND, StoreUnavailable):
+                async with self._call():
+                    await obstore.delete_async(self._store, self._piece_key(token, index))
+
+    async def remove_stale_pieces(self, older_than: float) -> int:
+        """Delete pieces of downloads whose node died (`cachepi gc`); returns how many."""
+        cutoff = time.time() - older_than
+        stale = []
+        async with self._call():
+            async for batch in obstore.list(self._store, self._pieces):
+                stale += [m["path"] for m in batch if m["last_modified"].timestamp() < cutoff]
+        for path in stale:
+            with contextlib.suppress(*_NOT_FOUND):
+                async with self._call():
+                    await obstore.delete_async(self._store, path)
+        return len(stale)
 
     async def presign(self, sha256: str) -> str:
         async with self._call():
