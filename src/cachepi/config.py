@@ -98,9 +98,7 @@ class Settings:
     s3_endpoint: str | None = None
     s3_serve: str = "stream"  # or "redirect" (to a presigned URL)
     redis_url: str | None = None
-    node_id: str = dataclasses.field(
-        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}"
-    )
+    node_id: str = dataclasses.field(default_factory=lambda: default_node_id())
 
 
 def default_index_url() -> str:
@@ -108,6 +106,10 @@ def default_index_url() -> str:
     from pip._internal.models.index import PyPI
 
     return PyPI.simple_url.rstrip("/") + "/"
+
+
+def default_node_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 def default_cache_dir() -> Path:
@@ -488,7 +490,7 @@ def load_settings(
         s3_endpoint=read("S3_ENDPOINT", parse_url, None) or env.get("AWS_ENDPOINT_URL"),
         s3_serve=read("S3_SERVE", parse_choice("stream", "redirect"), "stream"),
         redis_url=read("REDIS_URL", parse_redis_url, None),
-        node_id=read("NODE_ID", str.strip, None) or f"{socket.gethostname()}-{os.getpid()}",
+        node_id=read("NODE_ID", str.strip, None) or default_node_id(),
     )
     if settings.storage is not None and not all(
         importlib.util.find_spec(module) for module in ("obstore", "redis")
