@@ -15,6 +15,7 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 
 from cachepi.config import Settings, Upstream
+from cachepi.web.accesslog import access_log_options
 from cachepi.web.app import create_app
 
 
@@ -88,7 +89,8 @@ async def start_proxy(settings: Settings) -> RunningProxy:
     app = create_app(settings)
     seen: list[Seen] = []
     app.middlewares.append(_recorder(seen))
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+    # Requests are counted (for /metrics) as a server counts them; no log lines.
+    runner = web.AppRunner(app, shutdown_timeout=0.5, **access_log_options("off"))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", settings.port)
     await site.start()

@@ -189,7 +189,8 @@ class IndexCache:
             self._listings[name] = (version, listing)
             if len(self._listings) > self._memory_entries:
                 self._listings.popitem(last=False)
-        stale, unavailable = _degradation(self.upstreams, entries)
+        # Nothing asked: every entry was fresh, nothing failed (the common case, kept cheap).
+        stale, unavailable = _degradation(self.upstreams, entries) if asked else (False, ())
         cache = _cache_result(stale, asked)
         if (stale, unavailable, cache) != (listing.stale, listing.unavailable, listing.cache):
             listing = dataclasses.replace(

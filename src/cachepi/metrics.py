@@ -12,6 +12,7 @@ import os
 from collections import Counter as Tally
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
 from prometheus_client.core import GaugeMetricFamily
@@ -68,7 +69,7 @@ class Metrics:
         # Multiprocess values are collected from their files, not from a registry.
         self._registry = CollectorRegistry()
         into = None if self._multiprocess else self._registry
-        self.requests = Counter(
+        self._requests = Counter(
             "cachepi_requests", "Requests answered", ["route", "status"], registry=into
         )
         self._cache = Counter(
@@ -90,16 +91,35 @@ class Metrics:
         self.evictions = Counter("cachepi_evictions", "Files evicted", registry=into)
         self.evicted_bytes = Counter("cachepi_evicted_bytes", "Bytes evicted", registry=into)
         self._unflushed: Tally[str] = Tally()
+        # Labelled children by their labels: `labels()` costs more than the increment.
+        self._children: dict[tuple[Any, ...], Any] = {}
+        self._results: dict[tuple[str, str], tuple[Any, str]] = {}  # -> (child, total's name)
+
+    def _child(self, metric: Counter, *labels: str) -> Any:
+        key = (metric, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def request(self, route: str, status: int) -> None:
+        self._child(self._requests, route, str(status)).inc()
 
     def cache_result(self, kind: str, result: str) -> None:
         """A page or file was answered from the cache ("hit"), after asking an upstream
         ("miss"), or from a stale copy ("stale")."""
-        self._cache.labels(kind, result).inc()
-        self._unflushed[f"{kind}_{result}"] += 1
+        counted = self._results.get((kind, result))
+        if counted is None:
+            counted = self._results[kind, result] = (
+                self._child(self._cache, kind, result),
+                f"{kind}_{result}",
+            )
+        counted[0].inc()
+        self._unflushed[counted[1]] += 1
 
     def served(self, source: str, count: int) -> None:
         """`count` file bytes went to a client from the "cache" or relayed from "upstream"."""
-        self._served.labels(source).inc(count)
+        self._child(self._served, source).inc(count)
         self._unflushed[f"bytes_{source}"] += count
 
     def evicted(self, size: int) -> None:

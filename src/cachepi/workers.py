@@ -24,7 +24,7 @@ from aiohttp import web
 
 from cachepi.config import Settings
 from cachepi.metrics import MULTIPROC_ENV
-from cachepi.web.accesslog import ACCESS_LOGS, AccessLog
+from cachepi.web.accesslog import access_log_options
 from cachepi.web.app import create_app, reconcile_cache
 
 log = logging.getLogger(__name__)
@@ -34,10 +34,10 @@ _RESTART_DELAY = 1.0
 
 def serve(settings: Settings) -> None:
     """Serve until stopped: in this process for one worker, else in `settings.workers`."""
-    _metrics_dir(settings.cache_dir / "metrics")
-    if settings.workers == 1:
+    if settings.workers == 1:  # one process: its own counters are all there is
         _run(create_app(settings), settings)
         return
+    _metrics_dir(settings.cache_dir / "metrics")
     check_port(settings.host, settings.port)
     reconcile_cache(settings)
     _supervise(settings)
@@ -62,7 +62,6 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
 
 
 def _run(app: web.Application, settings: Settings, reuse_port: bool = False) -> None:
-    access_log = ACCESS_LOGS[settings.access_log]
     web.run_app(
         app,
         host=settings.host,
@@ -70,8 +69,7 @@ def _run(app: web.Application, settings: Settings, reuse_port: bool = False) -> 
         reuse_port=reuse_port or None,
         ssl_context=tls_context(settings),
         print=None,
-        access_log=None if access_log is None else logging.getLogger("cachepi.access"),
-        access_log_class=access_log or AccessLog,
+        **access_log_options(settings.access_log),
     )
 
 

@@ -20,8 +20,15 @@ from cachepi.store.metadata import STORE_ERRORS, MetadataStore
 from cachepi.upstream import Upstream, make_session
 from cachepi.web import admin, dashboard, files, monitoring, pages
 from cachepi.web.auth import Htpasswd, basic_auth
-from cachepi.web.keys import FILE_CACHE, INDEX_CACHE, METADATA, METRICS, SETTINGS, STORES
-from cachepi.web.monitoring import Handler
+from cachepi.web.keys import (
+    FILE_CACHE,
+    INDEX_CACHE,
+    METADATA,
+    METRICS,
+    ROUTE_NAMES,
+    SETTINGS,
+    STORES,
+)
 
 log = logging.getLogger(__name__)
 _FLUSH_SECONDS = 5.0
@@ -34,7 +41,7 @@ def create_app(settings: Settings, reconcile: bool = True) -> web.Application:
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app[pages.RENDERED] = pages.RenderCache()
-    routes: dict[Handler, str] = {
+    app[ROUTE_NAMES] = {
         pages.project_list: "project_list",
         pages.project_page: "project_page",
         files.dist_file: "file",
@@ -56,7 +63,6 @@ def create_app(settings: Settings, reconcile: bool = True) -> web.Application:
     app.router.add_delete("/cache/list", admin.invalidate_list)
     app.router.add_delete("/cache/{project}", admin.invalidate_project)
     app.router.add_post("/cache/invalidate", admin.invalidate_form)
-    app.middlewares.append(monitoring.request_counter(routes))
     if settings.htpasswd is not None:
         app.middlewares.append(basic_auth(Htpasswd(settings.htpasswd)))
     app.cleanup_ctx.append(functools.partial(_components, reconcile=reconcile))

@@ -17,6 +17,8 @@ FILE_CACHE = web.AppKey("file_cache", FileCache)
 METRICS = web.AppKey("metrics", Metrics)
 METADATA = web.AppKey("metadata", MetadataStore)
 STORES = web.AppKey("stores", Stores)
+# Route handler -> the name requests are counted under in /metrics.
+ROUTE_NAMES = web.AppKey("route_names", dict)
 # Per request: "hit", "miss" or "stale", for the access log.
 CACHE_RESULT = web.RequestKey("cache_result", str)
 # Per request: body bytes a file response sent (sendfile bypasses aiohttp's count).
