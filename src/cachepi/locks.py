@@ -49,10 +49,6 @@ class LockFile:
                 return True
             os.close(fd)
 
-    def pieces_wanted(self) -> bool:
-        """Workers of one machine follow the part file itself: no pieces (see files.py)."""
-        return False
-
     @property
     def storable(self) -> bool:
         """Whether work done under this lock may be stored (see store/redis.py's)."""

@@ -108,7 +108,7 @@ class Upstream:
         ttl: int,
         session: aiohttp.ClientSession,
         *,
-        name: str = "",
+        name: str,
         min_release_age: int | None = None,
         offline: bool = False,
         file_hosts: frozenset[str] | None = None,
@@ -119,7 +119,7 @@ class Upstream:
         self._metrics = metrics
         self.url = redact(url)
         self.ttl = ttl
-        self.name = name or parts.netloc.rpartition("@")[2]
+        self.name = name  # from the settings: never the URL, which may hold credentials
         self.min_release_age = min_release_age
         self.health = Health()
         self._auth = (

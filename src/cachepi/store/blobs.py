@@ -56,15 +56,10 @@ class BlobStore:
     async def exclusive(self) -> AsyncIterator[bool]:
         """Hold the store-wide lock: one process at a time counts, evicts and adds blobs.
         Held for milliseconds, so a blocking flock is fine. Yields whether it is held."""
-        with self.exclusive_sync():
-            yield True
-
-    @contextlib.contextmanager
-    def exclusive_sync(self) -> Iterator[None]:
         fd = os.open(self._root / "store.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
+            yield True
         finally:
             os.close(fd)
 

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
@@ -31,18 +30,17 @@ class StoreHealth:
 
     healthy: bool = True
     last_error: str | None = None
-    changed_at: float = field(default_factory=time.time)
 
     def ok(self) -> None:
         if not self.healthy:
             log.info("the store answers again")
-        self.healthy, self.changed_at = True, time.time()
+        self.healthy = True
 
     def failed(self, error: BaseException) -> None:
         message = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
         if self.healthy:
             log.warning("the store failed: %s", message)
-        self.healthy, self.last_error, self.changed_at = False, message, time.time()
+        self.healthy, self.last_error = False, message
 
 
 # What a store call may raise when the store, not the caller, is at fault.
