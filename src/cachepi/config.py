@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cachepi.policy import Policy, Rule, name_glob, parse_duration, parse_rule
-from cachepi.routes import Route
+from cachepi.routing import Route
 
 DEFAULT_INDEX_TTL = 30 * 60  # proxpi's default for the main index
 DEFAULT_EXTRA_INDEX_TTL = 3 * 60  # proxpi's default for extra indexes

@@ -23,7 +23,7 @@ import msgspec
 
 from cachepi.locks import Locks
 from cachepi.policy import Policy, visible_versions
-from cachepi.routes import Router
+from cachepi.routing import Router
 from cachepi.simple.model import File, Project, ProjectList
 from cachepi.simple.names import normalize
 from cachepi.simple.parse import (

@@ -14,7 +14,7 @@ from cachepi.config import Settings
 from cachepi.files import FileCache
 from cachepi.index import IndexCache
 from cachepi.metrics import Metrics
-from cachepi.routes import Router
+from cachepi.routing import Router
 from cachepi.store import open_stores
 from cachepi.store.metadata import STORE_ERRORS, MetadataStore
 from cachepi.upstream import Upstream, make_session
