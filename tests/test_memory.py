@@ -14,7 +14,8 @@ from pathlib import Path
 import aiohttp
 
 from cachepi.index import parse_and_encode
-from cachepi.store.metadata import MetadataStore, PageRecord
+from cachepi.store.protocols import PageRecord
+from cachepi.store.sqlite import SqliteMetadata
 from cachepi.upstream import PageResponse
 from tests.fakeupstream import Dist, FakeUpstream
 from tests.fakeupstream.fixtures import FakeUpstreamFactory
@@ -154,7 +155,7 @@ def seed_cached_pages(cache_dir: Path, upstream: FakeUpstream, names: list[str])
     own parser and store, the page bodies as the upstream serves them), without the
     upstream round trip: 50,000 misses through two HTTP hops cost minutes, the same pages
     written here cost seconds. The server then serves every one of them over HTTP."""
-    store = MetadataStore(cache_dir / "cachepi.sqlite3")
+    store = SqliteMetadata(cache_dir / "cachepi.sqlite3")
     now = time.time()
     try:
         for name in names:

@@ -222,7 +222,7 @@ async def test_merge_hash_conflict_serves_the_first_index_bytes_and_logs_it(
     conflicts = [
         r
         for r in caplog.records
-        if r.name == "cachepi.index"
+        if r.name == "cachepi.combine"
         and r.levelno >= logging.WARNING
         and "hash conflict" in r.getMessage()
     ]

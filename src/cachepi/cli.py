@@ -33,7 +33,6 @@ from cachepi import maintenance, workers
 from cachepi.config import ConfigError, Settings, load_settings
 from cachepi.simple.names import is_valid_project_name, normalize
 from cachepi.upstream import redact
-from cachepi.verify import total_bytes, verify_cache
 from cachepi.warm import reachable, targets, warm_target
 from cachepi.web.dashboard import human
 
@@ -318,10 +317,10 @@ def verify(**flags: Any) -> None:
     Exit code 0: every file verified; 1: some were corrupt and have been removed.
     """
     settings = settings_from(flags)
-    if settings.storage is not None:
-        fail("verify re-hashes a local cache; a cluster's blobs are verified on upload")
-    if not (settings.cache_dir / maintenance.DATABASE).is_file():
-        fail(f"no cache at {settings.cache_dir}")
+    try:
+        total = asyncio.run(maintenance.stored_bytes(settings))
+    except maintenance.NoCache as error:
+        fail(str(error))
     with Progress(
         TextColumn("verifying"),
         BarColumn(),
@@ -331,10 +330,8 @@ def verify(**flags: Any) -> None:
         console=Console(stderr=True),
         transient=True,
     ) as bar:
-        task = bar.add_task("verify", total=total_bytes(settings.cache_dir))
-        report = verify_cache(
-            settings.cache_dir, settings.cache_size, lambda n: bar.advance(task, n)
-        )
+        task = bar.add_task("verify", total=total)
+        report = asyncio.run(maintenance.verify(settings, lambda n: bar.advance(task, n)))
     for sha256 in report.removed:
         click.echo(f"removed {sha256}: its bytes do not match its sha256")
     click.echo(

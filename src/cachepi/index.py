@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from cachepi.locks import Locks
+from cachepi.combine import QUARANTINED, Combine, combine
 from cachepi.policy import Policy, visible_versions
 from cachepi.routing import Router
 from cachepi.simple.model import File, Project, ProjectList
@@ -33,7 +33,8 @@ from cachepi.simple.parse import (
     parse_project_list_html,
     parse_project_list_json,
 )
-from cachepi.store.metadata import LIST_KEY, STORE_ERRORS, MetadataStore, PageRecord
+from cachepi.store.protocols import LIST_KEY, Locks, MetadataStore, PageRecord, StoreUnavailable
+from cachepi.types import CacheResult
 from cachepi.upstream import PageResponse, Upstream, UpstreamError, UpstreamNotFound
 from cachepi.wheelmeta import lacks_metadata
 
@@ -41,7 +42,6 @@ log = logging.getLogger(__name__)
 
 _JSON_TYPE = "application/vnd.pypi.simple.v1+json"
 _PAGES = "pages"  # the generation counter other workers watch for invalidations
-QUARANTINED = "quarantined"
 _encode = msgspec.msgpack.Encoder().encode
 _decode_project = msgspec.msgpack.Decoder(Project).decode
 _decode_list = msgspec.msgpack.Decoder(ProjectList).decode
@@ -67,9 +67,29 @@ def _digest(body: bytes) -> str:
     return hashlib.blake2b(body, digest_size=8).hexdigest()
 
 
-# An upstream's entry for a page (None: nothing usable) and, when the upstream could not be
-# asked successfully just now, why (then the entry, if any, is a stale copy).
-Fetched = tuple[Entry | None, UpstreamError | None]
+@dataclass(frozen=True)
+class Fetched:
+    """What one upstream has for a page just now."""
+
+    upstream: Upstream
+    entry: Entry | None  # None: nothing usable
+    # Why the upstream could not be asked successfully just now (then `entry`, if any, is
+    # a stale copy).
+    failure: UpstreamError | None = None
+
+    @property
+    def page(self) -> Project | ProjectList | None:
+        return self.entry.page if self.entry is not None else None
+
+
+@dataclass(frozen=True)
+class CachedPage:
+    """What is stored of one index's page of a project, for the dashboard."""
+
+    index: str
+    fetched_at: float
+    fresh: bool  # by the same rule the cache serves it by
+    files: int | None  # None: that index does not have the project
 
 
 class Refused(Exception):
@@ -93,7 +113,7 @@ class Listing:
     unavailable: tuple[str, ...] = ()
     refused: Mapping[str, str] = field(default_factory=dict)
     valid_until: float = math.inf  # when a cooldown ends and the screening must be redone
-    cache: str = "hit"  # "miss" when an upstream was asked for this answer, "stale"
+    cache: CacheResult = CacheResult.HIT
     _by_filename: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -119,7 +139,7 @@ class ListResult:
     version: str
     stale: bool = False
     unavailable: tuple[str, ...] = ()
-    cache: str = "hit"
+    cache: CacheResult = CacheResult.HIT
 
 
 class IndexCache:
@@ -132,13 +152,12 @@ class IndexCache:
         memory_entries: int = 4096,
         clock: Callable[[], float] = time.time,
         offline: bool = False,
-        first: bool = False,
+        combine: Combine = Combine.MERGE,
         router: Router | None = None,
         policy: Policy | None = None,
     ) -> None:
-        """`first`: a project's files come from the first of its indexes that has it
-        (otherwise all its indexes are merged). `router`: which indexes serve a project
-        (default: all). `policy`: what clients may see of it."""
+        """`combine`: how a project's indexes combine (combine.py). `router`: which
+        indexes serve a project (default: all). `policy`: what clients may see of it."""
         self.upstreams = tuple(upstreams)
         self._store = store
         self._locks = locks
@@ -155,7 +174,7 @@ class IndexCache:
         self._clock = clock
         # Offline, whatever is stored is as fresh as it gets.
         self._offline = offline
-        self._first = first
+        self._combine = combine
         everything = tuple(range(len(self.upstreams)))
         self._router = router or Router((), everything)
         self._policy = policy or Policy()
@@ -170,27 +189,28 @@ class IndexCache:
         """
         if (reason := self._policy.project_refusal(name)) is not None:
             raise Refused(reason)
-        entries, asked = await self._gather(name, self._router.positions(name), first=self._first)
-        found = [(self.upstreams[p], e.page) for p, (e, _) in entries if e and e.page]
+        fetched, asked = await self._gather(name, self._router.positions(name), self._combine)
+        found = [(f.upstream, f.page) for f in fetched if isinstance(f.page, Project)]
         if not found:
-            for _, (entry, failure) in entries:
-                if entry is None and failure is not None:
+            for f in fetched:
+                if f.entry is None and f.failure is not None:
                     # Somebody failed and nobody has it: do not claim a 404 that is not known.
-                    raise failure
+                    raise f.failure
             return None
-        version = "+".join(f"{p}:{e.digest if e else '-'}" for p, (e, _) in entries)
+        version = _version(fetched)
         now = self._clock()
         held = self._listings.get(name)
         if held is not None and held[0] == version and now < held[1].valid_until:
             self._listings.move_to_end(name)
             listing = held[1]
         else:
-            listing = self._screen(name, merge(name, found, version), now)  # type: ignore[arg-type]
+            project, sources = combine(name, found)
+            listing = self._screen(name, Listing(project, sources, version), now)
             self._listings[name] = (version, listing)
             if len(self._listings) > self._memory_entries:
                 self._listings.popitem(last=False)
         # Nothing asked: every entry was fresh, nothing failed (the common case, kept cheap).
-        stale, unavailable = _degradation(self.upstreams, entries) if asked else (False, ())
+        stale, unavailable = _degradation(fetched) if asked else (False, ())
         cache = _cache_result(stale, asked)
         if (stale, unavailable, cache) != (listing.stale, listing.unavailable, listing.cache):
             listing = dataclasses.replace(
@@ -200,21 +220,22 @@ class IndexCache:
 
     async def project_list(self) -> ListResult:
         """Every project some index lists and serves (under the routes and the policy)."""
-        entries, asked = await self._gather(LIST_KEY, tuple(range(len(self.upstreams))))
+        positions = tuple(range(len(self.upstreams)))
+        fetched, asked = await self._gather(LIST_KEY, positions, Combine.MERGE)
         lists = [
-            (position, entry.page)
-            for position, (entry, _) in entries
-            if entry is not None and isinstance(entry.page, ProjectList)
+            (position, f.page)
+            for position, f in zip(positions, fetched, strict=True)
+            if isinstance(f.page, ProjectList)
         ]
         if not lists:
-            failures = [failure for _, (_, failure) in entries if failure is not None]
+            failures = [f.failure for f in fetched if f.failure is not None]
             raise failures[0] if failures else UpstreamError("no upstream lists any project")
-        version = "+".join(f"{p}:{e.digest if e else '-'}" for p, (e, _) in entries)
+        version = _version(fetched)
         if self._names is None or self._names.version != version:
-            # 700,000 names take a while: off the event loop.
+            # Hundreds of thousands of names take long enough to stall other requests.
             names = await asyncio.to_thread(self._combine_lists, lists)
             self._names = ListResult(names, version)
-        stale, unavailable = _degradation(self.upstreams, entries)
+        stale, unavailable = _degradation(fetched)
         cache = _cache_result(stale, asked)
         return ListResult(self._names.names, version, stale, unavailable, cache)
 
@@ -271,13 +292,30 @@ class IndexCache:
             self._memory.pop((position, name), None)
         self._listings.pop(name, None)
 
+    def cached_pages(self, name: str) -> list[CachedPage]:
+        """What is stored of `name`'s pages, per configured index, freshness judged as
+        when serving."""
+        positions = {up.url: position for position, up in enumerate(self.upstreams)}
+        now = self._clock()
+        pages = []
+        for url, record in self._store.pages_of(name):
+            position = positions.get(url)
+            if position is None:  # an index no longer configured
+                continue
+            upstream = self.upstreams[position]
+            entry = Entry.from_record(name, record)
+            files = len(entry.page.files) if isinstance(entry.page, Project) else None
+            fresh = self._fresh(upstream, entry, now)
+            pages.append(CachedPage(upstream.name, record.fetched_at, fresh, files))
+        return pages
+
     def _follow_other_workers(self, now: float) -> None:
         if now - self._generation_checked < 1.0:
             return
         self._generation_checked = now
         try:
             generation = self._store.generation(_PAGES)
-        except STORE_ERRORS:  # a shared store that is down: keep what memory holds
+        except StoreUnavailable:  # a shared store that is down: keep what memory holds
             return
         if generation != self._generation:  # somebody invalidated: reload from the store
             self._generation = generation
@@ -287,35 +325,37 @@ class IndexCache:
     # -- entries --------------------------------------------------------------------------
 
     async def _gather(
-        self, key: str, positions: tuple[int, ...], first: bool = False
-    ) -> tuple[list[tuple[int, Fetched]], bool]:
-        """What the upstreams at `positions` have for `key`, in order (with `first`, up to
+        self, key: str, positions: tuple[int, ...], mode: Combine
+    ) -> tuple[list[Fetched], bool]:
+        """What the upstreams at `positions` have for `key`, in order (with "first", up to
         the first that has it: the others are not asked), and whether any was asked."""
         now = self._clock()
         self._follow_other_workers(now)
-        if first:
-            results: list[tuple[int, Fetched]] = []
+        if mode is Combine.FIRST:
+            results: list[Fetched] = []
             asked = False
             for position in positions:
                 fetched = self._fresh_entry(position, key, now)
                 if fetched is None:
                     asked = True
                     fetched = await self._refresh(position, key)
-                results.append((position, fetched))
-                if fetched[0] is not None and fetched[0].page is not None:
+                results.append(fetched)
+                if not mode.asks_after(fetched.page is not None):
                     break
             return results, asked
-        known = {position: self._fresh_entry(position, key, now) for position in positions}
-        pending = [position for position, fetched in known.items() if fetched is None]
+        known = [self._fresh_entry(position, key, now) for position in positions]
+        pending = [i for i, fetched in enumerate(known) if fetched is None]
         if pending:  # the fast path (everything fresh) awaits nothing
-            fetched = await asyncio.gather(*(self._refresh(pos, key) for pos in pending))
-            known.update(zip(pending, fetched, strict=True))
-        return list(known.items()), bool(pending)  # type: ignore[arg-type]
+            refreshed = await asyncio.gather(*(self._refresh(positions[i], key) for i in pending))
+            for i, fetched in zip(pending, refreshed, strict=True):
+                known[i] = fetched
+        return [f for f in known if f is not None], bool(pending)
 
     def _fresh_entry(self, position: int, key: str, now: float) -> Fetched | None:
         entry = self._load(position, key)
-        if entry is not None and self._fresh(self.upstreams[position], entry, now):
-            return entry, None
+        upstream = self.upstreams[position]
+        if entry is not None and self._fresh(upstream, entry, now):
+            return Fetched(upstream, entry)
         return None
 
     def _fresh(self, upstream: Upstream, entry: Entry, now: float) -> bool:
@@ -334,7 +374,7 @@ class IndexCache:
             return entry
         try:
             record = self._store.get_page(self.upstreams[position].url, key)
-        except STORE_ERRORS:  # a shared store that is down: what memory holds, if anything
+        except StoreUnavailable:  # a shared store that is down: what memory holds, if anything
             return entry
         if record is None:
             return None
@@ -374,7 +414,7 @@ class IndexCache:
         try:
             old = self._load(position, key, from_store=True)
             if old is not None and self._fresh(upstream, old, self._clock()):
-                return old, None
+                return Fetched(upstream, old)
             return await self._ask_upstream(position, key, old)
         finally:
             lock.release()
@@ -407,13 +447,13 @@ class IndexCache:
             )
             outcome = "nothing cached" if old is None else "serving stale copy"
             log.warning("upstream %s failed for %r, %s: %s", upstream.url, key, outcome, failure)
-            return old, failure
+            return Fetched(upstream, old, failure)
         try:
             self._store.put_page(upstream.url, key, entry.record)
-        except STORE_ERRORS as failure:  # still good to serve from memory
+        except StoreUnavailable as failure:  # still good to serve from memory
             log.error("cannot store the page %r of %s: %s", key, upstream.url, failure)
         self._remember((position, key), entry)
-        return entry, None
+        return Fetched(upstream, entry)
 
 
 def forget_pages(store: MetadataStore, key: str | None) -> int:
@@ -438,55 +478,18 @@ def parse_and_encode(key: str, response: PageResponse) -> tuple[Project | Projec
     return page, _encode(page)
 
 
-def _degradation(
-    upstreams: Sequence[Upstream], entries: Sequence[tuple[int, Fetched]]
-) -> tuple[bool, tuple[str, ...]]:
+def _version(fetched: Sequence[Fetched]) -> str:
+    """Identifies what the upstreams said, to know when a combined answer must be redone."""
+    return "+".join(f"{f.upstream.name}:{f.entry.digest if f.entry else '-'}" for f in fetched)
+
+
+def _degradation(fetched: Sequence[Fetched]) -> tuple[bool, tuple[str, ...]]:
     """Whether a stale copy stood in for an upstream, and the names of those that failed."""
-    stale = any(entry is not None and failure for _, (entry, failure) in entries)
-    failed = tuple(upstreams[p].name for p, (_, failure) in entries if failure is not None)
-    return stale, failed
+    stale = any(f.entry is not None and f.failure for f in fetched)
+    return stale, tuple(f.upstream.name for f in fetched if f.failure is not None)
 
 
-def _cache_result(stale: bool, asked: bool) -> str:
-    return "stale" if stale else "miss" if asked else "hit"
-
-
-def merge(name: str, pages: Sequence[tuple[Upstream, Project]], version: str) -> Listing:
-    """proxpi's merge: the first index's files first; later indexes add filenames it lacks.
-
-    The first index that has the project speaks for it: a project it quarantined (PEP 792)
-    offers no files at all.
-    """
-    first = pages[0][1]
-    if first.status == QUARANTINED:
-        return Listing(msgspec.structs.replace(first, files=[], versions=[]), (), version)
-    if len(pages) == 1:
-        return Listing(first, (pages[0][0],) * len(first.files), version)
-    files: list[File] = []
-    sources: list[Upstream] = []
-    seen: dict[str, File] = {}
-    versions: set[str] = set()
-    for upstream, page in pages:
-        versions.update(page.versions or ())
-        for file in page.files:
-            known = seen.get(file.filename)
-            if known is None:
-                seen[file.filename] = file
-                files.append(file)
-                sources.append(upstream)
-            elif _conflicting(known, file):
-                log.warning(
-                    "hash conflict for %s/%s: %s lists different bytes; keeping the first index's",
-                    name,
-                    file.filename,
-                    upstream.name,
-                )
-    merged = msgspec.structs.replace(
-        first, files=files, versions=sorted(versions) if versions else first.versions
-    )
-    return Listing(merged, tuple(sources), version)
-
-
-def _conflicting(a: File, b: File) -> bool:
-    shared = a.hashes.keys() & b.hashes.keys()
-    return any(a.hashes[h] != b.hashes[h] for h in shared)
+def _cache_result(stale: bool, asked: bool) -> CacheResult:
+    if stale:
+        return CacheResult.STALE
+    return CacheResult.MISS if asked else CacheResult.HIT

@@ -1,22 +1,19 @@
-"""What `cachepi stats`, `purge` and `gc` do to a cache directory, with or without a
-server running on it: the same stores and locks the server uses keep them consistent."""
+"""What `cachepi stats`, `purge`, `gc` and `verify` do to a cache, with or without a server
+running on it: the same stores and locks the server uses keep them consistent."""
 
 from __future__ import annotations
 
 import contextlib
-import time
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+import hashlib
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from cachepi.config import Settings
-from cachepi.files import FileCache
+from cachepi.filecache import FileCache
 from cachepi.index import forget_pages
-from cachepi.locks import LockFile
 from cachepi.metrics import hit_ratio
-from cachepi.store import DATABASE, open_stores
-from cachepi.store.metadata import MetadataStore
+from cachepi.store import DATABASE, Stores, open_stores
 
 # A temp file nobody touched for this long belongs to no running download.
 ABANDONED_SECONDS = 3600
@@ -27,24 +24,24 @@ class NoCache(Exception):
 
 
 @contextlib.asynccontextmanager
-async def opened(settings: Settings) -> AsyncIterator[tuple[MetadataStore, FileCache]]:
+async def opened(settings: Settings) -> AsyncIterator[tuple[Stores, FileCache]]:
     """The cache's stores, as a server opens them (without reconciling: one may run)."""
     if settings.storage is None and not (settings.cache_dir / DATABASE).is_file():
         raise NoCache(f"no cache at {settings.cache_dir}")
     stores = open_stores(settings)
     try:
-        files = FileCache(stores.blobs, stores.metadata, settings.cache_size, locks=stores.locks)
+        files = FileCache(stores, settings.cache_size)
         await files.open(reconcile=False)
-        yield stores.metadata, files  # type: ignore[misc]
+        yield stores, files
     finally:
         stores.close()
 
 
 async def stats(settings: Settings, top: int = 10) -> dict[str, Any]:
-    async with opened(settings) as (store, _):
-        count, size = store.blob_stats()
-        totals = store.counts()
-        biggest = store.biggest_projects(top)
+    async with opened(settings) as (stores, _):
+        count, size = stores.metadata.blob_stats()
+        totals = stores.metadata.counts()
+        biggest = stores.metadata.biggest_projects(top)
 
     def total(name: str) -> int:
         return totals.get(name, 0)
@@ -75,7 +72,8 @@ async def purge(
 ) -> Purged:
     """Remove the pages and/or files of `projects` (normalized; None: of everything)."""
     page_count = file_count = byte_count = 0
-    async with opened(settings) as (store, file_cache):
+    async with opened(settings) as (stores, file_cache):
+        store = stores.metadata
         if pages:
             keys: Sequence[str | None] = [None] if projects is None else projects
             page_count = sum(forget_pages(store, key) for key in keys)
@@ -89,7 +87,7 @@ async def purge(
                     for sha256, _, size, _ in store.blobs_of(project)
                 ]
             for sha256, size in victims:
-                await file_cache.remove(sha256)
+                await file_cache.accounting.remove(sha256)
                 file_count += 1
                 byte_count += size
     return Purged(page_count, file_count, byte_count)
@@ -103,36 +101,46 @@ class Collected:
     evicted: int
 
 
-async def gc(settings: Settings, now: float | None = None) -> Collected:
+async def gc(settings: Settings) -> Collected:
     """Remove what unfinished downloads left behind, make records and stored blobs agree,
     and evict down to the cache size."""
-    now = time.time() if now is None else now
-    async with opened(settings) as (_, file_cache):
-        removed = _remove_leftovers(settings.cache_dir / "tmp", now)
-        removed += await file_cache.remove_stale_pieces(ABANDONED_SECONDS)
-        recorded, forgotten, evicted = await file_cache.match_records()
+    async with opened(settings) as (stores, file_cache):
+        removed = await stores.locks.remove_abandoned(ABANDONED_SECONDS)
+        recorded, forgotten, evicted = await file_cache.accounting.match_records()
     return Collected(removed, recorded, forgotten, evicted)
 
 
-def _remove_leftovers(temp_dir: Path, now: float) -> int:
-    """Lock files (and their part files) that no process holds, and other temp files
-    nobody touched for an hour."""
-    removed = 0
-    for path in sorted(temp_dir.iterdir()):
-        if path.suffix == ".lock":
-            lock = LockFile(path)
-            if lock.try_acquire():  # nobody downloads it: its part file is a leftover
-                part = path.with_suffix(".part")
-                if part.exists():
-                    part.unlink(missing_ok=True)
-                    removed += 1
-                lock.release()
-                removed += 1
-            else:
-                lock.close()
-        elif now - path.stat().st_mtime > ABANDONED_SECONDS and not (
-            path.suffix == ".part" and path.with_suffix(".lock").exists()
-        ):
-            path.unlink(missing_ok=True)
-            removed += 1
-    return removed
+@dataclass
+class Verified:
+    checked: int = 0
+    bytes: int = 0
+    removed: list[str] = field(default_factory=list)
+
+
+async def stored_bytes(settings: Settings) -> int:
+    """What `verify` will read."""
+    async with opened(settings) as (stores, _):
+        return sum([size async for _, size in stores.blobs.listing()])
+
+
+async def verify(settings: Settings, progress: Callable[[int], None] = lambda _: None) -> Verified:
+    """Re-hash every stored blob (its name is its sha256) and remove those that do not
+    match, with their records; the next request downloads them again. `progress(n)` is told
+    of every `n` bytes read."""
+    report = Verified()
+    async with opened(settings) as (stores, file_cache):
+        async for sha256, _ in stores.blobs.listing():
+            blob = await stores.blobs.open(sha256)
+            if blob is None:  # evicted meanwhile by a running server
+                continue
+            digest = hashlib.sha256()
+            with contextlib.closing(blob):
+                async for chunk in blob.chunks(0, blob.size):
+                    digest.update(chunk)
+                    progress(len(chunk))
+                    report.bytes += len(chunk)
+            report.checked += 1
+            if digest.hexdigest() != sha256:
+                await file_cache.accounting.remove(sha256)
+                report.removed.append(sha256)
+    return report

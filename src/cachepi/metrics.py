@@ -19,7 +19,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from cachepi.store.metadata import MetadataStore
+from cachepi.store.protocols import MetadataStore
+from cachepi.types import CacheResult
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -105,7 +106,7 @@ class Metrics:
     def request(self, route: str, status: int) -> None:
         self._child(self._requests, route, str(status)).inc()
 
-    def cache_result(self, kind: str, result: str) -> None:
+    def cache_result(self, kind: str, result: CacheResult) -> None:
         """A page or file was answered from the cache ("hit"), after asking an upstream
         ("miss"), or from a stale copy ("stale")."""
         counted = self._results.get((kind, result))

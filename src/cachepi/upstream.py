@@ -135,6 +135,9 @@ class Upstream:
     def __repr__(self) -> str:
         return f"Upstream({self.url!r}, ttl={self.ttl})"
 
+    def __str__(self) -> str:
+        return self.name
+
     def _headers_for(self, url: str, headers: dict[str, str]) -> dict[str, str]:
         # Credentials go only to the index's own origin, never to a file host elsewhere.
         if self._auth is None or _origin(url) != _origin(self.url):
@@ -188,9 +191,10 @@ class Upstream:
         return await attempt()
 
     @contextlib.asynccontextmanager
-    async def open_file(self, url: str) -> AsyncIterator[aiohttp.ClientResponse]:
-        """A streaming GET of a distribution file, bytes exactly as stored upstream.
-        Every failure, also while reading the body, is an UpstreamError."""
+    async def open_file(self, url: str) -> AsyncIterator[tuple[int | None, AsyncIterator[bytes]]]:
+        """A streaming GET of a distribution file, bytes exactly as stored upstream: its
+        length (if said) and its chunks. Every failure, also while reading the body, is an
+        UpstreamError."""
         host = urlsplit(url).hostname or ""
         if self._file_hosts is not None and host not in self._file_hosts:
             raise UpstreamError(f"{redact(url)}: files from {host!r} are not allowed here")
@@ -198,7 +202,7 @@ class Upstream:
             # Decoding a Content-Encoding would change the bytes we hash and store.
             headers = {"Accept-Encoding": "identity"}
             async with self._get(url, headers, auto_decompress=False) as response:
-                yield response
+                yield response.content_length, response.content.iter_any()
         except (aiohttp.ClientError, TimeoutError) as error:
             raise _failure(url, error) from error
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import BinaryIO
 
 import msgspec
 
@@ -19,7 +20,7 @@ from cachepi.simple.model import File, Project
 _MAX_METADATA_BYTES = 16 * 1024**2
 
 
-def read_wheel_metadata(wheel: Path, filename: str) -> bytes | None:
+def read_wheel_metadata(wheel: Path | BinaryIO, filename: str) -> bytes | None:
     """The bytes of the wheel's `{name}-{version}.dist-info/METADATA`, or None if the file is
     not a readable wheel with exactly one such member."""
     expected_prefix = "-".join(filename.split("-", 2)[:2]).lower() + ".dist-info/"

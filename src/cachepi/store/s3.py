@@ -9,48 +9,65 @@ redirected to instead.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime
 import hashlib
 import logging
 import os
-import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import obstore
 from obstore.exceptions import AlreadyExistsError, NotFoundError
 from obstore.store import S3Store
 
-from cachepi.store.blobs import BlobStore
-from cachepi.store.metadata import StoreHealth, StoreUnavailable
+from cachepi.store.breaker import Breaker
+from cachepi.store.directory import SHA256_RE, DirectoryBlobs
+from cachepi.store.protocols import StoreHealth, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
 # obstore raises its own classes or the builtin ones, depending on the call.
 _NOT_FOUND = (NotFoundError, FileNotFoundError)
 _EXISTS = (AlreadyExistsError, FileExistsError)
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _PRESIGN_SECONDS = 300
-_RETRY_AFTER = 2.0  # seconds of failing fast after the store did not answer
 
 
 @dataclass(frozen=True)
-class RemoteBlob:
-    """A verified blob in the object store: sent by streaming it, or by redirect."""
+class S3Blob:
+    """A verified blob in the object store: streamed through this node, or (when the
+    store is set to) sent by a redirect to a presigned URL."""
 
     store: S3Blobs
     sha256: str
     size: int
+    file: None = None  # not on this machine: no sendfile
 
     async def chunks(self, start: int, stop: int) -> AsyncIterator[bytes]:
-        """The bytes [start, stop)."""
         async for chunk in self.store.read(self.sha256, start, stop):
             yield chunk
+
+    @contextlib.asynccontextmanager
+    async def seekable(self) -> AsyncIterator[BinaryIO]:
+        """A local copy in a temp file, removed after."""
+        fd, temp = self.store.new_temp()
+        try:
+            with os.fdopen(fd, "w+b") as copy:
+                async for chunk in self.chunks(0, self.size):
+                    copy.write(chunk)
+                copy.seek(0)
+                yield copy
+        finally:
+            self.store.discard(temp)
+
+    async def redirect_url(self) -> str | None:
+        return await self.store.presign(self.sha256) if self.store.redirect else None
+
+    def close(self) -> None:
+        """Nothing is held open."""
 
 
 def s3_store(url: str, endpoint: str | None, env: dict[str, str]) -> tuple[S3Store, str]:
@@ -87,23 +104,24 @@ def s3_store(url: str, endpoint: str | None, env: dict[str, str]) -> tuple[S3Sto
 
 class S3Blobs:
     kind = "s3"
+    lists_cheaply = False  # a shared bucket is listed by `cachepi gc`, not at every start
 
     def __init__(
-        self,
-        store: S3Store,
-        prefix: str,
-        local: BlobStore,
-        exclusive: Callable[[], contextlib.AbstractAsyncContextManager[bool]],
+        self, store: S3Store, prefix: str, local: DirectoryBlobs, redirect: bool = False
     ) -> None:
-        """`local`: the node's own directory, for temp and part files. `exclusive`: the
-        cluster-wide lock under which one node at a time evicts."""
+        """`local`: the node's own directory, for temp and part files. `redirect`: send
+        clients to presigned URLs instead of streaming through this node."""
         self._store = store
         self._prefix = f"{prefix}/blobs/" if prefix else "blobs/"
         self._pieces = f"{prefix}/pieces/" if prefix else "pieces/"
         self._local = local
-        self._exclusive = exclusive
-        self.health = StoreHealth()
-        self._retry_at = 0.0
+        self.redirect = redirect
+        # obstore raises many kinds of errors; all but "not found"/"exists" mean no answer.
+        self._breaker = Breaker("object store", (Exception,), (*_NOT_FOUND, *_EXISTS))
+
+    @property
+    def health(self) -> StoreHealth:
+        return self._breaker.health
 
     # -- local temp files, as for the local store --------------------------------------
 
@@ -120,43 +138,23 @@ class S3Blobs:
     def clear_temp(self) -> int:
         return self._local.clear_temp()
 
-    def local_path(self, sha256: str) -> Path | None:
-        return None  # not a file here: METADATA is not extracted from S3 blobs
-
-    def exclusive(self) -> contextlib.AbstractAsyncContextManager[bool]:
-        return self._exclusive()
-
     # -- the object store ----------------------------------------------------------------
 
     def _key(self, sha256: str) -> str:
-        if not _SHA256_RE.match(sha256):
+        if not SHA256_RE.match(sha256):
             raise ValueError(f"not a sha256 hex digest: {sha256!r}")
         return self._prefix + sha256
 
-    @contextlib.asynccontextmanager
-    async def _call(self) -> AsyncIterator[None]:
-        """Record the store's health; its failures become StoreUnavailable. After one, calls
-        fail fast for a couple of seconds (a circuit breaker, as for Redis)."""
-        if not self.health.healthy and time.monotonic() < self._retry_at:
-            raise StoreUnavailable(f"object store: {self.health.last_error}")
-        try:
-            yield
-        except (*_NOT_FOUND, *_EXISTS):
-            self.health.ok()
-            raise
-        except Exception as error:  # obstore raises many kinds; all mean "no answer"
-            self.health.failed(error)
-            self._retry_at = time.monotonic() + _RETRY_AFTER
-            raise StoreUnavailable(f"object store: {self.health.last_error}") from error
-        self.health.ok()
+    def _call(self) -> contextlib.AbstractContextManager[None]:
+        return self._breaker.guard()
 
-    async def open(self, sha256: str) -> RemoteBlob | None:
+    async def open(self, sha256: str) -> S3Blob | None:
         try:
-            async with self._call():
+            with self._call():
                 meta = await obstore.head_async(self._store, self._key(sha256))
         except _NOT_FOUND:
             return None
-        return RemoteBlob(self, sha256, meta["size"])
+        return S3Blob(self, sha256, meta["size"])
 
     async def contains(self, sha256: str) -> bool:
         return await self.open(sha256) is not None
@@ -167,28 +165,27 @@ class S3Blobs:
     async def put(self, fd: int, temp: Path, sha256: str) -> None:
         """Upload verified bytes once; a blob already there (another node's) is kept."""
         try:
-            async with self._call():
+            with self._call():
                 await obstore.put_async(self._store, self._key(sha256), temp, mode="create")
         except _EXISTS:
             pass
 
     async def remove(self, sha256: str) -> None:
-        with contextlib.suppress(*_NOT_FOUND):
-            async with self._call():
-                await obstore.delete_async(self._store, self._key(sha256))
+        with contextlib.suppress(*_NOT_FOUND), self._call():
+            await obstore.delete_async(self._store, self._key(sha256))
 
     async def listing(self) -> AsyncIterator[tuple[str, int]]:
-        async with self._call():
+        with self._call():
             async for batch in obstore.list(self._store, self._prefix):
                 for meta in batch:
                     name = meta["path"].rsplit("/", 1)[-1]
-                    if _SHA256_RE.match(name):
+                    if SHA256_RE.match(name):
                         yield name, meta["size"]
 
     async def read(self, sha256: str, start: int, stop: int) -> AsyncIterator[bytes]:
         if stop <= start:
             return
-        async with self._call():
+        with self._call():
             result = await obstore.get_async(
                 self._store, self._key(sha256), options={"range": (start, stop)}
             )
@@ -200,39 +197,34 @@ class S3Blobs:
         return f"{self._pieces}{digest}/{index}"
 
     async def put_piece(self, token: str, index: int, data: bytes) -> None:
-        """Part of a download in progress, for other nodes to relay (see files.py)."""
-        async with self._call():
+        """Part of a download in progress, for other nodes to relay (see redis_locks.py)."""
+        with self._call():
             await obstore.put_async(self._store, self._piece_key(token, index), data)
 
     async def read_piece(self, token: str, index: int) -> bytes:
-        async with self._call():
+        with self._call():
             result = await obstore.get_async(self._store, self._piece_key(token, index))
             return bytes(await result.bytes_async())
 
-    async def delete_pieces(self, token: str, count: int, later: float = 0.0) -> None:
-        """Delete a finished download's pieces, `later` seconds from now (followers may
-        still read the last ones)."""
-        await asyncio.sleep(later)
+    async def delete_pieces(self, token: str, count: int) -> None:
         for index in range(count):
-            with contextlib.suppress(*_NOT_FOUND, StoreUnavailable):
-                async with self._call():
-                    await obstore.delete_async(self._store, self._piece_key(token, index))
+            with contextlib.suppress(*_NOT_FOUND, StoreUnavailable), self._call():
+                await obstore.delete_async(self._store, self._piece_key(token, index))
 
     async def remove_stale_pieces(self, older_than: float) -> int:
         """Delete pieces of downloads whose node died (`cachepi gc`); returns how many."""
         cutoff = time.time() - older_than
         stale = []
-        async with self._call():
+        with self._call():
             async for batch in obstore.list(self._store, self._pieces):
                 stale += [m["path"] for m in batch if m["last_modified"].timestamp() < cutoff]
         for path in stale:
-            with contextlib.suppress(*_NOT_FOUND):
-                async with self._call():
-                    await obstore.delete_async(self._store, path)
+            with contextlib.suppress(*_NOT_FOUND), self._call():
+                await obstore.delete_async(self._store, path)
         return len(stale)
 
     async def presign(self, sha256: str) -> str:
-        async with self._call():
+        with self._call():
             return await obstore.sign_async(
                 self._store,
                 "GET",

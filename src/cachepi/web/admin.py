@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from cachepi.simple.names import is_valid_project_name, normalize
-from cachepi.store.metadata import LIST_KEY, STORE_ERRORS
+from cachepi.store.protocols import LIST_KEY, StoreUnavailable
 from cachepi.web.auth import require_admin
 from cachepi.web.keys import INDEX_CACHE, SETTINGS, STORES
 from cachepi.web.pages import RENDERED
@@ -26,7 +26,7 @@ def _invalidate(
         raise web.HTTPBadRequest(text="invalid project name\n")
     try:
         request.app[INDEX_CACHE].invalidate(key)
-    except STORE_ERRORS as error:
+    except StoreUnavailable as error:
         raise web.HTTPServiceUnavailable(text=f"cannot invalidate now: {error}\n") from None
     request.app[RENDERED].forget(key)
     if request.method == "POST":  # a browser form: back to the home page

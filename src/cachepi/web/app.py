@@ -10,15 +10,16 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from cachepi.combine import Combine
 from cachepi.config import Settings
-from cachepi.files import FileCache
+from cachepi.filecache import FileCache
 from cachepi.index import IndexCache
 from cachepi.metrics import Metrics
 from cachepi.routing import Router
 from cachepi.store import open_stores
-from cachepi.store.metadata import STORE_ERRORS, MetadataStore
+from cachepi.store.protocols import MetadataStore, StoreUnavailable
 from cachepi.upstream import Upstream, make_session
-from cachepi.web import admin, dashboard, files, monitoring, pages
+from cachepi.web import admin, dashboard, distfiles, monitoring, pages
 from cachepi.web.auth import Htpasswd, basic_auth
 from cachepi.web.keys import (
     FILE_CACHE,
@@ -44,7 +45,7 @@ def create_app(settings: Settings, reconcile: bool = True) -> web.Application:
     app[ROUTE_NAMES] = {
         pages.project_list: "project_list",
         pages.project_page: "project_page",
-        files.dist_file: "file",
+        distfiles.dist_file: "file",
         dashboard.home: "home",
         admin.health: "health",
         monitoring.metrics: "metrics",
@@ -56,7 +57,7 @@ def create_app(settings: Settings, reconcile: bool = True) -> web.Application:
         app.router.add_get(prefix + "/", pages.project_list)
         app.router.add_get(prefix + "/{project}", pages.project_page)
         app.router.add_get(prefix + "/{project}/", pages.project_page)
-        app.router.add_get(prefix + "/{project}/{filename}", files.dist_file)
+        app.router.add_get(prefix + "/{project}/{filename}", distfiles.dist_file)
     app.router.add_get("/", dashboard.home)
     app.router.add_get("/health", admin.health)
     app.router.add_get("/metrics", monitoring.metrics)
@@ -73,7 +74,7 @@ def reconcile_cache(settings: Settings) -> None:
     """Make the cache's records agree with its disk, before any worker serves from it."""
     stores = open_stores(settings)
     try:
-        asyncio.run(FileCache(stores.blobs, stores.metadata, settings.cache_size).open())
+        asyncio.run(FileCache(stores, settings.cache_size).open())
     finally:
         stores.close()
 
@@ -110,13 +111,11 @@ async def _components(app: web.Application, reconcile: bool) -> AsyncIterator[No
         stores.locks,
         settings.negative_ttl,
         offline=settings.offline,
-        first=settings.combine == "first",
+        combine=Combine(settings.combine),
         router=Router(settings.routes, unrouted),
         policy=settings.policy,
     )
-    file_cache = FileCache(
-        stores.blobs, metadata, settings.cache_size, metrics=metrics, locks=stores.locks
-    )
+    file_cache = FileCache(stores, settings.cache_size, metrics=metrics)
     await file_cache.open(reconcile)
     app[FILE_CACHE] = file_cache
     log.info(
@@ -133,7 +132,7 @@ async def _components(app: web.Application, reconcile: bool) -> AsyncIterator[No
         flusher.cancel()
         await file_cache.close()
         await session.close()
-        with contextlib.suppress(*STORE_ERRORS):
+        with contextlib.suppress(StoreUnavailable):
             metrics.flush(metadata)
         stores.close()
 
@@ -144,5 +143,5 @@ async def _flush_totals(metrics: Metrics, metadata: MetadataStore) -> None:
         await asyncio.sleep(_FLUSH_SECONDS)
         try:
             metrics.flush(metadata)
-        except STORE_ERRORS as failure:  # counted again at the next flush
+        except StoreUnavailable as failure:  # counted again at the next flush
             log.warning("cannot record traffic totals: %s", failure)

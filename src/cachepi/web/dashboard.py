@@ -12,9 +12,7 @@ from html import escape
 
 from aiohttp import web
 
-from cachepi.index import Entry
 from cachepi.metrics import hit_ratio
-from cachepi.simple.model import Project
 from cachepi.simple.names import is_valid_project_name, normalize
 from cachepi.web.keys import INDEX_CACHE, METADATA, METRICS, SETTINGS
 
@@ -121,24 +119,12 @@ def _result(request: web.Request, query: str) -> str:
         return f"<p>{escape(query)!s} is not a valid project name.</p>"
     name = normalize(query)
     store = request.app[METADATA]
-    upstreams = {up.url: up for up in request.app[INDEX_CACHE].upstreams}
-    now = time.time()
-    page_rows = []
-    for url, record in store.pages_of(name):
-        upstream = upstreams.get(url)
-        if upstream is None:  # an index no longer configured
-            continue
-        entry = Entry.from_record(name, record)
-        listed = (
-            f"{len(entry.page.files)} files"
-            if isinstance(entry.page, Project)
-            else "not on this index"
-        )
-        fresh = "fresh" if now - record.fetched_at < upstream.ttl else "stale"
-        page_rows.append(
-            f"<tr><td>{escape(upstream.name)}</td><td>{_when(record.fetched_at)}</td>"
-            f"<td>{fresh}</td><td>{listed}</td></tr>"
-        )
+    page_rows = [
+        f"<tr><td>{escape(page.index)}</td><td>{_when(page.fetched_at)}</td>"
+        f"<td>{'fresh' if page.fresh else 'stale'}</td>"
+        f"<td>{'not on this index' if page.files is None else f'{page.files} files'}</td></tr>"
+        for page in request.app[INDEX_CACHE].cached_pages(name)
+    ]
     file_rows = [
         f'<tr><td>{escape(filename or sha256)}</td><td class="n">{human(size)}</td>'
         f"<td>{_when(used)}</td></tr>"

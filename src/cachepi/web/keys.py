@@ -5,11 +5,12 @@ from __future__ import annotations
 from aiohttp import web
 
 from cachepi.config import Settings
-from cachepi.files import FileCache
+from cachepi.filecache import FileCache
 from cachepi.index import IndexCache
 from cachepi.metrics import Metrics
 from cachepi.store import Stores
-from cachepi.store.metadata import MetadataStore
+from cachepi.store.protocols import MetadataStore
+from cachepi.types import CacheResult
 
 SETTINGS = web.AppKey("settings", Settings)
 INDEX_CACHE = web.AppKey("index_cache", IndexCache)
@@ -19,7 +20,7 @@ METADATA = web.AppKey("metadata", MetadataStore)
 STORES = web.AppKey("stores", Stores)
 # Route handler -> the name requests are counted under in /metrics.
 ROUTE_NAMES = web.AppKey("route_names", dict)
-# Per request: "hit", "miss" or "stale", for the access log.
-CACHE_RESULT = web.RequestKey("cache_result", str)
+# Per request: how it was answered, for the access log.
+CACHE_RESULT = web.RequestKey("cache_result", CacheResult)
 # Per request: body bytes a file response sent (sendfile bypasses aiohttp's count).
 BODY_BYTES = web.RequestKey("body_bytes", int)

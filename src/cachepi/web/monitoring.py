@@ -9,7 +9,7 @@ from cachepi.web.keys import FILE_CACHE, INDEX_CACHE, METRICS, SETTINGS
 
 
 def snapshot(app: web.Application) -> Snapshot:
-    files, size = app[FILE_CACHE].usage()
+    files, size = app[FILE_CACHE].accounting.usage()
     return Snapshot(
         cache_files=files,
         cache_bytes=size,

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import zstandard
 from aiohttp import web
 
+from cachepi import catalog
 from cachepi.index import IndexCache, Listing, ListResult, Refused
 from cachepi.simple.model import Project, ProjectList
 from cachepi.simple.names import is_valid_project_name, normalize
@@ -25,11 +26,10 @@ from cachepi.simple.render import (
     render_project_list_html,
     render_project_list_json,
 )
-from cachepi.store.metadata import LIST_KEY
+from cachepi.store.protocols import LIST_KEY
 from cachepi.upstream import UpstreamError
 from cachepi.web.conditional import etag_matches
 from cachepi.web.keys import CACHE_RESULT, FILE_CACHE, INDEX_CACHE, METRICS, SETTINGS
-from cachepi.wheelmeta import with_extracted_metadata
 
 _PROJECT_RENDERERS: dict[Format, Callable[[Project], bytes]] = {
     Format.JSON: render_project_json,
@@ -167,17 +167,10 @@ async def project_page(request: web.Request) -> web.Response:
     listing = await find_listing(request, name)
     if listing is None:
         raise web.HTTPNotFound(text=f"project {name!r} not found\n")
-    project, version = listing.project, listing.version
-    if listing.lacks_metadata:  # advertise what we extracted from cached wheels
-        generation, extracted = request.app[FILE_CACHE].extracted()
-        version += f"~{generation}"
+    version, project = catalog.page(listing, request.app[FILE_CACHE].extracted())
 
-        def render() -> bytes:
-            return _PROJECT_RENDERERS[fmt](with_extracted_metadata(project, extracted))
-    else:
-
-        def render() -> bytes:
-            return _PROJECT_RENDERERS[fmt](project)
+    def render() -> bytes:
+        return _PROJECT_RENDERERS[fmt](project())
 
     page = await request.app[RENDERED].get(name, version, fmt, render)
     return respond(request, page, listing)

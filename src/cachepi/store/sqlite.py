@@ -1,50 +1,40 @@
-"""Metadata store on SQLite (WAL): cached index pages, stored blobs and their last use.
+"""The embedded default's metadata store, on SQLite (WAL): cached index pages, stored blobs
+and their last use, and small shared state.
 
 Queries are tiny and run on the event loop's thread: SQLite answers them in microseconds, and
-the hot paths (fresh pages, cached files) are served from memory before reaching here.
+the hot paths (fresh pages, cached files) are served from memory before reaching here. Every
+SQLite error (a locked or full database) surfaces as StoreUnavailable.
 """
 
 from __future__ import annotations
 
-import logging
+import functools
 import sqlite3
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any, TypeVar
 
-import msgspec
+from cachepi.store.protocols import PageRecord, StoreHealth, StoreUnavailable
 
-log = logging.getLogger(__name__)
-
-# The project list is stored beside the pages under a key no project name can have.
-LIST_KEY = ""
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-class StoreUnavailable(Exception):
-    """A shared store (S3, Redis) did not answer; the message is one line."""
+def _mapped(method: F) -> F:
+    """`method` with SQLite's errors as the seam's one exception, recorded for /health."""
 
+    @functools.wraps(method)
+    def call(self: SqliteMetadata, *args: Any, **kwargs: Any) -> Any:
+        try:
+            result = method(self, *args, **kwargs)
+        except sqlite3.Error as error:
+            self.health.failed(error)
+            raise StoreUnavailable(f"sqlite: {error}") from error
+        if not self.health.healthy:
+            self.health.ok()
+        return result
 
-@dataclass
-class StoreHealth:
-    """How the latest request to a shared store went, for /health."""
+    return call  # type: ignore[return-value]  # the same signature, by functools.wraps
 
-    healthy: bool = True
-    last_error: str | None = None
-
-    def ok(self) -> None:
-        if not self.healthy:
-            log.info("the store answers again")
-        self.healthy = True
-
-    def failed(self, error: BaseException) -> None:
-        message = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
-        if self.healthy:
-            log.warning("the store failed: %s", message)
-        self.healthy, self.last_error = False, message
-
-
-# What a store call may raise when the store, not the caller, is at fault.
-STORE_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, StoreUnavailable)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS pages (
@@ -87,16 +77,7 @@ CREATE TABLE IF NOT EXISTS counters (
 _ADDED_COLUMNS = {"blobs": ("project TEXT", "filename TEXT", "added_at REAL")}
 
 
-class PageRecord(msgspec.Struct, frozen=True):
-    """An upstream page as last fetched: `body` is None when the upstream answered 404."""
-
-    fetched_at: float
-    etag: str | None
-    last_modified: str | None
-    body: bytes | None
-
-
-class MetadataStore:
+class SqliteMetadata:
     kind = "sqlite"
 
     def __init__(self, path: Path) -> None:
@@ -107,7 +88,7 @@ class MetadataStore:
         # commits may be lost, and every row here can be rebuilt from upstream or disk.
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
-        self.health = StoreHealth()  # a local file: nothing to watch
+        self.health = StoreHealth()
         self._db.executescript(_SCHEMA)
         for table, columns in _ADDED_COLUMNS.items():
             have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
@@ -120,6 +101,7 @@ class MetadataStore:
 
     # -- index pages -------------------------------------------------------------------
 
+    @_mapped
     def get_page(self, index_url: str, key: str) -> PageRecord | None:
         row = self._db.execute(
             "SELECT fetched_at, etag, last_modified, body FROM pages"
@@ -128,12 +110,14 @@ class MetadataStore:
         ).fetchone()
         return PageRecord(*row) if row else None
 
+    @_mapped
     def put_page(self, index_url: str, key: str, record: PageRecord) -> None:
         self._db.execute(
             "INSERT OR REPLACE INTO pages VALUES (?, ?, ?, ?, ?, ?)",
             (index_url, key, record.fetched_at, record.etag, record.last_modified, record.body),
         )
 
+    @_mapped
     def pages_of(self, key: str) -> list[tuple[str, PageRecord]]:
         """Every index's stored page for `key`, as (index URL, record)."""
         rows = self._db.execute(
@@ -142,6 +126,7 @@ class MetadataStore:
         )
         return [(row[0], PageRecord(*row[1:])) for row in rows]
 
+    @_mapped
     def page_keys(self, prefix: str, limit: int) -> list[str]:
         """Cached project names starting with `prefix`, a normalized name (only a-z, 0-9
         and `-`, so nothing in it is special to LIKE)."""
@@ -151,12 +136,14 @@ class MetadataStore:
         )
         return [row[0] for row in rows]
 
+    @_mapped
     def delete_pages(self, key: str | None) -> int:
         """Forget the pages of `key` (None: every page); returns how many."""
         if key is None:
             return self._db.execute("DELETE FROM pages").rowcount
         return self._db.execute("DELETE FROM pages WHERE key = ?", (key,)).rowcount
 
+    @_mapped
     def expire_pages(self, key: str) -> None:
         """Make one project's pages (or the list's, with LIST_KEY) stale for every index.
         Their validators stay, so the next request revalidates cheaply."""
@@ -164,6 +151,7 @@ class MetadataStore:
 
     # -- blobs ---------------------------------------------------------------------------
 
+    @_mapped
     def add_blob(
         self, sha256: str, size: int, now: float, project: str | None = None,
         filename: str | None = None,
@@ -173,6 +161,7 @@ class MetadataStore:
             (sha256, size, now, project, filename, now),
         )
 
+    @_mapped
     def remove_blob(self, sha256: str) -> None:
         """Forget a blob and everything that points at it or derives from it."""
         with self._db:
@@ -183,6 +172,7 @@ class MetadataStore:
                 (sha256,),
             )
 
+    @_mapped
     def touch_blobs(self, accesses: Iterable[tuple[str, float]]) -> None:
         with self._db:
             self._db.executemany(
@@ -190,15 +180,18 @@ class MetadataStore:
                 ((at, sha256) for sha256, at in accesses),
             )
 
+    @_mapped
     def blobs(self) -> dict[str, int]:
         """Every recorded blob and its size."""
         return dict(self._db.execute("SELECT sha256, size FROM blobs"))
 
+    @_mapped
     def blob_stats(self) -> tuple[int, int]:
         """(number of blobs, total bytes)."""
         row = self._db.execute("SELECT count(*), coalesce(sum(size), 0) FROM blobs").fetchone()
         return row[0], row[1]
 
+    @_mapped
     def recent_blobs(self, limit: int) -> list[tuple[float, str, str, int]]:
         """The latest stored files as (added at, project, filename, size), newest first."""
         return self._db.execute(
@@ -207,6 +200,7 @@ class MetadataStore:
             (limit,),
         ).fetchall()
 
+    @_mapped
     def biggest_projects(self, limit: int) -> list[tuple[str, int, int]]:
         """(project, files, bytes) of the projects taking the most space."""
         return self._db.execute(
@@ -215,6 +209,7 @@ class MetadataStore:
             (limit,),
         ).fetchall()
 
+    @_mapped
     def blobs_of(self, project: str) -> list[tuple[str, str, int, float]]:
         """A project's stored files as (sha256, filename, size, last access)."""
         return self._db.execute(
@@ -223,6 +218,7 @@ class MetadataStore:
             (project,),
         ).fetchall()
 
+    @_mapped
     def least_recently_used(self, limit: int = 256) -> list[tuple[str, int]]:
         """The `limit` blobs used longest ago, oldest first, as (sha256, size)."""
         return self._db.execute(
@@ -231,10 +227,12 @@ class MetadataStore:
 
     # -- METADATA extracted from cached wheels (PEP 658 for indexes without it) ----------
 
+    @_mapped
     def extracted_metadata(self) -> dict[str, str]:
         """wheel sha256 -> sha256 of the METADATA blob extracted from it."""
         return dict(self._db.execute("SELECT wheel_sha256, metadata_sha256 FROM wheel_metadata"))
 
+    @_mapped
     def put_extracted_metadata(self, wheel_sha256: str, metadata_sha256: str) -> None:
         self._db.execute(
             "INSERT OR REPLACE INTO wheel_metadata VALUES (?, ?)", (wheel_sha256, metadata_sha256)
@@ -242,6 +240,7 @@ class MetadataStore:
 
     # -- generations: counters that tell other worker processes to reload something ------
 
+    @_mapped
     def bump(self, name: str) -> None:
         self._db.execute(
             "INSERT INTO generations VALUES (?, 1)"
@@ -249,12 +248,14 @@ class MetadataStore:
             (name,),
         )
 
+    @_mapped
     def generation(self, name: str) -> int:
         row = self._db.execute("SELECT value FROM generations WHERE name = ?", (name,)).fetchone()
         return row[0] if row else 0
 
     # -- counters: lifetime traffic totals, added to by every worker --------------------
 
+    @_mapped
     def add_counts(self, deltas: Iterable[tuple[str, int]]) -> None:
         with self._db:
             self._db.executemany(
@@ -263,14 +264,17 @@ class MetadataStore:
                 deltas,
             )
 
+    @_mapped
     def counts(self) -> dict[str, int]:
         return dict(self._db.execute("SELECT name, value FROM counters"))
 
     # -- refs: the sha256 of files whose index gave no sha256 ----------------------------
 
+    @_mapped
     def get_ref(self, url: str) -> str | None:
         row = self._db.execute("SELECT sha256 FROM refs WHERE url = ?", (url,)).fetchone()
         return row[0] if row else None
 
+    @_mapped
     def put_ref(self, url: str, sha256: str) -> None:
         self._db.execute("INSERT OR REPLACE INTO refs VALUES (?, ?)", (url, sha256))

@@ -12,24 +12,21 @@ import contextlib
 import logging
 import mimetypes
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from cachepi.files import Blob, Download, DownloadFailed, FileSpec
+from cachepi.catalog import NotServed, file_spec
+from cachepi.filecache import Download
 from cachepi.simple.names import is_safe_filename
-from cachepi.store.metadata import StoreUnavailable
+from cachepi.store.protocols import StoredBlob, StoreUnavailable
+from cachepi.types import CacheResult, DownloadFailed
 from cachepi.upstream import UpstreamError, UpstreamNotFound
 from cachepi.web.conditional import plan_response
 from cachepi.web.keys import BODY_BYTES, CACHE_RESULT, FILE_CACHE, METRICS, SETTINGS
 from cachepi.web.pages import checked_name, find_listing, gateway_error
 
-if TYPE_CHECKING:
-    from cachepi.store.s3 import RemoteBlob
-
 # Files never change in an index: a client may keep them forever.
 FILE_CACHE_CONTROL = "max-age=365000000, immutable"
-_METADATA_SUFFIX = ".metadata"
 # sendfile goes out in pieces (see _sendfile), between these sizes; a client slower than
 # _SLOWEST_CLIENT bytes a second over a whole client_timeout is disconnected.
 _SLOWEST_CLIENT = 64 * 1024
@@ -55,9 +52,15 @@ async def dist_file(request: web.Request) -> web.StreamResponse:
     if not is_safe_filename(filename):
         raise web.HTTPBadRequest(text="invalid filename\n")
     name = checked_name(request, filename)
-    spec = await _spec(request, name, filename)
+    listing = await find_listing(request, name)
+    file_cache = request.app[FILE_CACHE]
     try:
-        found = await request.app[FILE_CACHE].get(spec)
+        spec = file_spec(listing, name, filename, file_cache.extracted()[1])
+    except NotServed as refusal:
+        error = web.HTTPForbidden if refusal.forbidden else web.HTTPNotFound
+        raise error(text=f"{refusal}\n") from None
+    try:
+        found = await file_cache.get(spec)
     except UpstreamNotFound as error:
         raise web.HTTPBadGateway(text=f"the index lists it but upstream has no {error}\n") from None
     except UpstreamError as error:
@@ -69,55 +72,26 @@ async def dist_file(request: web.Request) -> web.StreamResponse:
         "Content-Type": file_type(filename, settings.binary_file_mime_type),
         "Cache-Control": FILE_CACHE_CONTROL,
     }
-    result, source = ("miss", "upstream") if isinstance(found, Download) else ("hit", "cache")
+    if isinstance(found, Download):
+        _count(request, CacheResult.MISS)
+        send = _relay(found, settings.client_timeout)
+        return await _answer(request, headers, found.size, spec.sha256, send, "upstream")
+    _count(request, CacheResult.HIT)
+    with contextlib.closing(found):
+        if request.method == "GET":
+            try:
+                location = await found.redirect_url()
+            except StoreUnavailable as error:
+                raise web.HTTPServiceUnavailable(text=f"{error}\n") from None
+            if location is not None:  # straight from the store
+                raise web.HTTPTemporaryRedirect(location, headers={"Cache-Control": "no-store"})
+        send = _sendfile(found, settings.client_timeout)
+        return await _answer(request, headers, found.size, found.sha256, send, "cache")
+
+
+def _count(request: web.Request, result: CacheResult) -> None:
     request[CACHE_RESULT] = result
     request.app[METRICS].cache_result("file", result)
-    if isinstance(found, Blob):
-        with found.file:
-            send = _sendfile(found, settings.client_timeout)
-            return await _answer(request, headers, found.size, found.sha256, send, source)
-    if isinstance(found, Download):
-        send = _relay(found, settings.client_timeout)
-        return await _answer(request, headers, found.size, spec.sha256, send, source)
-    # In the shared object store: through this node, or straight from the store.
-    if settings.s3_serve == "redirect" and request.method == "GET":
-        try:
-            location = await found.store.presign(found.sha256)
-        except StoreUnavailable as error:
-            raise web.HTTPServiceUnavailable(text=f"{error}\n") from None
-        raise web.HTTPTemporaryRedirect(location, headers={"Cache-Control": "no-store"})
-    send = _stream(found, settings.client_timeout)
-    return await _answer(request, headers, found.size, found.sha256, send, source)
-
-
-async def _spec(request: web.Request, name: str, filename: str) -> FileSpec:
-    """What the index says about `filename` (or the wheel whose `.metadata` it is)."""
-    base = filename.removesuffix(_METADATA_SUFFIX)
-    listing = await find_listing(request, name)
-    if listing is not None and listing.quarantined:
-        raise web.HTTPForbidden(text=f"{name} is quarantined by its index: no files are served\n")
-    if listing is not None and (refusal := listing.refused.get(base)) is not None:
-        raise web.HTTPForbidden(text=f"{refusal}\n")
-    found = listing.find(base) if listing is not None else None
-    if found is None:
-        raise web.HTTPNotFound(text=f"{name} has no file {base!r}\n")
-    file, upstream = found
-    extract = base.endswith(".whl") and not file.core_metadata
-    if base == filename:
-        return FileSpec(
-            file.url, file.hashes, file.size, upstream, base if extract else None, name, base
-        )
-    if extract:  # the index has none, but we may have extracted it from the cached wheel
-        _, known = request.app[FILE_CACHE].extracted()
-        extracted = known.get(file.hashes.get("sha256", ""))
-        if extracted is None:
-            raise web.HTTPNotFound(text=f"no metadata file is known for {base!r}\n")
-        hashes = {"sha256": extracted}
-    elif not file.core_metadata:
-        raise web.HTTPNotFound(text=f"the index offers no metadata file for {base!r}\n")
-    else:
-        hashes = file.core_metadata if isinstance(file.core_metadata, dict) else {}
-    return FileSpec(file.url + _METADATA_SUFFIX, hashes, None, upstream, None, name, filename)
 
 
 async def _answer(
@@ -153,7 +127,13 @@ async def _answer(
     return response
 
 
-def _sendfile(blob: Blob, patience: float) -> BodySender:
+def _sendfile(blob: StoredBlob, patience: float) -> BodySender:
+    """A stored blob's bytes: with sendfile when it is a file on this machine, else
+    streamed from its store."""
+    if blob.file is None:
+        return _stream(blob, patience)
+    file = blob.file
+
     async def send(
         request: web.Request, response: web.StreamResponse, start: int, stop: int | None
     ) -> None:
@@ -167,7 +147,7 @@ def _sendfile(blob: Blob, patience: float) -> BodySender:
         piece = int(min(max(_SLOWEST_CLIENT * patience, _MIN_PIECE), _MAX_PIECE))
         for offset in range(start, end, piece):
             async with _client_deadline(request, patience):
-                await loop.sendfile(transport, blob.file, offset, min(piece, end - offset))
+                await loop.sendfile(transport, file, offset, min(piece, end - offset))
         await response.write_eof()
 
     return send
@@ -187,7 +167,7 @@ async def _client_deadline(request: web.Request, patience: float) -> AsyncIterat
         raise ConnectionResetError("client stalled") from None
 
 
-def _stream(blob: RemoteBlob, patience: float) -> BodySender:
+def _stream(blob: StoredBlob, patience: float) -> BodySender:
     async def send(
         request: web.Request, response: web.StreamResponse, start: int, stop: int | None
     ) -> None:

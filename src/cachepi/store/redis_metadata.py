@@ -1,36 +1,28 @@
-"""Metadata in Redis, shared by every node of a cluster, and cluster-wide locks.
+"""The cluster's metadata store, in Redis, shared by every node.
 
-The same operations as the SQLite store (metadata.py), on Redis structures under one key
-prefix. Multi-key updates that must stay consistent (adding and removing a blob with its
-totals and indexes) are Lua scripts, so they are atomic.
+The same operations as the SQLite store, on Redis structures under one key prefix.
+Multi-key updates that must stay consistent (adding and removing a blob with its totals and
+indexes) are Lua scripts, so they are atomic.
 
-Calls are synchronous, like SQLite's: on loopback or a LAN they take ~0.1 ms. When Redis
-does not answer, calls fail fast for a while (a circuit breaker) instead of stalling the
+Calls are synchronous, like SQLite's: on loopback or a LAN they are as quick. When Redis
+does not answer, calls fail fast for a while (store/breaker.py) instead of stalling the
 event loop on every request; callers treat that as "nothing stored" and carry on.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import hashlib
-import logging
-import secrets
-import time
-from collections.abc import AsyncIterator, Callable, Iterable
-from pathlib import Path
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import msgspec
 import redis
 
-from cachepi.store.metadata import LIST_KEY, PageRecord, StoreHealth, StoreUnavailable
+from cachepi.store.breaker import Breaker
+from cachepi.store.protocols import LIST_KEY, PageRecord, StoreHealth
 
-log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PREFIX = "cachepi:"
-_RETRY_AFTER = 2.0  # seconds of failing fast after Redis did not answer
 _encode_page = msgspec.msgpack.Encoder().encode
 _decode_page = msgspec.msgpack.Decoder(PageRecord).decode
 
@@ -90,20 +82,6 @@ if wheel then
 end
 """
 
-# Extend or release a lock only while it is still ours (the fencing token matches).
-_EXTEND = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('SET', KEYS[2], ARGV[2], 'EX', 60)
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
 
 
 def connect(url: str) -> redis.Redis:
@@ -112,28 +90,8 @@ def connect(url: str) -> redis.Redis:
     )
 
 
-class Breaker:
-    """Runs Redis calls, records Redis's health, and after a failure fails fast for a
-    while, so a Redis outage costs one timeout per couple of seconds, not one per call."""
 
-    def __init__(self) -> None:
-        self.health = StoreHealth()
-        self._retry_at = 0.0
-
-    def call(self, action: Callable[[], T]) -> T:
-        if not self.health.healthy and time.monotonic() < self._retry_at:
-            raise StoreUnavailable(f"redis: {self.health.last_error}")
-        try:
-            result = action()
-        except redis.RedisError as error:
-            self.health.failed(error)
-            self._retry_at = time.monotonic() + _RETRY_AFTER
-            raise StoreUnavailable(f"redis: {self.health.last_error}") from error
-        self.health.ok()
-        return result
-
-
-class RedisMetadataStore:
+class RedisMetadata:
     kind = "redis"
 
     def __init__(self, client: redis.Redis, breaker: Breaker, prefix: str = PREFIX) -> None:
@@ -342,193 +300,3 @@ class RedisMetadataStore:
 def _text(raw: bytes | None) -> str:
     return raw.decode() if raw is not None else ""
 
-
-class RedisLock:
-    """A cluster-wide lock with the interface of locks.LockFile.
-
-    Held by SET NX with an expiry, renewed while held; the value is a fencing token (node
-    and a cluster-wide counter), so a holder that lost the lock (it stalled past the
-    expiry and another node took over) can tell before it stores anything. A node that
-    dies stops renewing: the lock expires and another takes over.
-    """
-
-    def __init__(self, locks: RedisLocks, key: str, path: Path) -> None:
-        self._locks = locks
-        digest = hashlib.sha256(key.encode()).hexdigest()[:32]
-        self._key = f"{locks.prefix}lock:{digest}"
-        self._outcome_key = f"{locks.prefix}outcome:{digest}"
-        self._wanted_key = f"{locks.prefix}wanted:{digest}"
-        self.path = path  # local, for the part file of a download under this lock
-        self.acquired = False
-        self._token = ""
-        self._lost = False
-        self._renewer: asyncio.Task[None] | None = None
-
-    @property
-    def token(self) -> str:
-        return self._token
-
-    def holder(self) -> str | None:
-        """The fencing token of whoever holds the lock now (None: nobody)."""
-        try:
-            raw = self._locks.breaker.call(lambda: self._locks.client.get(self._key))
-        except StoreUnavailable:
-            return None
-        return raw.decode() if raw is not None else None  # type: ignore[union-attr]
-
-    # Following a download on another node: followers say they want its progress; the
-    # holder publishes pieces and their count, under its token.
-
-    def want_pieces(self) -> None:
-        with contextlib.suppress(StoreUnavailable):
-            self._locks.breaker.call(lambda: self._locks.client.set(self._wanted_key, 1, ex=30))
-
-    def unwant_pieces(self) -> None:
-        """This node stops following (it took over): only other followers may want them."""
-        with contextlib.suppress(StoreUnavailable):
-            self._locks.breaker.call(lambda: self._locks.client.delete(self._wanted_key))
-
-    def pieces_wanted(self) -> bool:
-        try:
-            return bool(
-                self._locks.breaker.call(lambda: self._locks.client.exists(self._wanted_key))
-            )
-        except StoreUnavailable:
-            return False
-
-    def publish_pieces(self, count: int) -> None:
-        key = f"{self._locks.prefix}pieces:{self._token}"
-        self._locks.breaker.call(lambda: self._locks.client.set(key, count, ex=3600))
-
-    def pieces(self, token: str) -> int:
-        key = f"{self._locks.prefix}pieces:{token}"
-        try:
-            return int(self._locks.breaker.call(lambda: self._locks.client.get(key)) or 0)  # type: ignore[arg-type]
-        except StoreUnavailable:
-            return 0
-
-    @property
-    def shared(self) -> bool:
-        """Whether Redis granted the lock (without Redis, each node works alone)."""
-        return bool(self._token)
-
-    @property
-    def storable(self) -> bool:
-        """Whether work done under this lock may be stored: the lock is ours, and Redis
-        knows it (still checked with Redis: fencing)."""
-        if not self.acquired or self._lost or not self._token:
-            return False
-        try:
-            extended = self._locks.breaker.call(
-                lambda: self._locks.extend(keys=[self._key], args=[self._token, self._locks.ttl_ms])
-            )
-        except StoreUnavailable:
-            return False
-        return bool(extended)
-
-    def try_acquire(self) -> bool:
-        """Take the lock if nobody holds it. Without Redis, every node works alone: the
-        lock is "taken" but nothing done under it is stored."""
-        breaker = self._locks.breaker
-        try:
-            fence = breaker.call(lambda: self._locks.client.incr(f"{self._locks.prefix}fence"))
-            # The counter restarts with an empty Redis: the nonce keeps tokens unique.
-            token = f"{self._locks.node}:{fence}:{secrets.token_hex(4)}"
-            taken = breaker.call(
-                lambda: self._locks.client.set(self._key, token, nx=True, px=self._locks.ttl_ms)
-            )
-        except StoreUnavailable:
-            self.acquired, self._token = True, ""
-            return True
-        if not taken:
-            return False
-        self.acquired, self._token = True, token
-        self._renewer = asyncio.get_running_loop().create_task(self._renew())
-        return True
-
-    async def _renew(self) -> None:
-        while True:
-            await asyncio.sleep(self._locks.ttl_ms / 3000)
-            try:
-                extended = self._locks.breaker.call(
-                    lambda: self._locks.extend(
-                        keys=[self._key], args=[self._token, self._locks.ttl_ms]
-                    )
-                )
-            except StoreUnavailable:
-                continue  # Redis may come back before the expiry
-            if not extended:
-                log.warning("lost the cluster lock %s to another node", self._key)
-                self._lost = True
-                return
-
-    def held_elsewhere(self) -> bool:
-        holder = self.holder()
-        return holder is not None and holder != self._token
-
-    async def wait_released(self) -> str:
-        while self.held_elsewhere():  # noqa: ASYNC110 - a lock elsewhere has no event
-            await asyncio.sleep(_POLL_SECONDS)
-        return self.outcome()
-
-    def outcome(self) -> str:
-        try:
-            raw = self._locks.breaker.call(lambda: self._locks.client.get(self._outcome_key))
-        except StoreUnavailable:
-            return ""
-        return raw.decode() if raw is not None else ""  # type: ignore[union-attr]
-
-    def release(self, outcome: str = "") -> None:
-        if self.acquired and self._token:
-            with contextlib.suppress(StoreUnavailable):
-                self._locks.breaker.call(
-                    lambda: self._locks.release_script(
-                        keys=[self._key, self._outcome_key], args=[self._token, outcome]
-                    )
-                )
-        self.acquired = False
-        self.close()
-
-    def close(self) -> None:
-        if self._renewer is not None:
-            self._renewer.cancel()
-            self._renewer = None
-
-
-_POLL_SECONDS = 0.05
-
-
-class RedisLocks:
-    """Cluster-wide locks, named from any key (a URL, a page), like locks.Locks."""
-
-    def __init__(
-        self, client: redis.Redis, breaker: Breaker, node: str, temp_dir: Path,
-        ttl: float = 10.0, prefix: str = PREFIX,
-    ) -> None:  # fmt: skip
-        self.client = client
-        self.breaker = breaker
-        self.node = node
-        self.prefix = prefix
-        self.ttl_ms = int(ttl * 1000)
-        self.directory = temp_dir
-        self.extend = client.register_script(_EXTEND)
-        self.release_script = client.register_script(_RELEASE)
-
-    def lock(self, key: str) -> RedisLock:
-        name = hashlib.sha256(key.encode()).hexdigest()[:32]
-        return RedisLock(self, key, self.directory / f"{name}.lock")
-
-    @contextlib.asynccontextmanager
-    async def exclusive(self) -> AsyncIterator[bool]:
-        """The eviction lock: yields True when this node may evict now (one node at a
-        time; the others skip, they will evict at their next store)."""
-        lock = self.lock("evict")
-        try:
-            held = lock.try_acquire() and lock.shared
-        except StoreUnavailable:
-            held = False
-        try:
-            yield held
-        finally:
-            if held:
-                lock.release()

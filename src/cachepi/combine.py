@@ -1,0 +1,76 @@
+"""How the indexes that serve a project combine into one page. Pure.
+
+- "merge" (proxpi's): every index is asked; the first index's files come first, later
+  indexes add the filenames it lacks.
+- "first" (uv's): the indexes are asked in order, and the first that has the project
+  supplies all its files; the later ones are not asked at all.
+
+Either way the first index that has the project speaks for it: a project it quarantined
+(PEP 792) offers no files at all.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Sequence
+from typing import TypeVar
+
+import msgspec
+
+from cachepi.simple.model import File, Project
+
+log = logging.getLogger(__name__)
+Index = TypeVar("Index")
+
+QUARANTINED = "quarantined"
+
+
+class Combine(enum.StrEnum):
+    MERGE = "merge"
+    FIRST = "first"
+
+    def asks_after(self, found: bool) -> bool:
+        """Whether the next index is asked once the indexes so far did (`found`) or did
+        not have the project."""
+        return self is Combine.MERGE or not found
+
+
+def combine(
+    name: str, pages: Sequence[tuple[Index, Project]]
+) -> tuple[Project, tuple[Index, ...]]:
+    """The project as clients see it, and the index each of its files comes from. `pages`
+    are those of the indexes that have the project, in order (with "first", only one)."""
+    first = pages[0][1]
+    if first.status == QUARANTINED:
+        return msgspec.structs.replace(first, files=[], versions=[]), ()
+    if len(pages) == 1:
+        return first, (pages[0][0],) * len(first.files)
+    files: list[File] = []
+    sources: list[Index] = []
+    seen: dict[str, File] = {}
+    versions: set[str] = set()
+    for index, page in pages:
+        versions.update(page.versions or ())
+        for file in page.files:
+            known = seen.get(file.filename)
+            if known is None:
+                seen[file.filename] = file
+                files.append(file)
+                sources.append(index)
+            elif _conflicting(known, file):
+                log.warning(
+                    "hash conflict for %s/%s: %s lists different bytes; keeping the first index's",
+                    name,
+                    file.filename,
+                    index,
+                )
+    merged = msgspec.structs.replace(
+        first, files=files, versions=sorted(versions) if versions else first.versions
+    )
+    return merged, tuple(sources)
+
+
+def _conflicting(a: File, b: File) -> bool:
+    shared = a.hashes.keys() & b.hashes.keys()
+    return any(a.hashes[h] != b.hashes[h] for h in shared)

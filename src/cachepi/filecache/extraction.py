@@ -1,0 +1,111 @@
+"""PEP 658 for indexes without it: the METADATA of cached wheels, extracted once, stored as
+a blob of its own, and paired with its wheel so that pages can advertise it.
+
+Every process (and node) sees the pairs through the metadata store, picked up at most a
+second late; a removed blob takes its pairing with it (either side).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+from collections.abc import Callable, Mapping
+
+from cachepi.filecache.accounting import Accounting
+from cachepi.filecache.transfer import write_all
+from cachepi.store.protocols import BlobStore, MetadataStore, StoreUnavailable
+from cachepi.wheelmeta import read_wheel_metadata
+
+log = logging.getLogger(__name__)
+
+_GENERATION = "extracted"  # the counter other processes watch
+
+
+class Extractions:
+    def __init__(
+        self,
+        blobs: BlobStore,
+        store: MetadataStore,
+        accounting: Accounting,
+        clock: Callable[[], float],
+    ) -> None:
+        self._blobs = blobs
+        self._store = store
+        self._accounting = accounting
+        self._clock = clock
+        # wheel sha256 -> METADATA sha256, never changed in place (renderers read it from
+        # threads), and a counter that changes with it so pages are rendered again.
+        self._pairs: dict[str, str] = {}
+        self._generation = 0
+        self._stored_generation = -1
+        self._checked = clock()
+
+    async def load(self) -> None:
+        try:
+            self._stored_generation = self._store.generation(_GENERATION)
+            self._pairs = self._store.extracted_metadata()
+        except StoreUnavailable as failure:  # a shared store that is down: picked up later
+            log.warning("cannot load the extracted METADATA records: %s", failure)
+
+    def has(self, wheel_sha256: str) -> bool:
+        return wheel_sha256 in self._pairs
+
+    def known(self) -> tuple[int, Mapping[str, str]]:
+        """(generation, wheel sha256 -> METADATA sha256) of what may be advertised."""
+        now = self._clock()
+        if now - self._checked >= 1.0:
+            self._checked = now
+            try:
+                stored = self._store.generation(_GENERATION)
+                if stored != self._stored_generation:
+                    self._pairs = self._store.extracted_metadata()
+                    self._stored_generation = stored
+                    self._generation += 1
+            except StoreUnavailable:  # keep what we know
+                pass
+        return self._generation, self._pairs
+
+    async def extract(self, wheel_sha256: str, filename: str, project: str | None) -> None:
+        """Store a cached wheel's METADATA as a blob of its own and remember the pair."""
+        try:
+            await self._extract(wheel_sha256, filename, project)
+        except (OSError, StoreUnavailable) as failure:  # a missed optimisation, no more
+            log.error("cannot store the METADATA of %s: %s", filename, failure)
+
+    async def _extract(self, wheel_sha256: str, filename: str, project: str | None) -> None:
+        wheel = await self._blobs.open(wheel_sha256)
+        if wheel is None:
+            return
+        try:
+            async with wheel.seekable() as file:
+                data = await asyncio.to_thread(read_wheel_metadata, file, filename)
+        finally:
+            wheel.close()
+        if data is None or wheel_sha256 in self._pairs:
+            return
+        metadata_sha256 = hashlib.sha256(data).hexdigest()
+        fd, temp = self._blobs.new_temp()
+        try:
+            write_all(fd, data)
+            stored = await self._accounting.keep(
+                fd, temp, metadata_sha256, len(data), project, filename + ".metadata", True
+            )
+        finally:
+            os.close(fd)
+            self._blobs.discard(temp)
+        # The wheel may have been evicted meanwhile.
+        if stored and await self._blobs.contains(wheel_sha256):
+            self._store.put_extracted_metadata(wheel_sha256, metadata_sha256)
+            self._store.bump(_GENERATION)
+            self._pairs = self._pairs | {wheel_sha256: metadata_sha256}
+            self._generation += 1
+
+    def forget(self, sha256: str) -> None:
+        """A removed blob takes its pairing with it (either side)."""
+        pairs = {w: m for w, m in self._pairs.items() if sha256 not in (w, m)}
+        if len(pairs) != len(self._pairs):
+            self._store.bump(_GENERATION)
+            self._pairs = pairs
+            self._generation += 1

@@ -1,0 +1,308 @@
+"""The storage seams: what the caches need from a backend, and nothing more.
+
+Three protocols, each implemented completely by the embedded default (a local directory,
+SQLite, lock files) and by the cluster backends (S3, Redis): a blob store, a metadata store,
+and locks. The caches never ask which backend they hold. Every backend failure surfaces as
+one exception, `StoreUnavailable`; callers treat it as "nothing stored" and carry on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+import msgspec
+
+from cachepi.types import Source
+
+log = logging.getLogger(__name__)
+
+# The project list is stored beside the pages under a key no project name can have.
+LIST_KEY = ""
+
+
+class StoreUnavailable(Exception):
+    """A store did not answer or failed; the message is one line."""
+
+
+@dataclass
+class StoreHealth:
+    """How the latest request to a store went, for /health."""
+
+    healthy: bool = True
+    last_error: str | None = None
+
+    def ok(self) -> None:
+        if not self.healthy:
+            log.info("the store answers again")
+        self.healthy = True
+
+    def failed(self, error: BaseException) -> None:
+        message = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+        if self.healthy:
+            log.warning("the store failed: %s", message)
+        self.healthy, self.last_error = False, message
+
+
+class PageRecord(msgspec.Struct, frozen=True):
+    """An upstream page as last fetched: `body` is None when the upstream answered 404."""
+
+    fetched_at: float
+    etag: str | None
+    last_modified: str | None
+    body: bytes | None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the holder of a lock did, as those who waited for it learn it."""
+
+    ok: bool
+    reason: str = ""
+
+    def encode(self) -> str:
+        return "ok" if self.ok else f"failed: {self.reason}"
+
+    @classmethod
+    def decode(cls, text: str) -> Outcome | None:
+        """None: the holder said nothing (it died, or its word was lost)."""
+        if not text:
+            return None
+        if text == "ok":
+            return DONE
+        return cls(False, text.removeprefix("failed: "))
+
+
+DONE = Outcome(True)
+
+
+class Progress(Protocol):
+    """A download in progress, as a lock holder publishes it to followers elsewhere."""
+
+    @property
+    def written(self) -> int: ...
+
+    @property
+    def done(self) -> bool: ...
+
+    async def wait_changed(self) -> None: ...
+
+
+class StoredBlob(Protocol):
+    """A stored, verified file, held open so that eviction cannot pull it away between
+    lookup and use. The caller closes it."""
+
+    @property
+    def sha256(self) -> str: ...
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def file(self) -> BinaryIO | None:
+        """The open file when the bytes are on this machine (to send with sendfile)."""
+
+    def chunks(self, start: int, stop: int) -> AsyncIterator[bytes]:
+        """The bytes [start, stop)."""
+
+    def seekable(self) -> AbstractAsyncContextManager[BinaryIO]:
+        """The bytes as a seekable file (to read a zip's members), on this machine."""
+
+    async def redirect_url(self) -> str | None:
+        """A URL a client may fetch the bytes from directly, when the store offers one."""
+
+    def close(self) -> None: ...
+
+
+@contextlib.asynccontextmanager
+async def read_back(blob: StoredBlob) -> AsyncIterator[tuple[int | None, AsyncIterator[bytes]]]:
+    """A stored blob as a Source, like an upstream's body (a copy of it is verified again);
+    closed after."""
+    try:
+        yield blob.size, blob.chunks(0, blob.size)
+    finally:
+        blob.close()
+
+
+class BlobStore(Protocol):
+    """Verified files by sha256. New content is written to a temp file on this machine,
+    synced, then `put`: a stored blob is whole or absent, also after a crash."""
+
+    @property
+    def kind(self) -> str:
+        """What it is, for /health and logs."""
+
+    @property
+    def health(self) -> StoreHealth: ...
+
+    @property
+    def lists_cheaply(self) -> bool:
+        """Whether listing every blob is cheap enough to reconcile records at each start."""
+
+    @property
+    def temp_dir(self) -> Path:
+        """Where unfinished work lives on this machine: temp and part files, lock files."""
+
+    def new_temp(self) -> tuple[int, Path]:
+        """A new, empty temp file: (open fd for writing, its path)."""
+
+    def discard(self, temp: Path) -> None: ...
+
+    def clear_temp(self) -> int:
+        """Remove leftovers of downloads a previous process did not finish (at start, as
+        the only process); returns how many."""
+
+    async def open(self, sha256: str) -> StoredBlob | None: ...
+
+    async def contains(self, sha256: str) -> bool: ...
+
+    async def sync(self, fd: int) -> None:
+        """Make bytes written through `fd` durable before they are `put`."""
+
+    async def put(self, fd: int, temp: Path, sha256: str) -> None:
+        """Make the verified, synced bytes in `temp` the blob `sha256` (a blob already
+        there is kept)."""
+
+    async def remove(self, sha256: str) -> None: ...
+
+    def listing(self) -> AsyncIterator[tuple[str, int]]:
+        """Every stored blob as (sha256, size)."""
+
+
+class MetadataStore(Protocol):
+    """Index pages, blob records with their last use, and small shared state."""
+
+    @property
+    def kind(self) -> str:
+        """What it is, for /health and logs."""
+
+    @property
+    def health(self) -> StoreHealth: ...
+
+    def close(self) -> None: ...
+
+    # -- index pages
+    def get_page(self, index_url: str, key: str) -> PageRecord | None: ...
+    def put_page(self, index_url: str, key: str, record: PageRecord) -> None: ...
+    def pages_of(self, key: str) -> list[tuple[str, PageRecord]]:
+        """Every index's stored page for `key`, as (index URL, record)."""
+
+    def page_keys(self, prefix: str, limit: int) -> list[str]:
+        """Stored project names starting with `prefix` (a normalized name)."""
+
+    def delete_pages(self, key: str | None) -> int:
+        """Forget the pages of `key` (None: every page); returns how many."""
+
+    def expire_pages(self, key: str) -> None:
+        """Make `key`'s pages stale for every index, keeping their validators."""
+
+    # -- blobs
+    def add_blob(
+        self, sha256: str, size: int, now: float, project: str | None = None,
+        filename: str | None = None,
+    ) -> None: ...  # fmt: skip
+    def remove_blob(self, sha256: str) -> None:
+        """Forget a blob and everything that points at it or derives from it."""
+
+    def touch_blobs(self, accesses: Iterable[tuple[str, float]]) -> None: ...
+    def blobs(self) -> dict[str, int]:
+        """Every recorded blob and its size."""
+
+    def blob_stats(self) -> tuple[int, int]:
+        """(number of blobs, total bytes)."""
+
+    def recent_blobs(self, limit: int) -> list[tuple[float, str, str, int]]:
+        """The latest stored files as (added at, project, filename, size), newest first."""
+
+    def biggest_projects(self, limit: int) -> list[tuple[str, int, int]]:
+        """(project, files, bytes) of the projects taking the most space."""
+
+    def blobs_of(self, project: str) -> list[tuple[str, str, int, float]]:
+        """A project's stored files as (sha256, filename, size, last access)."""
+
+    def least_recently_used(self, limit: int = 256) -> list[tuple[str, int]]:
+        """The `limit` blobs used longest ago, oldest first, as (sha256, size)."""
+
+    # -- METADATA extracted from cached wheels
+    def extracted_metadata(self) -> dict[str, str]:
+        """wheel sha256 -> sha256 of the METADATA blob extracted from it."""
+
+    def put_extracted_metadata(self, wheel_sha256: str, metadata_sha256: str) -> None: ...
+
+    # -- generations: counters that tell other processes to reload something
+    def bump(self, name: str) -> None: ...
+    def generation(self, name: str) -> int: ...
+
+    # -- lifetime traffic totals, added to by every process
+    def add_counts(self, deltas: Iterable[tuple[str, int]]) -> None: ...
+    def counts(self) -> dict[str, int]: ...
+
+    # -- refs: the sha256 of files whose index gave none
+    def get_ref(self, url: str) -> str | None: ...
+    def put_ref(self, url: str, sha256: str) -> None: ...
+
+
+# Opens the upstream's bytes of a file from an offset on (to take over a download).
+Origin = Callable[[int], Source]
+# How a follower finds the file a holder stored (None: not there).
+StoredLookup = Callable[[], Awaitable["StoredBlob | None"]]
+
+
+class Lock(Protocol):
+    """One key's lock across processes (or nodes): one holder at a time does the work
+    (downloads a file, refreshes a page); the others wait for it or follow it.
+
+    The contract, the same for every backend: `try_acquire` never waits; the holder
+    `release`s with an Outcome that waiters read; a holder that dies loses the lock (so
+    a waiter reads None and may take over); work done under a lock is stored only while
+    `storable` (the lock is still ours where a lock can be lost).
+    """
+
+    @property
+    def acquired(self) -> bool: ...
+
+    @property
+    def part(self) -> Path:
+        """Where the holder writes the download it runs under this lock (on this machine)."""
+
+    def try_acquire(self) -> bool: ...
+
+    @property
+    def storable(self) -> bool: ...
+
+    async def wait_released(self) -> Outcome | None:
+        """Wait until the holder lets go; its outcome (None: it died or said nothing)."""
+
+    def release(self, outcome: Outcome | None = None) -> None: ...
+
+    def close(self) -> None: ...
+
+    async def publish(self, progress: Progress) -> None:
+        """While the holder downloads into `part`, make its bytes visible to followers that
+        cannot read that file; returns when the download is done."""
+
+    async def follow(
+        self, size: int | None, stored: StoredLookup, origin: Origin
+    ) -> Source | None:
+        """The holder's download as it progresses, or as stored once it ended; None when
+        the holder died before anything was relayed and the lock is now ours (download it
+        then). The source raises DownloadFailed if the holder fails."""
+
+
+class Locks(Protocol):
+    def lock(self, key: str) -> Lock:
+        """The lock for any key (a URL, a page)."""
+
+    def exclusive(self) -> AbstractAsyncContextManager[bool]:
+        """The store-wide lock under which one process (or node) at a time counts, evicts,
+        adds and removes blobs. Yields True once held, False if it could not be had within
+        a few seconds (another holder kept it, or the store is down)."""
+
+    async def remove_abandoned(self, older_than: float) -> int:
+        """Remove what unfinished work of dead processes left: part files, lock files,
+        published pieces untouched for `older_than` seconds; returns how many."""
