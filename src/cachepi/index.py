@@ -35,7 +35,7 @@ from cachepi.simple.parse import (
 )
 from cachepi.store.protocols import LIST_KEY, Locks, MetadataStore, PageRecord, StoreUnavailable
 from cachepi.types import CacheResult
-from cachepi.upstream import PageResponse, Upstream, UpstreamError, UpstreamNotFound
+from cachepi.upstream import Index, PageResponse, UpstreamError, UpstreamNotFound
 from cachepi.wheelmeta import lacks_metadata
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def _digest(body: bytes) -> str:
 class Fetched:
     """What one upstream has for a page just now."""
 
-    upstream: Upstream
+    upstream: Index
     entry: Entry | None  # None: nothing usable
     # Why the upstream could not be asked successfully just now (then `entry`, if any, is
     # a stale copy).
@@ -107,7 +107,7 @@ class Listing:
     """
 
     project: Project
-    sources: tuple[Upstream, ...]
+    sources: tuple[Index, ...]
     version: str
     stale: bool = False
     unavailable: tuple[str, ...] = ()
@@ -124,7 +124,7 @@ class Listing:
     def lacks_metadata(self) -> bool:
         return lacks_metadata(self.project)
 
-    def find(self, filename: str) -> tuple[File, Upstream] | None:
+    def find(self, filename: str) -> tuple[File, Index] | None:
         if not self._by_filename:
             self._by_filename.update((f.filename, i) for i, f in enumerate(self.project.files))
         position = self._by_filename.get(filename)
@@ -145,7 +145,7 @@ class ListResult:
 class IndexCache:
     def __init__(
         self,
-        upstreams: Sequence[Upstream],
+        upstreams: Sequence[Index],
         store: MetadataStore,
         locks: Locks,
         negative_ttl: int,
@@ -358,7 +358,7 @@ class IndexCache:
             return Fetched(upstream, entry)
         return None
 
-    def _fresh(self, upstream: Upstream, entry: Entry, now: float) -> bool:
+    def _fresh(self, upstream: Index, entry: Entry, now: float) -> bool:
         if self._offline:
             return True
         ttl = upstream.ttl if entry.page is not None else min(upstream.ttl, self._negative_ttl)

@@ -13,13 +13,14 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import aiohttp
 
 from cachepi import __version__
 from cachepi.metrics import Metrics
+from cachepi.types import Source
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -101,7 +102,36 @@ class Health:
         self.last_error = error
 
 
+class Index(Protocol):
+    """What the caches need of an upstream index. `Upstream` speaks HTTP; an in-process
+    test double implements the same."""
+
+    url: str  # redacted: safe to show and store
+    name: str
+    ttl: int
+    min_release_age: int | None
+    health: Health
+
+    async def fetch_page(
+        self, path: str, etag: str | None = None, last_modified: str | None = None
+    ) -> PageResponse:
+        """GET `path` (relative to the index URL) conditionally: a 200 or a 304. Raises
+        UpstreamNotFound on 404/410 and UpstreamError on anything else unusable."""
+
+    def open_file(self, url: str) -> Source:
+        """A distribution file's bytes exactly as stored upstream. Every failure, also
+        while reading the body, is an UpstreamError (or UpstreamNotFound)."""
+
+    async def retrying(
+        self, attempt: Callable[[], Awaitable[T]], safe: Callable[[], bool] = lambda: True
+    ) -> T:
+        """`attempt()`, again after a pause when it fails in a way worth retrying, as long
+        as `safe()` (e.g. no byte went to a client yet)."""
+
+
 class Upstream:
+    """An upstream index over HTTP."""
+
     def __init__(
         self,
         url: str,

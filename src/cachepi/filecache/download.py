@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from cachepi.types import DownloadFailed
-from cachepi.upstream import Upstream
+from cachepi.upstream import Index
 
 _CHUNK = 256 * 1024
 # What a download may hold in memory when the disk refuses its bytes.
@@ -30,7 +30,7 @@ class FileSpec:
     url: str
     hashes: dict[str, str]
     size: int | None
-    upstream: Upstream
+    upstream: Index
     # The wheel's filename when its index offers no PEP 658 metadata: extract it once cached.
     wheel_without_metadata: str | None = None
     # What the file is, for the dashboard, `cachepi stats` and `cachepi purge PROJECT`.
