@@ -13,10 +13,10 @@ from pathlib import Path
 
 import aiohttp
 
-from cachepi.index import parse_and_encode
 from cachepi.store.protocols import PageRecord
 from cachepi.store.sqlite import SqliteMetadata
 from cachepi.upstream import PageResponse
+from cachepi.upstream_pages import parse_and_encode
 from tests.fakeupstream import Dist, FakeUpstream
 from tests.fakeupstream.fixtures import FakeUpstreamFactory
 from tests.fetching import JSON, JSON_TYPE

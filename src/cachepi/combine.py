@@ -36,9 +36,7 @@ class Combine(enum.StrEnum):
         return self is Combine.MERGE or not found
 
 
-def combine(
-    name: str, pages: Sequence[tuple[Index, Project]]
-) -> tuple[Project, tuple[Index, ...]]:
+def combine(name: str, pages: Sequence[tuple[Index, Project]]) -> tuple[Project, tuple[Index, ...]]:
     """The project as clients see it, and the index each of its files comes from. `pages`
     are those of the indexes that have the project, in order (with "first", only one)."""
     first = pages[0][1]

@@ -1,9 +1,6 @@
-"""The index cache: upstream pages kept fresh per TTL, revalidated cheaply, merged.
-
-Each (upstream, page) is an `Entry`: the parsed page plus the validators and fetch time,
-persisted in the metadata store and mirrored in a bounded in-memory LRU. A fresh entry is used
-as is; a stale one is revalidated with a conditional GET (one request however many clients
-ask); when the upstream fails, the stale entry is used and the answer marked stale.
+"""The index cache: what clients see of a project and of the project list, made from each
+upstream's pages (upstream_pages.py), combined (combine.py), routed (routing.py) and
+screened by the policy (policy.py), and remembered per content version.
 """
 
 from __future__ import annotations
@@ -11,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-import hashlib
-import logging
 import math
 import time
 from collections import OrderedDict
@@ -26,70 +21,11 @@ from cachepi.policy import Policy, visible_versions
 from cachepi.routing import Router
 from cachepi.simple.model import File, Project, ProjectList
 from cachepi.simple.names import normalize
-from cachepi.simple.parse import (
-    ParseError,
-    parse_project_html,
-    parse_project_json,
-    parse_project_list_html,
-    parse_project_list_json,
-)
-from cachepi.store.protocols import LIST_KEY, Locks, MetadataStore, PageRecord, StoreUnavailable
+from cachepi.store.protocols import LIST_KEY, Locks, MetadataStore
 from cachepi.types import CacheResult
-from cachepi.upstream import Index, PageResponse, UpstreamError, UpstreamNotFound
+from cachepi.upstream import Index, UpstreamError
+from cachepi.upstream_pages import CachedPage, Fetched, UpstreamPages, digest
 from cachepi.wheelmeta import lacks_metadata
-
-log = logging.getLogger(__name__)
-
-_JSON_TYPE = "application/vnd.pypi.simple.v1+json"
-_PAGES = "pages"  # the generation counter other workers watch for invalidations
-_encode = msgspec.msgpack.Encoder().encode
-_decode_project = msgspec.msgpack.Decoder(Project).decode
-_decode_list = msgspec.msgpack.Decoder(ProjectList).decode
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One upstream's page as we hold it; `page` is None when the upstream said 404."""
-
-    record: PageRecord
-    page: Project | ProjectList | None
-    digest: str  # identifies the content, for rendered-bytes caching
-
-    @classmethod
-    def from_record(cls, key: str, record: PageRecord) -> Entry:
-        if record.body is None:
-            return cls(record, None, "404")
-        page = _decode_list(record.body) if key == LIST_KEY else _decode_project(record.body)
-        return cls(record, page, _digest(record.body))
-
-
-def _digest(body: bytes) -> str:
-    return hashlib.blake2b(body, digest_size=8).hexdigest()
-
-
-@dataclass(frozen=True)
-class Fetched:
-    """What one upstream has for a page just now."""
-
-    upstream: Index
-    entry: Entry | None  # None: nothing usable
-    # Why the upstream could not be asked successfully just now (then `entry`, if any, is
-    # a stale copy).
-    failure: UpstreamError | None = None
-
-    @property
-    def page(self) -> Project | ProjectList | None:
-        return self.entry.page if self.entry is not None else None
-
-
-@dataclass(frozen=True)
-class CachedPage:
-    """What is stored of one index's page of a project, for the dashboard."""
-
-    index: str
-    fetched_at: float
-    fresh: bool  # by the same rule the cache serves it by
-    files: int | None  # None: that index does not have the project
 
 
 class Refused(Exception):
@@ -158,22 +94,15 @@ class IndexCache:
     ) -> None:
         """`combine`: how a project's indexes combine (combine.py). `router`: which
         indexes serve a project (default: all). `policy`: what clients may see of it."""
-        self.upstreams = tuple(upstreams)
-        self._store = store
-        self._locks = locks
-        # Invalidations made by other worker processes, noticed at most a second late.
-        self._generation = store.generation(_PAGES)
-        self._generation_checked = clock()
-        self._negative_ttl = negative_ttl
-        self._memory: OrderedDict[tuple[int, str], Entry] = OrderedDict()
+        self.pages = UpstreamPages(
+            upstreams, store, locks, negative_ttl, memory_entries, clock, offline
+        )
+        self.upstreams = self.pages.upstreams
         self._memory_entries = memory_entries
-        self._inflight: dict[tuple[int, str], asyncio.Task[Fetched]] = {}
         # name -> (the version of its upstream entries, the listing made of them)
         self._listings: OrderedDict[str, tuple[str, Listing]] = OrderedDict()
         self._names: ListResult | None = None  # the combined project list, by version
         self._clock = clock
-        # Offline, whatever is stored is as fresh as it gets.
-        self._offline = offline
         self._combine = combine
         everything = tuple(range(len(self.upstreams)))
         self._router = router or Router((), everything)
@@ -189,7 +118,7 @@ class IndexCache:
         """
         if (reason := self._policy.project_refusal(name)) is not None:
             raise Refused(reason)
-        fetched, asked = await self._gather(name, self._router.positions(name), self._combine)
+        fetched, asked = await self.pages.gather(name, self._router.positions(name), self._combine)
         found = [(f.upstream, f.page) for f in fetched if isinstance(f.page, Project)]
         if not found:
             for f in fetched:
@@ -221,7 +150,7 @@ class IndexCache:
     async def project_list(self) -> ListResult:
         """Every project some index lists and serves (under the routes and the policy)."""
         positions = tuple(range(len(self.upstreams)))
-        fetched, asked = await self._gather(LIST_KEY, positions, Combine.MERGE)
+        fetched, asked = await self.pages.gather(LIST_KEY, positions, Combine.MERGE)
         lists = [
             (position, f.page)
             for position, f in zip(positions, fetched, strict=True)
@@ -277,7 +206,7 @@ class IndexCache:
         return Listing(
             project,
             tuple(listing.sources[i] for i in screened.kept),
-            f"{listing.version}~{_digest('/'.join(sorted(screened.refused)).encode())}",
+            f"{listing.version}~{digest('/'.join(sorted(screened.refused)).encode())}",
             refused=screened.refused,
             valid_until=screened.valid_until,
         )
@@ -286,196 +215,11 @@ class IndexCache:
         """Make `name` (normalized; LIST_KEY for the project list) stale in every worker:
         the next request asks the upstream, conditionally and once, however many
         invalidations came before."""
-        self._store.expire_pages(name)
-        self._store.bump(_PAGES)
-        for position in range(len(self.upstreams)):
-            self._memory.pop((position, name), None)
+        self.pages.invalidate(name)
         self._listings.pop(name, None)
 
     def cached_pages(self, name: str) -> list[CachedPage]:
-        """What is stored of `name`'s pages, per configured index, freshness judged as
-        when serving."""
-        positions = {up.url: position for position, up in enumerate(self.upstreams)}
-        now = self._clock()
-        pages = []
-        for url, record in self._store.pages_of(name):
-            position = positions.get(url)
-            if position is None:  # an index no longer configured
-                continue
-            upstream = self.upstreams[position]
-            entry = Entry.from_record(name, record)
-            files = len(entry.page.files) if isinstance(entry.page, Project) else None
-            fresh = self._fresh(upstream, entry, now)
-            pages.append(CachedPage(upstream.name, record.fetched_at, fresh, files))
-        return pages
-
-    def _follow_other_workers(self, now: float) -> None:
-        if now - self._generation_checked < 1.0:
-            return
-        self._generation_checked = now
-        try:
-            generation = self._store.generation(_PAGES)
-        except StoreUnavailable:  # a shared store that is down: keep what memory holds
-            return
-        if generation != self._generation:  # somebody invalidated: reload from the store
-            self._generation = generation
-            self._memory.clear()
-            self._listings.clear()
-
-    # -- entries --------------------------------------------------------------------------
-
-    async def _gather(
-        self, key: str, positions: tuple[int, ...], mode: Combine
-    ) -> tuple[list[Fetched], bool]:
-        """What the upstreams at `positions` have for `key`, in order (with "first", up to
-        the first that has it: the others are not asked), and whether any was asked."""
-        now = self._clock()
-        self._follow_other_workers(now)
-        if mode is Combine.FIRST:
-            results: list[Fetched] = []
-            asked = False
-            for position in positions:
-                fetched = self._fresh_entry(position, key, now)
-                if fetched is None:
-                    asked = True
-                    fetched = await self._refresh(position, key)
-                results.append(fetched)
-                if not mode.asks_after(fetched.page is not None):
-                    break
-            return results, asked
-        known = [self._fresh_entry(position, key, now) for position in positions]
-        pending = [i for i, fetched in enumerate(known) if fetched is None]
-        if pending:  # the fast path (everything fresh) awaits nothing
-            refreshed = await asyncio.gather(*(self._refresh(positions[i], key) for i in pending))
-            for i, fetched in zip(pending, refreshed, strict=True):
-                known[i] = fetched
-        return [f for f in known if f is not None], bool(pending)
-
-    def _fresh_entry(self, position: int, key: str, now: float) -> Fetched | None:
-        entry = self._load(position, key)
-        upstream = self.upstreams[position]
-        if entry is not None and self._fresh(upstream, entry, now):
-            return Fetched(upstream, entry)
-        return None
-
-    def _fresh(self, upstream: Index, entry: Entry, now: float) -> bool:
-        if self._offline:
-            return True
-        ttl = upstream.ttl if entry.page is not None else min(upstream.ttl, self._negative_ttl)
-        return now - entry.record.fetched_at < ttl
-
-    def _load(self, position: int, key: str, from_store: bool = False) -> Entry | None:
-        """The entry from memory or, on a miss or with `from_store` (another worker may
-        have refreshed it), from the store."""
-        memory_key = (position, key)
-        entry = self._memory.get(memory_key)
-        if entry is not None and not from_store:
-            self._memory.move_to_end(memory_key)
-            return entry
-        try:
-            record = self._store.get_page(self.upstreams[position].url, key)
-        except StoreUnavailable:  # a shared store that is down: what memory holds, if anything
-            return entry
-        if record is None:
-            return None
-        if entry is not None and entry.record.fetched_at == record.fetched_at:
-            return entry
-        try:
-            entry = Entry.from_record(key, record)
-        except msgspec.DecodeError:
-            log.warning("dropping an unreadable cached page %r", key)
-            return None
-        self._remember(memory_key, entry)
-        return entry
-
-    def _remember(self, memory_key: tuple[int, str], entry: Entry) -> None:
-        self._memory[memory_key] = entry
-        self._memory.move_to_end(memory_key)
-        if len(self._memory) > self._memory_entries:
-            self._memory.popitem(last=False)
-
-    async def _refresh(self, position: int, key: str) -> Fetched:
-        """One upstream request per (upstream, page) however many callers wait for it."""
-        memory_key = (position, key)
-        task = self._inflight.get(memory_key)
-        if task is None:
-            task = asyncio.create_task(self._fetch(position, key))
-            self._inflight[memory_key] = task
-            task.add_done_callback(lambda _: self._inflight.pop(memory_key, None))
-        # shield: a client hanging up must not cancel the fetch others are waiting for.
-        return await asyncio.shield(task)
-
-    async def _fetch(self, position: int, key: str) -> Fetched:
-        """Refresh one page; one worker process at a time asks the upstream."""
-        upstream = self.upstreams[position]
-        lock = self._locks.lock(f"page {upstream.url} {key}")
-        if not lock.try_acquire():
-            await lock.wait_released()  # then the other worker's answer is in the store
-        try:
-            old = self._load(position, key, from_store=True)
-            if old is not None and self._fresh(upstream, old, self._clock()):
-                return Fetched(upstream, old)
-            return await self._ask_upstream(position, key, old)
-        finally:
-            lock.release()
-
-    async def _ask_upstream(self, position: int, key: str, old: Entry | None) -> Fetched:
-        upstream = self.upstreams[position]
-        validators = (
-            (old.record.etag, old.record.last_modified) if old and old.page else (None, None)
-        )
-        path = f"{key}/" if key != LIST_KEY else ""
-        now = self._clock()
-        try:
-            response = await upstream.fetch_page(path, *validators)
-            if response.status == 304 and old is not None:
-                record = PageRecord(now, response.etag, response.last_modified, old.record.body)
-                entry = Entry(record, old.page, old.digest)
-            else:
-                # Big pages (a 700,000-name project list) take seconds to parse: keep the
-                # event loop serving meanwhile.
-                page, body = await asyncio.to_thread(parse_and_encode, key, response)
-                record = PageRecord(now, response.etag, response.last_modified, body)
-                entry = Entry(record, page, _digest(body))
-        except UpstreamNotFound:
-            entry = Entry(PageRecord(now, None, None, None), None, "404")
-        except (UpstreamError, ParseError) as error:
-            failure = (
-                error
-                if isinstance(error, UpstreamError)
-                else UpstreamError(f"{upstream.url}: unreadable page for {key!r} ({error})")
-            )
-            outcome = "nothing cached" if old is None else "serving stale copy"
-            log.warning("upstream %s failed for %r, %s: %s", upstream.url, key, outcome, failure)
-            return Fetched(upstream, old, failure)
-        try:
-            self._store.put_page(upstream.url, key, entry.record)
-        except StoreUnavailable as failure:  # still good to serve from memory
-            log.error("cannot store the page %r of %s: %s", key, upstream.url, failure)
-        self._remember((position, key), entry)
-        return Fetched(upstream, entry)
-
-
-def forget_pages(store: MetadataStore, key: str | None) -> int:
-    """Delete the stored pages of `key` (None: all) and tell every worker; returns how many.
-    Unlike invalidating, nothing is kept to revalidate with: the next request refetches."""
-    removed = store.delete_pages(key)
-    store.bump(_PAGES)
-    return removed
-
-
-def parse_and_encode(key: str, response: PageResponse) -> tuple[Project | ProjectList, bytes]:
-    """An upstream page as our model, and that model as stored (msgpack)."""
-    body = response.body or b""
-    is_json = response.content_type.split(";", 1)[0].strip().lower() == _JSON_TYPE
-    page: Project | ProjectList
-    if key == LIST_KEY:
-        page = parse_project_list_json(body) if is_json else parse_project_list_html(body)
-    elif is_json:
-        page = parse_project_json(body, response.url)
-    else:
-        page = parse_project_html(body, response.url, key)
-    return page, _encode(page)
+        return self.pages.cached_pages(name)
 
 
 def _version(fetched: Sequence[Fetched]) -> str:

@@ -11,9 +11,9 @@ from typing import Any
 
 from cachepi.config import Settings
 from cachepi.filecache import FileCache
-from cachepi.index import forget_pages
 from cachepi.metrics import hit_ratio
 from cachepi.store import DATABASE, Stores, open_stores
+from cachepi.upstream_pages import forget_pages
 
 # A temp file nobody touched for this long belongs to no running download.
 ABANDONED_SECONDS = 3600

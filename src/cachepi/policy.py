@@ -176,10 +176,10 @@ class Policy:
         if deny or allow is not None:
             version = file_version(file.filename)
             for rule in deny:
-                if version is not None and version in rule.specifier:  # type: ignore[operator]
+                if version is not None and rule.specifier is not None and version in rule.specifier:
                     return f"{file.filename} is denied by the policy rule {rule.text!r}", math.inf
             if allow is not None and not any(
-                version is not None and version in rule.specifier  # type: ignore[operator]
+                version is not None and rule.specifier is not None and version in rule.specifier
                 for rule in allow
             ):
                 return f"{file.filename}: this version is not on the allow list", math.inf

@@ -296,7 +296,7 @@ def make_session(
     timeout = aiohttp.ClientTimeout(
         total=None, sock_connect=connect_timeout, sock_read=read_timeout
     )
-    connector = aiohttp.TCPConnector(limit=limit, ssl=None if verify_ssl else False)
+    connector = aiohttp.TCPConnector(limit=limit, ssl=verify_ssl)
     return aiohttp.ClientSession(
         timeout=timeout,
         connector=connector,

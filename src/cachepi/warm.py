@@ -41,10 +41,15 @@ class Target:
         return options
 
 
+def _or_none(values: Sequence[str]) -> list[str | None]:
+    """The values, or one None (this interpreter's) when there are none."""
+    return [*values] or [None]
+
+
 def targets(python_versions: Sequence[str], platforms: Sequence[str]) -> list[Target]:
     return [
         Target(version, platform)
-        for version, platform in itertools.product(python_versions or [None], platforms or [None])
+        for version, platform in itertools.product(_or_none(python_versions), _or_none(platforms))
     ]
 
 

@@ -55,7 +55,7 @@ def with_extracted_metadata(project: Project, extracted: Mapping[str, str]) -> P
     whose METADATA we extracted (`extracted`: wheel sha256 -> METADATA sha256)."""
     files = [
         msgspec.structs.replace(file, core_metadata={"sha256": extracted[sha256]})
-        if _wheel_without_metadata(file) and (sha256 := file.hashes.get("sha256")) in extracted
+        if _wheel_without_metadata(file) and (sha256 := file.hashes.get("sha256", "")) in extracted
         else file
         for file in project.files
     ]

@@ -100,9 +100,9 @@ def _supervise(settings: Settings) -> None:
         while not stopping:
             workers = [w for w in workers if w.is_alive()]
             for _ in range(settings.workers - len(workers)):
-                worker = context.Process(target=_worker, args=(settings,), daemon=False)
-                worker.start()
-                workers.append(worker)
+                started = context.Process(target=_worker, args=(settings,), daemon=False)
+                started.start()
+                workers.append(started)
             time.sleep(_RESTART_DELAY)
             for worker in workers:
                 if not worker.is_alive() and not stopping:

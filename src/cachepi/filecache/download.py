@@ -12,7 +12,7 @@ import collections
 import enum
 import os
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from cachepi.types import DownloadFailed
@@ -160,7 +160,7 @@ class Download:
                 raise self._error
             raise DownloadFailed("download cancelled")
 
-    async def chunks(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+    async def chunks(self, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes, None]:
         """The bytes [start, end) as they arrive.
 
         A reader's final byte is withheld until the whole file verified, and DownloadFailed

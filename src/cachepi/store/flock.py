@@ -110,9 +110,7 @@ class FileLock:
     async def publish(self, progress: Progress) -> None:
         """Nothing to do: every process of this machine reads the part file itself."""
 
-    async def follow(
-        self, size: int | None, stored: StoredLookup, origin: Origin
-    ) -> Source | None:
+    async def follow(self, size: int | None, stored: StoredLookup, origin: Origin) -> Source | None:
         while True:
             try:
                 fd = os.open(self.part, os.O_RDONLY)

@@ -286,9 +286,7 @@ class Lock(Protocol):
         """While the holder downloads into `part`, make its bytes visible to followers that
         cannot read that file; returns when the download is done."""
 
-    async def follow(
-        self, size: int | None, stored: StoredLookup, origin: Origin
-    ) -> Source | None:
+    async def follow(self, size: int | None, stored: StoredLookup, origin: Origin) -> Source | None:
         """The holder's download as it progresses, or as stored once it ended; None when
         the holder died before anything was relayed and the lock is now ours (download it
         then). The source raises DownloadFailed if the holder fails."""

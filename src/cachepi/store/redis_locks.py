@@ -219,9 +219,7 @@ class RedisLock:
             await asyncio.sleep(_PIECES_KEPT)
             await pieces.delete_pieces(token, published)
 
-    async def follow(
-        self, size: int | None, stored: StoredLookup, origin: Origin
-    ) -> Source | None:
+    async def follow(self, size: int | None, stored: StoredLookup, origin: Origin) -> Source | None:
         while True:
             holder = self._holder()
             if holder is None:  # released, or expired with its node

@@ -83,19 +83,19 @@ end
 """
 
 
-
 def connect(url: str) -> redis.Redis:
     return redis.Redis.from_url(
         url, socket_timeout=1.0, socket_connect_timeout=0.5, health_check_interval=10
     )
 
 
-
 class RedisMetadata:
     kind = "redis"
 
     def __init__(self, client: redis.Redis, breaker: Breaker, prefix: str = PREFIX) -> None:
-        self._r = client
+        # redis-py annotates its sync client's results as `Awaitable | Any` (shared with the
+        # async client): untyped here; every value is converted where it is read.
+        self._r: Any = client
         self._breaker = breaker
         self._p = prefix
         self._add = client.register_script(_ADD_BLOB)
@@ -115,7 +115,7 @@ class RedisMetadata:
 
     def get_page(self, index_url: str, key: str) -> PageRecord | None:
         raw = self._call(lambda: self._r.hget(f"{self._p}pages:{key}", index_url))
-        return _decode_page(raw) if raw is not None else None  # type: ignore[arg-type]
+        return _decode_page(raw) if raw is not None else None
 
     def put_page(self, index_url: str, key: str, record: PageRecord) -> None:
         def put() -> None:
@@ -128,9 +128,7 @@ class RedisMetadata:
         self._call(put)
 
     def pages_of(self, key: str) -> list[tuple[str, PageRecord]]:
-        rows: dict[bytes, bytes] = self._call(
-            lambda: self._r.hgetall(f"{self._p}pages:{key}")  # type: ignore[arg-type,return-value]
-        )
+        rows: dict[bytes, bytes] = self._call(lambda: self._r.hgetall(f"{self._p}pages:{key}"))
         return [(url.decode(), _decode_page(raw)) for url, raw in rows.items()]
 
     def page_keys(self, prefix: str, limit: int) -> list[str]:
@@ -139,18 +137,18 @@ class RedisMetadata:
                 f"{self._p}pagenames", f"[{prefix}", f"[{prefix}\xff", start=0, num=limit
             )
         )
-        return [name.decode() for name in names]  # type: ignore[union-attr]
+        return [name.decode() for name in names]
 
     def delete_pages(self, key: str | None) -> int:
         def delete() -> int:
             if key is not None:
-                count = int(self._r.hlen(f"{self._p}pages:{key}"))  # type: ignore[arg-type]
+                count = int(self._r.hlen(f"{self._p}pages:{key}"))
                 self._r.delete(f"{self._p}pages:{key}")
                 self._r.zrem(f"{self._p}pagenames", key)
                 return count
             count = 0
             for name in self._r.scan_iter(f"{self._p}pages:*", count=1000):
-                count += int(self._r.hlen(name))  # type: ignore[arg-type]
+                count += int(self._r.hlen(name))
                 self._r.delete(name)
             self._r.delete(f"{self._p}pagenames")
             return count
@@ -167,7 +165,7 @@ class RedisMetadata:
         self, sha256: str, size: int, now: float, project: str | None = None,
         filename: str | None = None,
     ) -> None:  # fmt: skip
-        args = [self._p, sha256, size, now, project or "", filename or ""]
+        args: list[str | int | float] = [self._p, sha256, size, now, project or "", filename or ""]
         self._call(lambda: self._add(args=args))
 
     def remove_blob(self, sha256: str) -> None:
@@ -192,11 +190,11 @@ class RedisMetadata:
         return self._call(sizes)
 
     def blobs(self) -> dict[str, int]:
-        shas = [s.decode() for s in self._call(lambda: self._r.zrange(f"{self._p}lru", 0, -1))]  # type: ignore[union-attr]
+        shas = [s.decode() for s in self._call(lambda: self._r.zrange(f"{self._p}lru", 0, -1))]
         return dict(zip(shas, self._sizes(shas), strict=True))
 
     def blob_stats(self) -> tuple[int, int]:
-        files, size = self._call(lambda: self._r.hmget(f"{self._p}totals", "files", "bytes"))  # type: ignore[misc]
+        files, size = self._call(lambda: self._r.hmget(f"{self._p}totals", "files", "bytes"))
         return int(files or 0), int(size or 0)
 
     def _fields(self, shas: list[str], *names: str) -> list[list[Any]]:
@@ -212,36 +210,35 @@ class RedisMetadata:
         recent = self._call(
             lambda: self._r.zrevrange(f"{self._p}recent", 0, limit - 1, withscores=True)
         )
-        shas = [sha.decode() for sha, _ in recent]  # type: ignore[union-attr]
+        shas = [sha.decode() for sha, _ in recent]
         rows = self._fields(shas, "project", "filename", "size")
         return [
             (at, _text(project), _text(filename), int(size or 0))
-            for (_, at), (project, filename, size) in zip(recent, rows, strict=True)  # type: ignore[arg-type]
+            for (_, at), (project, filename, size) in zip(recent, rows, strict=True)
         ]
 
     def biggest_projects(self, limit: int) -> list[tuple[str, int, int]]:
         sizes = self._call(lambda: self._r.hgetall(f"{self._p}projbytes"))
         files = self._call(lambda: self._r.hgetall(f"{self._p}projfiles"))
-        ranked = sorted(sizes.items(), key=lambda item: -int(item[1]))[:limit]  # type: ignore[union-attr]
-        return [(name.decode(), int(files.get(name, 0)), int(size)) for name, size in ranked]  # type: ignore[union-attr]
+        ranked = sorted(sizes.items(), key=lambda item: -int(item[1]))[:limit]
+        return [(name.decode(), int(files.get(name, 0)), int(size)) for name, size in ranked]
 
     def blobs_of(self, project: str) -> list[tuple[str, str, int, float]]:
         shas = sorted(
             s.decode()
-            for s in self._call(lambda: self._r.smembers(f"{self._p}projblobs:{project}"))  # type: ignore[union-attr]
+            for s in self._call(lambda: self._r.smembers(f"{self._p}projblobs:{project}"))
         )
         rows = self._fields(shas, "filename", "size")
         used = self._call(lambda: self._r.zmscore(f"{self._p}lru", shas)) if shas else []
         listed = [
             (sha, _text(filename), int(size or 0), float(at or 0))
-            for sha, (filename, size), at in zip(shas, rows, used, strict=True)  # type: ignore[arg-type]
+            for sha, (filename, size), at in zip(shas, rows, used, strict=True)
         ]
         return sorted(listed, key=lambda row: row[1])
 
     def least_recently_used(self, limit: int = 256) -> list[tuple[str, int]]:
         shas = [
-            s.decode()
-            for s in self._call(lambda: self._r.zrange(f"{self._p}lru", 0, limit - 1))  # type: ignore[union-attr]
+            s.decode() for s in self._call(lambda: self._r.zrange(f"{self._p}lru", 0, limit - 1))
         ]
         return list(zip(shas, self._sizes(shas), strict=True))
 
@@ -249,7 +246,7 @@ class RedisMetadata:
 
     def extracted_metadata(self) -> dict[str, str]:
         rows = self._call(lambda: self._r.hgetall(f"{self._p}wheelmeta"))
-        return {k.decode(): v.decode() for k, v in rows.items()}  # type: ignore[union-attr]
+        return {k.decode(): v.decode() for k, v in rows.items()}
 
     def put_extracted_metadata(self, wheel_sha256: str, metadata_sha256: str) -> None:
         def put() -> None:
@@ -266,7 +263,7 @@ class RedisMetadata:
         self._call(lambda: self._r.hincrby(f"{self._p}generations", name, 1))
 
     def generation(self, name: str) -> int:
-        return int(self._call(lambda: self._r.hget(f"{self._p}generations", name)) or 0)  # type: ignore[arg-type]
+        return int(self._call(lambda: self._r.hget(f"{self._p}generations", name)) or 0)
 
     def add_counts(self, deltas: Iterable[tuple[str, int]]) -> None:
         def add() -> None:
@@ -279,13 +276,13 @@ class RedisMetadata:
 
     def counts(self) -> dict[str, int]:
         rows = self._call(lambda: self._r.hgetall(f"{self._p}counters"))
-        return {k.decode(): int(v) for k, v in rows.items()}  # type: ignore[union-attr]
+        return {k.decode(): int(v) for k, v in rows.items()}
 
     # -- refs ----------------------------------------------------------------------------
 
     def get_ref(self, url: str) -> str | None:
         raw = self._call(lambda: self._r.hget(f"{self._p}refs", url))
-        return raw.decode() if raw is not None else None  # type: ignore[union-attr]
+        return raw.decode() if raw is not None else None
 
     def put_ref(self, url: str, sha256: str) -> None:
         def put() -> None:
@@ -299,4 +296,3 @@ class RedisMetadata:
 
 def _text(raw: bytes | None) -> str:
     return raw.decode() if raw is not None else ""
-

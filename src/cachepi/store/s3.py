@@ -18,11 +18,14 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import obstore
 from obstore.exceptions import AlreadyExistsError, NotFoundError
 from obstore.store import S3Store
+
+if TYPE_CHECKING:  # types of the stubs only
+    from obstore.store import ClientConfig, RetryConfig, S3Config
 
 from cachepi.store.breaker import Breaker
 from cachepi.store.directory import SHA256_RE, DirectoryBlobs
@@ -74,7 +77,7 @@ def s3_store(url: str, endpoint: str | None, env: dict[str, str]) -> tuple[S3Sto
     """The obstore client for `s3://bucket/prefix` and the prefix, credentials from the
     standard AWS variables."""
     bucket, _, prefix = url.removeprefix("s3://").partition("/")
-    config: dict[str, Any] = {
+    config: S3Config = {
         "region": env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
     }
     if key := env.get("AWS_ACCESS_KEY_ID"):
@@ -82,14 +85,14 @@ def s3_store(url: str, endpoint: str | None, env: dict[str, str]) -> tuple[S3Sto
         config["secret_access_key"] = env.get("AWS_SECRET_ACCESS_KEY", "")
         if token := env.get("AWS_SESSION_TOKEN"):
             config["session_token"] = token
-    client: dict[str, Any] = {"timeout": "30s", "connect_timeout": "3s"}
+    client: ClientConfig = {"timeout": "30s", "connect_timeout": "3s"}
     if endpoint:
         config["endpoint"] = endpoint
         config["virtual_hosted_style_request"] = False
         client["allow_http"] = endpoint.startswith("http://")
     # Few, quick retries: a store that does not answer must not hold a request for minutes
     # (the file then comes from upstream instead).
-    retry = {
+    retry: RetryConfig = {
         "max_retries": 2,
         "retry_timeout": datetime.timedelta(seconds=3),
         "backoff": {
@@ -98,7 +101,7 @@ def s3_store(url: str, endpoint: str | None, env: dict[str, str]) -> tuple[S3Sto
             "base": 2,
         },
     }
-    store = S3Store(bucket, config=config, client_options=client, retry_config=retry)  # type: ignore[arg-type]
+    store = S3Store(bucket, config=config, client_options=client, retry_config=retry)
     return store, prefix.strip("/")
 
 

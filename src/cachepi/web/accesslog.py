@@ -13,9 +13,10 @@ import logging
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, cast
 
 import msgspec
+from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, StreamResponse
 
@@ -46,6 +47,7 @@ class CountingLog(AbstractAccessLogger):
         self._pid = os.getpid()  # made in each worker, after the fork
 
     def log(self, request: BaseRequest, response: StreamResponse, time_taken: float) -> None:
+        request = cast(web.Request, request)  # an application server logs only these
         app = request.app
         route = app[ROUTE_NAMES].get(request.match_info.route.handler, "other")
         app[METRICS].request(route, response.status)

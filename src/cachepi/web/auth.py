@@ -19,6 +19,7 @@ from pathlib import Path
 
 import bcrypt
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
@@ -102,9 +103,7 @@ class Htpasswd:
         return True
 
 
-def basic_auth(
-    htpasswd: Htpasswd,
-) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def basic_auth(htpasswd: Htpasswd) -> Middleware:
     """Middleware: every path but /health needs valid basic-auth credentials."""
 
     @web.middleware
