@@ -1,0 +1,27 @@
+"""Settings: CLI flags > CACHEPI_* > PROXPI_* > the TOML file > defaults.
+
+Everything is validated here, once, so the rest of the code receives plain typed values and
+never reads the environment. A bad value raises `ConfigError` naming the setting; the CLI
+turns that into one line on stderr and exit code 2.
+"""
+
+from cachepi.config.schema import (
+    DEFAULT_CACHE_SIZE,
+    default_cache_dir,
+    default_index_url,
+    default_node_id,
+)
+from cachepi.config.settings import Settings, load_settings
+from cachepi.config.sources import ConfigError
+from cachepi.config.tables import Upstream
+
+__all__ = [
+    "DEFAULT_CACHE_SIZE",
+    "ConfigError",
+    "Settings",
+    "Upstream",
+    "default_cache_dir",
+    "default_index_url",
+    "default_node_id",
+    "load_settings",
+]
