@@ -11,7 +11,7 @@ import pytest
 from cachepi.config import (
     DEFAULT_CACHE_SIZE,
     ConfigError,
-    Upstream,
+    IndexSettings,
     default_index_url,
     load_settings,
 )
@@ -19,7 +19,7 @@ from cachepi.config import (
 
 def test_defaults_match_proxpi() -> None:
     settings = load_settings({}, {})
-    assert settings.upstreams == (Upstream(default_index_url(), 1800),)
+    assert settings.upstreams == (IndexSettings(default_index_url(), 1800),)
     assert default_index_url().startswith("https://") and default_index_url().endswith("/simple/")
     assert settings.cache_size == DEFAULT_CACHE_SIZE == 5 * 1024**3
     assert (settings.host, settings.port) == ("127.0.0.1", 5000)
@@ -42,9 +42,9 @@ def test_every_proxpi_variable_is_read() -> None:
     }
     settings = load_settings({}, env)
     assert settings.upstreams == (
-        Upstream("http://a.example/simple/", 60),
-        Upstream("http://b.example/simple/", 10),
-        Upstream("http://c.example/x/", 0),
+        IndexSettings("http://a.example/simple/", 60),
+        IndexSettings("http://b.example/simple/", 10),
+        IndexSettings("http://c.example/x/", 0),
     )
     assert settings.cache_size == 1000
     assert settings.cache_dir == Path("/tmp/somewhere")
@@ -56,7 +56,7 @@ def test_every_proxpi_variable_is_read() -> None:
 
 def test_extra_indexes_default_to_three_minutes() -> None:
     settings = load_settings({}, {"PROXPI_EXTRA_INDEX_URLS": "http://b.example/"})
-    assert settings.upstreams[1] == Upstream("http://b.example/", 180)
+    assert settings.upstreams[1] == IndexSettings("http://b.example/", 180)
 
 
 def test_flag_beats_cachepi_beats_proxpi() -> None:

@@ -13,13 +13,13 @@ from cachepi.config.schema import (
 )
 from cachepi.config.settings import Settings, load_settings
 from cachepi.config.sources import ConfigError
-from cachepi.config.tables import Upstream
+from cachepi.config.tables import IndexSettings
 
 __all__ = [
     "DEFAULT_CACHE_SIZE",
     "ConfigError",
+    "IndexSettings",
     "Settings",
-    "Upstream",
     "default_cache_dir",
     "default_index_url",
     "default_node_id",

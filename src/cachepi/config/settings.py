@@ -40,14 +40,14 @@ from cachepi.config.schema import (
     default_node_id,
 )
 from cachepi.config.sources import ConfigError, Sources, read_file
-from cachepi.config.tables import Upstream, indexes_from_tables, routes_from_tables
+from cachepi.config.tables import IndexSettings, indexes_from_tables, routes_from_tables
 from cachepi.policy import Policy, parse_duration
 from cachepi.routing import Route
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    upstreams: tuple[Upstream, ...]
+    upstreams: tuple[IndexSettings, ...]
     cache_dir: Path
     cache_size: int
     host: str = "127.0.0.1"
@@ -95,7 +95,7 @@ class Settings:
     node_id: str = dataclasses.field(default_factory=lambda: default_node_id())
 
 
-def _upstreams_from_settings(sources: Sources) -> tuple[Upstream, ...]:
+def _upstreams_from_settings(sources: Sources) -> tuple[IndexSettings, ...]:
     """The proxpi way: INDEX_URL and EXTRA_INDEX_URLS with their TTLs."""
     read = sources.read
     index_url = read("INDEX_URL", parse_url, None) or default_index_url()
@@ -109,12 +109,12 @@ def _upstreams_from_settings(sources: Sources) -> tuple[Upstream, ...]:
             f"{origin}: {len(extra_ttls)} TTLs given for {len(extra_urls)} extra index URLs"
         )
     return (
-        Upstream(index_url, read("INDEX_TTL", parse_ttl, DEFAULT_INDEX_TTL)),
-        *(Upstream(url, ttl) for url, ttl in zip(extra_urls, extra_ttls, strict=True)),
+        IndexSettings(index_url, read("INDEX_TTL", parse_ttl, DEFAULT_INDEX_TTL)),
+        *(IndexSettings(url, ttl) for url, ttl in zip(extra_urls, extra_ttls, strict=True)),
     )
 
 
-def _unique_names(upstreams: tuple[Upstream, ...]) -> tuple[Upstream, ...]:
+def _unique_names(upstreams: tuple[IndexSettings, ...]) -> tuple[IndexSettings, ...]:
     """Default names (host:port) made unique: two indexes on one host are index, index-2."""
     seen: dict[str, int] = {}
     named = []

@@ -16,7 +16,7 @@ from cachepi.routing import Route
 
 
 @dataclasses.dataclass(frozen=True)
-class Upstream:
+class IndexSettings:
     """One upstream index and how long its pages stay fresh (0 = always revalidate)."""
 
     url: str
@@ -49,7 +49,9 @@ def _expand(text: str, env: Mapping[str, str], origin: str) -> str:
     return _ENV_VAR_RE.sub(value, text)
 
 
-def _index_from_table(table: Any, position: int, env: Mapping[str, str], origin: str) -> Upstream:
+def _index_from_table(
+    table: Any, position: int, env: Mapping[str, str], origin: str
+) -> IndexSettings:
     where = f"{origin}: index #{position + 1}"
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: expected a table ([[index]])")
@@ -69,7 +71,7 @@ def _index_from_table(table: Any, position: int, env: Mapping[str, str], origin:
             shown = "…" if key == "url" else repr(raw)
             raise ConfigError(f"{where}: {key}={shown}: {error}") from None
 
-    return Upstream(
+    return IndexSettings(
         url=value("url", lambda text: parse_url(_expand(text, env, where)), None),
         ttl=value(
             "ttl", parse_ttl, DEFAULT_INDEX_TTL if position == 0 else DEFAULT_EXTRA_INDEX_TTL
@@ -80,7 +82,9 @@ def _index_from_table(table: Any, position: int, env: Mapping[str, str], origin:
     )
 
 
-def indexes_from_tables(tables: Any, env: Mapping[str, str], origin: str) -> tuple[Upstream, ...]:
+def indexes_from_tables(
+    tables: Any, env: Mapping[str, str], origin: str
+) -> tuple[IndexSettings, ...]:
     """The upstreams of the file's [[index]] tables, in order."""
     if not isinstance(tables, list) or not tables:
         raise ConfigError(f"{origin}: index: expected one or more [[index]] tables")
@@ -94,7 +98,7 @@ def indexes_from_tables(tables: Any, env: Mapping[str, str], origin: str) -> tup
 
 
 def routes_from_tables(
-    tables: Any, upstreams: tuple[Upstream, ...], origin: str
+    tables: Any, upstreams: tuple[IndexSettings, ...], origin: str
 ) -> tuple[Route, ...]:
     positions = {up.name: position for position, up in enumerate(upstreams)}
     routes = []
