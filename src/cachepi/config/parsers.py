@@ -148,3 +148,17 @@ def parse_choice(*choices: str) -> Callable[[str], str]:
         return value
 
     return parse
+
+
+def parse_path(text: str) -> Path:
+    return Path(text).expanduser()
+
+
+def parse_directory(text: str) -> Path | None:
+    """A directory; empty text leaves the setting to its default."""
+    return Path(text).expanduser() if text else None
+
+
+def parse_name(text: str) -> str | None:
+    """A name; blank text leaves the setting to its default."""
+    return text.strip() or None

@@ -1,6 +1,7 @@
-"""Where a setting's raw value comes from, strongest first: a flag of `cachepi serve`,
-CACHEPI_<NAME>, PROXPI_<NAME>, the TOML file; and the origin that an error names, so a bad
-value is reported as the operator wrote it (`--port`, `PROXPI_INDEX_TTL`, `cachepi.toml: ttl`).
+"""Where a setting's value comes from, strongest first: a flag of `cachepi serve`,
+CACHEPI_<NAME>, PROXPI_<NAME>, the TOML file, the schema's default; and the origin an error
+names, so a bad value is reported as the operator wrote it (`--port`, `PROXPI_INDEX_TTL`,
+`cachepi.toml: page-max-age`).
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+
+from cachepi.config.schema import Setting
 
 
 class ConfigError(ValueError):
@@ -41,20 +44,24 @@ class Sources:
             return f"{self.file_origin}: {name.lower().replace('_', '-')}", self.file[name]
         return "", None
 
-    def read(self, name: str, parse: Callable[[str], Any], default: Any) -> Any:
-        origin, raw = self.find(name)
-        if origin == "":
-            return default
-        if isinstance(raw, tuple | list):  # repeatable flags, TOML arrays
-            raw = "\n".join(str(item) for item in raw)
-        elif isinstance(raw, bool):
-            raw = "1" if raw else "0"
-        raw = str(raw)  # flags and TOML values arrive typed; parse them like the environment
-        try:
-            return parse(raw)
-        except ValueError as error:
-            reason = str(error) if not str(error).startswith("invalid literal") else "not a number"
-            raise ConfigError(f"{origin}={raw!r}: {reason}") from None
+    def value(self, setting: Setting) -> Any:
+        """The setting's value from the strongest source that gives it, else its default."""
+        origin, raw = self.find(setting.name)
+        value = None if origin == "" else _parse(origin, raw, setting.parse)
+        return setting.default_in(self.env) if value is None else value
+
+
+def _parse(origin: str, raw: Any, parse: Callable[[str], Any]) -> Any:
+    if isinstance(raw, tuple | list):  # repeatable flags, TOML arrays
+        raw = "\n".join(str(item) for item in raw)
+    elif isinstance(raw, bool):
+        raw = "1" if raw else "0"
+    raw = str(raw)  # flags and TOML values arrive typed; parse them like the environment
+    try:
+        return parse(raw)
+    except ValueError as error:
+        reason = str(error) if not str(error).startswith("invalid literal") else "not a number"
+        raise ConfigError(f"{origin}={raw!r}: {reason}") from None
 
 
 def read_file(path: Path) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cachepi.config.parsers import parse_bool, parse_ttl, parse_url
-from cachepi.config.schema import DEFAULT_EXTRA_INDEX_TTL, DEFAULT_INDEX_TTL
+from cachepi.config.schema import EXTRA_INDEX_TTL, SETTING
 from cachepi.config.sources import ConfigError
 from cachepi.policy import name_glob, parse_duration
 from cachepi.routing import Route
@@ -34,7 +34,6 @@ class IndexSettings:
             object.__setattr__(self, "name", f"{host}:{parts.port}" if parts.port else host)
 
 
-_INDEX_KEYS = {"name", "url", "ttl", "min-release-age", "explicit"}
 _ENV_VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -55,31 +54,29 @@ def _index_from_table(
     where = f"{origin}: index #{position + 1}"
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: expected a table ([[index]])")
-    if unknown := set(table) - _INDEX_KEYS:
+    parsers: dict[str, Callable[[str], Any]] = {
+        "url": lambda text: parse_url(_expand(text, env, where)),
+        "ttl": parse_ttl,
+        "name": str.strip,
+        "min-release-age": parse_duration,
+        "explicit": parse_bool,
+    }
+    if unknown := set(table) - set(parsers):
         raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}")
     if "url" not in table:
         raise ConfigError(f"{where}: needs a url")
-
-    def value(key: str, parse: Callable[[str], Any], default: Any) -> Any:
-        if key not in table:
-            return default
-        raw = table[key]
+    fields = {}
+    for key, raw in table.items():
         try:
-            return parse(("1" if raw else "0") if isinstance(raw, bool) else str(raw))
+            value = parsers[key](("1" if raw else "0") if isinstance(raw, bool) else str(raw))
         except ValueError as error:
             # Never echo the URL: it may carry credentials.
             shown = "…" if key == "url" else repr(raw)
             raise ConfigError(f"{where}: {key}={shown}: {error}") from None
-
-    return IndexSettings(
-        url=value("url", lambda text: parse_url(_expand(text, env, where)), None),
-        ttl=value(
-            "ttl", parse_ttl, DEFAULT_INDEX_TTL if position == 0 else DEFAULT_EXTRA_INDEX_TTL
-        ),
-        name=value("name", str.strip, ""),
-        min_release_age=value("min-release-age", parse_duration, None),
-        explicit=value("explicit", parse_bool, False),
-    )
+        fields[key.replace("-", "_")] = value
+    # proxpi's TTLs: the first index is the main one.
+    fields.setdefault("ttl", SETTING["INDEX_TTL"].default if position == 0 else EXTRA_INDEX_TTL)
+    return IndexSettings(**fields)
 
 
 def indexes_from_tables(
