@@ -213,7 +213,8 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "CONFIG", parse_path,
-        "A TOML file with any of these settings, indexes, routes and policy.",
+        "A TOML file of settings (kebab-case), indexes, routes and policy; flags and the"
+        " environment win over it.",
         meaning="A TOML file with any of these settings (kebab-case) plus indexes, routes and"
         " policy, see below; flags and the environment win over it.",
     ),
