@@ -90,15 +90,17 @@ def setting_options(*settings: Setting) -> Callable[[Any], Any]:
 
     def add(command: Any) -> Any:
         for setting in reversed(settings):  # click lists options in decorator order
-            options: dict[str, Any] = {"help": setting.help, "multiple": setting.multiple}
+            text = setting.help
+            if not setting.is_flag and setting.default_text != "none":
+                text += f"  [default: {setting.default_text}]"
+            # The backticks that mark code are for the README.
+            options: dict[str, Any] = {"help": text.replace("`", ""), "multiple": setting.multiple}
             if setting.is_flag:
                 options.update(is_flag=True, default=None)
             elif setting.choices:
                 options["type"] = click.Choice(setting.choices)
             elif setting.flag_type is not None:
                 options["type"] = setting.flag_type
-            if not setting.is_flag and setting.default_text != "none":
-                options["help"] += f"  [default: {setting.default_text}]"
             command = click.option(setting.flag, setting.name.lower(), **options)(command)
         return command
 

@@ -9,6 +9,7 @@ turns that into one line on stderr and exit code 2.
     schema    THE list of settings: name, parser, default, help
     tables    the TOML file's [[index]] and [[route]] tables
     settings  the typed `Settings`, and `load_settings`
+    readme    the README's settings table, written from the schema
 """
 
 from cachepi.config.schema import (

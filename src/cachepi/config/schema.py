@@ -66,12 +66,13 @@ class Setting:
 
     name: str  # INDEX_TTL
     parse: Callable[[str], Any]  # None from it means "not given", as for unset settings
-    help: str  # for --help, and the README unless `meaning` is given
+    # For --help and the README (which alone shows `code` in backticks as code).
+    help: str
     default: Any = None  # None: unset
     # For defaults that depend on the machine or the environment: computed at load time.
     compute: Callable[[Mapping[str, str]], Any] | None = None
     shown_default: str = ""  # the default in words, where the value would not say it
-    meaning: str = ""  # the README's text (Markdown), where it says more than `help`
+    meaning: str = ""  # the README's text, where it says more than `help`
     flag_type: type[int] | type[float] | None = None  # so click rejects a bad flag value first
     choices: tuple[str, ...] = ()
     multiple: bool = False  # a repeatable flag; the environment takes a comma-separated list
@@ -107,7 +108,7 @@ class Setting:
         return self.default if self.compute is None else self.compute(env)
 
 
-def _choice(name: str, choices: tuple[str, ...], help: str, meaning: str) -> Setting:
+def _choice(name: str, choices: tuple[str, ...], help: str, meaning: str = "") -> Setting:
     """A setting that takes one of `choices`; the first is the default."""
     return Setting(
         name, parse_choice(*choices), help, default=choices[0], choices=choices, meaning=meaning
@@ -135,16 +136,16 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "CACHE_SIZE", parse_size,
-        "File cache limit in bytes (5G, 500M also accepted); 0 stores no files.",
+        "File cache limit in bytes (`5G`, `500M` also accepted); 0 stores no files.",
         default=DEFAULT_CACHE_SIZE, shown_default=f"{DEFAULT_CACHE_SIZE} (5 GiB)",
     ),
     Setting(
         "CACHE_DIR", parse_directory, "Directory for the database and the files.",
         compute=lambda env: default_cache_dir(),
-        shown_default="$XDG_CACHE_HOME/cachepi, else ~/.cache/cachepi",
+        shown_default="`$XDG_CACHE_HOME/cachepi`, else `~/.cache/cachepi`",
     ),
     Setting(
-        "BINARY_FILE_MIME_TYPE", parse_bool, "Send every file as application/octet-stream.",
+        "BINARY_FILE_MIME_TYPE", parse_bool, "Send every file as `application/octet-stream`.",
         default=False,
     ),
     Setting(
@@ -169,9 +170,8 @@ SETTINGS: tuple[Setting, ...] = (
         default=60, flag_type=int,
     ),
     Setting(
-        "PAGE_MAX_AGE", parse_ttl, "Cache-Control max-age given to clients for index pages.",
+        "PAGE_MAX_AGE", parse_ttl, "`Cache-Control: max-age` given to clients for index pages.",
         default=600, flag_type=int,
-        meaning="`Cache-Control: max-age` given to clients for index pages.",
     ),
     Setting(
         "WORKERS", parse_workers, "Processes serving the port, sharing one cache.",
@@ -202,14 +202,12 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "ADMIN_TOKEN", parse_token,
-        "Token that invalidation requests must bear (16+ characters).",
-        meaning="When set, invalidation needs `Authorization: Bearer <token>` (16+ characters).",
+        "When set, invalidation needs `Authorization: Bearer <token>` (16+ characters).",
     ),
     Setting(
         "HTPASSWD", parse_readable_file,
-        "A file of user:hash lines (bcrypt or argon2): basic auth for every endpoint but /health.",
-        meaning="A file of `user:hash` lines (bcrypt or argon2): every endpoint but `/health`"
-        " then needs basic auth.",
+        "A file of `user:hash` lines (bcrypt or argon2): every endpoint but `/health` then"
+        " needs basic auth.",
     ),
     Setting(
         "CONFIG", parse_path,
@@ -219,12 +217,12 @@ SETTINGS: tuple[Setting, ...] = (
         " policy, see below; flags and the environment win over it.",
     ),
     _choice(
-        "COMBINE", ("merge", "first"), "How a project's indexes are combined: merge or first.",
-        meaning="How a project's indexes are combined: `merge` or `first`.",
+        "COMBINE", ("merge", "first"), "How a project's indexes are combined: `merge` or `first`.",
     ),
     Setting(
         "MIN_RELEASE_AGE", parse_duration,
-        "Release cooldown: hide files uploaded less than this long ago (7d, 12h, 30m, seconds).",
+        "Release cooldown: hide files uploaded less than this long ago (`7d`, `12h`, `30m`,"
+        " seconds).",
         default=0, shown_default="0 (off)",
     ),
     Setting(
@@ -234,57 +232,52 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     _choice(
         "UNKNOWN_UPLOAD_TIME", ("show", "hide"),
-        "With a cooldown, files whose index gives no upload time: show or hide.",
-        meaning="With a cooldown, files whose index gives no upload time: `show` or `hide`.",
+        "With a cooldown, files whose index gives no upload time: `show` or `hide`.",
     ),
     Setting(
         "DENY", parse_rules,
-        "Policy rules to deny, ';'-separated: a project, project<specifier> or file name.",
+        "Policy rules, `;`-separated: projects, `project<specifier>` or files to refuse.",
         default=(), meaning="Policy rules, `;`-separated (see below).",
     ),
     Setting(
         "ALLOW", parse_allow,
-        "When set, only projects (and versions) these rules name are served; ';'-separated.",
-        meaning="When set, only projects (and versions) these rules name are served;"
-        " `;`-separated.",
+        "When set, only projects (and versions) these rules name are served; `;`-separated.",
     ),
     Setting(
         "STORAGE", parse_storage,
-        "s3://BUCKET/PREFIX: a cluster's blobs in an S3-compatible store (needs REDIS_URL).",
-        shown_default="local",
-        meaning="`s3://BUCKET/PREFIX`: a cluster's blobs in an S3-compatible store"
-        " (needs `REDIS_URL`).",
+        "`s3://BUCKET/PREFIX`: a cluster's blobs in an S3-compatible store (needs `REDIS_URL`).",
+        shown_default="`local`",
     ),
     Setting(
-        "S3_ENDPOINT", parse_url, "The store's URL, e.g. http://minio:9000.",
+        "S3_ENDPOINT", parse_url, "The store's URL, e.g. `http://minio:9000`.",
         compute=lambda env: env.get("AWS_ENDPOINT_URL"),
-        shown_default="AWS_ENDPOINT_URL, else AWS",
+        shown_default="`AWS_ENDPOINT_URL`, else AWS",
         meaning="The store's URL, e.g. `http://minio:9000`; credentials from"
         " `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, region from `AWS_REGION`.",
     ),
     _choice(
         "S3_SERVE", ("stream", "redirect"),
-        "Cached files go through the node (stream) or by a 307 to a presigned URL (redirect).",
-        meaning="Cached files go through the node (`stream`) or by a 307 to a presigned URL"
+        "Cached files go through the node (`stream`) or by a 307 to a presigned URL"
         " (`redirect`).",
     ),
     Setting(
         "REDIS_URL", parse_redis_url,
-        "redis://HOST:PORT/DB: a cluster's metadata and locks (needs STORAGE).",
-        meaning="`redis://HOST:PORT/DB`: a cluster's metadata and locks (needs `STORAGE`).",
+        "`redis://HOST:PORT/DB`: a cluster's metadata and locks (needs `STORAGE`).",
     ),
     Setting(
-        "NODE_ID", parse_name, "This node's name in /health and in its locks.",
+        "NODE_ID", parse_name, "This node's name in `/health` and in its locks.",
         compute=lambda env: default_node_id(), shown_default="host-pid",
     ),
     Setting(
         "CERTFILE", parse_readable_file,
-        "Serve HTTPS with this certificate (chain), PEM; needs KEYFILE.",
+        "Serve HTTPS with this certificate (chain), PEM; needs `KEYFILE`.",
     ),
-    Setting("KEYFILE", parse_readable_file, "The certificate's private key, PEM; needs CERTFILE."),
+    Setting(
+        "KEYFILE", parse_readable_file, "The certificate's private key, PEM; needs `CERTFILE`."
+    ),
     _choice(
         "ACCESS_LOG", ("text", "json", "off"),
-        "One line per request on stderr: text, json (one object per line) or off.",
+        "One line per request on stderr: `text`, `json` (one object per line) or `off`.",
         meaning="One line per request on stderr: `text`, `json` (one object per line) or `off`;"
         " both give time, client, pid, request, status, body bytes, seconds and the cache"
         " result (`hit`, `miss`, `stale`, `-`).",
