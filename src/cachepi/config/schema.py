@@ -51,10 +51,12 @@ def default_index_url() -> str:
 
 
 def default_node_id() -> str:
+    """Unique among the nodes of a cluster, and among restarts of one."""
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
 def default_cache_dir() -> Path:
+    """Where the XDG base directory spec puts caches."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return (Path(base) / "cachepi").expanduser()
 
@@ -65,10 +67,10 @@ class Setting:
     `kebab-name = ...` in the TOML file."""
 
     name: str  # INDEX_TTL
-    parse: Callable[[str], Any]  # None from it means "not given", as for unset settings
-    # For --help and the README (which alone shows `code` in backticks as code).
+    parse: Callable[[str], Any]  # returning None leaves the setting to its default
+    # Shown by --help and the README; `code` in backticks is code in the README only.
     help: str
-    default: Any = None  # None: unset
+    default: Any = None  # the value when no source gives one; None: unset
     # For defaults that depend on the machine or the environment: computed at load time.
     compute: Callable[[Mapping[str, str]], Any] | None = None
     shown_default: str = ""  # the default in words, where the value would not say it
@@ -78,13 +80,8 @@ class Setting:
     multiple: bool = False  # a repeatable flag; the environment takes a comma-separated list
 
     @property
-    def key(self) -> str:
-        """The TOML key, which is also the flag without its dashes."""
-        return self.name.lower().replace("_", "-")
-
-    @property
     def flag(self) -> str:
-        return f"--{self.key}"
+        return "--" + self.name.lower().replace("_", "-")
 
     @property
     def is_flag(self) -> bool:

@@ -17,7 +17,8 @@ from cachepi.routing import Route
 
 @dataclasses.dataclass(frozen=True)
 class IndexSettings:
-    """One upstream index and how long its pages stay fresh (0 = always revalidate)."""
+    """One upstream index as configured, and how long its pages stay fresh (0 = always
+    revalidate). The HTTP client for it is `cachepi.upstream.Upstream`."""
 
     url: str
     ttl: int
@@ -65,7 +66,7 @@ def _index_from_table(
         raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}")
     if "url" not in table:
         raise ConfigError(f"{where}: needs a url")
-    fields = {}
+    fields: dict[str, Any] = {}
     for key, raw in table.items():
         try:
             value = parsers[key](("1" if raw else "0") if isinstance(raw, bool) else str(raw))
@@ -74,7 +75,7 @@ def _index_from_table(
             shown = "…" if key == "url" else repr(raw)
             raise ConfigError(f"{where}: {key}={shown}: {error}") from None
         fields[key.replace("-", "_")] = value
-    # proxpi's TTLs: the first index is the main one.
+    # Without a ttl, proxpi's: INDEX_TTL's default for the first index, less for the others.
     fields.setdefault("ttl", SETTING["INDEX_TTL"].default if position == 0 else EXTRA_INDEX_TTL)
     return IndexSettings(**fields)
 
