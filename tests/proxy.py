@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
-from cachepi.config import Settings, Upstream
+from cachepi.config import IndexSettings, Settings
 from cachepi.web.accesslog import access_log_options
 from cachepi.web.app import create_app
 
@@ -22,7 +22,7 @@ from cachepi.web.app import create_app
 def settings_for(cache_dir: Path, *upstreams: tuple[str, int], **options: Any) -> Settings:
     """Settings for a test proxy: the given (url, ttl) upstreams, a free port."""
     return Settings(
-        upstreams=tuple(Upstream(url, ttl) for url, ttl in upstreams),
+        upstreams=tuple(IndexSettings(url, ttl) for url, ttl in upstreams),
         cache_dir=cache_dir,
         cache_size=options.pop("cache_size", 1024**3),
         port=0,

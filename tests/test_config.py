@@ -7,19 +7,27 @@ import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from cachepi.cli import main
 from cachepi.config import (
     DEFAULT_CACHE_SIZE,
+    SETTINGS,
     ConfigError,
-    Upstream,
+    IndexSettings,
+    Settings,
     default_index_url,
     load_settings,
 )
+from cachepi.config.readme import with_table
+from cachepi.policy import Policy
+
+README = Path(__file__).parents[1] / "README.md"
 
 
 def test_defaults_match_proxpi() -> None:
     settings = load_settings({}, {})
-    assert settings.upstreams == (Upstream(default_index_url(), 1800),)
+    assert settings.upstreams == (IndexSettings(default_index_url(), 1800),)
     assert default_index_url().startswith("https://") and default_index_url().endswith("/simple/")
     assert settings.cache_size == DEFAULT_CACHE_SIZE == 5 * 1024**3
     assert (settings.host, settings.port) == ("127.0.0.1", 5000)
@@ -42,9 +50,9 @@ def test_every_proxpi_variable_is_read() -> None:
     }
     settings = load_settings({}, env)
     assert settings.upstreams == (
-        Upstream("http://a.example/simple/", 60),
-        Upstream("http://b.example/simple/", 10),
-        Upstream("http://c.example/x/", 0),
+        IndexSettings("http://a.example/simple/", 60),
+        IndexSettings("http://b.example/simple/", 10),
+        IndexSettings("http://c.example/x/", 0),
     )
     assert settings.cache_size == 1000
     assert settings.cache_dir == Path("/tmp/somewhere")
@@ -56,7 +64,7 @@ def test_every_proxpi_variable_is_read() -> None:
 
 def test_extra_indexes_default_to_three_minutes() -> None:
     settings = load_settings({}, {"PROXPI_EXTRA_INDEX_URLS": "http://b.example/"})
-    assert settings.upstreams[1] == Upstream("http://b.example/", 180)
+    assert settings.upstreams[1] == IndexSettings("http://b.example/", 180)
 
 
 def test_flag_beats_cachepi_beats_proxpi() -> None:
@@ -110,3 +118,36 @@ def test_help_lists_serve() -> None:
         [sys.executable, "-m", "cachepi", "--help"], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0 and "serve" in result.stdout
+
+
+# -- one schema: the README, --help and Settings agree with it ----------------------------
+
+
+def test_readme_settings_table_is_the_schemas() -> None:
+    readme = README.read_text()
+    assert with_table(readme) == readme, "run: python -m cachepi.config.readme README.md"
+
+
+def test_serve_help_lists_every_setting() -> None:
+    result = CliRunner().invoke(main, ["serve", "--help"])
+    assert result.exit_code == 0, result.output
+    # Help text wraps anywhere between words, so compare without whitespace.
+    squeezed = "".join(result.output.split())
+    for setting in SETTINGS:
+        assert f"  {setting.flag} " in result.output or f"  {setting.flag}\n" in result.output
+        assert "".join(setting.help.replace("`", "").split()) in squeezed, setting.name
+        if not setting.is_flag and setting.default_text != "none":
+            shown = "".join(setting.default_text.replace("`", "").split())
+            assert f"[default:{shown}]" in squeezed, setting.name
+
+
+def test_defaults_written_in_words_where_computed() -> None:
+    assert all(setting.shown_default for setting in SETTINGS if setting.compute is not None)
+
+
+def test_settings_defaults_are_those_load_settings_gives(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    loaded = load_settings({}, {})
+    assert Settings(upstreams=loaded.upstreams) == loaded
+    # The policy's own defaults, written in cachepi.policy, agree with the schema's.
+    assert loaded.policy == Policy()

@@ -12,6 +12,7 @@ import json
 import logging
 import ssl
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -30,7 +31,7 @@ from rich.progress import (
 from rich.table import Table
 
 from cachepi import maintenance, workers
-from cachepi.config import ConfigError, Settings, load_settings
+from cachepi.config import SETTING, SETTINGS, ConfigError, Setting, Settings, load_settings
 from cachepi.simple.names import is_valid_project_name, normalize
 from cachepi.upstream import redact
 from cachepi.warm import reachable, targets, warm_target
@@ -79,79 +80,38 @@ def main() -> None:
     """
 
 
-def cache_options(command: Any) -> Any:
-    """--cache-dir, --cache-size and --config: where a command finds the cache."""
-    command = click.option("--config", help="TOML file with settings (as for serve).")(command)
-    command = click.option(
-        "--cache-size", help="File cache limit in bytes (or 5G, 500M); 0 stores nothing."
-    )(command)
-    return click.option(
-        "--cache-dir", help="Directory for the database and files.  [default: ~/.cache/cachepi]"
-    )(command)
+def setting_options(*settings: Setting) -> Callable[[Any], Any]:
+    """A command's flags for these settings, in this order, as the schema describes them.
+
+    An unset flag stays None (a repeatable one, empty), so the environment and the TOML file
+    can give the setting instead.
+    """
+
+    def add(command: Any) -> Any:
+        for setting in reversed(settings):  # click lists options in decorator order
+            text = setting.help
+            if not setting.is_flag and setting.default_text != "none":
+                text += f"  [default: {setting.default_text}]"
+            # The backticks that mark code are for the README.
+            options: dict[str, Any] = {"help": text.replace("`", ""), "multiple": setting.multiple}
+            if setting.is_flag:
+                options.update(is_flag=True, default=None)
+            elif setting.choices:
+                options["type"] = click.Choice(setting.choices)
+            elif setting.flag_type is not None:
+                options["type"] = setting.flag_type
+            command = click.option(setting.flag, setting.name.lower(), **options)(command)
+        return command
+
+    return add
+
+
+# Where a command finds the cache.
+cache_options = setting_options(SETTING["CACHE_DIR"], SETTING["CACHE_SIZE"], SETTING["CONFIG"])
 
 
 @main.command()
-@click.option("--host", help="Address to listen on.  [default: 127.0.0.1]")
-@click.option("--port", type=int, help="Port to listen on.  [default: 5000]")
-@cache_options
-@click.option("--index-url", help="Upstream index.  [default: pip's default index]")
-@click.option(
-    "--index-ttl", type=int, help="Seconds an upstream page stays fresh.  [default: 1800]"
-)
-@click.option(
-    "--extra-index-urls", multiple=True, help="Another upstream index (repeatable), merged in."
-)
-@click.option(
-    "--extra-index-ttls", multiple=True, type=int, help="TTL for each extra index, in order."
-)
-@click.option("--combine", type=click.Choice(["merge", "first"]), help="How indexes combine.")
-@click.option("--connect-timeout", type=float, help="Upstream connect timeout, seconds.")
-@click.option("--read-timeout", type=float, help="Upstream read timeout, seconds.")
-@click.option("--download-timeout", type=float, help="Accepted for proxpi; unused.")
-@click.option("--negative-ttl", type=int, help="Seconds an upstream 404 is remembered.")
-@click.option("--page-max-age", type=int, help="Cache-Control max-age of index pages.")
-@click.option(
-    "--workers", type=int, help="Worker processes sharing the port and cache.  [default: cores]"
-)
-@click.option(
-    "--offline", is_flag=True, default=None, help="Never contact upstreams; serve the cache."
-)
-@click.option("--file-hosts", help="Only download files from these hosts (comma-separated).")
-@click.option("--upstream-connections", type=int, help="Cap on upstream connections.")
-@click.option(
-    "--disable-index-ssl-verification",
-    is_flag=True,
-    default=None,
-    help="Do not verify upstream TLS certificates.",
-)
-@click.option(
-    "--binary-file-mime-type",
-    is_flag=True,
-    default=None,
-    help="Send every file as application/octet-stream.",
-)
-@click.option("--client-timeout", type=float, help="Seconds before a stalled client is dropped.")
-@click.option("--admin-token", help="Token invalidation requests must bear (16+ characters).")
-@click.option("--htpasswd", help="htpasswd file (bcrypt/argon2): basic auth for every client.")
-@click.option("--min-release-age", help="Hide files uploaded more recently (7d, 12h, 30m).")
-@click.option("--cooldown-exempt", help="Project globs the cooldown skips (comma-separated).")
-@click.option(
-    "--unknown-upload-time",
-    type=click.Choice(["show", "hide"]),
-    help="With a cooldown: files without upload time.",
-)
-@click.option("--deny", help="Policy rules to deny, ';'-separated (project, spec or file).")
-@click.option("--allow", help="Serve only what these rules name, ';'-separated.")
-@click.option("--certfile", help="Serve HTTPS with this certificate (PEM).")
-@click.option("--keyfile", help="The certificate's private key (PEM).")
-@click.option("--access-log", type=click.Choice(["text", "json", "off"]), help="Access log format.")
-@click.option("--storage", help="Cluster: blobs in s3://BUCKET/PREFIX (needs --redis-url).")
-@click.option("--s3-endpoint", help="S3 endpoint URL (else AWS_ENDPOINT_URL, else AWS).")
-@click.option(
-    "--s3-serve", type=click.Choice(["stream", "redirect"]), help="Send S3 blobs via the node."
-)
-@click.option("--redis-url", help="Cluster: metadata in this Redis (needs --storage).")
-@click.option("--node-id", help="This node's name in /health.  [default: host-pid]")
+@setting_options(*SETTINGS)
 @click.option("--log-level", default="INFO", show_default=True)
 def serve(log_level: str, **flags: Any) -> None:
     """Run the proxy."""
