@@ -202,7 +202,7 @@ class RedisMetadata:
             with self._r.pipeline(transaction=False) as pipe:
                 for sha256 in shas:
                     pipe.hmget(f"{self._p}blob:{sha256}", *names)
-                return pipe.execute()
+                return list(pipe.execute())
 
         return self._call(fields)
 

@@ -28,7 +28,7 @@ _encode = msgspec.json.Encoder().encode
 def body_bytes(request: BaseRequest, response: StreamResponse) -> int:
     """Bytes of body sent: what a file response counted (sendfile passes aiohttp by), else
     the declared length (aiohttp's own count includes the headers)."""
-    counted = request.get(BODY_BYTES)
+    counted: int | None = request.get(BODY_BYTES)
     if counted is not None:
         return counted
     if request.method == "HEAD" or response.status in (204, 304):
