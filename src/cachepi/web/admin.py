@@ -7,8 +7,7 @@ from aiohttp import web
 from cachepi.simple.names import is_valid_project_name, normalize
 from cachepi.store.protocols import LIST_KEY, StoreUnavailable
 from cachepi.web.auth import require_admin
-from cachepi.web.keys import INDEX_CACHE, SETTINGS, STORES
-from cachepi.web.pages import RENDERED
+from cachepi.web.keys import INDEX_CACHE, RENDERED, SETTINGS, STORES
 
 
 def _invalidate(

@@ -15,6 +15,7 @@ from cachepi.config import Settings
 from cachepi.filecache import FileCache
 from cachepi.index import IndexCache
 from cachepi.metrics import Metrics
+from cachepi.rendered import RenderCache
 from cachepi.routing import Router
 from cachepi.store import open_stores
 from cachepi.store.protocols import MetadataStore, StoreUnavailable
@@ -26,6 +27,7 @@ from cachepi.web.keys import (
     INDEX_CACHE,
     METADATA,
     METRICS,
+    RENDERED,
     ROUTE_NAMES,
     SETTINGS,
     STORES,
@@ -41,7 +43,7 @@ def create_app(settings: Settings, reconcile: bool = True) -> web.Application:
     app = web.Application(client_max_size=64 * 1024)
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
-    app[pages.RENDERED] = pages.RenderCache()
+    app[RENDERED] = RenderCache()
     app[ROUTE_NAMES] = {
         pages.project_list: "project_list",
         pages.project_page: "project_page",

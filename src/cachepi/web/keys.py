@@ -8,6 +8,7 @@ from cachepi.config import Settings
 from cachepi.filecache import FileCache
 from cachepi.index import IndexCache
 from cachepi.metrics import Metrics
+from cachepi.rendered import RenderCache
 from cachepi.store import Stores
 from cachepi.store.protocols import MetadataStore
 from cachepi.types import CacheResult
@@ -16,6 +17,7 @@ SETTINGS = web.AppKey("settings", Settings)
 INDEX_CACHE = web.AppKey("index_cache", IndexCache)
 FILE_CACHE = web.AppKey("file_cache", FileCache)
 METRICS = web.AppKey("metrics", Metrics)
+RENDERED = web.AppKey("rendered", RenderCache)
 METADATA = web.AppKey("metadata", MetadataStore)
 STORES = web.AppKey("stores", Stores)
 # Route handler -> the name requests are counted under in /metrics.

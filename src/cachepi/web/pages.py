@@ -1,95 +1,23 @@
-"""Index pages: `/index/` and `/index/{project}/`, negotiated, rendered once per version.
-
-A page's bytes (and their gzip) are kept per (page, format) and content version, so a request
-for an unchanged page costs a dictionary lookup, not a render.
-"""
+"""Index pages: `/index/` and `/index/{project}/`, negotiated, answered from the rendered
+bytes of their content version (rendered.py), or with a 304."""
 
 from __future__ import annotations
 
-import asyncio
-import gzip
-import hashlib
-from collections import OrderedDict
-from collections.abc import Callable
-
-import zstandard
 from aiohttp import web
 
 from cachepi import catalog
 from cachepi.index import IndexCache, Listing, ListResult, Refused
-from cachepi.simple.model import Project, ProjectList
+from cachepi.rendered import Representation
 from cachepi.simple.names import is_valid_project_name, normalize
-from cachepi.simple.negotiate import Format, choose_encoding, choose_format, content_type
-from cachepi.simple.render import (
-    render_project_html,
-    render_project_json,
-    render_project_list_html,
-    render_project_list_json,
-)
-from cachepi.store.protocols import LIST_KEY
+from cachepi.simple.negotiate import Format, choose_encoding, choose_format
 from cachepi.upstream import UpstreamError
 from cachepi.web.conditional import etag_matches
-from cachepi.web.keys import CACHE_RESULT, FILE_CACHE, INDEX_CACHE, METRICS, SETTINGS
+from cachepi.web.keys import CACHE_RESULT, FILE_CACHE, INDEX_CACHE, METRICS, RENDERED, SETTINGS
 
-_PROJECT_RENDERERS: dict[Format, Callable[[Project], bytes]] = {
-    Format.JSON: render_project_json,
-    Format.HTML_V1: render_project_html,
-    Format.HTML: render_project_html,
-}
-_LIST_RENDERERS: dict[Format, Callable[[ProjectList], bytes]] = {
-    Format.JSON: render_project_list_json,
-    Format.HTML_V1: render_project_list_html,
-    Format.HTML: render_project_list_html,
-}
 _VARY = "Accept, Accept-Encoding"
 STALE_HEADER = "X-Cachepi-Stale"
 UNAVAILABLE_HEADER = "X-Cachepi-Unavailable"
 
-
-class Representation:
-    """One rendered page in one format: its bytes in every coding we send, each with its
-    own strong ETag (a different coding is a different representation)."""
-
-    def __init__(self, body: bytes, fmt: Format) -> None:
-        self.content_type = content_type(fmt)
-        etag = hashlib.blake2b(body, digest_size=12).hexdigest()
-        self.codings: dict[str, tuple[bytes, str]] = {
-            "identity": (body, f'"{etag}"'),
-            "gzip": (gzip.compress(body, compresslevel=6, mtime=0), f'"{etag}-gz"'),
-            # A compressor per page: they are not safe to share between render threads.
-            "zstd": (zstandard.ZstdCompressor(level=3).compress(body), f'"{etag}-zst"'),
-        }
-
-
-class RenderCache:
-    """Rendered pages by (key, format), replaced when the content version changes."""
-
-    def __init__(self, max_entries: int = 2048) -> None:
-        self._entries: OrderedDict[tuple[str, Format], tuple[str, Representation]] = OrderedDict()
-        self._max_entries = max_entries
-
-    async def get(
-        self, key: str, version: str, fmt: Format, render: Callable[[], bytes]
-    ) -> Representation:
-        slot = (key, fmt)
-        held = self._entries.get(slot)
-        if held is not None and held[0] == version:
-            self._entries.move_to_end(slot)
-            return held[1]
-        # Rendering and compressing a big page takes long enough to stall other requests.
-        representation = await asyncio.to_thread(lambda: Representation(render(), fmt))
-        self._entries[slot] = (version, representation)
-        self._entries.move_to_end(slot)
-        if len(self._entries) > self._max_entries:
-            self._entries.popitem(last=False)
-        return representation
-
-    def forget(self, key: str) -> None:
-        for fmt in Format:
-            self._entries.pop((key, fmt), None)
-
-
-RENDERED = web.AppKey("rendered", RenderCache)
 
 _GATEWAY_ERRORS: dict[int, type[web.HTTPException]] = {
     502: web.HTTPBadGateway,
@@ -168,11 +96,7 @@ async def project_page(request: web.Request) -> web.Response:
     if listing is None:
         raise web.HTTPNotFound(text=f"project {name!r} not found\n")
     version, project = catalog.page(listing, request.app[FILE_CACHE].extracted())
-
-    def render() -> bytes:
-        return _PROJECT_RENDERERS[fmt](project())
-
-    page = await request.app[RENDERED].get(name, version, fmt, render)
+    page = await request.app[RENDERED].project(name, version, fmt, project)
     return respond(request, page, listing)
 
 
@@ -194,7 +118,5 @@ async def project_list(request: web.Request) -> web.Response:
         result = await index.project_list()
     except UpstreamError as error:
         raise gateway_error(error) from None
-    page = await request.app[RENDERED].get(
-        LIST_KEY, result.version, fmt, lambda: _LIST_RENDERERS[fmt](result.names)
-    )
+    page = await request.app[RENDERED].project_list(result.version, fmt, result.names)
     return respond(request, page, result)
