@@ -204,7 +204,7 @@ def test_compose_builds_the_image_with_port_volume_and_restart() -> None:
     assert mount, "the cache volume is not mounted where the image keeps its cache"
     # A named volume, declared at the top level.
     assert re.search(rf"^volumes:\n(  .*\n)*  {re.escape(mount[1])}:", live + "\n", re.MULTILINE)
-    # The examples the brief promises, commented out.
+    # The examples the README promises (settings, a TOML config file), commented out.
     assert "PROXPI_INDEX_URL" in text and "CACHEPI_CONFIG" in text
 
 

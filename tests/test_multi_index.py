@@ -1,5 +1,6 @@
-"""Many upstream indexes at once (issue 6): merge and first, routes, explicit indexes, partial
-outages, per-index TTLs, release cooldown, deny/allow rules, and credentials kept secret.
+"""Many upstream indexes at once (README, "Several indexes, routing and policy"): merge and
+first, routes, explicit indexes, partial outages, per-index TTLs, release cooldown, deny/allow
+rules, and credentials kept secret.
 
 Every proxy here is configured the way a user configures it: a `cachepi.toml` read by
 `load_settings`, in front of two or three real fake upstreams on 127.0.0.1.
