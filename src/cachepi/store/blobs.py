@@ -79,7 +79,7 @@ class BlobStore:
 
     async def sync(self, fd: int) -> None:
         """Make bytes written through `fd` durable before they are `put`: after a crash a
-        blob is whole or absent. 100 MB take ~0.15 s: off the event loop."""
+        blob is whole or absent. Slow enough on a big file to stall the event loop: off it."""
         await asyncio.to_thread(os.fsync, fd)
 
     async def put(self, fd: int, temp: Path, sha256: str) -> None:

@@ -4,7 +4,7 @@ The same operations as the SQLite store (metadata.py), on Redis structures under
 prefix. Multi-key updates that must stay consistent (adding and removing a blob with its
 totals and indexes) are Lua scripts, so they are atomic.
 
-Calls are synchronous, like SQLite's: on loopback or a LAN they take ~0.1 ms. When Redis
+Calls are synchronous, like SQLite's: on loopback or a LAN they are short round trips. When Redis
 does not answer, calls fail fast for a while (a circuit breaker) instead of stalling the
 event loop on every request; callers treat that as "nothing stored" and carry on.
 """
