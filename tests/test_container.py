@@ -268,6 +268,7 @@ async def run_healthcheck(command: list[str], env: dict[str, str], within: float
         raise AssertionError(f"the healthcheck took longer than its {within} s") from None
 
 
+@pytest.mark.slow  # runs the image's command as a real server, then SIGTERMs it
 @pytest.mark.parametrize(
     "arguments",
     [pytest.param([], id="default-cmd"), pytest.param(["serve", "--workers", "2"], id="args")],

@@ -399,6 +399,7 @@ async def test_project_list_is_the_union_filtered_by_routes(
 # == one index down =========================================================================
 
 
+@pytest.mark.slow  # waits out retries: ~4 s
 @pytest.mark.parametrize("fault", ["down", "5xx"])
 async def test_one_index_failing_degrades_but_still_serves(
     fault: str, fake_upstream_factory: FakeUpstreamFactory, proxy_from_toml: ProxyFromToml
@@ -836,6 +837,7 @@ def secrets() -> list[str]:
     return [PASSWORD, USER, basic, f"{USER}:{PASSWORD}"]
 
 
+@pytest.mark.slow  # ~9 s
 async def test_credentials_never_leak(
     fake_upstream_factory: FakeUpstreamFactory,
     proxy_from_toml: ProxyFromToml,
