@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from report import Results, Target, Verdict
+from bench.report import Results, Target, Verdict
 
 
 def _median(results: Results, key: str, column: str = "cachepi") -> float | None:
