@@ -16,17 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-import load
-import report
-import scaleout
-import servers
-import spy
-import tools
-from procs import Meter, Processes, Server, log, log_findings, wait_until_quiet
-from report import Results
-from servers import FileInfo, Manifest, PageInfo, Running
-from targets import TARGETS
-from tools import ROOT, WORK
+from tests.clients import isolated_env  # the tests' isolation from this machine
+
+from bench import load, report, scaleout, servers, spy, tools
+from bench.procs import Meter, Processes, Server, log, log_findings, wait_until_quiet
+from bench.report import Results
+from bench.servers import FileInfo, Manifest, PageInfo, Running
+from bench.targets import TARGETS
+from bench.tools import ROOT, WORK
 
 RESULTS = ROOT / "bench" / "results" / "latest.md"
 # What pip sends for a project page.
@@ -358,9 +355,6 @@ class Bench:
         home = WORK / "client-home"
         shutil.rmtree(home, ignore_errors=True)
         home.mkdir()
-        sys.path.insert(0, str(ROOT))
-        from tests.clients import isolated_env  # the tests' isolation from this machine
-
         env = isolated_env(home)
         target = WORK / "install-target"
         sources = {
@@ -459,7 +453,7 @@ def _prepare() -> None:
 def command_line(quick: bool, profile: bool = False, with_cluster: bool = False) -> str:
     return " ".join(
         [
-            "python bench/run.py",
+            "python -m bench.run",
             *(["--quick"] if quick else []),
             *(["--profile"] if profile else []),
             *(["--cluster"] if with_cluster else []),
@@ -487,7 +481,7 @@ def main_cluster_only(quick: bool, output: Path | None) -> int:
             install_packages=1, cluster=plan.upstream_options(),
         )  # fmt: skip
         result = scaleout.run(plan, procs, manifest, workers)
-    command = command_line(quick).replace("run.py", "run.py --cluster-only")
+    command = command_line(quick).replace("bench.run", "bench.run --cluster-only")
     text = scaleout.section(result, command)
     old = output.read_text() if output.exists() else "# cachepi benchmark\n"
     output.parent.mkdir(parents=True, exist_ok=True)

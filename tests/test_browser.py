@@ -18,6 +18,8 @@ from tests.fakeupstream import FakeUpstream
 from tests.fetching import fetch, get_json
 from tests.system import ensure_debian_package
 
+pytestmark = pytest.mark.slow  # drives chromium
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",

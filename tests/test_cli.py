@@ -134,6 +134,7 @@ async def test_help_lists_every_command(home: Path) -> None:
 # -- warm --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # real pip runs
 async def test_warm_fills_the_cache_for_a_later_install_without_upstream(
     fake_upstream: FakeUpstream, proxy: RunningProxy, requirements: Path, home: Path, tmp_path: Path
 ) -> None:
@@ -162,6 +163,7 @@ async def test_warm_fills_the_cache_for_a_later_install_without_upstream(
         assert (target / f"{name}.dist-info").is_dir(), (name, sorted(target.iterdir()))
 
 
+@pytest.mark.slow  # real pip runs
 @pytest.mark.parametrize(
     "targets",
     [
@@ -211,6 +213,7 @@ async def test_warm_with_an_unreadable_requirements_file_is_a_usage_error(
     ran.error_line()
 
 
+@pytest.mark.slow  # a real pip run
 async def test_warm_of_an_unknown_project_fails_with_pips_error(
     proxy: RunningProxy, home: Path, tmp_path: Path
 ) -> None:
@@ -264,6 +267,7 @@ async def test_stats_reads_the_cache_while_a_server_runs(
     assert (await fetch(f"{proxy.index_url}lib/{wheel.filename}")).sha256 == wheel.sha256
 
 
+@pytest.mark.slow  # a real server, counts waited for: ~6 s
 async def test_stats_sees_a_running_servers_counts_within_seconds(
     fake_upstream: FakeUpstream, served: ServedProxy, home: Path
 ) -> None:

@@ -1,5 +1,5 @@
-"""Scale-out (issue 8): several `cachepi serve` nodes sharing blobs in S3 (SeaweedFS) and
-metadata in Redis, all real servers on 127.0.0.1 in front of one FakeUpstream.
+"""Scale-out (README, "Scale-out"): several `cachepi serve` nodes sharing blobs in S3
+(SeaweedFS) and metadata in Redis, all real servers on 127.0.0.1 in front of one FakeUpstream.
 
 Shared pages and files, invalidation on any node, one upstream download per file across the
 cluster (also when its downloader is SIGKILLed or the upstream sends corrupt bytes), Redis

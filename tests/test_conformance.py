@@ -44,7 +44,8 @@ JSON = "application/vnd.pypi.simple.v1+json"
 HTML_V1 = "application/vnd.pypi.simple.v1+html"
 TEXT_HTML = "text/html; charset=utf-8"
 VARY = "Accept, Accept-Encoding"
-# The Accept headers the installers really send (DESIGN.md).
+# The Accept headers the installers really send, as their sources spell them: pip's (pdm's,
+# through unearth, is the same), uv's and poetry's.
 PIP_ACCEPT = f"{JSON}, {HTML_V1}; q=0.1, text/html; q=0.01"
 UV_ACCEPT = f"{JSON}, {HTML_V1};q=0.2, text/html;q=0.01"
 POETRY_ACCEPT = f"{JSON}, */*;q=0.1"

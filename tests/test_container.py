@@ -204,7 +204,7 @@ def test_compose_builds_the_image_with_port_volume_and_restart() -> None:
     assert mount, "the cache volume is not mounted where the image keeps its cache"
     # A named volume, declared at the top level.
     assert re.search(rf"^volumes:\n(  .*\n)*  {re.escape(mount[1])}:", live + "\n", re.MULTILINE)
-    # The examples the brief promises, commented out.
+    # The examples the README promises (settings, a TOML config file), commented out.
     assert "PROXPI_INDEX_URL" in text and "CACHEPI_CONFIG" in text
 
 
@@ -268,6 +268,7 @@ async def run_healthcheck(command: list[str], env: dict[str, str], within: float
         raise AssertionError(f"the healthcheck took longer than its {within} s") from None
 
 
+@pytest.mark.slow  # runs the image's command as a real server, then SIGTERMs it
 @pytest.mark.parametrize(
     "arguments",
     [pytest.param([], id="default-cmd"), pytest.param(["serve", "--workers", "2"], id="args")],

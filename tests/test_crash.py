@@ -25,6 +25,8 @@ from tests.fakeupstream import Dist, FakeUpstream
 from tests.fetching import fetch
 from tests.served import ServedProxy
 
+pytestmark = pytest.mark.slow  # real servers SIGKILLed at random moments
+
 SEED = 20261125
 CLIENTS = 6
 CACHE_SIZE = 20 * 1024**2

@@ -18,6 +18,8 @@ from tests.fakeupstream import FakeUpstream
 from tests.fetching import fetch, get_json
 from tests.served import ServedProxy
 
+pytestmark = pytest.mark.slow  # real servers on a full disk
+
 STORE_FAILURE_WORDS = ("cannot store", "disk")
 
 

@@ -29,6 +29,8 @@ from tests.conftest import ProxyFactory
 from tests.fakeupstream import Dist, FakeUpstream, build_wheel
 from tests.proxy import RunningProxy, Seen
 
+pytestmark = pytest.mark.slow  # real pip, uv, poetry and pdm runs
+
 # What `app` resolves to on the default fake tree: the newest of everything.
 NEWEST = {"app": "1.0", "lib": "1.1", "util-pkg": "0.5"}
 INSTALLERS = {"pip": pip_install, "uv": uv_install}

@@ -13,6 +13,8 @@ from tests.conftest import ProxyFactory
 from tests.fakeupstream import FakeUpstream
 from tests.fetching import wait_healthy
 
+pytestmark = pytest.mark.slow  # real pip and uv runs
+
 INSTALLERS = {"pip": pip_install, "uv": uv_install}
 
 

@@ -17,6 +17,8 @@ from tests.fakeupstream import FakeUpstream
 from tests.fakeupstream.fixtures import FakeUpstreamFactory
 from tests.proxy import RunningProxy, start_proxy
 
+pytestmark = pytest.mark.slow  # real pip and uv runs
+
 INSTALLERS = {"pip": pip_install, "uv": uv_install}
 USER, PASSWORD = "deploy-bot", "e2e-Pw-77"
 

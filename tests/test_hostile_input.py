@@ -450,7 +450,8 @@ async def test_hostile_upstream_entries_are_neither_listed_nor_fetched(
 async def test_links_that_are_not_distributions_of_the_project_are_not_listed(
     fake_upstream: FakeUpstream, proxy: RunningProxy
 ) -> None:
-    """DESIGN.md's checklist: a filename must parse as a wheel or sdist of that project.
+    """An upstream entry is listed only if its filename parses as a wheel or sdist of that
+    project (README, "When things go wrong": hostile input).
     Relative links are resolved as URLs (PyPI's own pages use "../../packages/..."), so
     what is judged is the filename they end in."""
     (good,) = fake_upstream.add_project("hostile", ["9.0"], sdist=False)

@@ -20,6 +20,8 @@ from tests.fakeupstream import FakeUpstream
 from tests.fetching import fetch
 from tests.served import ServedProxy
 
+pytestmark = pytest.mark.slow  # real servers and clients over https
+
 # requests lets these override the CA a client asks for (pip's --cert): a machine's own
 # setting, like PIP_CERT, that must not decide what a test trusts.
 _CA_OVERRIDES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")

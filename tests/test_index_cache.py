@@ -93,6 +93,7 @@ async def test_pages_survive_a_restart(
     assert fake_upstream.requests == []
 
 
+@pytest.mark.slow  # waits out a TTL and retries: ~4 s
 async def test_stale_page_served_when_upstream_down(
     fake_upstream: FakeUpstream, proxy_factory: ProxyFactory
 ) -> None:

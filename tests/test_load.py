@@ -22,6 +22,8 @@ from tests.fakeupstream import Dist, FakeUpstream
 from tests.fakeupstream.fixtures import FakeUpstreamFactory
 from tests.served import ServedProxy, memory_kib
 
+pytestmark = pytest.mark.slow  # 60 s of load
+
 SECONDS = 60.0
 CLIENTS = 200
 SEED = 8

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from cachepi.store.protocols import PageRecord
 from cachepi.store.sqlite import SqliteMetadata
@@ -21,6 +22,8 @@ from tests.fakeupstream import Dist, FakeUpstream
 from tests.fakeupstream.fixtures import FakeUpstreamFactory
 from tests.fetching import JSON, JSON_TYPE
 from tests.served import ServedProxy
+
+pytestmark = pytest.mark.slow  # a real server, a 1 GiB file, 50,000 projects
 
 MIB = 1024**2
 GROWTH_LIMIT_MIB = 200

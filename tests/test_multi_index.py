@@ -1,5 +1,6 @@
-"""Many upstream indexes at once (issue 6): merge and first, routes, explicit indexes, partial
-outages, per-index TTLs, release cooldown, deny/allow rules, and credentials kept secret.
+"""Many upstream indexes at once (README, "Several indexes, routing and policy"): merge and
+first, routes, explicit indexes, partial outages, per-index TTLs, release cooldown, deny/allow
+rules, and credentials kept secret.
 
 Every proxy here is configured the way a user configures it: a `cachepi.toml` read by
 `load_settings`, in front of two or three real fake upstreams on 127.0.0.1.
@@ -398,6 +399,7 @@ async def test_project_list_is_the_union_filtered_by_routes(
 # == one index down =========================================================================
 
 
+@pytest.mark.slow  # waits out retries: ~4 s
 @pytest.mark.parametrize("fault", ["down", "5xx"])
 async def test_one_index_failing_degrades_but_still_serves(
     fault: str, fake_upstream_factory: FakeUpstreamFactory, proxy_from_toml: ProxyFromToml
@@ -835,6 +837,7 @@ def secrets() -> list[str]:
     return [PASSWORD, USER, basic, f"{USER}:{PASSWORD}"]
 
 
+@pytest.mark.slow  # ~9 s
 async def test_credentials_never_leak(
     fake_upstream_factory: FakeUpstreamFactory,
     proxy_from_toml: ProxyFromToml,

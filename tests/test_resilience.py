@@ -91,6 +91,7 @@ async def test_stale_pages_and_cached_files_served_when_upstream_fails(
     assert (again.status, again.sha256) == (200, wheel.sha256)
 
 
+@pytest.mark.slow  # real DNS failures, retried: ~4 s
 async def test_stale_page_served_when_the_index_host_does_not_resolve(
     fake_upstream: FakeUpstream, proxy_factory: ProxyFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -121,6 +122,7 @@ async def test_stale_page_served_when_the_index_host_does_not_resolve(
     assert fake_upstream.requests == []
 
 
+@pytest.mark.slow  # real pip and uv runs, a restart
 @pytest.mark.parametrize(
     ("installer", "fault"),
     [("pip", "down"), ("uv", "down"), ("pip", "reset"), ("uv", "5xx")],
@@ -321,6 +323,7 @@ async def test_upstream_connection_cap_holds_for_concurrent_misses(
 # -- the upstream must not be asked --------------------------------------------------------
 
 
+@pytest.mark.slow  # real pip runs
 async def test_offline_serves_the_cache_and_never_contacts_upstream(
     fake_upstream: FakeUpstream, proxy_factory: ProxyFactory, tmp_path: Path
 ) -> None:

@@ -15,6 +15,8 @@ from tests.fakeupstream import Dist, FakeUpstream
 from tests.fetching import fetch
 from tests.proxy import RunningProxy
 
+pytestmark = pytest.mark.slow  # clients that take seconds to read, against a 1 s client timeout
+
 CLIENT_TIMEOUT = 1.0
 
 

@@ -28,7 +28,7 @@ _HEX_LENGTHS = {
 }
 _HEX_DIGITS = "0123456789abcdef"
 # An absolute http(s) URL of printable ASCII, with a plain host: the usual file link. A regex
-# splits it ~20x faster than urljoin + urlsplit; every other URL goes through urllib.
+# splits it far faster than urljoin + urlsplit, for every link; other URLs go through urllib.
 # Path: printable ASCII but "#", "?" and "\\"; query: the same with "?"; fragment: any.
 _PLAIN_URL_RE = re.compile(
     r"(https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?)"
