@@ -153,6 +153,43 @@ async def test_a_page_and_a_file_fetched_by_one_node_are_served_by_the_others(
         assert document["node"] == f"node-{number}"
 
 
+async def test_metadata_is_extracted_from_wheels_in_s3_and_verify_checks_the_bucket(
+    fake_upstream: FakeUpstream, cluster_factory: ClusterFactory, tmp_path: Path
+) -> None:
+    """The cluster backends do all the local store does: PEP 658 METADATA is extracted
+    from a wheel stored in S3 and offered by every node, and `cachepi verify` re-hashes the
+    bucket's blobs."""
+    wheel = fake_upstream.add_project("nometa", ["1.0"], core_metadata=False, sdist=False)[0]
+    assert wheel.metadata is not None
+    cluster = await cluster_factory(fake_upstream, nodes=2)
+    a, b = cluster.nodes
+    await get_file(cluster, a, wheel)
+    metadata_url = cluster.file_url(b, wheel) + ".metadata"
+    reply = await fetch(metadata_url)
+    for _ in range(100):  # extracted after the download; other nodes learn it within a second
+        if reply.status == 200:
+            break
+        await asyncio.sleep(0.05)
+        reply = await fetch(metadata_url)
+    assert (reply.status, reply.body) == (200, wheel.metadata)
+    page = json.loads((await get_json(cluster.page_url(b, "nometa"))).body)
+    advertised = {f["filename"]: f.get("core-metadata") for f in page["files"]}
+    assert advertised[wheel.filename] == {"sha256": hashlib.sha256(wheel.metadata).hexdigest()}
+    assert fake_upstream.count(fake_upstream.file_path(wheel.filename + ".metadata")) == 0
+
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "cachepi", "verify", "--cache-dir", str(tmp_path / "verify")],
+        env=isolated_env(tmp_path) | a.env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 files" in result.stdout and "0 removed" in result.stdout, result.stdout
+
+
 async def test_invalidating_on_one_node_makes_another_refetch_within_two_seconds(
     fake_upstream: FakeUpstream, cluster_factory: ClusterFactory
 ) -> None:
