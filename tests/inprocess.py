@@ -115,8 +115,8 @@ class FakeIndex:
     def release(self) -> None:
         self._gate.set()
 
-    async def _arrive(self, path: str) -> None:
-        self.requests[path] += 1
+    async def _transit(self) -> None:
+        """A held answer waits here; a failure set meanwhile still hits it (a timeout)."""
         await self._gate.wait()
         if self.failure is not None:
             self.health.failed(str(self.failure))
@@ -129,17 +129,18 @@ class FakeIndex:
     async def fetch_page(
         self, path: str, etag: str | None = None, last_modified: str | None = None
     ) -> PageResponse:
-        await self._arrive(path)
+        self.requests[path] += 1
+        # The answer is what the index has when the request arrives, even if held after.
         if path == "":
-            names = [{"name": name} for name in self.projects]
-            page: dict[str, Any] = {"projects": names}
-        elif (found := self.projects.get(path.rstrip("/"))) is not None:
-            page = found
+            page: dict[str, Any] | None = {"projects": [{"name": n} for n in self.projects]}
         else:
+            page = self.projects.get(path.rstrip("/"))
+        body = json.dumps({"meta": {"api-version": "1.1"}} | page).encode() if page else b""
+        tag = f'"{hashlib.sha256(body).hexdigest()[:16]}"'
+        await self._transit()
+        if page is None:
             self._answer(path, 404)
             raise UpstreamNotFound(self.url + path)
-        body = json.dumps({"meta": {"api-version": "1.1"}} | page).encode()
-        tag = f'"{hashlib.sha256(body).hexdigest()[:16]}"'
         status = 304 if etag == tag else 200
         self._answer(path, status)
         return PageResponse(
@@ -149,8 +150,10 @@ class FakeIndex:
     @contextlib.asynccontextmanager
     async def open_file(self, url: str) -> AsyncIterator[tuple[int | None, AsyncIterator[bytes]]]:
         path = url.removeprefix(self.url)
-        await self._arrive(path)
-        if (data := self.files.get(url)) is None:
+        self.requests[path] += 1
+        data = self.files.get(url)
+        await self._transit()
+        if data is None:
             self._answer(path, 404)
             raise UpstreamNotFound(url)
         self._answer(path, 200)
