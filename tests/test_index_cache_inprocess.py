@@ -399,16 +399,20 @@ async def test_the_cooldown_hides_young_files_until_their_release_age(
     assert pypi.count("lib/") == 1  # screened again from the cached page
 
 
-async def test_an_index_cooldown_holds_back_only_that_index_files(
+async def test_an_index_cooldown_overrides_the_global_one_for_its_files(
     pypi: FakeIndex, make_cache: CacheFactory, clock: FakeClock
 ) -> None:
-    fresh = FakeIndex("fresh", min_release_age=int(DAY))
-    fresh.add(build_sdist("lib", "2.0"), uploaded=clock.now - 60)
-    pypi.add(build_sdist("lib", "3.0"), uploaded=clock.now - 60)
-    listing = await make_cache(pypi, fresh).listing("lib")
+    internal = FakeIndex("internal", min_release_age=0)  # our own uploads: no cooldown
+    internal.add(build_sdist("lib", "2.0"), uploaded=clock.now - 60)
+    cautious = FakeIndex("cautious", min_release_age=int(2 * DAY))
+    cautious.add(build_sdist("lib", "1.5"), uploaded=clock.now - DAY - 120)
+    pypi.add(build_sdist("lib", "3.0"), uploaded=clock.now - 60)  # the global cooldown
+    policy = Policy(min_release_age=int(DAY))
+    listing = await make_cache(pypi, internal, cautious, policy=policy).listing("lib")
     assert listing is not None
-    assert "lib-3.0.tar.gz" in filenames(listing)
-    assert list(listing.refused) == ["lib-2.0.tar.gz"]
+    assert filenames(listing) == [*LIB_1, "lib-2.0.tar.gz"]
+    assert sorted(listing.refused) == ["lib-1.5.tar.gz", "lib-3.0.tar.gz"]
+    assert listing.valid_until == clock.now + DAY - 120  # the first cooldown to end: 1.5's
 
 
 async def test_a_quarantined_project_lists_no_files(

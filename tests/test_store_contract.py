@@ -239,6 +239,8 @@ def test_blob_records_keep_totals_and_the_order_of_last_use(backend: Backend) ->
     assert store.blobs() == {SHA["a"]: 100, SHA["b"]: 200, SHA["c"]: 400}
     assert store.least_recently_used() == [(SHA["a"], 100), (SHA["b"], 200), (SHA["c"], 400)]
     store.touch_blobs([(SHA["a"], 5.0), (SHA["b"], 0.5)])  # a touch never moves back in time
+    store.touch_blobs([(SHA["m"], 6.0)])  # nor records a blob nobody added
+    assert SHA["m"] not in store.blobs() and store.blob_stats() == (3, 700)
     assert store.least_recently_used(2) == [(SHA["b"], 200), (SHA["c"], 400)]
     assert store.blobs_of("lib") == [
         (SHA["a"], "lib-1.0.tar.gz", 100, 5.0), (SHA["b"], "lib-2.0.tar.gz", 200, 2.0),
