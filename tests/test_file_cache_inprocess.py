@@ -46,8 +46,8 @@ def stores(tmp_path: Path) -> Stores:
 async def make_cache(stores: Stores, clock: FakeClock) -> AsyncIterator[CacheFactory]:
     opened: list[FileCache] = []
 
-    async def make(max_bytes: int = 1 << 30, store: Stores | None = None) -> FileCache:
-        cache = FileCache(store or stores, max_bytes, clock=clock)
+    async def make(max_bytes: int = 1 << 30) -> FileCache:
+        cache = FileCache(stores, max_bytes, clock=clock)
         await cache.open()
         opened.append(cache)
         return cache
@@ -86,14 +86,14 @@ async def read(answer: StoredBlob | Download) -> bytes:
         answer.close()
 
 
-def stored(stores: Stores) -> dict[str, int]:
-    """sha256 -> size of the recorded blobs, after checking each is on disk and whole."""
+async def stored(stores: Stores) -> dict[str, int]:
+    """sha256 -> size of the recorded blobs, after checking that the blob store holds
+    exactly those, each whole."""
     recorded = stores.metadata.blobs()
-    for sha256, size in recorded.items():
-        path = stores.blobs.temp_dir.parent / "blobs" / sha256[:2] / sha256
-        assert (
-            hashlib.sha256(path.read_bytes()).hexdigest() == sha256 and size == path.stat().st_size
-        )
+    assert dict([entry async for entry in stores.blobs.listing()]) == recorded
+    for sha256 in recorded:
+        blob = await stores.blobs.open(sha256)
+        assert blob is not None and hashlib.sha256(await read(blob)).hexdigest() == sha256
     return recorded
 
 
@@ -113,7 +113,7 @@ async def test_a_miss_streams_and_stores_and_the_next_get_is_a_hit(
     miss = await cache.get(spec)
     assert isinstance(miss, Download)
     assert await read(miss) == dist.read_bytes()
-    assert stored(stores) == {dist.sha256: dist.size}  # stored before the last byte
+    assert await stored(stores) == {dist.sha256: dist.size}  # stored before the last byte
     assert stores.metadata.blobs_of("lib")[0][:3] == (dist.sha256, dist.filename, dist.size)
     hit = await cache.get(spec)
     assert not isinstance(hit, Download) and hit.sha256 == dist.sha256
@@ -138,7 +138,7 @@ async def test_concurrent_gets_of_one_file_cause_one_upstream_read(
     bodies = await asyncio.gather(*(read(download) for download in downloads))
     assert all(body == dist.read_bytes() for body in bodies)
     assert index.count(f"blob-x/{dist.filename}") == 1
-    assert stored(stores) == {dist.sha256: dist.size}
+    assert await stored(stores) == {dist.sha256: dist.size}
 
 
 async def test_a_file_without_a_hash_is_found_again_by_its_url(
@@ -167,7 +167,7 @@ async def test_a_file_the_upstream_lost_is_its_404_and_nothing_is_stored(
     with pytest.raises(UpstreamError) as raised:
         await cache.get(spec)
     assert raised.value.status == 504
-    assert stored(stores) == {} and leftovers(stores) == []
+    assert await stored(stores) == {} and leftovers(stores) == []
 
 
 # -- wrong bytes ---------------------------------------------------------------------------------
@@ -199,7 +199,7 @@ async def test_wrong_bytes_are_never_stored_and_readers_fail_before_their_last_b
     for received, failure in results:
         assert isinstance(failure, DownloadFailed) and "sha256 mismatch" in str(failure)
         assert received < dist.size
-    assert stored(stores) == {} and leftovers(stores) == []
+    assert await stored(stores) == {} and leftovers(stores) == []
     # Nothing is remembered of the failure: the next request downloads again, and succeeds.
     index.add(dist)
     assert await read(await cache.get(spec_for(index, dist))) == dist.read_bytes()
@@ -213,10 +213,11 @@ async def test_a_size_mismatch_alone_refuses_the_bytes(
     dist = sdist(100_000)
     index.add(dist, served=dist.read_bytes()[:-100])  # cut short; the index gave no hash
     download = await cache.get(spec_for(index, dist, hashes={}))
+    assert isinstance(download, Download)
     received, failure = await partial_read(download)
     assert isinstance(failure, DownloadFailed) and str(dist.size) in str(failure)
     assert received < dist.size - 100
-    assert stored(stores) == {} and leftovers(stores) == []
+    assert await stored(stores) == {} and leftovers(stores) == []
     assert stores.metadata.get_ref(f"{index.url}blob-x/{dist.filename}") is None
 
 
@@ -237,7 +238,7 @@ async def test_eviction_removes_the_least_recently_used_first(
     cache.accounting.flush_touches()
     clock.advance(60)
     assert await read(await cache.get(spec_for(index, c))) == c.read_bytes()
-    assert stored(stores) == {a.sha256: a.size, c.sha256: c.size}
+    assert await stored(stores) == {a.sha256: a.size, c.sha256: c.size}
     assert cache.accounting.usage() == (2, a.size + c.size)
 
 
@@ -248,7 +249,7 @@ async def test_a_file_larger_than_the_cache_streams_but_is_not_stored(
     cache = await make_cache(max_bytes=40_000)
     assert await read(await cache.get(spec_for(index, small))) == small.read_bytes()
     assert await read(await cache.get(spec_for(index, big))) == big.read_bytes()
-    assert stored(stores) == {small.sha256: small.size}  # nothing evicted for it either
+    assert await stored(stores) == {small.sha256: small.size}  # nothing evicted for it either
     again = await cache.get(spec_for(index, big))  # not stored: downloaded again
     assert isinstance(again, Download) and await read(again) == big.read_bytes()
     assert index.count(f"blob-b/{big.filename}") == 2 and leftovers(stores) == []
@@ -261,7 +262,7 @@ async def test_a_cache_of_zero_bytes_stores_nothing(
     dist = build_sdist("lib", "1.0")
     for _ in range(2):
         assert await read(await cache.get(spec_for(index, dist))) == dist.read_bytes()
-    assert stored(stores) == {} and index.count(f"lib/{dist.filename}") == 2
+    assert await stored(stores) == {} and index.count(f"lib/{dist.filename}") == 2
     assert leftovers(stores) == []
 
 
@@ -285,7 +286,7 @@ async def test_a_cached_wheel_gets_its_metadata_extracted_and_removal_forgets_it
     later, pairs = cache.extractions.known()
     assert pairs == {} and later > generation
     assert stores.metadata.extracted_metadata() == {}
-    assert gone not in stored(stores)
+    assert gone not in await stored(stores)
 
 
 @pytest.mark.xfail(
@@ -322,7 +323,7 @@ async def test_a_wheel_whose_index_has_metadata_is_not_extracted(
     wheel = build_wheel("lib", "1.0")
     assert await read(await cache.get(spec_for(index, wheel))) == wheel.read_bytes()
     assert cache.extractions.known()[1] == {}
-    assert stored(stores) == {wheel.sha256: wheel.size}
+    assert await stored(stores) == {wheel.sha256: wheel.size}
 
 
 # -- a store that does not answer ----------------------------------------------------------------
