@@ -289,13 +289,6 @@ async def test_a_cached_wheel_gets_its_metadata_extracted_and_removal_forgets_it
     assert gone not in await stored(stores)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Accounting.match_records() (`cachepi gc`, beside running servers) drops the "
-    "records of vanished blobs with store.remove_blob(), which deletes the extracted pair, "
-    "but neither calls on_removed nor bumps the 'extracted' generation: running processes "
-    "keep advertising a METADATA file the cache no longer has until they restart",
-)
 async def test_gc_forgetting_a_vanished_metadata_blob_stops_its_advertisement(
     index: FakeIndex, stores: Stores, make_cache: CacheFactory, clock: FakeClock
 ) -> None:

@@ -225,12 +225,6 @@ async def test_invalidate_makes_the_next_request_revalidate_once(
     assert pypi.answers == [("lib/", 200), ("lib/", 304)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="invalidate() neither cancels nor outdates a refresh in flight: its older answer "
-    "is stored as fresh (fetched_at = when it was asked) and later callers join it, so the "
-    "invalidation is lost for a whole TTL",
-)
 async def test_invalidate_is_not_undone_by_a_refresh_that_was_in_flight(
     pypi: FakeIndex, make_cache: CacheFactory, clock: FakeClock
 ) -> None:

@@ -119,6 +119,15 @@ class UpstreamPages:
         self._store.bump(_PAGES)
         for position in range(len(self.upstreams)):
             self._memory.pop((position, name), None)
+            # A refresh already asked may answer from before: later callers ask anew.
+            self._inflight.pop((position, name), None)
+
+    def _invalidations(self) -> int | None:
+        """The count of invalidations by any worker (None: the store does not say)."""
+        try:
+            return self._store.generation(_PAGES)
+        except StoreUnavailable:
+            return None
 
     def cached_pages(self, name: str) -> list[CachedPage]:
         """What is stored of `name`'s pages, per configured index, freshness judged as
@@ -228,9 +237,13 @@ class UpstreamPages:
         if task is None:
             task = asyncio.create_task(self._fetch(position, key))
             self._inflight[memory_key] = task
-            task.add_done_callback(lambda _: self._inflight.pop(memory_key, None))
+            task.add_done_callback(lambda done: self._forget_inflight(memory_key, done))
         # shield: a client hanging up must not cancel the fetch others are waiting for.
         return await asyncio.shield(task)
+
+    def _forget_inflight(self, memory_key: tuple[int, str], task: asyncio.Task[Fetched]) -> None:
+        if self._inflight.get(memory_key) is task:  # not a newer one, after an invalidation
+            del self._inflight[memory_key]
 
     async def _fetch(self, position: int, key: str) -> Fetched:
         """Refresh one page; one worker process at a time asks the upstream."""
@@ -253,6 +266,7 @@ class UpstreamPages:
         )
         path = f"{key}/" if key != LIST_KEY else ""
         now = self._clock()
+        invalidations = self._invalidations()
         try:
             response = await upstream.fetch_page(path, *validators)
             if response.status == 304 and old is not None:
@@ -275,6 +289,10 @@ class UpstreamPages:
             outcome = "nothing cached" if old is None else "serving stale copy"
             log.warning("upstream %s failed for %r, %s: %s", upstream.url, key, outcome, failure)
             return Fetched(upstream, old, failure)
+        if invalidations is not None and self._invalidations() != invalidations:
+            # Somebody invalidated meanwhile: this answer may predate what they expect.
+            stale = msgspec.structs.replace(entry.record, fetched_at=0.0)
+            entry = Entry(stale, entry.page, entry.digest)
         try:
             self._store.put_page(upstream.url, key, entry.record)
         except StoreUnavailable as failure:  # still good to serve from memory

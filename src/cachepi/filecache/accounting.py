@@ -97,6 +97,7 @@ class Accounting:
                     added += 1
             for sha256 in recorded:  # recorded, but the file is gone
                 self._store.remove_blob(sha256)
+                self._on_removed(sha256)
             return added, len(recorded), await self._evict(0)
 
     async def remove(self, sha256: str) -> None:

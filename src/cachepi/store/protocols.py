@@ -165,8 +165,8 @@ class BlobStore(Protocol):
         """Make bytes written through `fd` durable before they are `put`."""
 
     async def put(self, fd: int, temp: Path, sha256: str) -> None:
-        """Make the verified, synced bytes in `temp` the blob `sha256` (a blob already
-        there is kept)."""
+        """Make the verified, synced bytes in `temp` the blob `sha256` (if it is there
+        already, the same bytes stay)."""
 
     async def remove(self, sha256: str) -> None: ...
 
@@ -288,8 +288,9 @@ class Lock(Protocol):
 
     async def follow(self, size: int | None, stored: StoredLookup, origin: Origin) -> Source | None:
         """The holder's download as it progresses, or as stored once it ended; None when
-        the holder died before anything was relayed and the lock is now ours (download it
-        then). The source raises DownloadFailed if the holder fails."""
+        the holder died (or ended without storing the file) before anything was relayed and
+        the lock is now ours: download it then. DownloadFailed, raised here or by the
+        source, when the holder failed."""
 
 
 class Locks(Protocol):
