@@ -352,3 +352,30 @@ async def test_a_store_that_does_not_answer_has_nothing_and_the_file_still_strea
     assert isinstance(download, Download) and await read(download) == dist.read_bytes()
     await unanswered.close()
     assert index.count(f"lib/{dist.filename}") == 2
+
+
+async def test_a_wheel_without_readable_metadata_is_opened_for_extraction_once(
+    index: FakeIndex, stores: Stores, make_cache: CacheFactory
+) -> None:
+    """Hits on a cached wheel whose METADATA cannot be read do not open it again and again
+    (from S3 that would be a whole download per hit)."""
+    opened: list[str] = []
+    real_open = stores.blobs.open
+
+    async def counting_open(sha256: str) -> StoredBlob | None:
+        opened.append(sha256)
+        return await real_open(sha256)
+
+    stores.blobs.open = counting_open  # type: ignore[method-assign]  # a counting spy
+    cache = await make_cache()
+    broken = Dist.from_bytes("lib-1.0-py3-none-any.whl", b"not a zip file at all")
+    spec = spec_for(index, broken, metadata=False)
+    assert await read(await cache.get(spec)) == broken.read_bytes()
+    hits = 5
+    for _ in range(hits):
+        assert await read(await cache.get(spec)) == broken.read_bytes()
+        await settle()
+    assert cache.extractions.known()[1] == {}
+    # One lookup per get, one before the download (another process may have stored it),
+    # and one extraction attempt.
+    assert opened.count(broken.sha256) == (1 + hits) + 1 + 1

@@ -97,7 +97,7 @@ class FileCache:
         upstream's headers are in. Check and start happen without an await in between, so
         two requests never start two downloads of one file."""
         if (blob := await self.cached(spec)) is not None:
-            if spec.wheel_without_metadata and not self.extractions.has(blob.sha256):
+            if spec.wheel_without_metadata and self.extractions.wanted(blob.sha256):
                 self._spawn(
                     self.extractions.extract(blob.sha256, spec.wheel_without_metadata, spec.project)
                 )

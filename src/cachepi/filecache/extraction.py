@@ -21,6 +21,8 @@ from cachepi.wheelmeta import read_wheel_metadata
 log = logging.getLogger(__name__)
 
 _GENERATION = "extracted"  # the counter other processes watch
+# How many unreadable wheels are remembered (then forgotten all at once: tried again).
+_UNREADABLE_KEPT = 4096
 
 
 class Extractions:
@@ -41,6 +43,10 @@ class Extractions:
         self._generation = 0
         self._stored_generation = -1
         self._checked = clock()
+        # Wheels being read now, and those that held no readable METADATA: a cache hit
+        # starts neither again (a big wheel is costly to open, more so from S3).
+        self._working: set[str] = set()
+        self._unreadable: set[str] = set()
 
     async def load(self) -> None:
         try:
@@ -49,8 +55,13 @@ class Extractions:
         except StoreUnavailable as failure:  # a shared store that is down: picked up later
             log.warning("cannot load the extracted METADATA records: %s", failure)
 
-    def has(self, wheel_sha256: str) -> bool:
-        return wheel_sha256 in self._pairs
+    def wanted(self, wheel_sha256: str) -> bool:
+        """Whether extracting from this wheel is worth starting now."""
+        return not (
+            wheel_sha256 in self._pairs
+            or wheel_sha256 in self._working
+            or wheel_sha256 in self._unreadable
+        )
 
     def known(self) -> tuple[int, Mapping[str, str]]:
         """(generation, wheel sha256 -> METADATA sha256) of what may be advertised."""
@@ -69,10 +80,15 @@ class Extractions:
 
     async def extract(self, wheel_sha256: str, filename: str, project: str | None) -> None:
         """Store a cached wheel's METADATA as a blob of its own and remember the pair."""
+        if not self.wanted(wheel_sha256):
+            return
+        self._working.add(wheel_sha256)
         try:
             await self._extract(wheel_sha256, filename, project)
         except (OSError, StoreUnavailable) as failure:  # a missed optimisation, no more
             log.error("cannot store the METADATA of %s: %s", filename, failure)
+        finally:
+            self._working.discard(wheel_sha256)
 
     async def _extract(self, wheel_sha256: str, filename: str, project: str | None) -> None:
         wheel = await self._blobs.open(wheel_sha256)
@@ -83,7 +99,12 @@ class Extractions:
                 data = await asyncio.to_thread(read_wheel_metadata, file, filename)
         finally:
             wheel.close()
-        if data is None or wheel_sha256 in self._pairs:
+        if data is None:
+            if len(self._unreadable) >= _UNREADABLE_KEPT:
+                self._unreadable.clear()
+            self._unreadable.add(wheel_sha256)
+            return
+        if wheel_sha256 in self._pairs:
             return
         metadata_sha256 = hashlib.sha256(data).hexdigest()
         fd, temp = self._blobs.new_temp()
