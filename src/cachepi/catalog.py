@@ -23,13 +23,14 @@ class NotServed(Exception):
 
 
 def page(
-    listing: Listing, extracted: tuple[int, Mapping[str, str]]
+    listing: Listing, extracted: Callable[[], tuple[int, Mapping[str, str]]]
 ) -> tuple[str, Callable[[], Project]]:
     """The project page's content version, and how to make the project it shows.
-    `extracted`: (generation, wheel sha256 -> METADATA sha256) from the file cache."""
+    `extracted()`: (generation, wheel sha256 -> METADATA sha256) from the file cache, asked
+    only for pages that lack metadata."""
     if not listing.lacks_metadata:
         return listing.version, lambda: listing.project
-    generation, pairs = extracted
+    generation, pairs = extracted()
     return f"{listing.version}~{generation}", lambda: with_extracted_metadata(
         listing.project, pairs
     )

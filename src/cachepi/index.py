@@ -119,7 +119,7 @@ class IndexCache:
         if (reason := self._policy.project_refusal(name)) is not None:
             raise Refused(reason)
         fetched, asked = await self.pages.gather(name, self._router.positions(name), self._combine)
-        found = [(f.upstream, f.page) for f in fetched if isinstance(f.page, Project)]
+        found = [(f.upstream, page) for f in fetched if isinstance(page := f.page, Project)]
         if not found:
             for f in fetched:
                 if f.entry is None and f.failure is not None:

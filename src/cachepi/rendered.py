@@ -7,7 +7,7 @@ import asyncio
 import gzip
 import hashlib
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import zstandard
 
@@ -75,10 +75,13 @@ class RenderCache:
         for fmt in Format:
             self._entries.pop((key, fmt), None)
 
-    async def project(
+    # Plain functions handing back `get`'s coroutine: no second coroutine per request.
+    def project(
         self, name: str, version: str, fmt: Format, project: Callable[[], Project]
-    ) -> Representation:
-        return await self.get(name, version, fmt, lambda: _PROJECT_RENDERERS[fmt](project()))
+    ) -> Awaitable[Representation]:
+        return self.get(name, version, fmt, lambda: _PROJECT_RENDERERS[fmt](project()))
 
-    async def project_list(self, version: str, fmt: Format, names: ProjectList) -> Representation:
-        return await self.get(LIST_KEY, version, fmt, lambda: _LIST_RENDERERS[fmt](names))
+    def project_list(
+        self, version: str, fmt: Format, names: ProjectList
+    ) -> Awaitable[Representation]:
+        return self.get(LIST_KEY, version, fmt, lambda: _LIST_RENDERERS[fmt](names))

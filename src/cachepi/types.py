@@ -21,6 +21,9 @@ class CacheResult(enum.StrEnum):
     MISS = "miss"
     STALE = "stale"
 
+    # Hashed like its text: Enum's own hash is a Python call, on every request's metrics.
+    __hash__ = str.__hash__
+
 
 class DownloadFailed(Exception):
     """A download broke, or its bytes did not verify: a client's transfer must not end as

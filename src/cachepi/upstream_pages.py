@@ -16,6 +16,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import msgspec
 
@@ -61,8 +62,7 @@ def digest(body: bytes) -> str:
     return hashlib.blake2b(body, digest_size=8).hexdigest()
 
 
-@dataclass(frozen=True)
-class Fetched:
+class Fetched(NamedTuple):  # a tuple: made on every request, kept cheap
     """What one upstream has for a page just now."""
 
     upstream: Index
@@ -189,10 +189,10 @@ class UpstreamPages:
 
     def _fresh_entry(self, position: int, key: str, now: float) -> Fetched | None:
         entry = self._load(position, key)
+        if entry is None:
+            return None
         upstream = self.upstreams[position]
-        if entry is not None and self._fresh(upstream, entry, now):
-            return Fetched(upstream, entry)
-        return None
+        return Fetched(upstream, entry) if self._fresh(upstream, entry, now) else None
 
     def _fresh(self, upstream: Index, entry: Entry, now: float) -> bool:
         if self._offline:

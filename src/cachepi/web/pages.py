@@ -95,7 +95,7 @@ async def project_page(request: web.Request) -> web.Response:
     listing = await find_listing(request, name)
     if listing is None:
         raise web.HTTPNotFound(text=f"project {name!r} not found\n")
-    version, project = catalog.page(listing, request.app[FILE_CACHE].extracted())
+    version, project = catalog.page(listing, request.app[FILE_CACHE].extracted)
     page = await request.app[RENDERED].project(name, version, fmt, project)
     return respond(request, page, listing)
 
