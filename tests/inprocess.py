@@ -3,7 +3,8 @@ its pages and files in memory, a settable clock, and the embedded stores in a di
 
     index = FakeIndex("pypi", ttl=600)
     index.add(build_wheel("lib", "1.0"), uploaded=clock.now - 86400)
-    cache = IndexCache([index], stores.metadata, stores.locks, 60, clock=clock)
+    pages = UpstreamPages([index], stores.metadata, stores.locks, 60, clock=clock)
+    cache = IndexCache(pages)
     index.count("lib/")            # requests per path, relative to index.url ("" is the root)
     index.fail(); index.hold()     # raise UpstreamError / hang until index.release()
 """

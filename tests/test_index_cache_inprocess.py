@@ -20,6 +20,7 @@ from cachepi.routing import Route, Router
 from cachepi.store import Stores
 from cachepi.types import CacheResult
 from cachepi.upstream import UpstreamError
+from cachepi.upstream_pages import UpstreamPages
 from tests.fakeupstream.dists import Dist, build_sdist, build_wheel
 from tests.inprocess import FakeClock, FakeIndex, local_stores, settle
 
@@ -46,9 +47,8 @@ def stores(tmp_path: Path) -> Iterator[Stores]:
 @pytest.fixture
 def make_cache(stores: Stores, clock: FakeClock) -> CacheFactory:
     def make(*indexes: FakeIndex, negative_ttl: int = NEGATIVE_TTL, **options: Any) -> IndexCache:
-        return IndexCache(
-            indexes, stores.metadata, stores.locks, negative_ttl, clock=clock, **options
-        )
+        pages = UpstreamPages(indexes, stores.metadata, stores.locks, negative_ttl, clock=clock)
+        return IndexCache(pages, **options)
 
     return make
 

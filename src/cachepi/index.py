@@ -9,9 +9,8 @@ import asyncio
 import dataclasses
 import functools
 import math
-import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
@@ -21,7 +20,7 @@ from cachepi.policy import Policy, visible_versions
 from cachepi.routing import Router
 from cachepi.simple.model import File, Project, ProjectList
 from cachepi.simple.names import normalize
-from cachepi.store.protocols import LIST_KEY, Locks, MetadataStore
+from cachepi.store.protocols import LIST_KEY
 from cachepi.types import CacheResult
 from cachepi.upstream import Index, UpstreamError
 from cachepi.upstream_pages import CachedPage, Fetched, UpstreamPages, digest
@@ -81,28 +80,22 @@ class ListResult:
 class IndexCache:
     def __init__(
         self,
-        upstreams: Sequence[Index],
-        store: MetadataStore,
-        locks: Locks,
-        negative_ttl: int,
-        memory_entries: int = 4096,
-        clock: Callable[[], float] = time.time,
-        offline: bool = False,
+        pages: UpstreamPages,
         combine: Combine = Combine.MERGE,
         router: Router | None = None,
         policy: Policy | None = None,
+        memory_entries: int = 4096,
     ) -> None:
-        """`combine`: how a project's indexes combine (combine.py). `router`: which
-        indexes serve a project (default: all). `policy`: what clients may see of it."""
-        self.pages = UpstreamPages(
-            upstreams, store, locks, negative_ttl, memory_entries, clock, offline
-        )
-        self.upstreams = self.pages.upstreams
+        """`pages`: what each upstream has. `combine`: how a project's indexes combine
+        (combine.py). `router`: which indexes serve a project (default: all). `policy`:
+        what clients may see of it. `memory_entries`: listings kept."""
+        self.pages = pages
+        self.upstreams = pages.upstreams
         self._memory_entries = memory_entries
         # name -> (the version of its upstream entries, the listing made of them)
         self._listings: OrderedDict[str, tuple[str, Listing]] = OrderedDict()
         self._names: ListResult | None = None  # the combined project list, by version
-        self._clock = clock
+        self._clock = pages.clock
         self._combine = combine
         everything = tuple(range(len(self.upstreams)))
         self._router = router or Router((), everything)

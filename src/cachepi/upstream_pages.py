@@ -108,7 +108,7 @@ class UpstreamPages:
         self._memory: OrderedDict[tuple[int, str], Entry] = OrderedDict()
         self._memory_entries = memory_entries
         self._inflight: dict[tuple[int, str], asyncio.Task[Fetched]] = {}
-        self._clock = clock
+        self.clock = clock
         self._offline = offline
 
     def invalidate(self, name: str) -> None:
@@ -133,7 +133,7 @@ class UpstreamPages:
         """What is stored of `name`'s pages, per configured index, freshness judged as
         when serving."""
         positions = {up.url: position for position, up in enumerate(self.upstreams)}
-        now = self._clock()
+        now = self.clock()
         pages = []
         for url, record in self._store.pages_of(name):
             position = positions.get(url)
@@ -165,7 +165,7 @@ class UpstreamPages:
     ) -> tuple[list[Fetched], bool]:
         """What the upstreams at `positions` have for `key`, in order (with "first", up to
         the first that has it: the others are not asked), and whether any was asked."""
-        now = self._clock()
+        now = self.clock()
         self._follow_other_workers(now)
         if mode is Combine.FIRST:
             results: list[Fetched] = []
@@ -253,7 +253,7 @@ class UpstreamPages:
             await lock.wait_released()  # then the other worker's answer is in the store
         try:
             old = self._load(position, key, from_store=True)
-            if old is not None and self._fresh(upstream, old, self._clock()):
+            if old is not None and self._fresh(upstream, old, self.clock()):
                 return Fetched(upstream, old)
             return await self._ask_upstream(position, key, old)
         finally:
@@ -265,7 +265,7 @@ class UpstreamPages:
             (old.record.etag, old.record.last_modified) if old and old.page else (None, None)
         )
         path = f"{key}/" if key != LIST_KEY else ""
-        now = self._clock()
+        now = self.clock()
         invalidations = self._invalidations()
         try:
             response = await upstream.fetch_page(path, *validators)

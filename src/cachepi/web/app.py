@@ -20,6 +20,7 @@ from cachepi.routing import Router
 from cachepi.store import open_stores
 from cachepi.store.protocols import MetadataStore, StoreUnavailable
 from cachepi.upstream import Upstream, make_session
+from cachepi.upstream_pages import UpstreamPages
 from cachepi.web import admin, dashboard, distfiles, monitoring, pages
 from cachepi.web.auth import Htpasswd, basic_auth
 from cachepi.web.keys import (
@@ -107,12 +108,11 @@ async def _components(app: web.Application, reconcile: bool) -> AsyncIterator[No
         for up in settings.upstreams
     ]
     unrouted = tuple(i for i, up in enumerate(settings.upstreams) if not up.explicit)
+    pages = UpstreamPages(
+        upstreams, metadata, stores.locks, settings.negative_ttl, offline=settings.offline
+    )
     app[INDEX_CACHE] = IndexCache(
-        upstreams,
-        metadata,
-        stores.locks,
-        settings.negative_ttl,
-        offline=settings.offline,
+        pages,
         combine=Combine(settings.combine),
         router=Router(settings.routes, unrouted),
         policy=settings.policy,
