@@ -71,13 +71,12 @@ def py_spy_binary() -> Path:
 
 
 def server_env() -> dict[str, str]:
-    """The environment the tests give installers (tests/clients.py: none of this machine's
-    installer or proxy settings, HOME under bench/.work, traffic off loopback refused),
-    without cachepi's and proxpi's settings either: the harness gives those."""
+    """The environment the tests give installers and servers (tests/clients.py: none of
+    this machine's installer, proxy, cachepi or proxpi settings, HOME under bench/.work,
+    traffic off loopback refused); the harness gives the servers' settings."""
     home = WORK / "home"
     home.mkdir(parents=True, exist_ok=True)
-    env = isolated_env(home)
-    return {k: v for k, v in env.items() if not k.startswith(("CACHEPI_", "PROXPI_"))}
+    return isolated_env(home)
 
 
 def first_line(argv: list[str | Path]) -> str:

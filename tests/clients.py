@@ -22,7 +22,9 @@ from uv import find_uv_bin
 
 # Port 9 (discard) on loopback: nothing listens, so off-machine traffic fails at once.
 DEAD_END = "http://127.0.0.1:9"
-_CLIENT_SETTINGS = ("PIP_", "UV_", "POETRY_", "PDM_")
+# Installers' settings, and cachepi's own (a developer's CACHEPI_*/PROXPI_* must not change
+# what a test's server does).
+_CLIENT_SETTINGS = ("PIP_", "UV_", "POETRY_", "PDM_", "CACHEPI_", "PROXPI_")
 _PROXY_SETTINGS = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
 
 
