@@ -5,11 +5,13 @@ this process's peak RSS is the proxy's), and a client asking as pip would."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 
 import pytest
 
+from cachepi.policy import Policy, parse_rule
 from cachepi.web.keys import FILE_CACHE
 from tests.conftest import ProxyFactory
 from tests.fakeupstream import Dist, FakeUpstream, build_wheel
@@ -111,3 +113,62 @@ async def test_a_readable_wheel_gets_its_metadata_after_the_download(
     assert (metadata.status, metadata.body) == (200, wheel.metadata)
     page = await get_json(f"{proxy.index_url}plain/")
     assert advertised(page.body)[wheel.filename] == {"sha256": wheel.metadata_sha256}
+
+
+# -- deny and allow rules against legacy sdists -------------------------------------------------
+
+
+def legacy(filename: str, version: str) -> Dist:
+    """An sdist in an archive format packaging does not parse (any bytes will do)."""
+    dist = Dist.from_bytes(filename, f"an sdist named {filename}".encode())
+    return dataclasses.replace(dist, project="proj", version=version)
+
+
+LEGACY_SUFFIXES = (".tar.bz2", ".tgz", ".tar.xz", ".zip", ".tar", ".tbz", ".tar.gz")
+
+
+async def test_a_versioned_deny_rule_refuses_legacy_sdists_of_that_version(
+    fake_upstream: FakeUpstream, proxy_factory: ProxyFactory
+) -> None:
+    """DENY=proj==2.0 refused proj-2.0.tar.gz but listed and served proj-2.0.tar.bz2, .tgz,
+    .tar.xz (pip then ran the setup.py inside); a file whose version cannot be read at all
+    is refused too, while a rule names the project."""
+    for version in ("1.0", "2.0"):
+        for suffix in LEGACY_SUFFIXES:
+            fake_upstream.add_dist(legacy(f"proj-{version}{suffix}", version), name="proj")
+    fake_upstream.add_dist(legacy("proj-nightly.tar.bz2", "1.0"), name="proj")
+    proxy = await proxy_factory(fake_upstream, policy=Policy(deny=(parse_rule("proj==2.0"),)))
+    page = await get_json(f"{proxy.index_url}proj/")
+    assert page.status == 200
+    listed = json.loads(page.body)
+    assert sorted(f["filename"] for f in listed["files"]) == sorted(
+        f"proj-1.0{suffix}" for suffix in LEGACY_SUFFIXES
+    )
+    assert listed["versions"] == ["1.0"]
+    html = await fetch(f"{proxy.index_url}proj/", headers={"Accept": "text/html"})
+    assert b"proj-2.0" not in html.body and b"nightly" not in html.body
+    for suffix in LEGACY_SUFFIXES:
+        refused = await fetch(f"{proxy.index_url}proj/proj-2.0{suffix}")
+        assert refused.status == 403 and b"proj==2.0" in refused.body, (suffix, refused)
+    assert (await fetch(f"{proxy.index_url}proj/proj-nightly.tar.bz2")).status == 403
+    served = await fetch(f"{proxy.index_url}proj/proj-1.0.tar.bz2")
+    assert served.status == 200
+    assert fake_upstream.count_prefix("/files/proj-2.0") == 0
+    assert fake_upstream.count("/files/proj-nightly.tar.bz2") == 0
+
+
+async def test_a_versioned_allow_rule_lets_through_only_legacy_sdists_it_names(
+    fake_upstream: FakeUpstream, proxy_factory: ProxyFactory
+) -> None:
+    for version in ("1.0", "2.0"):
+        for suffix in LEGACY_SUFFIXES:
+            fake_upstream.add_dist(legacy(f"proj-{version}{suffix}", version), name="proj")
+    fake_upstream.add_dist(legacy("proj-nightly.tar.bz2", "1.0"), name="proj")
+    proxy = await proxy_factory(fake_upstream, policy=Policy(allow=(parse_rule("proj>=2"),)))
+    page = await get_json(f"{proxy.index_url}proj/")
+    assert sorted(f["filename"] for f in json.loads(page.body)["files"]) == sorted(
+        f"proj-2.0{suffix}" for suffix in LEGACY_SUFFIXES
+    )
+    for filename in ("proj-1.0.tar.bz2", "proj-nightly.tar.bz2"):
+        assert (await fetch(f"{proxy.index_url}proj/{filename}")).status == 403
+    assert (await fetch(f"{proxy.index_url}proj/proj-2.0.tgz")).status == 200
