@@ -88,7 +88,8 @@ async def test_a_zip_bomb_is_served_whole_but_not_extracted_and_memory_stays_fla
     over 2 GiB of memory. The client gets the wheel's bytes; nothing is advertised for it."""
     bomb = bomb_wheel("lib", "1.0")
     spec = spec_for(index, bomb, extract=True)
-    assert peak_rss_reset()
+    if not peak_rss_reset():
+        pytest.skip("this kernel does not let a process reset its peak RSS")
     before = peak_rss()
     assert await read(await cache.get(spec)) == bomb.read_bytes()
     await cache.extractions.drain()

@@ -111,7 +111,8 @@ def test_a_zip_bomb_is_refused_having_inflated_no_more_than_it_claims(tmp_path: 
         path = tmp_path / bomb.filename
         path.write_bytes(bomb.read_bytes())
         del bomb
-        assert peak_rss_reset()
+        if not peak_rss_reset():
+            pytest.skip("this kernel does not let a process reset its peak RSS")
         before = peak_rss()
         started = time.perf_counter()
         assert read_wheel_metadata(path, WHEEL) is None
