@@ -277,6 +277,7 @@ async def test_a_cached_wheel_gets_its_metadata_extracted_and_removal_forgets_it
     wheel = build_wheel("lib", "1.0", requires=["dep>=2"])
     assert wheel.metadata is not None and wheel.metadata_sha256 is not None
     assert await read(await cache.get(spec_for(index, wheel, metadata=False))) == wheel.read_bytes()
+    await cache.extractions.drain()  # extraction is background work
     generation, pairs = cache.extractions.known()
     assert pairs == {wheel.sha256: wheel.metadata_sha256}
     metadata = await stores.blobs.open(wheel.metadata_sha256)
@@ -298,6 +299,7 @@ async def test_gc_forgetting_a_vanished_metadata_blob_stops_its_advertisement(
     assert (
         await read(await server.get(spec_for(index, wheel, metadata=False))) == wheel.read_bytes()
     )
+    await server.extractions.drain()
     clock.advance(1)
     assert server.extractions.known()[1] == {wheel.sha256: wheel.metadata_sha256}
     await stores.blobs.remove(wheel.metadata_sha256)  # the file vanished from the disk

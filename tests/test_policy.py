@@ -6,11 +6,13 @@ import math
 from datetime import UTC, datetime
 
 import pytest
+from packaging.version import Version
 
 from cachepi.policy import (
     Policy,
     describe_duration,
     file_version,
+    file_versions,
     name_glob,
     parse_duration,
     parse_rule,
@@ -144,3 +146,84 @@ def test_describe_duration_and_file_version() -> None:
     assert str(file_version("Lib_X-1.0.post1-py3-none-any.whl")) == "1.0.post1"
     assert str(file_version("lib-x-2.0.tar.gz")) == "2.0"
     assert file_version("lib-notaversion.tar.gz") is None
+
+
+def sdist(filename: str) -> File:
+    return File(filename, f"https://files.example/{filename}")
+
+
+LEGACY = ["proj-2.0.tar.bz2", "proj-2.0.tgz", "proj-2.0.tar.xz", "proj-2.0.zip", "PROJ-2.0.tar"]
+
+
+@pytest.mark.parametrize("filename", [*LEGACY, "Proj-2.0.TAR.GZ", "proj-2.0-py2.7.egg"])
+def test_deny_rules_refuse_legacy_archives_of_that_version(filename: str) -> None:
+    """`proj==2.0` refused proj-2.0.tar.gz but listed .tar.bz2, .tgz, .tar.xz and more, and
+    pip then ran the setup.py inside."""
+    files = [sdist(filename), sdist(filename.replace("2.0", "1.0"))]
+    policy = Policy(deny=(parse_rule("proj==2.0"),))
+    screened = policy.screen("proj", files, [0, 0], NOW)
+    assert screened.kept == [1]
+    assert "proj==2.0" in screened.refused[filename]
+
+
+def test_a_version_installers_may_read_two_ways_is_judged_both_ways() -> None:
+    """`proj-2.0-1.tar.gz`: packaging reads project `proj-2.0` version 1; pip and uv read
+    project `proj` version 2.0-1 (2.0.post1). A rule matching either refuses it."""
+    assert file_versions("proj-2.0-1.tar.gz", "proj") == {Version("1"), Version("2.0.post1")}
+    for rule in ("proj==2.0.post1", "proj<1.5"):
+        policy = Policy(deny=(parse_rule(rule),))
+        assert policy.screen("proj", [sdist("proj-2.0-1.tar.gz")], [0], NOW).kept == []
+    allowed = Policy(allow=(parse_rule("proj>=2"),))
+    assert allowed.screen("proj", [sdist("proj-2.0-1.tar.gz")], [0], NOW).kept == []
+
+
+@pytest.mark.parametrize(
+    "filename",
+    ["proj-latest.tar.bz2", "proj-2.0.win32.exe", "proj-2.0-1.noarch.rpm", "proj.tar.gz"],
+)
+def test_a_file_whose_version_cannot_be_read_fails_closed(filename: str) -> None:
+    files = [sdist(filename), wheel("proj", "1.0")]
+    deny = Policy(deny=(parse_rule("proj==2.0"),))
+    screened = deny.screen("proj", files, [0, 0], NOW)
+    assert screened.kept == [1]
+    assert "cannot be read" in screened.refused[filename]
+    allow = Policy(allow=(parse_rule("proj>=1"),))
+    assert allow.screen("proj", files, [0, 0], NOW).kept == [1]
+    # Rules about other projects, or about the whole project, do not look at versions.
+    assert Policy(deny=(parse_rule("other==2.0"),)).screen("proj", files, [0, 0], NOW).kept == [
+        0,
+        1,
+    ]
+    assert Policy(allow=(parse_rule("proj"),)).screen("proj", files, [0, 0], NOW).kept == [0, 1]
+
+
+@pytest.mark.parametrize("filename", LEGACY)
+def test_allow_rules_read_legacy_archives_too(filename: str) -> None:
+    policy = Policy(allow=(parse_rule("proj>=2"),))
+    files = [sdist(filename), sdist(filename.replace("2.0", "1.0"))]
+    assert policy.screen("proj", files, [0, 0], NOW).kept == [0]
+
+
+def test_legacy_readings() -> None:
+    assert file_versions("proj-2.0.tar.bz2", "proj") == {Version("2.0")}
+    assert file_versions("my.proj-2.0rc1.tar.xz", "my-proj") == {Version("2.0rc1")}
+    assert file_versions("proj-2.0.tar.bz2") == {Version("2.0")}  # no project: the last `-`
+    assert file_versions("proj-2.0-py3.8.egg", "proj") == {Version("2.0")}
+    assert file_versions("other-2.0.tar.bz2", "proj") == frozenset()
+    assert file_versions("proj-x-2.0-py3-none-any.whl", "proj") == frozenset()  # not a wheel
+    assert file_version("proj-2.0-1.tar.gz") == Version("1")  # packaging's reading first
+    assert file_version("proj-2.0.tgz") == Version("2.0")
+
+
+@pytest.mark.parametrize(
+    "text", ["bad-1.0.tar.xz", "bad-1.0.tar.bz2", "bad-1.0.tbz", "bad-1.0.tar", "bad-1.0.tar.zst"]
+)
+def test_legacy_file_names_are_file_rules(text: str) -> None:
+    """They were read as a project named `bad-1-0-tar-xz`, denying nothing."""
+    assert parse_rule(text).filename == text
+
+
+def test_versions_hide_those_left_only_with_refused_legacy_files() -> None:
+    kept = [wheel("proj", "1.0")]
+    refused = ["proj-2.0.tar.bz2", "proj-2.0.tgz"]
+    assert visible_versions(["1.0", "2.0"], kept, refused) == ["1.0"]

@@ -223,6 +223,37 @@ def test_expired_pages_keep_their_validators_and_deleted_pages_are_gone(
     assert store.get_page(A, "other") is None
 
 
+def test_stale_404_records_are_deleted_oldest_first_and_nothing_else(backend: Backend) -> None:
+    """Every name ever asked for left a 404 record behind, forever."""
+    store = backend.metadata
+
+    def missing(at: float) -> PageRecord:
+        return record(at, body=None, etag=None)
+
+    store.put_page(A, "gone", missing(10.0))
+    store.put_page(B, "gone", missing(20.0))
+    store.put_page(A, LIST_KEY, missing(12.0))
+    store.put_page(A, "kept", record(5.0))  # a page, however old, stays
+    store.put_page(A, "back", missing(8.0))
+    store.put_page(A, "back", record(30.0))  # the upstream has it now
+    store.put_page(A, "fresh", missing(100.0))
+    store.put_page(A, "expired", missing(50.0))
+    store.expire_pages("expired")  # fetched at 0 now: the oldest
+    store.put_page(A, "purged", missing(7.0))
+    store.delete_pages("purged")
+    assert store.delete_missing_pages(15.0, 2) == 2  # oldest first
+    assert store.get_page(A, "expired") is None and store.get_page(A, "gone") is None
+    assert store.get_page(B, "gone") == missing(20.0)
+    assert store.delete_missing_pages(15.0, 10) == 1  # the project list's
+    assert store.get_page(A, LIST_KEY) is None
+    assert store.delete_missing_pages(15.0, 10) == 0
+    assert store.page_keys("", 10) == ["back", "fresh", "gone", "kept"]
+    assert store.delete_missing_pages(1000.0, 10) == 2
+    assert store.page_keys("", 10) == ["back", "kept"]
+    assert store.get_page(A, "kept") == record(5.0)
+    assert store.get_page(A, "back") == record(30.0)
+
+
 # -- MetadataStore: blobs ------------------------------------------------------------------------
 
 SHA = {name: hashlib.sha256(name.encode()).hexdigest() for name in ("a", "b", "c", "m")}

@@ -2,13 +2,33 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import time
 import zipfile
+import zlib
 from pathlib import Path
 
+import pytest
+
 from cachepi.simple.model import File, Project
-from cachepi.wheelmeta import lacks_metadata, read_wheel_metadata, with_extracted_metadata
-from tests.fakeupstream import build_wheel
+from cachepi.wheelmeta import (
+    MAX_ENTRIES,
+    MAX_METADATA_BYTES,
+    lacks_metadata,
+    read_wheel_metadata,
+    with_extracted_metadata,
+)
+from tests.fakeupstream import build_wheel, core_metadata
+from tests.hostile_wheels import (
+    Member,
+    bomb_wheel,
+    many_entries_wheel,
+    peak_rss,
+    peak_rss_reset,
+    zero_bomb,
+    zip_archive,
+)
 
 WHEEL = "demo-1.0-py3-none-any.whl"
 
@@ -60,3 +80,79 @@ def test_only_wheels_without_metadata_are_enriched() -> None:
     enriched = with_extracted_metadata(project, extracted)
     assert [f.core_metadata for f in enriched.files] == [{"sha256": "d" * 64}, False, True]
     assert not lacks_metadata(enriched)
+
+
+# -- hostile and odd archives --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", [0, 8])
+@pytest.mark.parametrize("zip64", [False, True])
+@pytest.mark.parametrize("prefix", [b"", b"#!/bin/sh\nexit 0\n" * 40])
+def test_odd_but_valid_archives_read_as_zipfile_reads_them(
+    method: int, zip64: bool, prefix: bytes
+) -> None:
+    metadata = core_metadata("demo", "1.0", ["lib>=1"], None)
+    members = [
+        Member.of("demo/__init__.py", b"x = 1\n", method),
+        Member.of("demo-1.0.dist-info/METADATA", metadata, method),
+        Member.of("demo-1.0.dist-info/WHEEL", b"Wheel-Version: 1.0\n", method),
+    ]
+    data = zip_archive(members, prefix=prefix, zip64=zip64, comment=b"a comment")
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        assert archive.read("demo-1.0.dist-info/METADATA") == metadata
+    assert read_wheel_metadata(io.BytesIO(data), WHEEL) == metadata
+
+
+def test_a_zip_bomb_is_refused_having_inflated_no_more_than_it_claims(tmp_path: Path) -> None:
+    """METADATA claiming 1 KiB that inflates to 1 GiB of zeros (zipfile inflated it all, and
+    more than 2 GiB of memory went with it); and one claiming just under the bound."""
+    for claimed in (1024, MAX_METADATA_BYTES):
+        bomb = bomb_wheel("demo", "1.0", inflated=1 << 30, claimed=claimed)
+        path = tmp_path / bomb.filename
+        path.write_bytes(bomb.read_bytes())
+        del bomb
+        if not peak_rss_reset():
+            pytest.skip("this kernel does not let a process reset its peak RSS")
+        before = peak_rss()
+        started = time.perf_counter()
+        assert read_wheel_metadata(path, WHEEL) is None
+        assert time.perf_counter() - started < 2
+        assert peak_rss() - before < 50 * 1024**2
+
+
+def test_a_member_claiming_more_than_the_bound_is_not_read() -> None:
+    huge = Member("demo-1.0.dist-info/METADATA", zero_bomb(1 << 20), 3 << 30, 0)
+    data = zip_archive([huge], zip64=True)
+    assert read_wheel_metadata(io.BytesIO(data), WHEEL) is None
+
+
+def test_a_member_holding_other_bytes_than_it_claims_is_refused() -> None:
+    real = Member.of("demo-1.0.dist-info/METADATA", b"Name: demo\nVersion: 1.0\n")
+    lies = [
+        dataclasses.replace(real, crc=real.crc ^ 1),  # other bytes
+        dataclasses.replace(real, size=real.size + 1),  # fewer bytes
+        dataclasses.replace(real, size=real.size - 1),  # more bytes
+        dataclasses.replace(real, payload=real.payload[:-3]),  # cut short
+        dataclasses.replace(real, method=14),  # a compression wheels do not use (LZMA)
+    ]
+    expected = zlib.decompress(real.payload, -zlib.MAX_WBITS)
+    assert read_wheel_metadata(io.BytesIO(zip_archive([real])), WHEEL) == expected
+    for lie in lies:
+        assert read_wheel_metadata(io.BytesIO(zip_archive([lie])), WHEEL) is None, lie
+
+
+@pytest.mark.parametrize("claimed_entries", [None, 5])
+def test_an_archive_of_too_many_entries_is_refused_quickly(claimed_entries: int | None) -> None:
+    """200,000 entries: zipfile took over a second to parse them, before reading anything.
+    Refused from the count in the end record, or, if that lies, after scanning the bound."""
+    crowd = many_entries_wheel("demo", "1.0", 200_000, claimed_entries=claimed_entries)
+    started = time.perf_counter()
+    assert read_wheel_metadata(io.BytesIO(crowd.read_bytes()), crowd.filename) is None
+    assert time.perf_counter() - started < 1
+
+
+def test_a_big_honest_archive_is_read_in_bounded_time() -> None:
+    crowd = many_entries_wheel("demo", "1.0", MAX_ENTRIES - 10)
+    started = time.perf_counter()
+    assert read_wheel_metadata(io.BytesIO(crowd.read_bytes()), crowd.filename) == crowd.metadata
+    assert time.perf_counter() - started < 1

@@ -304,7 +304,8 @@ def verify(**flags: Any) -> None:
 @cache_options
 def gc(**flags: Any) -> None:
     """Tidy the cache: remove leftovers of unfinished downloads, make the records match the
-    files on disk, and evict down to the cache size. Safe while a server runs."""
+    files on disk, evict down to the cache size, and forget upstream 404s older than the
+    negative TTL. Safe while a server runs."""
     settings = settings_from(flags)
     try:
         done = asyncio.run(maintenance.gc(settings))
@@ -312,7 +313,8 @@ def gc(**flags: Any) -> None:
         fail(str(error))
     click.echo(
         f"removed {done.temp_files} leftover temp files; recorded {done.recorded} unrecorded "
-        f"files; dropped {done.forgotten} records of missing files; evicted {done.evicted} files"
+        f"files; dropped {done.forgotten} records of missing files; evicted {done.evicted} files; "
+        f"forgot {done.missing_pages} stale upstream 404s"
     )
 
 

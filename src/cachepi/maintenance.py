@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,7 +14,7 @@ from cachepi.config import Settings
 from cachepi.filecache import FileCache
 from cachepi.metrics import hit_ratio
 from cachepi.store import DATABASE, Stores, open_stores
-from cachepi.upstream_pages import forget_pages
+from cachepi.upstream_pages import delete_missing_pages, forget_pages
 
 # A temp file nobody touched for this long belongs to no running download.
 ABANDONED_SECONDS = 3600
@@ -99,15 +100,20 @@ class Collected:
     recorded: int
     forgotten: int
     evicted: int
+    missing_pages: int = 0
 
 
 async def gc(settings: Settings) -> Collected:
     """Remove what unfinished downloads left behind, make records and stored blobs agree,
-    and evict down to the cache size."""
+    evict down to the cache size, and forget upstream 404s past the negative TTL (unless
+    offline: then they are the answer)."""
     async with opened(settings) as (stores, file_cache):
         removed = await stores.locks.remove_abandoned(ABANDONED_SECONDS)
         recorded, forgotten, evicted = await file_cache.accounting.match_records()
-    return Collected(removed, recorded, forgotten, evicted)
+        missing = 0
+        if not settings.offline:
+            missing = delete_missing_pages(stores.metadata, time.time() - settings.negative_ttl)
+    return Collected(removed, recorded, forgotten, evicted, missing)
 
 
 @dataclass

@@ -7,12 +7,19 @@ time. Three kinds of rule, in allow and deny lists:
 - a project and a version specifier (`packaging`, pre-releases included): `urllib3>=3`
 - a file name: `requests-2.32.0-py3-none-any.whl`
 
+A version rule fails closed: it judges every version an installer could read in a file's
+name (`packaging`'s reading, and for sdists and legacy archives such as `.tar.bz2`, what
+follows the project's name, as pip and uv read them), and a file whose version cannot be
+read at all is refused by a deny rule naming its project, and not allowed by allow rules
+that name versions.
+
 and a release cooldown: files uploaded less than `min_release_age` seconds ago are held back,
 so a compromised release has time to be noticed and removed before anybody installs it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import math
 import re
@@ -31,7 +38,13 @@ from packaging.version import InvalidVersion, Version
 
 from cachepi.simple.model import File
 
-_DIST_SUFFIXES = (".whl", ".tar.gz", ".zip", ".tar.bz2", ".tgz", ".egg", ".exe", ".msi", ".rpm")
+# Archives installers take as sdists (pip's list, and uv's): the version is what follows the
+# project's name, up to the suffix.
+_SDIST_SUFFIXES = (
+    ".tar.gz", ".tgz", ".tar.bz2", ".tbz", ".tbz2", ".tar.xz", ".txz", ".tar.lz", ".tlz",
+    ".tar.lzma", ".tar.zst", ".tar", ".zip",
+)  # fmt: skip
+_DIST_SUFFIXES = (".whl", *_SDIST_SUFFIXES, ".egg", ".exe", ".msi", ".rpm", ".dmg")
 _RULE_RE = re.compile(r"^\s*([A-Za-z0-9._*?\-]+)\s*(.*?)\s*$")
 
 
@@ -80,14 +93,54 @@ def parse_rule(text: str) -> Rule:
     return Rule(stripped, project, specifier)
 
 
-def file_version(filename: str) -> Version | None:
-    """The version a distribution file carries in its name, if it can be read."""
-    try:
-        if filename.endswith(".whl"):
-            return parse_wheel_filename(filename)[1]
-        return parse_sdist_filename(filename)[1]
-    except (InvalidWheelFilename, InvalidSdistFilename, InvalidVersion):
-        return None
+def file_versions(filename: str, project: str | None = None) -> frozenset[Version]:
+    """Every version an installer may read in the name of `filename`, a file of `project`
+    (normalized; None: unknown): for a wheel, its version; for anything else, `packaging`'s
+    reading of an sdist name and the legacy one (the archive suffix removed, what follows
+    the project's name, or without one the last `-`). Empty when none can be read."""
+    if filename.endswith(".whl"):
+        try:
+            return frozenset((parse_wheel_filename(filename)[1],))
+        except (InvalidWheelFilename, InvalidVersion):
+            return frozenset()
+    readings: set[Version] = set()
+    with contextlib.suppress(InvalidSdistFilename, InvalidVersion):
+        readings.add(parse_sdist_filename(filename)[1])
+    lowered = filename.lower()
+    suffix = next((s for s in _DIST_SUFFIXES if lowered.endswith(s)), None)
+    if suffix is None:
+        return frozenset(readings)
+    stem = filename[: -len(suffix)]
+    if project is None:
+        texts = [stem.rpartition("-")[2]] if "-" in stem else []
+    else:  # where the project's name ends, as pip finds it: any spelling of it, then `-`
+        texts = [
+            stem[i + 1 :]
+            for i, c in enumerate(stem)
+            if c == "-" and _normalize(stem[:i]) == project
+        ]
+    for text in texts:
+        if suffix == ".egg":  # name-version-pyX.Y[-platform].egg
+            text = text.split("-", 1)[0]
+        with contextlib.suppress(InvalidVersion):
+            readings.add(Version(text))
+    return frozenset(readings)
+
+
+def file_version(filename: str, project: str | None = None) -> Version | None:
+    """The version a distribution file carries in its name, if one can be read (the
+    `packaging` reading first)."""
+    versions = file_versions(filename, project)
+    if len(versions) > 1:
+        try:
+            return parse_sdist_filename(filename)[1]
+        except (InvalidSdistFilename, InvalidVersion):
+            return max(versions)
+    return next(iter(versions), None)
+
+
+def _normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def _parse_time(text: str | None) -> float | None:
@@ -153,7 +206,7 @@ class Policy:
         valid_until = math.inf
         for position, file in enumerate(files):
             reason, until = self._refusal(
-                file, deny, allow, 0 if exempt else cooldowns[position], now
+                name, file, deny, allow, 0 if exempt else cooldowns[position], now
             )
             if reason is None:
                 kept.append(position)
@@ -164,6 +217,7 @@ class Policy:
 
     def _refusal(
         self,
+        name: str,
         file: File,
         deny: list[Rule],
         allow: list[Rule] | None,
@@ -174,13 +228,25 @@ class Policy:
         if file.filename in self._file_rules:
             return f"{file.filename} is denied by the policy", math.inf
         if deny or allow is not None:
-            version = file_version(file.filename)
+            # Every reading an installer could make: a rule judges them all (fail closed).
+            versions = file_versions(file.filename, name)
             for rule in deny:
-                if version is not None and rule.specifier is not None and version in rule.specifier:
+                if rule.specifier is None:  # not in `deny`: whole-project rules act earlier
+                    continue
+                if not versions:
+                    return (
+                        f"{file.filename}: its version cannot be read, and the policy rule "
+                        f"{rule.text!r} names {name}",
+                        math.inf,
+                    )
+                if any(version in rule.specifier for version in versions):
                     return f"{file.filename} is denied by the policy rule {rule.text!r}", math.inf
-            if allow is not None and not any(
-                version is not None and rule.specifier is not None and version in rule.specifier
-                for rule in allow
+            if allow is not None and not (
+                versions
+                and all(
+                    any(rule.specifier is not None and v in rule.specifier for rule in allow)
+                    for v in versions
+                )
             ):
                 return f"{file.filename}: this version is not on the allow list", math.inf
         if not cooldown:
@@ -211,9 +277,8 @@ def visible_versions(
     no file left would tell a resolver it exists."""
     if versions is None:
         return None
-    hidden = {file_version(filename) for filename in refused}
-    hidden -= {file_version(file.filename) for file in kept}
-    hidden.discard(None)
+    hidden = {v for filename in refused for v in file_versions(filename)}
+    hidden -= {v for file in kept for v in file_versions(file.filename)}
     if not hidden:
         return versions
     return [v for v in versions if _version_or_none(v) not in hidden]

@@ -5,6 +5,10 @@ A fresh entry is used as is; a stale one is revalidated with a conditional GET, 
 per (upstream, page) however many clients and worker processes ask; when the upstream fails,
 the stale entry is used and said to be stale. Invalidations by any worker reach the others
 within a second.
+
+An upstream 404 is remembered for the negative TTL; past it the record is useless (a 404
+has no validators: it is asked again), and every name ever asked for would leave one
+behind, so stale 404 records are swept from the store as traffic goes (`cachepi gc` too).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -39,6 +44,11 @@ _PAGES = "pages"  # the generation counter other workers watch for invalidations
 _encode = msgspec.msgpack.Encoder().encode
 _decode_project = msgspec.msgpack.Decoder(Project).decode
 _decode_list = msgspec.msgpack.Decoder(ProjectList).decode
+# Stale 404 records deleted per sweep (it runs on the event loop: a few milliseconds); a
+# sweep that finds more goes on a second later.
+_SWEEP_LIMIT = 1000
+# Sweeps are this far apart at most, and a negative TTL apart at least.
+_SWEEP_EVERY = 60.0
 
 
 @dataclass(frozen=True)
@@ -110,6 +120,7 @@ class UpstreamPages:
         self._inflight: dict[tuple[int, str], asyncio.Task[Fetched]] = {}
         self.clock = clock
         self._offline = offline
+        self._sweep_at = clock()  # when stale 404 records are next swept
 
     def invalidate(self, name: str) -> None:
         """Make `name` (normalized; LIST_KEY for the project list) stale in every worker:
@@ -150,6 +161,8 @@ class UpstreamPages:
         if now - self._generation_checked < 1.0:
             return
         self._generation_checked = now
+        if now >= self._sweep_at:
+            self._sweep_missing(now)
         try:
             generation = self._store.generation(_PAGES)
         except StoreUnavailable:  # a shared store that is down: keep what memory holds
@@ -157,6 +170,19 @@ class UpstreamPages:
         if generation != self._generation:  # somebody invalidated: reload from the store
             self._generation = generation
             self._memory.clear()
+
+    def _sweep_missing(self, now: float) -> None:
+        """Delete the stored 404 records past the negative TTL (of every index: it is at
+        most that), some at a time. Offline, stored answers are all there is: none go."""
+        if self._offline:
+            self._sweep_at = math.inf
+            return
+        try:
+            removed = delete_missing_pages(self._store, now - self._negative_ttl, _SWEEP_LIMIT)
+        except StoreUnavailable:  # a shared store that is down: try again later
+            removed = 0
+        more = removed >= _SWEEP_LIMIT
+        self._sweep_at = now + (1.0 if more else min(max(self._negative_ttl, 1), _SWEEP_EVERY))
 
     # -- entries --------------------------------------------------------------------------
 
@@ -306,6 +332,17 @@ def forget_pages(store: MetadataStore, key: str | None) -> int:
     Unlike invalidating, nothing is kept to revalidate with: the next request refetches."""
     removed = store.delete_pages(key)
     store.bump(_PAGES)
+    return removed
+
+
+def delete_missing_pages(store: MetadataStore, before: float, limit: int | None = None) -> int:
+    """Delete stored 404 records fetched before `before`: up to `limit`, or all (in steps
+    of 10,000); returns how many."""
+    if limit is not None:
+        return store.delete_missing_pages(before, limit)
+    removed = 0
+    while (step := store.delete_missing_pages(before, 10_000)) > 0:
+        removed += step
     return removed
 
 

@@ -3,15 +3,22 @@ a blob of its own, and paired with its wheel so that pages can advertise it.
 
 Every process (and node) sees the pairs through the metadata store, picked up at most a
 second late; a removed blob takes its pairing with it (either side).
+
+Extraction is background work, never on a client's path: `schedule` starts it and returns.
+Attempts run one at a time on a thread of their own (a wheel is hostile input: reading one
+may take a fraction of a second, and must not hold up the threads that parse and render
+pages), at most `QUEUED` waiting; more are dropped, to be asked again by a later hit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import logging
 import os
 from collections.abc import Callable, Mapping
+from typing import BinaryIO
 
 from cachepi.filecache.accounting import Accounting
 from cachepi.filecache.transfer import write_all
@@ -23,6 +30,8 @@ log = logging.getLogger(__name__)
 _GENERATION = "extracted"  # the counter other processes watch
 # How many unreadable wheels are remembered (then forgotten all at once: tried again).
 _UNREADABLE_KEPT = 4096
+# Attempts running or waiting for their turn; more are not started (a later hit asks again).
+QUEUED = 32
 
 
 class Extractions:
@@ -47,6 +56,10 @@ class Extractions:
         # starts neither again (a big wheel is costly to open, more so from S3).
         self._working: set[str] = set()
         self._unreadable: set[str] = set()
+        # One attempt at a time (opening a wheel from S3 copies it whole), on one thread.
+        self._turn = asyncio.Lock()
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def load(self) -> None:
         try:
@@ -61,6 +74,7 @@ class Extractions:
             wheel_sha256 in self._pairs
             or wheel_sha256 in self._working
             or wheel_sha256 in self._unreadable
+            or len(self._working) >= QUEUED
         )
 
     def known(self) -> tuple[int, Mapping[str, str]]:
@@ -78,27 +92,74 @@ class Extractions:
                 pass
         return self._generation, self._pairs
 
-    async def extract(self, wheel_sha256: str, filename: str, project: str | None) -> None:
-        """Store a cached wheel's METADATA as a blob of its own and remember the pair."""
+    def schedule(self, wheel_sha256: str, filename: str, project: str | None) -> None:
+        """Extract in the background, if wanted; returns at once. The task is ours: `close`
+        cancels it."""
         if not self.wanted(wheel_sha256):
             return
         self._working.add(wheel_sha256)
+        task = asyncio.create_task(self._attempt(wheel_sha256, filename, project))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def extract(self, wheel_sha256: str, filename: str, project: str | None) -> None:
+        """Store a cached wheel's METADATA as a blob of its own and remember the pair (if
+        wanted; returns when done)."""
+        if not self.wanted(wheel_sha256):
+            return
+        self._working.add(wheel_sha256)
+        await self._attempt(wheel_sha256, filename, project)
+
+    async def drain(self) -> None:
+        """Wait for every scheduled extraction to end."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def close(self) -> None:
+        """Cancel the scheduled extractions and stop the thread."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    async def _attempt(self, wheel_sha256: str, filename: str, project: str | None) -> None:
         try:
             await self._extract(wheel_sha256, filename, project)
         except (OSError, StoreUnavailable) as failure:  # a missed optimisation, no more
             log.error("cannot store the METADATA of %s: %s", filename, failure)
+        except Exception:  # background work: nobody awaits it to hear of a bug
+            log.exception("extracting the METADATA of %s failed", filename)
         finally:
             self._working.discard(wheel_sha256)
 
-    async def _extract(self, wheel_sha256: str, filename: str, project: str | None) -> None:
-        wheel = await self._blobs.open(wheel_sha256)
-        if wheel is None:
-            return
+    async def _read(self, file: BinaryIO, filename: str) -> bytes | None:
+        """`read_wheel_metadata` on the extraction thread."""
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="cachepi-extract"
+            )
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._executor, read_wheel_metadata, file, filename)
         try:
-            async with wheel.seekable() as file:
-                data = await asyncio.to_thread(read_wheel_metadata, file, filename)
-        finally:
-            wheel.close()
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            # The thread reads `file`: it must end before the file is closed. It is bounded
+            # (wheelmeta.py), so this is short.
+            await asyncio.wait([future])
+            raise
+
+    async def _extract(self, wheel_sha256: str, filename: str, project: str | None) -> None:
+        async with self._turn:
+            wheel = await self._blobs.open(wheel_sha256)
+            if wheel is None:
+                return
+            try:
+                async with wheel.seekable() as file:
+                    data = await self._read(file, filename)
+            finally:
+                wheel.close()
         if data is None:
             if len(self._unreadable) >= _UNREADABLE_KEPT:
                 self._unreadable.clear()

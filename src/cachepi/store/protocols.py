@@ -201,6 +201,11 @@ class MetadataStore(Protocol):
     def expire_pages(self, key: str) -> None:
         """Make `key`'s pages stale for every index, keeping their validators."""
 
+    def delete_missing_pages(self, before: float, limit: int) -> int:
+        """Forget up to `limit` records of upstream 404s (body None) fetched before `before`,
+        oldest first; returns how many. Past its negative TTL such a record is refetched
+        anyway, and one is left behind by every name ever asked for."""
+
     # -- blobs
     def add_blob(
         self, sha256: str, size: int, now: float, project: str | None = None,

@@ -83,6 +83,25 @@ end
 """
 
 
+# 404 records are also in the sorted set `missing` (member "{key} {index_url}", score their
+# fetch time), so that the stale ones are found without reading every page.
+_DELETE_MISSING = """
+local p, limit = ARGV[1], tonumber(ARGV[3])
+local members = redis.call('ZRANGEBYSCORE', p .. 'missing', '-inf', '(' .. ARGV[2],
+    'LIMIT', 0, limit)
+for _, member in ipairs(members) do
+  local space = string.find(member, ' ', 1, true)
+  local key = string.sub(member, 1, space - 1)
+  redis.call('HDEL', p .. 'pages:' .. key, string.sub(member, space + 1))
+  if key ~= '' and redis.call('EXISTS', p .. 'pages:' .. key) == 0 then
+    redis.call('ZREM', p .. 'pagenames', key)
+  end
+  redis.call('ZREM', p .. 'missing', member)
+end
+return #members
+"""
+
+
 def connect(url: str) -> redis.Redis:
     return redis.Redis.from_url(
         url, socket_timeout=1.0, socket_connect_timeout=0.5, health_check_interval=10
@@ -100,6 +119,7 @@ class RedisMetadata:
         self._p = prefix
         self._add = client.register_script(_ADD_BLOB)
         self._remove = client.register_script(_REMOVE_BLOB)
+        self._delete_missing = client.register_script(_DELETE_MISSING)
 
     @property
     def health(self) -> StoreHealth:
@@ -123,6 +143,10 @@ class RedisMetadata:
                 pipe.hset(f"{self._p}pages:{key}", index_url, _encode_page(record))
                 if key != LIST_KEY:
                     pipe.zadd(f"{self._p}pagenames", {key: 0})
+                if record.body is None:
+                    pipe.zadd(f"{self._p}missing", {f"{key} {index_url}": record.fetched_at})
+                else:
+                    pipe.zrem(f"{self._p}missing", f"{key} {index_url}")
                 pipe.execute()
 
         self._call(put)
@@ -142,18 +166,26 @@ class RedisMetadata:
     def delete_pages(self, key: str | None) -> int:
         def delete() -> int:
             if key is not None:
-                count = int(self._r.hlen(f"{self._p}pages:{key}"))
-                self._r.delete(f"{self._p}pages:{key}")
-                self._r.zrem(f"{self._p}pagenames", key)
-                return count
+                urls = [url.decode() for url in self._r.hkeys(f"{self._p}pages:{key}")]
+                with self._r.pipeline() as pipe:
+                    pipe.delete(f"{self._p}pages:{key}")
+                    pipe.zrem(f"{self._p}pagenames", key)
+                    if urls:
+                        pipe.zrem(f"{self._p}missing", *(f"{key} {url}" for url in urls))
+                    pipe.execute()
+                return len(urls)
             count = 0
             for name in self._r.scan_iter(f"{self._p}pages:*", count=1000):
                 count += int(self._r.hlen(name))
                 self._r.delete(name)
-            self._r.delete(f"{self._p}pagenames")
+            self._r.delete(f"{self._p}pagenames", f"{self._p}missing")
             return count
 
         return self._call(delete)
+
+    def delete_missing_pages(self, before: float, limit: int) -> int:
+        args: list[str | int] = [self._p, repr(float(before)), limit]
+        return int(self._call(lambda: self._delete_missing(args=args)))
 
     def expire_pages(self, key: str) -> None:
         for url, record in self.pages_of(key):

@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS pages (
     PRIMARY KEY (index_url, key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS pages_by_key ON pages (key);
+CREATE INDEX IF NOT EXISTS pages_missing ON pages (fetched_at) WHERE body IS NULL;
 CREATE TABLE IF NOT EXISTS blobs (
     sha256 TEXT PRIMARY KEY,
     size INTEGER NOT NULL,
@@ -142,6 +143,16 @@ class SqliteMetadata:
         if key is None:
             return self._db.execute("DELETE FROM pages").rowcount
         return self._db.execute("DELETE FROM pages WHERE key = ?", (key,)).rowcount
+
+    @_mapped
+    def delete_missing_pages(self, before: float, limit: int) -> int:
+        """Forget up to `limit` 404 records fetched before `before` (through the partial
+        index of 404 records: the pages themselves are not scanned)."""
+        return self._db.execute(
+            "DELETE FROM pages WHERE (index_url, key) IN (SELECT index_url, key FROM pages"
+            " WHERE body IS NULL AND fetched_at < ? ORDER BY fetched_at LIMIT ?)",
+            (before, limit),
+        ).rowcount
 
     @_mapped
     def expire_pages(self, key: str) -> None:
