@@ -425,6 +425,30 @@ async def test_page_misses_never_wait_behind_busy_file_downloads(
     assert fake_upstream.peak_concurrency("/files/") == 4
 
 
+async def test_a_download_waits_for_a_free_connection_no_longer_than_a_read_timeout(
+    fake_upstream: FakeUpstream, proxy_factory: ProxyFactory
+) -> None:
+    stuck, waiting = (
+        fake_upstream.add_project(name, ["1.0"], sdist=False, big_mb=1)[0]
+        for name in ("stuck", "waiting")
+    )
+    fake_upstream.throttle(fake_upstream.file_path(stuck.filename), 100)
+    proxy = await proxy_factory(fake_upstream, upstream_connections=1, read_timeout=0.5)
+    for dist in (stuck, waiting):
+        assert (await get_json(f"{proxy.index_url}{dist.project}/")).status == 200
+    async with aiohttp.ClientSession() as session:
+        url = f"{proxy.index_url}stuck/{stuck.filename}"
+        async with session.get(url) as response:  # holds the only file connection
+            await response.content.readexactly(10)
+            began = time.monotonic()
+            reply = await fetch(f"{proxy.index_url}waiting/{waiting.filename}", seconds=10)
+            seconds = time.monotonic() - began
+    url = fake_upstream.file_url(waiting.filename)
+    assert (reply.status, reply.body) == (502, unreachable(url))
+    assert seconds < 5, seconds  # three attempts of 0.5 s, and the pauses between them
+    assert fake_upstream.count(fake_upstream.file_path(waiting.filename)) == 0
+
+
 # == parsers =================================================================================
 
 
