@@ -17,6 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 import pytest_asyncio
+from aiohttp import web
 
 from cachepi.upstream import (
     _HOP,
@@ -191,6 +192,32 @@ async def test_netrc_passwords_are_never_sent(
     seen = evil.requests + internal.requests
     assert len(seen) == 2
     assert all("Authorization" not in request.headers for request in seen)
+
+
+async def test_what_hosts_named_by_a_page_answer_is_not_told(
+    evil: HostileUpstream, internal: InternalService, proxy_factory: ProxyFactory
+) -> None:
+    # A 404 or a 401 would tell "a web server is there" from "nothing is": not for a host a
+    # page named. The index's own answers are told (they help the operator, and nobody
+    # chose where they come from).
+    files = [
+        ("probe-1.0.tar.gz", f"http://localhost:{internal.port}/x", None),
+        ("probe-2.0.tar.gz", f"http://localhost:{closed_port()}/x", None),
+        ("probe-3.0.tar.gz", evil.at("/files/missing.tar.gz"), None),
+    ]
+    evil.project("probe", files)
+
+    async def not_found(request: web.Request) -> web.Response:
+        return web.Response(status=404)
+
+    internal.route("/x", not_found)
+    proxy = await proxy_factory((evil.url, 1800), upstream_private_addresses="allow")
+    replies = [await fetch(f"{proxy.index_url}probe/{name}") for name, _, _ in files]
+    assert [reply.status for reply in replies] == [502, 502, 502]
+    assert replies[0].body == unreachable(files[0][1])
+    assert replies[1].body == unreachable(files[1][1])
+    assert b"upstream has no" in replies[2].body
+    assert internal.count("/x") == 1
 
 
 async def test_a_refused_port_and_a_filtered_port_read_the_same(

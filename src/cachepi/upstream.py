@@ -649,13 +649,13 @@ class Upstream:
         try:
             if self._metrics is not None:
                 self._metrics.upstream_seconds.labels(self.name).observe(time.monotonic() - started)
-            if response.status in (404, 410):
+            # The index's own statuses help whoever reads them (a 401: wrong password);
+            # those of hosts a page or a redirect named would make cachepi a scanner.
+            own = _origin(str(response.url)) == self._origin
+            if response.status in (404, 410) and (own or not for_file):
                 self.health.succeeded()
                 raise UpstreamNotFound(redact(url))
             if response.status not in (200, 304):
-                # The index's own statuses help whoever reads them (a 401: wrong password);
-                # those of hosts a page or a redirect named would make cachepi a scanner.
-                own = _origin(str(response.url)) == self._origin
                 text = f"upstream answered {response.status}" if own else UNREACHABLE
                 refusal = UpstreamError(
                     f"{redact(url)}: {text}",
