@@ -652,9 +652,14 @@ class Upstream:
             # The index's own statuses help whoever reads them (a 401: wrong password);
             # those of hosts a page or a redirect named would make cachepi a scanner.
             own = _origin(str(response.url)) == self._origin
-            if response.status in (404, 410) and (own or not for_file):
-                self.health.succeeded()
-                raise UpstreamNotFound(redact(url))
+            if response.status in (404, 410):
+                self.health.succeeded()  # an answer, if not the one hoped for
+                if own or not for_file:
+                    raise UpstreamNotFound(redact(url))
+                raise UpstreamError(
+                    f"{redact(url)}: {UNREACHABLE}",
+                    detail=f"{redact(url)}: upstream answered {response.status}",
+                )
             if response.status not in (200, 304):
                 text = f"upstream answered {response.status}" if own else UNREACHABLE
                 refusal = UpstreamError(
