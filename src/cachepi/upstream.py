@@ -580,7 +580,8 @@ class Upstream:
                         url=redact(str(response.url)),
                     )
             except _PageTooBig as error:
-                raise UpstreamError(f"{self.url}{path}: {UNREACHABLE}", detail=str(error)) from None
+                shown = redact(url)
+                raise UpstreamError(f"{shown}: {UNREACHABLE}", detail=f"{shown}: {error}") from None
             except (aiohttp.ClientError, OSError, ValueError, zlib.error) as error:
                 raise _failure(url, error, progress) from error
 
