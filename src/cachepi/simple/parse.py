@@ -40,6 +40,7 @@ _PLAIN_URL_RE = re.compile(
     r"(?:#([\x21-\x7e]*))?\Z",
     re.ASCII,
 )
+_SHA256_RE = re.compile(r"sha256=([0-9a-f]{64})\Z")
 # PyPI marks its pages with the serial in a comment: <!--SERIAL 12345-->
 _SERIAL_RE = re.compile(rb"<!--SERIAL (\d{1,19})-->")
 
@@ -297,6 +298,8 @@ def _http_url(base: str, href: str | None) -> str | None:
 
 def _one_hash(text: str) -> dict[str, str]:
     """`_clean_hashes` of one "<hashname>=<hex>" (a URL fragment, a PEP 714 attribute)."""
+    if (common := _SHA256_RE.match(text)) is not None:  # the way nearly every page says it
+        return {"sha256": common[1]}
     name, _, digest = text.partition("=")
     name, digest = name.lower(), digest.lower()
     if _HEX_LENGTHS.get(name) == len(digest) and not digest.strip(_HEX_DIGITS):
