@@ -250,9 +250,10 @@ class Connections:
         verify_ssl: bool = True,
         limit: int = 64,
     ) -> None:
+        self._resolver = _CheckingResolver()
         # A file download waits at most a read timeout for a free connection.
-        self.pages = _session(connect_timeout, read_timeout, None, verify_ssl, limit, 2**16)
-        self.files = _session(
+        self.pages = self._session(connect_timeout, read_timeout, None, verify_ssl, limit, 2**16)
+        self.files = self._session(
             connect_timeout, read_timeout, read_timeout, verify_ssl, limit, 1024 * 1024
         )
         self._proxies = _http_proxies()
@@ -275,32 +276,33 @@ class Connections:
     async def close(self) -> None:
         await self.pages.close()
         await self.files.close()
+        await self._resolver.close()
 
-
-def _session(
-    connect_timeout: float,
-    read_timeout: float,
-    pool_wait: float | None,
-    verify_ssl: bool,
-    limit: int,
-    read_bufsize: int,
-) -> aiohttp.ClientSession:
-    timeout = aiohttp.ClientTimeout(
-        total=None, connect=pool_wait, sock_connect=connect_timeout, sock_read=read_timeout
-    )
-    # No DNS cache: every new connection resolves in the context of its own request, which
-    # decides what its addresses may be.
-    connector = _CheckingConnector(
-        limit=limit, ssl=verify_ssl, resolver=_CheckingResolver(), use_dns_cache=False
-    )
-    return aiohttp.ClientSession(
-        timeout=timeout,
-        connector=connector,
-        headers={"User-Agent": f"cachepi/{__version__} aiohttp/{aiohttp.__version__}"},
-        trust_env=False,  # it would send ~/.netrc's passwords to whatever a page names
-        auto_decompress=False,  # pages are decoded here, within caps; files never are
-        read_bufsize=read_bufsize,
-    )
+    def _session(
+        self,
+        connect_timeout: float,
+        read_timeout: float,
+        pool_wait: float | None,
+        verify_ssl: bool,
+        limit: int,
+        read_bufsize: int,
+    ) -> aiohttp.ClientSession:
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=pool_wait, sock_connect=connect_timeout, sock_read=read_timeout
+        )
+        # No DNS cache: every new connection resolves in the context of its own request,
+        # which decides what its addresses may be.
+        connector = _CheckingConnector(
+            limit=limit, ssl=verify_ssl, resolver=self._resolver, use_dns_cache=False
+        )
+        return aiohttp.ClientSession(
+            timeout=timeout,
+            connector=connector,
+            headers={"User-Agent": f"cachepi/{__version__} aiohttp/{aiohttp.__version__}"},
+            trust_env=False,  # it would send ~/.netrc's passwords to whatever a page names
+            auto_decompress=False,  # pages are decoded here, within caps; files never are
+            read_bufsize=read_bufsize,
+        )
 
 
 def _http_proxies() -> dict[str, str]:
