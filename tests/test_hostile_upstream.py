@@ -220,6 +220,7 @@ async def test_what_hosts_named_by_a_page_answer_is_not_told(
     assert internal.count("/x") == 1
 
 
+@pytest.mark.slow  # connect timeouts and refusals, each retried: ~3.5 s
 async def test_a_refused_port_and_a_filtered_port_read_the_same(
     evil: HostileUpstream, proxy_factory: ProxyFactory
 ) -> None:
@@ -394,7 +395,7 @@ async def test_a_trickling_page_gets_the_stale_copy_within_the_deadline(
     evil: HostileUpstream, proxy_factory: ProxyFactory
 ) -> None:
     body = evil.project("slow", [])
-    proxy = await proxy_factory((evil.url, 0), page_timeout=1.5)
+    proxy = await proxy_factory((evil.url, 0), page_timeout=1.0)
     first = await get_json(proxy.index_url + "slow/")
     assert first.status == 200
     evil.trickle("/simple/slow/", body, every=0.2)  # ~13 s for the whole page
@@ -410,7 +411,8 @@ async def test_a_trickling_page_gets_the_stale_copy_within_the_deadline(
         504,
         f"{evil.url}never/: upstream timed out\n".encode(),
     )
-    assert stale_seconds < 3 and uncached_seconds < 3, (stale_seconds, uncached_seconds)
+    # Without the deadline, each would take the ~13 s the page trickles for.
+    assert stale_seconds < 4 and uncached_seconds < 4, (stale_seconds, uncached_seconds)
 
 
 async def test_an_index_behind_a_dropping_firewall_is_unreachable_within_the_deadline(
@@ -422,7 +424,7 @@ async def test_an_index_behind_a_dropping_firewall_is_unreachable_within_the_dea
         began = time.monotonic()
         reply = await get_json(proxy.index_url + "lib/")
         assert (reply.status, reply.body) == (502, unreachable(index + "lib/"))
-        assert time.monotonic() - began < 2.5
+        assert time.monotonic() - began < 4  # 1 s, with room for a busy machine
 
 
 async def test_page_misses_never_wait_behind_busy_file_downloads(
@@ -448,7 +450,7 @@ async def test_page_misses_never_wait_behind_busy_file_downloads(
     page = await get_json(proxy.index_url + "util-pkg/")
     seconds = time.monotonic() - began
     assert page.status == 200
-    assert seconds < 1.0, seconds
+    assert seconds < 3, seconds  # it took as long as the downloads (hours) before
     assert fake_upstream.peak_concurrency("/files/") == 4
 
 
@@ -472,7 +474,7 @@ async def test_a_download_waits_for_a_free_connection_no_longer_than_a_read_time
             seconds = time.monotonic() - began
     url = fake_upstream.file_url(waiting.filename)
     assert (reply.status, reply.body) == (502, unreachable(url))
-    assert seconds < 5, seconds  # three attempts of 0.5 s, and the pauses between them
+    assert seconds < 6, seconds  # three attempts of 0.5 s, and the pauses between them
     assert fake_upstream.count(fake_upstream.file_path(waiting.filename)) == 0
 
 
@@ -499,7 +501,7 @@ async def test_pages_that_break_parsers_get_the_stale_copy_not_a_500(
     fresh = await fetch(proxy.index_url + "deep/", headers=JSON)
     assert fresh.status == 200
     assert [f["filename"] for f in json.loads(fresh.body)["files"]] == ["deep-1.0.tar.gz"]
-    assert time.monotonic() - began < 5
+    assert time.monotonic() - began < 10  # lexbor took ~100 s of CPU
 
 
 # == credentials in an IPv6 index URL =========================================================
