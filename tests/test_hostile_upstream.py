@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -516,6 +517,16 @@ def test_redact_keeps_ipv6_brackets_and_ports() -> None:
     assert redact("http://u:p@host:nope/x") == "http://host:nope/x"
 
 
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback here")
 async def test_an_ipv6_index_with_credentials_works(proxy_factory: ProxyFactory) -> None:
     async with HostileUpstream(host="::1", auth=("u", "p@ss")) as index:
         index.project(
