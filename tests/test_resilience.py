@@ -102,7 +102,8 @@ async def test_stale_page_served_when_the_index_host_does_not_resolve(
         monkeypatch.setenv(name, fake_upstream.origin)
     for name in ("no_proxy", "NO_PROXY"):
         monkeypatch.delenv(name, raising=False)
-    online = await proxy_factory((UNRESOLVABLE_INDEX, 0))
+    # The files are on 127.0.0.1, another origin than the index's: private, so allowed here.
+    online = await proxy_factory((UNRESOLVABLE_INDEX, 0), upstream_private_addresses="allow")
     wheel = fake_upstream.dists("lib")[0]
     page = await get_json(online.index_url + "lib/")
     assert (await fetch(file_url(online, wheel))).sha256 == wheel.sha256

@@ -1,12 +1,15 @@
 import contextlib
 import hashlib
 import json
+import time
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from selectolax.lexbor import LexborHTMLParser
 
+from cachepi.simple.htmlscan import scan, unescape
 from cachepi.simple.model import File, Project, ProjectList
 from cachepi.simple.parse import (
     ParseError,
@@ -535,3 +538,271 @@ def test_html_links_with_arbitrary_href_never_crash_nor_escape_one_segment(
         assert "/" not in file.filename
         assert file.filename not in ("", ".", "..")
         assert file.url.startswith(("http://", "https://"))
+
+
+# --- hostile shapes: bounded time, ParseError and nothing else -------------------------------
+
+
+def test_deeply_nested_html_parses_in_linear_time() -> None:
+    # 100,000 nested elements took an HTML5 tree builder (lexbor) minutes of CPU.
+    body = b"<div>" * 100_000 + b'<a href="/p/foo-1.0.tar.gz">x</a>' + b"</div>" * 100_000
+    began = time.process_time()
+    project = parse_project_html(body, PAGE_URL, "foo")
+    assert [file.filename for file in project.files] == ["foo-1.0.tar.gz"]
+    names = parse_project_list_html(body.replace(b">x<", b">foo<")).names
+    assert names == ["foo"]
+    assert time.process_time() - began < 5
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"name": "foo", "files": [], "x": ' + b"[" * 1000 + b"]" * 1000 + b"}",
+        b'{"name": "foo", "files": [], "x": ' + b'{"a":' * 1000 + b"1" + b"}" * 1000 + b"}",
+        b'{"name": "foo", "files": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    ],
+)
+def test_deeply_nested_json_is_a_parse_error(body: bytes) -> None:
+    with pytest.raises(ParseError):
+        parse_project_json(body, PAGE_URL)
+    with pytest.raises(ParseError):
+        parse_project_list_json(body.replace(b'"files"', b'"projects"'))
+
+
+@pytest.mark.parametrize(
+    ("text", "in_attribute", "in_text"),
+    [
+        ("?a=1&not=2&amp;b", "?a=1&not=2&b", "?a=1\xac=2&b"),
+        ("&notit;&notin;", "&notit;\u2209", "\xacit;\u2209"),
+        ("&copy=3&copy;x&copyx", "&copy=3\xa9x&copyx", "\xa9=3\xa9x\xa9x"),
+        ("&#0;&#x80;&#1;&#xD800;&#x110000;&#65&#x41x&", "\ufffd\u20ac\x01\ufffd\ufffdAAx&", None),
+        ("&#99999999999999999999;&#x;&#;&", "\ufffd&#x;&#;&", None),
+        ("&AMP;&AMP&lt&LT;&ltx", "&&<<&ltx", "&&<<<x"),
+        ("&amp;lt;", "&lt;", "&lt;"),
+    ],
+)
+def test_character_references_decode_as_in_html5(
+    text: str, in_attribute: str, in_text: str | None
+) -> None:
+    assert unescape(text, attribute=True) == in_attribute
+    assert unescape(text) == (in_attribute if in_text is None else in_text)
+
+
+# --- the anchor scanner reads what an HTML5 parser reads -------------------------------------
+# Documents made of the pieces index pages (and hostile ones) are made of; every anchor,
+# attribute, text, <base> and <meta> must come out as lexbor's tree has them. Markup that
+# misnests an anchor (which a tree builder repairs by copying it) is not generated: the
+# scanner documents that difference.
+
+_TEXT = st.lists(
+    st.sampled_from(
+        [
+            "x",
+            "Foo",
+            " ",
+            "\n",
+            "\r",
+            "\r\n",
+            "\t",
+            "&amp;",
+            "&amp",
+            "&gt",
+            "&lt;",
+            "&notit;",
+            "&not=",
+            "&#65;",
+            "&#x41",
+            "&#x80;",
+            "&#0;",
+            "&#1;",
+            "&#xD800;",
+            "&#99999999999;",
+            "&",
+            "&#",
+            "&#x;",
+            "<",
+            "< b",
+            "<3",
+            ">",
+            "=",
+            '"',
+            "'",
+            "\x00",
+            "\u00e9",
+            "&ampx;",
+            "&copy",
+            "-",
+            "/",
+            "]]>",
+            "--",
+            "a",
+        ]
+    ),
+    max_size=6,
+).map("".join)
+_INLINE_TEXT = _TEXT.map(lambda text: text.replace("<", "&lt;"))
+_VALUE = st.lists(
+    st.sampled_from(
+        [
+            "v",
+            "1",
+            " ",
+            "&amp;",
+            "&gt;",
+            "&gt",
+            "&not=",
+            "&copy=3",
+            "&copyx",
+            "&copy;",
+            "&#38;",
+            "&",
+            "/",
+            "=",
+            ">",
+            "<",
+            "\x00",
+            "\r\n",
+            "'",
+            '"',
+            "\u00e9",
+            "?a=1&b=2",
+            "https://f.example/foo-1.0.tar.gz",
+        ]
+    ),
+    max_size=4,
+).map("".join)
+_NAMES = st.sampled_from(
+    [
+        "href", "HREF", "Href", "data-yanked", "data-requires-python", "title", "x",
+        "data-core-metadata", "h'ref", "<y", "=z", "d\x00x", "name", "content",
+    ]
+)  # fmt: skip
+
+
+@st.composite
+def _attribute(draw: st.DrawFn) -> str:
+    name, value = draw(_NAMES), draw(_VALUE)
+    style = draw(st.sampled_from(["double", "single", "unquoted", "none", "empty", "missing"]))
+    if style == "double":
+        return f'{name}="{value.replace(chr(34), "")}"'
+    if style == "single":
+        return f"{name}='{value.replace(chr(39), '')}'"
+    if style == "unquoted":
+        return f"{name}=" + ("".join(c for c in value if c not in " \t\n\r\f>\"'") or "u")
+    return {"none": name, "empty": f'{name}=""', "missing": f"{name}= "}[style]
+
+
+@st.composite
+def _start_tag(draw: st.DrawFn, tag: str) -> str:
+    attributes = draw(st.lists(_attribute(), max_size=4))
+    spaces = st.sampled_from([" ", "\n", "\t", " / ", "  ", "\r\n"])
+    between = draw(st.lists(spaces, min_size=len(attributes), max_size=len(attributes)))
+    end = draw(st.sampled_from([">", " >", "/>"]))
+    return f"<{tag}" + "".join(s + a for s, a in zip(between, attributes, strict=True)) + end
+
+
+_INLINE = st.one_of(
+    _INLINE_TEXT,
+    st.sampled_from(["<br>", "<br/>", "<img src=x>"]),
+    _INLINE_TEXT.map(lambda text: f"<span>{text}</span>"),
+    _INLINE_TEXT.map(lambda text: f"<b>{text}</b>"),
+    _INLINE_TEXT.map(lambda text: f"<!--{text}-->"),
+)
+
+
+@st.composite
+def _anchor(draw: st.DrawFn) -> str:
+    start = draw(_start_tag(draw(st.sampled_from(["a", "A"]))))
+    content = "".join(draw(st.lists(_INLINE, max_size=3)))
+    return start + content + draw(st.sampled_from(["</a>", "</A>", "</a >", "</a\n>"]))
+
+
+_PLAIN_ANCHOR = st.builds(
+    lambda href, text, after: f'<a href="{href}">{text}</a>{after}',
+    st.sampled_from(["/simple/foo/", "https://f.example/foo-1.0.tar.gz#sha256=00", "x"]),
+    _INLINE_TEXT,
+    st.sampled_from(["", "<br />", "<br>", "\n"]),
+)
+_RAW_CONTENT = st.lists(
+    _anchor()
+    | _TEXT
+    | st.sampled_from(["<!--", "-->", "<script>", "</script", "</scripts>", "<a href='i'>i</a>"]),
+    max_size=3,
+).map("".join)
+_BLOCK = st.one_of(
+    _anchor(),
+    _PLAIN_ANCHOR,
+    _TEXT,
+    _anchor().map(lambda anchor: f"<div>{anchor}</div>"),
+    st.builds(lambda anchor, text: f"<p>{anchor}{text}</p>", _anchor(), _TEXT),
+    _TEXT.map(lambda text: f"<!--{text}-->"),
+    st.sampled_from(
+        [
+            "<!-->", "<!--->", "<!-- x --!>", "<!DOCTYPE html>", "<?php x ?>", "</ x>", "</>",
+            "<! x>", "<![CDATA[<a href='cd'>x</a>]]>", "<base href=\"/b/\">", "<base>",
+            '<meta name="pypi:project-status" content="a&amp;b">',
+            '<meta name="pypi:project-status">',
+        ]
+    ),
+    st.builds(
+        lambda tag, content: f"<{tag}>{content}</{tag}>",
+        st.sampled_from(
+            ["script", "SCRIPT", "style", "textarea", "title", "xmp", "iframe", "noembed"]
+        ),
+        _RAW_CONTENT,
+    ),
+    _anchor().map(lambda anchor: f"<template>{anchor}</template>"),
+    st.builds(
+        lambda anchor, text: f"<svg>{anchor}<![CDATA[{text}<a href='c'>c</a>]]></svg>",
+        _anchor(),
+        _TEXT,
+    ),
+    _start_tag("base"),
+    _start_tag("meta"),
+)  # fmt: skip
+_ENDINGS = ["", "<a href='open'>tail", '<a href="cut', "<!-- open", "<script>x", "<", "</", "<a"]
+_DOCUMENTS = st.builds(
+    lambda blocks, end: "".join(blocks) + end,
+    st.lists(_BLOCK, max_size=8),
+    st.sampled_from(_ENDINGS),
+)
+_METAS = ("pypi:project-status", "name", "x")
+
+
+def _as_lexbor_reads_it(document: str) -> tuple[object, ...]:
+    tree = LexborHTMLParser(document.encode())
+    base = tree.css_first("base[href]")
+    metas = {}
+    for name in _METAS:
+        node = tree.css_first(f'meta[name="{name}"]')
+        if node is not None:
+            metas[name] = node.attributes.get("content")
+    return (
+        [dict(anchor.attributes) for anchor in tree.css("a[href]")],
+        [anchor.text() for anchor in tree.css("a")],
+        base.attributes.get("href") if base is not None else None,
+        metas,
+    )
+
+
+def _as_scanned(document: str) -> tuple[object, ...]:
+    page = scan(document)
+    metas = {name: value for name, value in page.metas.items() if name in _METAS}
+    return (
+        [anchor for anchor in page.anchors if "href" in anchor],
+        scan(document, texts=True).texts,
+        page.base_href,
+        metas,
+    )
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(_DOCUMENTS)
+@example("<svg><a/>x</a></svg>")
+@example("<a></a><svg><a><span>x</span></a><![CDATA[><a href='cd'>]]></svg><script>x")
+@example("<svg><a>\x00</a><![CDATA[a\x00b]]></svg>")
+@example('<a href="x">q</a><a href=1>&quot&amp&gt</a><a href="&ampx;&amp1&amp;1">v</a>')
+@example("<script><!--<script></script><a href='dbl'>z</a></script>--></script><a href=a>a</a>")
+@example('</a href=">"><a href="e">e</a><script>a</script <a href="x">x</a>')
+def test_the_scanner_reads_anchors_as_an_html5_parser_does(document: str) -> None:
+    assert _as_scanned(document) == _as_lexbor_reads_it(document)

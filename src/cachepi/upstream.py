@@ -2,6 +2,17 @@
 
 Credentials given in an index URL are split off here and sent as basic auth; everything this
 module hands to logs, pages or errors uses the redacted URL.
+
+Upstreams are not trusted (docs/security.md):
+- Where requests go: file URLs and every redirect (followed here, hop by hop) reach the
+  index's own origin, the hosts of FILE_HOSTS, or public addresses only, unless private ones
+  are allowed (`Reach`). Addresses are checked where the connection is made: the resolver
+  drops those not allowed, and the connected peer is checked before a byte is sent, so a
+  name that resolves anew (DNS rebinding) or a pooled connection cannot slip through.
+- What comes back: a page is read against a byte cap on the wire and decoded (compression
+  is undone here, in bounded steps), within one deadline for all its attempts.
+- What a client learns: one line per status ("could not be reached", "timed out"); the
+  reason (refused, filtered, which address) goes to the log only.
 """
 
 from __future__ import annotations
@@ -9,14 +20,25 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import contextvars
+import importlib
+import io
+import ipaddress
 import logging
+import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+import urllib.request
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.client_reqrep import ClientRequest
+from aiohttp.resolver import DefaultResolver
+from aiohttp.tracing import Trace
 
 from cachepi import __version__
 from cachepi.metrics import Metrics
@@ -27,6 +49,9 @@ T = TypeVar("T")
 
 # Worth asking again: the upstream is overloaded or briefly failing.
 _RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+# Redirects followed per request; each hop is checked like the first URL.
+MAX_REDIRECTS = 8
 
 # Prefer JSON (parsed faster, carries sizes and upload times), accept HTML from older indexes.
 PAGE_ACCEPT = (
@@ -34,15 +59,32 @@ PAGE_ACCEPT = (
     "application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.01"
 )
 
+# What a client is told, one line per status; the reason goes to the log. A refused port and
+# a filtered one (a connect timeout) must read the same, or cachepi is a port scanner.
+UNREACHABLE = "upstream could not be reached"
+TIMED_OUT = "upstream timed out"
+
+# Pages are decoded in steps of this much, checking the caps after each.
+_DECODE_STEP = 1024 * 1024
+# Past this much decoded, a page may not have grown more than _BOMB_RATIO times its bytes on
+# the wire: real pages compress 3 to 20 times, a bomb a thousand times and more, and is
+# stopped here long before the size cap would stop it.
+_BOMB_FLOOR = 16 * 1024 * 1024
+_BOMB_RATIO = 100
+
 
 class UpstreamError(Exception):
     """The upstream could not give an answer; the message is one line, safe to show, and
-    `status` the gateway status to answer with (502, 503 when offline, 504 on timeouts)."""
+    `status` the gateway status to answer with (502, 503 when offline, 504 on timeouts).
+    `detail` says why, for the log only."""
 
-    def __init__(self, message: str, status: int = 502, retryable: bool = False) -> None:
+    def __init__(
+        self, message: str, status: int = 502, retryable: bool = False, detail: str = ""
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.retryable = retryable
+        self.detail = detail or message
 
 
 class UpstreamNotFound(Exception):
@@ -50,22 +92,346 @@ class UpstreamNotFound(Exception):
 
 
 def redact(url: str) -> str:
-    """`url` without user:password, for anything a person or another program can see."""
+    """`url` without user:password, for anything a person or another program can see.
+    Only the user information is cut from the authority: an IPv6 host keeps its brackets,
+    and a port is left as written (even one that is no number)."""
     parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
+    if "@" not in parts.netloc:
         return url
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit(parts._replace(netloc=netloc))
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
 def _basic_auth(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
 
 
-def _origin(url: str) -> tuple[str, str | None, int | None]:
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) with the scheme's port when none is written; ValueError for a
+    URL with no usable host or port."""
     parts = urlsplit(url)
-    return parts.scheme, parts.hostname, parts.port
+    scheme = parts.scheme.lower()
+    host = parts.hostname
+    if not host:
+        raise ValueError("no host")
+    return scheme, host, parts.port or _DEFAULT_PORTS.get(scheme, 0)
+
+
+# -- where requests may go ---------------------------------------------------------------------
+
+# Addresses that embed an IPv4 address, judged by that: IPv4-mapped, NAT64 (well-known prefix).
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+def is_public(address: str) -> bool:
+    """Is `address` (an IP address, as text) one anybody on the internet could reach?
+    Loopback, private (RFC 1918, CGNAT 100.64/10, unique-local fc00::/7), link-local,
+    unspecified, multicast, reserved and documentation ranges are not, nor any IPv6 form
+    of an IPv4 address that is not."""
+    try:
+        ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(
+            address.partition("%")[0]  # an IPv6 zone ("fe80::1%eth0") says nothing more
+        )
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = ip.ipv4_mapped or ip.sixtofour
+        if embedded is None and ip in _NAT64:
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is not None:
+            ip = embedded
+        elif ip.teredo is not None:
+            return False
+    return ip.is_global and not (
+        ip.is_multicast or ip.is_reserved or ip.is_private or ip.is_loopback
+    )
+
+
+class AddressRefused(aiohttp.ClientConnectionError):
+    """A request would reach an address it may not."""
+
+
+class _AddressesRefused(OSError):
+    """A name resolved to no address a request may reach (raised in the resolver, where
+    aiohttp expects an OSError)."""
+
+
+@dataclass
+class _Hop:
+    """What the request being made may connect to, seen by the resolver and the connector
+    through a context variable; and whether it got a connection."""
+
+    public_only: bool
+    connected: bool = False
+
+
+_HOP: contextvars.ContextVar[_Hop | None] = contextvars.ContextVar("cachepi_hop", default=None)
+
+
+class _CheckingResolver(AbstractResolver):
+    """The default resolver, less the addresses the current request may not reach."""
+
+    def __init__(self) -> None:
+        self._resolver = DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self._resolver.resolve(host, port, family)
+        hop = _HOP.get()
+        if hop is None or not hop.public_only:
+            return results
+        allowed = [result for result in results if is_public(result["host"])]
+        if not allowed:
+            refused = ", ".join(sorted({result["host"] for result in results}))
+            raise _AddressesRefused(f"{host} resolves to addresses not allowed ({refused})")
+        return allowed
+
+    async def close(self) -> None:
+        await self._resolver.close()
+
+
+class _CheckingConnector(aiohttp.TCPConnector):
+    """A connector that checks the address each connection (new or pooled) is connected
+    to, before the request goes out on it."""
+
+    async def connect(  # the base class names the parameter `timeout`
+        self,
+        req: ClientRequest,
+        traces: list[Trace],
+        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109
+    ) -> aiohttp.connector.Connection:
+        connection = await super().connect(req, traces, timeout)
+        hop = _HOP.get()
+        if hop is None:
+            return connection
+        hop.connected = True
+        if hop.public_only and req.proxy is None:
+            transport = connection.transport
+            peer = transport.get_extra_info("peername") if transport is not None else None
+            if not peer or not is_public(str(peer[0])):
+                connection.close()
+                raise AddressRefused(f"{req.url.host}: connected to {peer}, not allowed")
+        return connection
+
+
+@dataclass(frozen=True)
+class Reach:
+    """Where one upstream's requests may go beyond its own origin. `file_hosts`: if set,
+    the only hosts files (and every redirect on the way to one) may come from; they may be
+    private addresses. `private`: any private address is fine (UPSTREAM_PRIVATE_ADDRESSES
+    =allow)."""
+
+    file_hosts: frozenset[str] | None = None
+    private: bool = False
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How long and how big: a page fetch's deadline (all its attempts), the largest page
+    decoded (a compressed page may have a quarter of that on the wire)."""
+
+    page_timeout: float = 10.0
+    max_page_bytes: int = 256 * 1024 * 1024
+
+
+class Connections:
+    """The HTTP client every upstream shares: one pool of connections for pages and one for
+    files, so downloads (even abandoned ones) never keep a page waiting; no ~/.netrc; HTTP
+    proxies from HTTP_PROXY, HTTPS_PROXY and NO_PROXY (credentials only from their URLs).
+    Make it inside the event loop; `close()` it at the end."""
+
+    def __init__(
+        self,
+        connect_timeout: float = 3.1,
+        read_timeout: float = 20.0,
+        verify_ssl: bool = True,
+        limit: int = 64,
+    ) -> None:
+        self._resolver = _CheckingResolver()
+        # A file download waits at most a read timeout for a free connection.
+        self.pages = self._session(connect_timeout, read_timeout, None, verify_ssl, limit, 2**16)
+        self.files = self._session(
+            connect_timeout, read_timeout, read_timeout, verify_ssl, limit, 1024 * 1024
+        )
+        self._proxies = _http_proxies()
+
+    def proxy_for(self, url: str) -> tuple[str | None, aiohttp.BasicAuth | None]:
+        """The HTTP proxy (and its credentials) to reach `url` through, if any."""
+        if not self._proxies:
+            return None, None
+        parts = urlsplit(url)
+        proxy = self._proxies.get(parts.scheme)
+        bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]  # untyped
+        if proxy is None or bypass(parts.hostname or "", self._proxies):
+            return None, None
+        proxy_parts = urlsplit(proxy)
+        if proxy_parts.username is None:
+            return proxy, None
+        auth = aiohttp.BasicAuth(unquote(proxy_parts.username), unquote(proxy_parts.password or ""))
+        return redact(proxy), auth
+
+    async def close(self) -> None:
+        await self.pages.close()
+        await self.files.close()
+        await self._resolver.close()
+
+    def _session(
+        self,
+        connect_timeout: float,
+        read_timeout: float,
+        pool_wait: float | None,
+        verify_ssl: bool,
+        limit: int,
+        read_bufsize: int,
+    ) -> aiohttp.ClientSession:
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=pool_wait, sock_connect=connect_timeout, sock_read=read_timeout
+        )
+        # No DNS cache: every new connection resolves in the context of its own request,
+        # which decides what its addresses may be.
+        connector = _CheckingConnector(
+            limit=limit, ssl=verify_ssl, resolver=self._resolver, use_dns_cache=False
+        )
+        return aiohttp.ClientSession(
+            timeout=timeout,
+            connector=connector,
+            headers={"User-Agent": f"cachepi/{__version__} aiohttp/{aiohttp.__version__}"},
+            trust_env=False,  # it would send ~/.netrc's passwords to whatever a page names
+            auto_decompress=False,  # pages are decoded here, within caps; files never are
+            read_bufsize=read_bufsize,
+        )
+
+
+def _http_proxies() -> dict[str, str]:
+    """http_proxy, https_proxy and no_proxy as urllib reads them from the environment; only
+    http:// proxies (aiohttp speaks to no other kind), as aiohttp's own trust_env takes
+    them, but without its ~/.netrc."""
+    proxies = urllib.request.getproxies_environment()
+    usable = {
+        scheme: url
+        for scheme, url in proxies.items()
+        if scheme in ("http", "https", "no") and (scheme == "no" or url.startswith("http://"))
+    }
+    return usable if set(usable) - {"no"} else {}
+
+
+# -- reading a page within caps ----------------------------------------------------------------
+
+
+class _Decompressor(Protocol):
+    @property
+    def eof(self) -> bool: ...
+
+    @property
+    def unused_data(self) -> bytes: ...
+
+    def decompress(self, data: bytes, /, max_length: int = ...) -> bytes: ...
+
+
+def _zstd_decompressor() -> Callable[[], _Decompressor] | None:
+    """A zstd decompressor that takes `max_length` (Python 3.14's, or its backport)."""
+    for module in ("compression.zstd", "backports.zstd"):
+        with contextlib.suppress(ImportError):
+            factory: Callable[[], _Decompressor] = importlib.import_module(module).ZstdDecompressor
+            return factory
+    return None
+
+
+_ZSTD = _zstd_decompressor()
+# What pages may come in: only codings decoded here in bounded steps.
+PAGE_ENCODINGS = "gzip, zstd" if _ZSTD is not None else "gzip"
+
+
+class _PageTooBig(Exception):
+    pass
+
+
+class _Decoder:
+    """One Content-Encoding undone in bounded steps: no call gives more than _DECODE_STEP
+    bytes, whatever the input. Concatenated gzip members and zstd frames are read one after
+    the other; zero bytes after the last one are padding."""
+
+    def __init__(self, coding: str) -> None:
+        self._zstd = coding == "zstd"
+        self._current = self._new()
+        self._ended = False  # the current member is complete
+        self._more = False  # it has output waiting without more input
+        self._fed = False
+
+    def _new(self) -> _Decompressor:
+        if self._zstd:
+            assert _ZSTD is not None
+            return _ZSTD()
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        self._fed = self._fed or bool(data)
+        while data or self._more:
+            if self._ended:  # anything but padding starts another member
+                if not data.strip(b"\0"):
+                    return
+                self._current, self._ended = self._new(), False
+            current = self._current
+            out = current.decompress(data, _DECODE_STEP)
+            if self._zstd:
+                data = b""  # what max_length left over stays inside
+                self._more = not current.eof and not getattr(current, "needs_input", True)
+            else:
+                data = getattr(current, "unconsumed_tail", b"")
+                self._more = len(out) == _DECODE_STEP
+            if current.eof:
+                self._ended, self._more = True, False
+                data = current.unused_data + data
+            if out:
+                yield out
+
+    def finish(self) -> None:
+        if self._fed and not self._ended:
+            raise ValueError("the compressed page is cut short")
+
+
+async def _read_page(response: aiohttp.ClientResponse, cap: int) -> bytes:
+    """The page's body decoded, if it is at most `cap` bytes (a quarter of that on the
+    wire when compressed) and no bomb; ValueError or _PageTooBig otherwise."""
+    coding = response.headers.get("Content-Encoding", "identity").strip().lower()
+    if coding == "x-gzip":
+        coding = "gzip"
+    if coding == "identity":
+        decoder = None
+        wire_cap = cap
+    elif coding == "gzip" or (coding == "zstd" and _ZSTD is not None):
+        decoder = _Decoder(coding)
+        wire_cap = cap // 4
+    else:
+        raise ValueError(f"the page came in a coding not asked for ({coding[:40]!r})")
+    length = response.content_length
+    if length is not None and length > wire_cap:
+        raise _PageTooBig(f"the page is {length} bytes, more than the {wire_cap} allowed")
+    body = io.BytesIO()
+    wire = 0
+    async for chunk in response.content.iter_any():
+        wire += len(chunk)
+        if wire > wire_cap:
+            raise _PageTooBig(f"the page is more than the {wire_cap} bytes allowed")
+        if decoder is None:
+            body.write(chunk)
+            continue
+        for piece in decoder.feed(chunk):
+            body.write(piece)
+            size = body.tell()
+            if size > cap:
+                raise _PageTooBig(f"the page decodes to more than the {cap} bytes allowed")
+            if size > _BOMB_FLOOR and size > _BOMB_RATIO * wire:
+                raise _PageTooBig(f"the page decodes to {size} bytes from {wire}: a bomb")
+    if decoder is not None:
+        decoder.finish()
+    return body.getvalue()
+
+
+# -- the upstream --------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -129,6 +495,14 @@ class Index(Protocol):
         as `safe()` (e.g. no byte went to a client yet)."""
 
 
+@dataclass
+class _Progress:
+    """How far a request got: whether any hop got a connection (a deadline that passes
+    before that is "could not be reached", like a refused connection)."""
+
+    connected: bool = False
+
+
 class Upstream:
     """An upstream index over HTTP."""
 
@@ -136,12 +510,13 @@ class Upstream:
         self,
         url: str,
         ttl: int,
-        session: aiohttp.ClientSession,
+        connections: Connections,
         *,
         name: str,
         min_release_age: int | None = None,
         offline: bool = False,
-        file_hosts: frozenset[str] | None = None,
+        reach: Reach = Reach(),
+        limits: Limits = Limits(),
         retry_delays: tuple[float, ...] = (0.25, 1.0),
         metrics: Metrics | None = None,
     ) -> None:
@@ -157,9 +532,11 @@ class Upstream:
             if parts.username is not None
             else None
         )
-        self._session = session
+        self._origin = _origin(self.url)
+        self._connections = connections
         self._offline = offline
-        self._file_hosts = file_hosts
+        self._reach = reach
+        self._limits = limits
         self._retry_delays = retry_delays
 
     def __repr__(self) -> str:
@@ -170,28 +547,32 @@ class Upstream:
 
     def _headers_for(self, url: str, headers: dict[str, str]) -> dict[str, str]:
         # Credentials go only to the index's own origin, never to a file host elsewhere.
-        if self._auth is None or _origin(url) != _origin(self.url):
+        if self._auth is None or _origin(url) != self._origin:
             return headers
         return headers | {"Authorization": self._auth}
 
     async def fetch_page(
         self, path: str, etag: str | None = None, last_modified: str | None = None
     ) -> PageResponse:
-        """GET `path` (relative to the index URL) conditionally, retrying passing failures.
+        """GET `path` (relative to the index URL) conditionally, retrying passing failures,
+        all within the page deadline.
 
         Raises UpstreamNotFound on 404/410 and UpstreamError on anything else unusable.
         """
         url = self.url + path
-        headers = {"Accept": PAGE_ACCEPT}
+        headers = {"Accept": PAGE_ACCEPT, "Accept-Encoding": PAGE_ENCODINGS}
         if etag:
             headers["If-None-Match"] = etag
         if last_modified:
             headers["If-Modified-Since"] = last_modified
+        progress = _Progress()
 
         async def attempt() -> PageResponse:
             try:
-                async with self._get(url, headers) as response:
-                    body = await response.read() if response.status == 200 else None
+                async with self._get(url, headers, False, progress) as response:
+                    body = None
+                    if response.status == 200:
+                        body = await _read_page(response, self._limits.max_page_bytes)
                     return PageResponse(
                         status=response.status,
                         body=body,
@@ -200,109 +581,221 @@ class Upstream:
                         last_modified=response.headers.get("Last-Modified") or last_modified,
                         url=redact(str(response.url)),
                     )
-            except (aiohttp.ClientError, TimeoutError) as error:
-                raise _failure(url, error) from error
+            except _PageTooBig as error:
+                shown = redact(url)
+                raise UpstreamError(f"{shown}: {UNREACHABLE}", detail=f"{shown}: {error}") from None
+            except (aiohttp.ClientError, OSError, ValueError, zlib.error) as error:
+                raise _failure(url, error, progress) from error
 
-        return await self.retrying(attempt)
+        deadline = self._limits.page_timeout
+        try:
+            async with asyncio.timeout(deadline):
+                return await self.retrying(attempt)
+        except TimeoutError:
+            failure = _failure(url, TimeoutError(), progress)
+            failure.detail = f"{redact(url)}: no answer within the page deadline ({deadline:g} s)"
+            log.warning("%s", failure.detail)
+            self.health.failed(str(failure))
+            raise failure from None
 
     async def retrying(
         self, attempt: Callable[[], Awaitable[T]], safe: Callable[[], bool] = lambda: True
     ) -> T:
         """`attempt()`, again after a pause when it fails in a way worth retrying, as long
-        as `safe()` (e.g. no byte went to a client yet)."""
+        as `safe()` (e.g. no byte went to a client yet). Each failure's reason is logged."""
         for delay in self._retry_delays:
             try:
                 return await attempt()
             except UpstreamError as failure:
                 if not (failure.retryable and safe()):
+                    log.warning("%s", failure.detail)
                     raise
-                log.info("retrying in %.2f s: %s", delay, failure)
+                log.info("retrying in %.2f s: %s", delay, failure.detail)
             await asyncio.sleep(delay)
-        return await attempt()
+        try:
+            return await attempt()
+        except UpstreamError as failure:
+            log.warning("%s", failure.detail)
+            raise
 
     @contextlib.asynccontextmanager
     async def open_file(self, url: str) -> AsyncIterator[tuple[int | None, AsyncIterator[bytes]]]:
         """A streaming GET of a distribution file, bytes exactly as stored upstream: its
         length (if said) and its chunks. Every failure, also while reading the body, is an
         UpstreamError."""
-        host = urlsplit(url).hostname or ""
-        if self._file_hosts is not None and host not in self._file_hosts:
-            raise UpstreamError(f"{redact(url)}: files from {host!r} are not allowed here")
+        progress = _Progress()
         try:
             # Decoding a Content-Encoding would change the bytes we hash and store.
             headers = {"Accept-Encoding": "identity"}
-            async with self._get(url, headers, auto_decompress=False) as response:
+            async with self._get(url, headers, True, progress) as response:
                 yield response.content_length, response.content.iter_any()
-        except (aiohttp.ClientError, TimeoutError) as error:
-            raise _failure(url, error) from error
+        except (aiohttp.ClientError, OSError, ValueError) as error:
+            raise _failure(url, error, progress) from error
 
     @contextlib.asynccontextmanager
     async def _get(
-        self, url: str, headers: dict[str, str], auto_decompress: bool = True
+        self, url: str, headers: dict[str, str], for_file: bool, progress: _Progress
     ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """A GET whose response is 200 or 304; anything else raises."""
+        """A GET whose response is 200 or 304, following redirects, each hop checked;
+        anything else raises."""
         if self._offline:
             raise UpstreamError(f"{redact(url)}: offline, and not in the cache", status=503)
         started = time.monotonic()
         try:
-            async with self._session.get(
-                url, headers=self._headers_for(url, headers), auto_decompress=auto_decompress
-            ) as response:
-                if self._metrics is not None:
-                    self._metrics.upstream_seconds.labels(self.name).observe(
-                        time.monotonic() - started
-                    )
-                if response.status in (404, 410):
-                    self.health.succeeded()
-                    raise UpstreamNotFound(redact(url))
-                if response.status not in (200, 304):
-                    raise UpstreamError(
-                        f"{redact(url)}: upstream answered {response.status}",
-                        retryable=response.status in _RETRYABLE_STATUSES,
-                    )
-                yield response
+            response = await self._follow(url, headers, for_file, progress)
         except UpstreamError as error:
             self.health.failed(str(error))
             raise
-        except (aiohttp.ClientError, TimeoutError) as error:
-            self.health.failed(f"{redact(url)}: {describe(error)}")
+        except (aiohttp.ClientError, OSError, ValueError) as error:
+            self.health.failed(str(_failure(url, error, progress)))
             raise
-        else:
+        try:
+            if self._metrics is not None:
+                self._metrics.upstream_seconds.labels(self.name).observe(time.monotonic() - started)
+            # The index's own statuses help whoever reads them (a 401: wrong password);
+            # those of hosts a page or a redirect named would make cachepi a scanner.
+            own = _origin(str(response.url)) == self._origin
+            if response.status in (404, 410):
+                self.health.succeeded()  # an answer, if not the one hoped for
+                if own or not for_file:
+                    raise UpstreamNotFound(redact(url))
+                raise UpstreamError(
+                    f"{redact(url)}: {UNREACHABLE}",
+                    detail=f"{redact(url)}: upstream answered {response.status}",
+                )
+            if response.status not in (200, 304):
+                text = f"upstream answered {response.status}" if own else UNREACHABLE
+                refusal = UpstreamError(
+                    f"{redact(url)}: {text}",
+                    retryable=response.status in _RETRYABLE_STATUSES,
+                    detail=f"{redact(url)}: upstream answered {response.status}",
+                )
+                self.health.failed(str(refusal))
+                raise refusal
+            try:
+                yield response
+            except (aiohttp.ClientError, OSError, ValueError) as error:
+                self.health.failed(str(_failure(url, error, progress)))
+                raise
             self.health.succeeded()
+        finally:
+            response.release()
+
+    async def _follow(
+        self, url: str, headers: dict[str, str], for_file: bool, progress: _Progress
+    ) -> aiohttp.ClientResponse:
+        """The response at the end of `url`'s redirects, each hop allowed by `_reach`."""
+        hop_url = url
+        for _ in range(MAX_REDIRECTS + 1):
+            public_only = self._check_hop(url, hop_url, for_file)
+            proxy, proxy_auth = self._connections.proxy_for(hop_url)
+            hop = _Hop(public_only and proxy is None)
+            token = _HOP.set(hop)
+            try:
+                session = self._connections.files if for_file else self._connections.pages
+                response = await session.get(
+                    hop_url,
+                    headers=self._headers_for(hop_url, headers),
+                    allow_redirects=False,
+                    proxy=proxy,
+                    proxy_auth=proxy_auth,
+                )
+            finally:
+                _HOP.reset(token)
+                progress.connected = progress.connected or hop.connected
+            location = response.headers.get("Location")
+            if response.status not in _REDIRECT_STATUSES or not location:
+                return response
+            response.release()
+            hop_url = urljoin(str(response.url), location)
+        raise UpstreamError(
+            f"{redact(url)}: {UNREACHABLE}",
+            detail=f"{redact(url)}: more than {MAX_REDIRECTS} redirects",
+        )
+
+    def _check_hop(self, url: str, hop_url: str, for_file: bool) -> bool:
+        """Whether the request to `hop_url` (on the way to `url`) may go out, and if it must
+        then reach a public address only (True); raises UpstreamError if it may not."""
+        try:
+            scheme, host, port = _origin(hop_url)
+        except ValueError:
+            scheme = host = ""
+            port = 0
+        if scheme not in ("http", "https") or not host:
+            raise UpstreamError(
+                f"{redact(url)}: {UNREACHABLE}",
+                detail=f"{redact(url)}: leads to {redact(hop_url)[:200]!r}, not an http(s) URL",
+            )
+        file_hosts = self._reach.file_hosts
+        if for_file and file_hosts is not None and host not in file_hosts:
+            shown = "" if hop_url == url else f" (by a redirect to {host!r})"
+            raise UpstreamError(f"{redact(url)}: files from {host!r} are not allowed here{shown}")
+        if (scheme, host, port) == self._origin or self._upgrade(scheme, host, port):
+            return False  # the index's own origin: wherever it is
+        if self._reach.private or (for_file and file_hosts is not None):
+            return False  # allowed by the operator, private or not
+        try:
+            literal = ipaddress.ip_address(host.partition("%")[0])
+        except ValueError:
+            return True  # a name: its addresses are checked where it is resolved
+        if not is_public(str(literal)):
+            raise UpstreamError(
+                f"{redact(url)}: {UNREACHABLE}",
+                detail=f"{redact(url)}: refused {host}, not a public address (allow it with"
+                " FILE_HOSTS or UPSTREAM_PRIVATE_ADDRESSES=allow)",
+            )
+        return True
+
+    def _upgrade(self, scheme: str, host: str, port: int) -> bool:
+        """http://index-host → https://index-host on the default ports: still the index."""
+        own_scheme, own_host, own_port = self._origin
+        return (own_scheme, own_port, scheme, port) == ("http", 80, "https", 443) and (
+            host == own_host
+        )
 
 
-def _failure(url: str, error: BaseException) -> UpstreamError:
-    """An aiohttp or timeout error as a one-line UpstreamError; all are worth a retry."""
-    status = 504 if isinstance(error, TimeoutError) else 502
-    return UpstreamError(f"{redact(url)}: {describe(error)}", status=status, retryable=True)
+def _failure(url: str, error: BaseException, progress: _Progress | None = None) -> UpstreamError:
+    """A failed request as a one-line UpstreamError. A client learns
+    only whether the upstream was reached at all: a connect timeout (a filtered port) reads
+    like a refused connection, a timeout after connecting is a 504."""
+    if isinstance(error, aiohttp.ConnectionTimeoutError):  # connecting, or a busy pool
+        status, text = 502, UNREACHABLE
+    elif isinstance(error, TimeoutError):
+        reached = (
+            progress is None
+            or progress.connected
+            or isinstance(error, aiohttp.ServerTimeoutError)  # a read timed out
+        )
+        status, text = (504, TIMED_OUT) if reached else (502, UNREACHABLE)
+    else:
+        status, text = 502, UNREACHABLE
+    return UpstreamError(
+        f"{redact(url)}: {text}",
+        status=status,
+        # An answer that cannot be used (a bad URL, a coding not asked for) stays so.
+        retryable=not isinstance(error, ValueError | zlib.error),
+        detail=f"{redact(url)}: {describe(error)}",
+    )
 
 
 def describe(error: BaseException) -> str:
-    """A one-line reason for a client error, without credentials."""
+    """A one-line reason, for the log (never for a client: it tells a refused port from a
+    filtered one), without credentials."""
+    if isinstance(error, aiohttp.ConnectionTimeoutError):
+        return "no connection in time (connect timeout, or every connection busy)"
     if isinstance(error, TimeoutError):
         return "upstream timed out"
     if isinstance(error, aiohttp.ClientConnectorError):
-        return f"cannot connect to upstream ({error.os_error.strerror or error.os_error})"
+        reason = error.os_error
+        if isinstance(reason, _AddressesRefused):
+            return f"refused: {reason} (allow with FILE_HOSTS or UPSTREAM_PRIVATE_ADDRESSES)"
+        return f"cannot connect to upstream ({reason.strerror or reason})"
+    if isinstance(error, AddressRefused):
+        return f"refused: {error}"
     if isinstance(error, aiohttp.ClientPayloadError):
         return "upstream broke off the transfer"
     if isinstance(error, aiohttp.ServerDisconnectedError):
         return "upstream closed the connection"
-    return f"upstream error ({type(error).__name__})"
-
-
-def make_session(
-    connect_timeout: float, read_timeout: float, verify_ssl: bool, limit: int = 64
-) -> aiohttp.ClientSession:
-    timeout = aiohttp.ClientTimeout(
-        total=None, sock_connect=connect_timeout, sock_read=read_timeout
-    )
-    connector = aiohttp.TCPConnector(limit=limit, ssl=verify_ssl)
-    return aiohttp.ClientSession(
-        timeout=timeout,
-        connector=connector,
-        headers={"User-Agent": f"cachepi/{__version__} aiohttp/{aiohttp.__version__}"},
-        trust_env=True,
-        # Bigger reads: fewer chunks, each costing a hop to the hashing thread and a wake-up
-        # of every reader.
-        read_bufsize=1024 * 1024,
-    )
+    if isinstance(error, ValueError | zlib.error):
+        return f"unusable answer ({str(error)[:200]})"
+    return f"upstream error ({type(error).__name__}: {str(error)[:200]})"

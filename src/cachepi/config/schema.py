@@ -184,13 +184,40 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "FILE_HOSTS", parse_hosts,
-        "Hosts that file URLs on upstream pages may point to, comma-separated.",
+        "Hosts that file URLs on upstream pages (and their redirects) may point to,"
+        " comma-separated; these may be private addresses.",
         shown_default="any",
     ),
     Setting(
         "UPSTREAM_CONNECTIONS", parse_positive,
-        "At most this many connections to upstreams at once.",
+        "At most this many connections to upstreams at once for file downloads, and as many"
+        " for pages (so pages never wait behind downloads); a download waits at most"
+        " `READ_TIMEOUT` for one.",
         default=64, flag_type=int,
+    ),
+    _choice(
+        "UPSTREAM_PRIVATE_ADDRESSES", ("deny", "allow"),
+        "Whether file URLs and redirects may reach loopback, private, link-local and other"
+        " non-public addresses beyond the index's own origin and `FILE_HOSTS`: `deny` or"
+        " `allow`.",
+        meaning="Whether file URLs on upstream pages, and redirects, may reach loopback,"
+        " private (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7), link-local, multicast"
+        " and other non-public addresses: `deny` refuses them (checked on the address"
+        " connected to, so a name resolving there is refused too) except on the index's own"
+        " origin and the hosts of `FILE_HOSTS`; `allow` lets an upstream page send cachepi"
+        " anywhere on your network.",
+    ),
+    Setting(
+        "PAGE_TIMEOUT", parse_seconds,
+        "Seconds an upstream page fetch may take in all, retries included; then the stale"
+        " copy is served, else 504.",
+        default=10.0, flag_type=float,
+    ),
+    Setting(
+        "MAX_PAGE_BYTES", parse_size,
+        "Largest upstream page, decoded (`256M` also accepted; a compressed page may have a"
+        " quarter of it on the wire); a bigger one fails, and the stale copy is served.",
+        default=256 * 1024**2, shown_default=f"{256 * 1024**2} (256 MiB)",
     ),
     Setting(
         "CLIENT_TIMEOUT", parse_seconds,

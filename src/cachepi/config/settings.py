@@ -61,6 +61,9 @@ class Settings:
     offline: bool = _default("OFFLINE")
     file_hosts: frozenset[str] | None = _default("FILE_HOSTS")
     upstream_connections: int = _default("UPSTREAM_CONNECTIONS")
+    upstream_private_addresses: str = _default("UPSTREAM_PRIVATE_ADDRESSES")
+    page_timeout: float = _default("PAGE_TIMEOUT")
+    max_page_bytes: int = _default("MAX_PAGE_BYTES")
     admin_token: str | None = _default("ADMIN_TOKEN")
     htpasswd: Path | None = _default("HTPASSWD")  # noqa: RUF009
     client_timeout: float = _default("CLIENT_TIMEOUT")

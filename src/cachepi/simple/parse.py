@@ -2,20 +2,23 @@
 
 The upstream is not trusted: entries whose filename is not one safe path segment, or whose URL
 is not http(s), are dropped (not fatal); hashes that are not hex are dropped; a page that is
-not the expected shape at all raises ParseError.
+not the expected shape at all raises ParseError, and so does anything else a hostile page
+makes a parser raise (deep nesting, bad UTF-8). HTML is read by a linear scan
+(simple/htmlscan.py) that builds no tree, so no markup costs more than its length.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 from collections.abc import Iterable, Iterator
-from typing import NamedTuple, TypeVar
+from typing import TypeVar
 from urllib.parse import unquote, urljoin, urlsplit
 
 import msgspec
-from selectolax.lexbor import LexborHTMLParser
 
+from cachepi.simple.htmlscan import Attributes, scan
 from cachepi.simple.model import File, Project, ProjectList
 from cachepi.simple.names import belongs_to, is_safe_filename, is_valid_project_name, normalize
 
@@ -37,12 +40,32 @@ _PLAIN_URL_RE = re.compile(
     r"(?:#([\x21-\x7e]*))?\Z",
     re.ASCII,
 )
+_SHA256_RE = re.compile(r"sha256=([0-9a-f]{64})\Z")
 # PyPI marks its pages with the serial in a comment: <!--SERIAL 12345-->
 _SERIAL_RE = re.compile(rb"<!--SERIAL (\d{1,19})-->")
 
 
 class ParseError(ValueError):
     """The upstream page is not a Simple-API page we can read."""
+
+
+@contextlib.contextmanager
+def _unreadable_is_parse_error() -> Iterator[None]:
+    """Whatever reading a page raises is a ParseError: a hostile page gets the stale copy
+    or a 502, never a 500 (or a dead worker thread)."""
+    try:
+        yield
+    except ParseError:
+        raise
+    except (
+        ValueError,  # UnicodeDecodeError too
+        msgspec.MsgspecError,
+        LookupError,
+        TypeError,
+        ArithmeticError,
+        RecursionError,
+    ) as error:
+        raise ParseError(f"unreadable page ({type(error).__name__}: {error})") from None
 
 
 # --- PEP 691 JSON -----------------------------------------------------------------------------
@@ -96,27 +119,29 @@ _list_decoder = msgspec.json.Decoder(_JsonProjectList)
 
 def parse_project_json(body: bytes, page_url: str) -> Project:
     """A PEP 691 project page; relative file URLs are resolved against `page_url`."""
-    page = _decode(_project_decoder, body)
-    _check_api_version(page.meta.api_version)
-    if not is_valid_project_name(page.name):
-        raise ParseError("the page names no valid project")
-    status = page.project_status or _Status()
-    return Project(
-        name=page.name,
-        files=_own(normalize(page.name), _json_files(page.files, page_url)),
-        versions=page.versions,
-        last_serial=page.meta.last_serial,
-        status=status.status,
-        status_reason=status.reason,
-    )
+    with _unreadable_is_parse_error():
+        page = _decode(_project_decoder, body)
+        _check_api_version(page.meta.api_version)
+        if not is_valid_project_name(page.name):
+            raise ParseError("the page names no valid project")
+        status = page.project_status or _Status()
+        return Project(
+            name=page.name,
+            files=_own(normalize(page.name), _json_files(page.files, page_url)),
+            versions=page.versions,
+            last_serial=page.meta.last_serial,
+            status=status.status,
+            status_reason=status.reason,
+        )
 
 
 def parse_project_list_json(body: bytes) -> ProjectList:
     """A PEP 691 root page; names that are not valid project names are dropped."""
-    page = _decode(_list_decoder, body)
-    _check_api_version(page.meta.api_version)
-    names = [entry.name for entry in page.projects]
-    return ProjectList(names=_valid_names(names), last_serial=page.meta.last_serial)
+    with _unreadable_is_parse_error():
+        page = _decode(_list_decoder, body)
+        _check_api_version(page.meta.api_version)
+        names = [entry.name for entry in page.projects]
+        return ProjectList(names=_valid_names(names), last_serial=page.meta.last_serial)
 
 
 _T = TypeVar("_T")
@@ -125,8 +150,9 @@ _T = TypeVar("_T")
 def _decode(decoder: msgspec.json.Decoder[_T], body: bytes) -> _T:
     try:
         return decoder.decode(body)
-    # ValidationError is a DecodeError; invalid UTF-8 surfaces as UnicodeDecodeError.
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+    # ValidationError is a DecodeError; invalid UTF-8 surfaces as UnicodeDecodeError;
+    # deep nesting (even in a key nobody reads) as RecursionError.
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise ParseError(f"not a Simple-API JSON page: {exc}") from None
 
 
@@ -142,7 +168,7 @@ def _json_files(entries: list[_JsonFile], page_url: str) -> Iterator[File]:
             metadata = entry.data_dist_info_metadata
         yield File(
             filename=entry.filename,
-            url=link.url,
+            url=link[0],
             hashes=_clean_hashes(entry.hashes.items()),
             requires_python=entry.requires_python or None,
             core_metadata=_clean_metadata(metadata),
@@ -165,34 +191,37 @@ def _clean_metadata(value: bool | dict[str, str] | None) -> bool | dict[str, str
 
 def parse_project_html(body: bytes, page_url: str, name: str) -> Project:
     """A PEP 503 project page; `name` is the project the page was fetched for."""
-    tree = LexborHTMLParser(_utf8(body))
-    _check_api_version(_meta_content(tree, "pypi:repository-version") or "1.0")
-    base = _base_url(tree, page_url)
-    files = (_html_file(anchor.attributes, base) for anchor in tree.css("a[href]"))
-    return Project(
-        name=name,
-        files=_own(normalize(name), (file for file in files if file is not None)),
-        last_serial=_html_serial(body),
-        status=_meta_content(tree, "pypi:project-status"),
-        status_reason=_meta_content(tree, "pypi:project-status-reason"),
-    )
+    with _unreadable_is_parse_error():
+        page = scan(_utf8(body))
+        _check_api_version(page.metas.get("pypi:repository-version") or "1.0")
+        base = _base_url(page.base_href, page_url)
+        files = (_html_file(anchor, base) for anchor in page.anchors if "href" in anchor)
+        return Project(
+            name=name,
+            files=_own(normalize(name), (file for file in files if file is not None)),
+            last_serial=_html_serial(body),
+            status=page.metas.get("pypi:project-status") or None,
+            status_reason=page.metas.get("pypi:project-status-reason") or None,
+        )
 
 
 def parse_project_list_html(body: bytes) -> ProjectList:
     """A PEP 503 root page: the project names are the link texts."""
-    tree = LexborHTMLParser(_utf8(body))
-    _check_api_version(_meta_content(tree, "pypi:repository-version") or "1.0")
-    names = [anchor.text().strip() for anchor in tree.css("a")]
-    return ProjectList(names=_valid_names(names), last_serial=_html_serial(body))
+    with _unreadable_is_parse_error():
+        page = scan(_utf8(body), texts=True)
+        _check_api_version(page.metas.get("pypi:repository-version") or "1.0")
+        names = [text.strip() for text in page.texts]
+        return ProjectList(names=_valid_names(names), last_serial=_html_serial(body))
 
 
-def _html_file(attrs: dict[str, str | None], base: str) -> File | None:
+def _html_file(attrs: Attributes, base: str) -> File | None:
     link = _http_link(base, attrs.get("href"))
     if link is None:
         return None
+    url, path, fragment = link
     # pip names the file after the last path segment, percent-decoded; decoding happens
     # before the safety check so "%2F" and "%2e%2e" are judged as what they become.
-    filename = unquote(link.path.rpartition("/")[2])
+    filename = unquote(path.rpartition("/")[2])
     if not is_safe_filename(filename):
         return None
     metadata = attrs.get("data-core-metadata")
@@ -201,8 +230,8 @@ def _html_file(attrs: dict[str, str | None], base: str) -> File | None:
     yanked = attrs.get("data-yanked", False)
     return File(
         filename=filename,
-        url=link.url,
-        hashes=_clean_hashes([link.fragment.partition("=")[::2]]),
+        url=url,
+        hashes=_one_hash(fragment),
         requires_python=attrs.get("data-requires-python") or None,
         core_metadata=_html_metadata(metadata),
         # Attribute present: yanked; its non-empty value is the reason.
@@ -217,21 +246,13 @@ def _html_metadata(value: str | None) -> bool | dict[str, str]:
         return False
     if value.strip().lower() == "true":
         return True
-    hashes = _clean_hashes([value.partition("=")[::2]])
-    return hashes or False
+    return _one_hash(value) or False
 
 
-def _base_url(tree: LexborHTMLParser, page_url: str) -> str:
-    base = tree.css_first("base[href]")
-    href = base.attributes.get("href") if base is not None else None
+def _base_url(href: str | None, page_url: str) -> str:
     link = _http_link(page_url, href)
     # Keep the fragment-less form: a base only matters for resolving relative links.
-    return link.url if link is not None else page_url
-
-
-def _meta_content(tree: LexborHTMLParser, name: str) -> str | None:
-    node = tree.css_first(f'meta[name="{name}"]')
-    return (node.attributes.get("content") or None) if node is not None else None
+    return link[0] if link is not None else page_url
 
 
 def _html_serial(body: bytes) -> int | None:
@@ -248,10 +269,9 @@ def _check_api_version(version: str) -> None:
         raise ParseError(f"unsupported Simple-API version {version!r}")
 
 
-class _Link(NamedTuple):
-    url: str  # absolute, without the fragment
-    path: str
-    fragment: str
+# An http(s) link: (absolute URL without the fragment, path, fragment). A plain tuple: a
+# NamedTuple costs a Python call to make, on every link of every page.
+_Link = tuple[str, str, str]
 
 
 def _http_link(base: str, href: str | None) -> _Link | None:
@@ -261,19 +281,30 @@ def _http_link(base: str, href: str | None) -> _Link | None:
     plain = _PLAIN_URL_RE.match(href)
     if plain is not None:
         origin, path, query, fragment = plain.groups("")
-        return _Link(origin + path + query, path, fragment)
+        return origin + path + query, path, fragment
     try:
         parts = urlsplit(urljoin(base, href))
     except ValueError:  # e.g. "http://[::1" (an unclosed IPv6 host)
         return None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return None
-    return _Link(parts._replace(fragment="").geturl(), parts.path, parts.fragment)
+    return parts._replace(fragment="").geturl(), parts.path, parts.fragment
 
 
 def _http_url(base: str, href: str | None) -> str | None:
     link = _http_link(base, href)
-    return link.url if link is not None else None
+    return link[0] if link is not None else None
+
+
+def _one_hash(text: str) -> dict[str, str]:
+    """`_clean_hashes` of one "<hashname>=<hex>" (a URL fragment, a PEP 714 attribute)."""
+    if (common := _SHA256_RE.match(text)) is not None:  # the way nearly every page says it
+        return {"sha256": common[1]}
+    name, _, digest = text.partition("=")
+    name, digest = name.lower(), digest.lower()
+    if _HEX_LENGTHS.get(name) == len(digest) and not digest.strip(_HEX_DIGITS):
+        return {name: digest}
+    return {}
 
 
 def _clean_hashes(items: Iterable[tuple[str, str]]) -> dict[str, str]:
@@ -287,13 +318,13 @@ def _clean_hashes(items: Iterable[tuple[str, str]]) -> dict[str, str]:
     return hashes
 
 
-def _utf8(body: bytes) -> bytes:
+def _utf8(body: bytes) -> str:
     """PEP 503 pages are UTF-8; anything else is not a page we can trust to be complete."""
     try:
-        body.decode()
+        text = body.decode()
     except UnicodeDecodeError:
         raise ParseError("the HTML page is not valid UTF-8") from None
-    return body
+    return text[1:] if text.startswith("\ufeff") else text
 
 
 def _own(project: str, files: Iterable[File]) -> list[File]:

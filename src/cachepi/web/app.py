@@ -19,7 +19,7 @@ from cachepi.rendered import RenderCache
 from cachepi.routing import Router
 from cachepi.store import open_stores
 from cachepi.store.protocols import MetadataStore, StoreUnavailable
-from cachepi.upstream import Upstream, make_session
+from cachepi.upstream import Connections, Limits, Reach, Upstream
 from cachepi.upstream_pages import UpstreamPages
 from cachepi.web import admin, dashboard, distfiles, monitoring, pages
 from cachepi.web.auth import Htpasswd, basic_auth
@@ -88,21 +88,24 @@ async def _components(app: web.Application, reconcile: bool) -> AsyncIterator[No
     metrics = app[METRICS]
     stores = app[STORES] = open_stores(settings)
     metadata = app[METADATA] = stores.metadata
-    session = make_session(
+    connections = Connections(
         settings.connect_timeout,
         settings.read_timeout,
         settings.verify_ssl,
         limit=settings.upstream_connections,
     )
+    reach = Reach(settings.file_hosts, settings.upstream_private_addresses == "allow")
+    limits = Limits(settings.page_timeout, settings.max_page_bytes)
     upstreams = [
         Upstream(
             up.url,
             up.ttl,
-            session,
+            connections,
             name=up.name,
             min_release_age=up.min_release_age,
             offline=settings.offline,
-            file_hosts=settings.file_hosts,
+            reach=reach,
+            limits=limits,
             metrics=metrics,
         )
         for up in settings.upstreams
@@ -133,7 +136,7 @@ async def _components(app: web.Application, reconcile: bool) -> AsyncIterator[No
     finally:
         flusher.cancel()
         await file_cache.close()
-        await session.close()
+        await connections.close()
         with contextlib.suppress(StoreUnavailable):
             metrics.flush(metadata)
         stores.close()

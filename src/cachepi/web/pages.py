@@ -19,6 +19,7 @@ STALE_HEADER = "X-Cachepi-Stale"
 UNAVAILABLE_HEADER = "X-Cachepi-Unavailable"
 
 
+_MAX_REASON = 400
 _GATEWAY_ERRORS: dict[int, type[web.HTTPException]] = {
     502: web.HTTPBadGateway,
     503: web.HTTPServiceUnavailable,
@@ -27,9 +28,13 @@ _GATEWAY_ERRORS: dict[int, type[web.HTTPException]] = {
 
 
 def gateway_error(error: UpstreamError) -> web.HTTPException:
-    """The 502/503/504 for an upstream failure, with its one-line reason. Never a 404: a
-    client with several indexes would take that as "not here" and look elsewhere."""
-    return _GATEWAY_ERRORS[error.status](text=f"{error}\n")
+    """The 502/503/504 for an upstream failure, with its reason: one line of printable
+    text, whatever a parser or an upstream put in it (why exactly, which may tell a refused
+    port from a filtered one, is in the log only: upstream.py). Never a 404: a client with
+    several indexes would take that as "not here" and look elsewhere."""
+    reason = " ".join(str(error).split())[:_MAX_REASON] or "the upstream failed"
+    reason = "".join(char if char.isprintable() else "\ufffd" for char in reason)
+    return _GATEWAY_ERRORS.get(error.status, web.HTTPBadGateway)(text=f"{reason}\n")
 
 
 def negotiated(request: web.Request) -> Format:
