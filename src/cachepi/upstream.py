@@ -236,6 +236,25 @@ class Upstream:
         except (aiohttp.ClientError, TimeoutError) as error:
             raise _failure(url, error) from error
 
+    async def head_file(self, url: str) -> int | None:
+        """A distribution file's length as a HEAD request to the upstream says it (None: it
+        did not say), never its body. Failures as `open_file`'s."""
+        host = urlsplit(url).hostname or ""
+        if self._file_hosts is not None and host not in self._file_hosts:
+            raise UpstreamError(f"{redact(url)}: files from {host!r} are not allowed here")
+        if self._offline:
+            raise UpstreamError(f"{redact(url)}: offline, and not in the cache", status=503)
+        headers = self._headers_for(url, {"Accept-Encoding": "identity"})
+        try:
+            async with self._session.head(url, headers=headers, allow_redirects=True) as response:
+                if response.status in (404, 410):
+                    raise UpstreamNotFound(redact(url))
+                if response.status != 200:
+                    raise UpstreamError(f"{redact(url)}: upstream answered {response.status}")
+                return response.content_length
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise _failure(url, error) from error
+
     @contextlib.asynccontextmanager
     async def _get(
         self, url: str, headers: dict[str, str], auto_decompress: bool = True

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from cachepi.combine import Combine
 from cachepi.config import Settings
-from cachepi.filecache import FileCache
+from cachepi.filecache import FileCache, Limits
 from cachepi.index import IndexCache
 from cachepi.metrics import Metrics
 from cachepi.rendered import RenderCache
@@ -117,8 +117,12 @@ async def _components(app: web.Application, reconcile: bool) -> AsyncIterator[No
         router=Router(settings.routes, unrouted),
         policy=settings.policy,
     )
-    file_cache = FileCache(stores, settings.cache_size, metrics=metrics)
+    limits = Limits(
+        settings.downloads_per_index, settings.downloads_per_client, settings.download_wait
+    )
+    file_cache = FileCache(stores, settings.cache_size, metrics=metrics, limits=limits)
     await file_cache.open(reconcile)
+    file_cache.sweep_periodically()
     app[FILE_CACHE] = file_cache
     log.info(
         "serving %s from %s (%s blobs, %s metadata)",
