@@ -120,6 +120,11 @@ class FileCache:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.accounting.flush_touches()
 
+    @property
+    def downloading(self) -> int:
+        """Downloads this process runs now (leading or following)."""
+        return len(self._running)
+
     def extracted(self) -> tuple[int, Mapping[str, str]]:
         """(generation, wheel sha256 -> METADATA sha256) of what pages may advertise."""
         return self.extractions.known()

@@ -73,7 +73,10 @@ class FileLock:
 
     def reserve(self, size: int) -> None:
         self._reserved = size
-        self._write_header()
+        if self._part is None:
+            _ = self.part  # names it, with the reservation
+        else:
+            self._write_header()
 
     def _write_header(self) -> None:
         if self.acquired and self._part is not None:

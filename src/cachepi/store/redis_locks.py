@@ -413,10 +413,10 @@ class RedisLocks:
             except FileNotFoundError:
                 continue
             if match := _PART_RE.fullmatch(entry.name):
-                holder = self._get_holder(match[1])
-                held = holder is None or holder.endswith(f":{match[2]}:{match[3]}")
-                if holder == "":  # Redis did not answer: leave it for later
-                    held = True
+                holder = self._get_holder(match[1])  # "": Redis did not answer, ask later
+                held = holder == "" or (
+                    holder is not None and holder.endswith(f":{match[2]}:{match[3]}")
+                )
                 abandoned = not held and age > _UNHELD_GRACE
             elif match := _ALONE_RE.fullmatch(entry.name):
                 abandoned = not _alive(int(match[2])) and age > _UNHELD_GRACE
