@@ -613,3 +613,48 @@ async def die_holding(backend: Backend, key: str, tmp_path: Path) -> Path:
     out, _ = await died.communicate()
     assert died.returncode == 0
     return Path(out.decode().strip())
+
+
+async def test_a_follower_of_an_ended_holding_never_reads_the_next_ones_part_as_its_own(
+    backend: Backend,
+) -> None:
+    """The race two workers ran into: a follower waits on holding A; A ends "ok" without
+    storing the file and lets go; holding B starts at once, its part file still empty; only
+    then does the follower look for a part file. It must follow B, as B, to B's end; never
+    take B's part file for A's and complete with A's "ok"."""
+    key = "https://files.test/raced-1.0.tar.gz"
+    follower = backend.other_locks.lock(key)
+    async with holding(backend, key) as first:
+        assert not follower.try_acquire()  # waiting on A
+        first.end(Outcome(True, sha256=first.sha256, size=len(first.data)))
+    second = backend.locks.lock(key)
+    assert second.try_acquire()
+    fd = os.open(second.part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)  # empty yet
+    progress = Progress()
+    publishing = asyncio.create_task(second.publish(progress))
+    data = random_bytes(FOLLOWED, "second holding")
+    sha256 = hashlib.sha256(data).hexdigest()
+    try:
+        lookup = lambda: backend.other_blobs.open(sha256)  # noqa: E731
+        following = asyncio.create_task(follower.follow(None, lookup, no_origin))
+        await asyncio.sleep(0.2)  # the follower looks while B's part file is empty
+        write_all(fd, data)
+        progress.wrote(len(data))
+        source = await asyncio.wait_for(following, 30)
+        assert source is not None
+        async with source as (_, chunks):
+            received = await anext(chunks)
+            await backend.blobs.sync(fd)
+            await backend.blobs.put(fd, second.part, sha256)
+            progress.finish()
+            second.release(Outcome(True, sha256=sha256, size=len(data)))
+            received += b"".join([chunk async for chunk in chunks])
+        assert received == data
+        assert source.vouched == (sha256, len(data))
+    finally:
+        os.close(fd)
+        publishing.cancel()
+        await asyncio.gather(publishing, return_exceptions=True)
+        second.release()
+        backend.blobs.discard(second.part)
+        follower.close()

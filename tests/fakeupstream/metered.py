@@ -56,6 +56,9 @@ def _matches(path: str, pattern: str) -> bool:
 
 
 def _written(response: web.StreamResponse) -> int:
-    """What the response's writer handed to the transport; 0 before it was prepared."""
+    """What the response's writer handed to the transport: counted by the writer until
+    the end, then (once aiohttp dropped the writer) its body_length; 0 if never prepared."""
     writer = getattr(response, "_payload_writer", None)
+    if writer is None:
+        return response.body_length
     return int(getattr(writer, "output_size", 0))

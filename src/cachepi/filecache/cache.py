@@ -101,18 +101,19 @@ class FileCache:
         await self.extractions.load()
 
     def sweep_periodically(self, every: float = SWEEP_SECONDS) -> None:
-        """While serving: remove, every so often, the part and lock files of processes that
-        died (a killed worker's), without waiting for a restart."""
+        """While serving: remove the part and lock files of processes that died (a killed
+        worker's) now and every so often, without waiting for a restart of the server. (A
+        worker that replaces a killed one sweeps as it starts.)"""
         self._spawn(self._sweep(every))
 
     async def _sweep(self, every: float) -> None:
         while True:
-            await asyncio.sleep(every)
             try:
                 if removed := await asyncio.to_thread(self._locks.sweep):
                     log.info("removed %d files of unfinished downloads nobody runs", removed)
             except (OSError, StoreUnavailable) as failure:
                 log.warning("cannot sweep leftovers of unfinished downloads: %s", failure)
+            await asyncio.sleep(every)
 
     async def close(self) -> None:
         for task in list(self._tasks):
