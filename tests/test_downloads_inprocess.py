@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from cachepi.filecache import Busy, Claim, FileCache, Limits, sinks
+from cachepi.filecache import Busy, Claim, Download, FileCache, Limits, sinks
 from cachepi.filecache.limits import Slots
 from cachepi.store import Stores
 from cachepi.store.protocols import StoredBlob
@@ -66,6 +66,7 @@ class PacedIndex(FakeIndex):
 
 
 CacheFactory = Callable[..., Awaitable[FileCache]]
+MIB = 1024 * 1024
 
 
 @pytest.fixture
@@ -299,3 +300,28 @@ async def test_a_miss_beyond_the_bound_waits_then_is_refused_but_joins_cost_noth
     await until(lambda: cache.downloading == 0)
     async with cache.serve(spec_b, "192.0.2.3") as claim:  # room again
         assert isinstance(claim, Claim)
+
+
+async def test_downloads_relaying_from_memory_share_a_bounded_budget(
+    stores: Stores, make_cache: CacheFactory
+) -> None:
+    """Many downloads that cannot use the disk, each with a client that stopped reading:
+    together they hold about 64 MiB, not 8 MiB each."""
+    index = PacedIndex(pace=0, chunk=256 * 1024)
+    cache = await make_cache(max_bytes=0)
+    files = [sdist(6 * 1024 * 1024, f"m{n}") for n in range(24)]
+    async with contextlib.AsyncExitStack() as stack:
+        claims = [
+            await stack.enter_async_context(cache.serve(spec_for(index, dist), None))  # type: ignore[arg-type]
+            for dist in files
+        ]
+        await asyncio.sleep(0.3)  # nobody reads: every window fills up
+        held = sum(c.download._window_bytes for c in claims if isinstance(c, Claim))
+        assert held == Download.memory_held
+        assert held <= 64 * MIB + 24 * MIB, held  # not 8 MiB each
+        for claim in claims:  # and they all go on when their clients read
+            assert isinstance(claim, Claim)
+            async with contextlib.aclosing(claim.chunks()) as chunks:
+                assert len(b"".join([c async for c in chunks])) == 6 * MIB
+    await until(lambda: cache.downloading == 0)
+    assert Download.memory_held == 0

@@ -28,7 +28,7 @@ from typing import Any
 from cachepi.filecache.accounting import Accounting
 from cachepi.filecache.download import Claim, Download, FileSpec
 from cachepi.filecache.extraction import Extractions
-from cachepi.filecache.limits import Limits, Slots, Ticket
+from cachepi.filecache.limits import Busy, Limits, Slots, Ticket
 from cachepi.filecache.sinks import InPlace, PartFile, Sink, TempCopy
 from cachepi.filecache.transfer import transfer
 from cachepi.metrics import Metrics
@@ -189,17 +189,26 @@ class FileCache:
         return found.download if isinstance(found, Claim) else found
 
     @contextlib.asynccontextmanager
-    async def serve(self, spec: FileSpec, client: str | None) -> AsyncIterator[StoredBlob | Claim]:
+    async def serve(
+        self, spec: FileSpec, client: str | None, gone: Callable[[], bool] = lambda: False
+    ) -> AsyncIterator[StoredBlob | Claim]:
         """What a client at address `client` gets for `spec`: the stored blob, or a claim
         on its download (joined or started) once the upstream's headers are in; closed
-        after. Raises Busy when the bounds on downloads leave no room in time."""
-        found = await self._find(spec, client, claim=True)
+        after. Raises Busy when the bounds on downloads leave no room in time, or the
+        client is `gone()` once there is."""
+        found = await self._find(spec, client, claim=True, gone=gone)
         try:
             yield found
         finally:
             found.close()
 
-    async def _find(self, spec: FileSpec, client: str | None, claim: bool) -> StoredBlob | Claim:
+    async def _find(
+        self,
+        spec: FileSpec,
+        client: str | None,
+        claim: bool,
+        gone: Callable[[], bool] = lambda: False,
+    ) -> StoredBlob | Claim:
         """Check and start happen without an await in between, so two requests never start
         two downloads of one file (unless the first one's bytes are gone from memory)."""
         if (blob := await self.cached(spec)) is not None:
@@ -210,6 +219,9 @@ class FileCache:
             ticket = self.slots.try_take(spec.upstream.name, client)
             if ticket is None:
                 ticket = await self.slots.take(spec.upstream.name, client)  # or Busy
+                if gone():  # it waited for nothing: start nothing
+                    ticket.release()
+                    raise Busy("the client left while it waited", self.slots.limits.retry_after)
                 # Things changed while this waited.
                 try:
                     blob = await self.cached(spec)

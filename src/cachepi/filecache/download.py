@@ -23,8 +23,12 @@ from cachepi.types import DownloadFailed
 from cachepi.upstream import Index
 
 _CHUNK = 256 * 1024
-# What a download may hold in memory when it cannot use the disk.
+# What a download may hold in memory when it cannot use the disk: up to this much, while
+# all of this process's downloads hold less than _MEMORY_BYTES together; any one may always
+# hold _MIN_WINDOW_BYTES.
 _WINDOW_BYTES = 8 * 1024 * 1024
+_MEMORY_BYTES = 64 * 1024 * 1024
+_MIN_WINDOW_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,10 @@ class _State(enum.Enum):
 
 class Download:
     """One transfer into a part file that any number of readers follow as it grows."""
+
+    # Bytes the memory windows of this process's downloads hold (until every reader is past
+    # them, or gone).
+    memory_held = 0
 
     def __init__(self, spec: FileSpec) -> None:
         self.spec = spec
@@ -124,13 +132,20 @@ class Download:
 
     async def relay(self, data: bytes) -> None:
         """Hand on bytes the disk would not take, once every reader made room for them."""
-        while self._window_bytes + len(data) > _WINDOW_BYTES and self._window:
+        while self._window and self._too_much(len(data)):
             self._trim()
-            if self._window_bytes + len(data) > _WINDOW_BYTES:
-                await self._consumed.wait()
+            if self._too_much(len(data)):
+                await self._consumed.wait()  # this download's readers must read first
                 self._consumed.clear()
         self._window.append(data)
         self._window_bytes += len(data)
+        Download.memory_held += len(data)
+
+    def _too_much(self, more: int) -> bool:
+        mine = self._window_bytes + more
+        if mine > _WINDOW_BYTES:
+            return True
+        return mine > _MIN_WINDOW_BYTES and Download.memory_held + more > _MEMORY_BYTES
 
     def _trim(self) -> None:
         """Drop window chunks that every reader is past."""
@@ -139,6 +154,14 @@ class Download:
             dropped = self._window.popleft()
             self._window_start += len(dropped)
             self._window_bytes -= len(dropped)
+            Download.memory_held -= len(dropped)
+
+    def _free_window(self) -> None:
+        """The download ended and no reader is left: its window goes."""
+        if self.done and not self._positions and self._window:
+            Download.memory_held -= self._window_bytes
+            self._window.clear()
+            self._window_bytes = 0
 
     def _read(self, position: int, available: int) -> bytes:
         """Bytes from `position` on, up to `available`: from the part file or the window."""
@@ -175,6 +198,7 @@ class Download:
         self._error = error
         self._headers.set()
         self._notify()
+        self._free_window()
 
     # -- the readers' side ------------------------------------------------------------------
 
@@ -220,6 +244,8 @@ class Download:
                     data = self._read(position, available)
                     position += len(data)
                     self._positions[me] = position
+                    if self._window:
+                        self._trim()
                     self._consumed.set()
                     yield data
                 elif done:
@@ -229,6 +255,7 @@ class Download:
         finally:
             self._positions.pop(me, None)
             self._consumed.set()
+            self._free_window()
 
 
 class Claim:
@@ -253,4 +280,5 @@ class Claim:
             self._open = False
             self.download._positions.pop(self, None)
             self.download._consumed.set()
+            self.download._free_window()
             self.download._leave()

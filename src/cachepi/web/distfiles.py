@@ -77,7 +77,7 @@ async def dist_file(request: web.Request) -> web.StreamResponse:
     if request.method == "HEAD" or _not_modified(request, spec.sha256):
         return await _head(request, spec, headers)
     try:
-        async with file_cache.serve(spec, request.remote) as found:
+        async with file_cache.serve(spec, request.remote, lambda: _gone(request)) as found:
             if isinstance(found, Claim):
                 _count(request, CacheResult.MISS)
                 send = _relay(found, settings.client_timeout)
@@ -101,6 +101,11 @@ async def dist_file(request: web.Request) -> web.StreamResponse:
         raise web.HTTPServiceUnavailable(
             text=f"{busy}\n", headers={"Retry-After": str(busy.retry_after)}
         ) from None
+
+
+def _gone(request: web.Request) -> bool:
+    """The client hung up."""
+    return request.transport is None or request.transport.is_closing()
 
 
 def _not_modified(request: web.Request, sha256: str | None) -> bool:
