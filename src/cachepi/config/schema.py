@@ -150,7 +150,7 @@ SETTINGS: tuple[Setting, ...] = (
         default=24, flag_type=int,
         meaning="Downloads one client address started that still run (also after it hung up),"
         " per process; more wait up to `DOWNLOAD_WAIT`, then get 503. Behind a reverse proxy"
-        " every client has its address: raise it, or 0 for no limit.",
+        " all clients have the proxy's address: raise it, or 0 for no limit.",
     ),
     Setting(
         "DOWNLOAD_WAIT", parse_seconds,
