@@ -79,9 +79,7 @@ class Accounting:
                 others = self._locks.in_progress(but=lock)
                 if others + size > self.max_bytes:
                     return False
-                await self._evict(others + size)
-                _, total = self._store.blob_stats()
-                if total + others + size > self.max_bytes:
+                if await self._evict(others + size) < 0:  # could not make the room
                     return False
                 lock.reserve(size)
                 return True
@@ -128,7 +126,8 @@ class Accounting:
             for sha256 in recorded:  # recorded, but the file is gone
                 self._store.remove_blob(sha256)
                 self._on_removed(sha256)
-            return added, len(recorded), await self._evict(self._locks.in_progress())
+            evicted = await self._evict(self._locks.in_progress())
+            return added, len(recorded), max(evicted, 0)
 
     async def remove(self, sha256: str) -> None:
         """Drop one blob, its file and every record of it."""
@@ -143,8 +142,8 @@ class Accounting:
 
     async def _evict(self, incoming: int) -> int:
         """Delete least recently used blobs until `incoming` more bytes (those of downloads
-        in progress too) fit under the limit; returns how many. Call with the store lock
-        held."""
+        in progress too) fit under the limit; returns how many, or -1 if they do not fit
+        even with nothing left to evict. Call with the store lock held."""
         _, total = self._store.blob_stats()
         evicted = 0
         if total + incoming <= self.max_bytes:
@@ -160,7 +159,7 @@ class Accounting:
                     self._metrics.evicted(size)
                 if total + incoming <= self.max_bytes:
                     return evicted
-        return evicted
+        return -1
 
 
 def _require(held: bool) -> None:
