@@ -100,13 +100,14 @@ class FileCache:
                 await self.accounting.match_records()
         await self.extractions.load()
 
-    def sweep_periodically(self, every: float = SWEEP_SECONDS) -> None:
+    def sweep_periodically(self, every: float = SWEEP_SECONDS, first: float = 2.0) -> None:
         """While serving: remove the part and lock files of processes that died (a killed
-        worker's) now and every so often, without waiting for a restart of the server. (A
-        worker that replaces a killed one sweeps as it starts.)"""
-        self._spawn(self._sweep(every))
+        worker's) `first` seconds after the start and every `every` seconds, without waiting
+        for a restart of the server. (So a worker that replaces a killed one sweeps soon.)"""
+        self._spawn(self._sweep(every, first))
 
-    async def _sweep(self, every: float) -> None:
+    async def _sweep(self, every: float, first: float) -> None:
+        await asyncio.sleep(first)
         while True:
             try:
                 if removed := await asyncio.to_thread(self._locks.sweep):
@@ -344,7 +345,11 @@ class FileCache:
         sink: Sink
         if followed is None:
             sink = PartFile(
-                lock, self.accounting, redact(spec.url), lambda: self._spawn(lock.publish(download))
+                lock,
+                self.accounting,
+                redact(spec.url),
+                lambda: self._spawn(lock.publish(download)),
+                spec.size,
             )
         elif followed.file is not None:
             sink = InPlace(followed.file)

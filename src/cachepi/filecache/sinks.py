@@ -4,6 +4,7 @@ are in a file on this machine already (another worker's part file, a stored blob
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import Callable
@@ -30,9 +31,15 @@ class PartFile:
     keeps = True
 
     def __init__(
-        self, lock: Lock, accounting: Accounting, url: str, on_open: Callable[[], object]
+        self,
+        lock: Lock,
+        accounting: Accounting,
+        url: str,
+        on_open: Callable[[], object],
+        listed_size: int | None = None,
     ) -> None:
-        """`url`: redacted, for the log; `on_open()`: the part file is there."""
+        """`url`: redacted, for the log; `on_open()`: the part file is there. With the
+        size the index gave, the room is reserved at once, while the upstream is asked."""
         self._lock = lock
         self._accounting = accounting
         self._url = url
@@ -41,10 +48,18 @@ class PartFile:
         self.path: Path | None = None
         self._reserved = 0
         self._written = 0
+        self._early: tuple[int, asyncio.Task[bool]] | None = None
+        if listed_size is not None:
+            reserving = asyncio.ensure_future(accounting.reserve(lock, listed_size))
+            self._early = listed_size, reserving
 
     async def open(self, size: int | None) -> int | None:
         want = size if size is not None else GROWTH_BYTES
-        if not await self._accounting.reserve(self._lock, want):
+        if self._early is not None and self._early[0] == want:
+            room = await self._early[1]
+        else:
+            room = await self._accounting.reserve(self._lock, want)
+        if not room:
             log.info("%s does not fit in the cache now: relaying it from memory", self._url)
             self._lock.release()
             return None
@@ -77,6 +92,8 @@ class PartFile:
         return True
 
     def close(self, blobs: BlobStore) -> None:
+        if self._early is not None:
+            self._early[1].cancel()  # if the upstream failed first; its lock goes anyway
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
