@@ -40,6 +40,7 @@ from tests.cluster import (
     wait_health,
 )
 from tests.fakeupstream import Dist, FakeUpstream
+from tests.fakeupstream.metered import MeteredUpstream
 from tests.fetching import JSON, Reply, fetch, get_json
 from tests.served import ServedProxy
 
@@ -480,6 +481,63 @@ async def test_eviction_keeps_the_cluster_under_the_size_limit_and_is_lru_across
     assert evicted.sha256 not in stored
     await get_file(cluster, nodes[2], evicted)
     assert fake_upstream.count(fake_upstream.file_path(evicted.filename)) == 2
+
+
+async def test_misses_across_nodes_stay_within_the_cache_size_and_unwanted_ones_stop(
+    cluster_factory: ClusterFactory,
+) -> None:
+    """The reservations of downloads in progress are cluster-wide: parts on every node and
+    blobs in the bucket stay within the limit; a file bigger than the cache streams through
+    and, when its client hangs up, stops."""
+    limit = 10 * MIB
+    async with MeteredUpstream() as upstream:
+        bigs = [add_file(upstream, f"clusterhuge{n}", 24 * MIB) for n in range(3)]
+        smalls = [add_file(upstream, f"clusterfits{n}", 3 * MIB) for n in range(6)]
+        upstream.throttle("/files/*", 16 * MIB)
+        cluster = await cluster_factory(upstream, nodes=3, env={"CACHEPI_CACHE_SIZE": "10M"})
+        nodes = cluster.nodes
+        peak = 0
+
+        async def sample() -> None:
+            nonlocal peak
+            while True:
+                parts = sum(
+                    p.stat().st_size
+                    for node in nodes
+                    for p in (node.cache_dir / "tmp").glob("*")
+                    if p.exists()
+                )
+                peak = max(peak, parts)
+                await asyncio.sleep(0.01)
+
+        sampler = asyncio.create_task(sample())
+        try:
+            await asyncio.gather(
+                *(
+                    get_file(cluster, nodes[n % 3], dist)
+                    for n, dist in enumerate(bigs + smalls + smalls)
+                )
+            )
+        finally:
+            sampler.cancel()
+        stored = await cluster.assert_only_verified_blobs(temporary=PIECES)
+        sizes = {d.sha256: d.size for d in smalls}
+        assert stored.keys() <= sizes.keys()
+        assert peak <= limit and sum(sizes[sha] for sha in stored) <= limit, peak
+
+        big = bigs[0]
+        path = upstream.file_path(big.filename)
+        sent_before = upstream.sent(path)
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(cluster.file_url(nodes[1], big)) as response,
+        ):
+            await response.content.readexactly(256 * 1024)
+        deadline = time.monotonic() + 5
+        while upstream.unfinished("/files/") and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+        assert upstream.unfinished("/files/") == 0
+        assert upstream.sent(path) - sent_before < big.size // 4
 
 
 # -- serving from S3 -------------------------------------------------------------------------

@@ -199,13 +199,15 @@ async def test_uncached_file_on_an_unresolvable_host_is_a_gateway_error(
 async def test_wrong_file_bytes_fail_the_client_transfer_and_store_nothing(
     fault: str, fake_upstream: FakeUpstream, proxy_factory: ProxyFactory
 ) -> None:
-    # The upstream's status and headers look fine, so the client already has a 200: what
-    # protects it is that the transfer never completes (the last byte is withheld).
+    # The upstream's status looks fine, but its Content-Length is not the size the index
+    # gave: refused before a byte goes out. (Had the length been right, the client would
+    # already have a 200, and the withheld last byte would fail its transfer.)
     (dist,) = fake_upstream.add_project("shortpkg", ["1.0"], big_mb=1, sdist=False)
     PATH_FAULTS[fault](fake_upstream, fake_upstream.file_path(dist.filename))
     proxy = await proxy_factory(fake_upstream)
-    with pytest.raises(aiohttp.ClientPayloadError):
-        await fetch(file_url(proxy, dist))
+    reply = await fetch(file_url(proxy, dist))
+    assert (reply.status, reply.one_line) == (502, True), reply
+    assert str(dist.size).encode() in reply.body
     assert list((proxy.settings.cache_dir / "blobs").rglob("*")) == []
     assert list((proxy.settings.cache_dir / "tmp").iterdir()) == []
     fake_upstream.clear()

@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import os
 import random
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -536,3 +537,155 @@ async def test_a_follower_of_a_holder_that_said_nothing_takes_the_lock(
     assert follower.acquired  # the download is the follower's to do now
     assert not backend.locks.lock(key).try_acquire()
     follower.release()
+
+
+# -- Locks: one holding, one part file; what holders vouch for; room reserved; leftovers --------
+
+
+async def test_every_holding_of_a_lock_has_a_part_file_of_its_own(backend: Backend) -> None:
+    key = "https://files.test/parted-1.0.tar.gz"
+    parts = set()
+    for locks in (backend.locks, backend.other_locks, backend.locks):
+        lock = locks.lock(key)
+        assert lock.try_acquire()
+        parts.add(lock.part)
+        assert lock.part in parts  # stable within one holding
+        lock.release(DONE)
+    assert len(parts) == 3
+
+
+async def test_a_follower_learns_the_sha256_and_size_the_holder_verified(backend: Backend) -> None:
+    key = "https://files.test/vouched-1.0.tar.gz"
+    follower = backend.other_locks.lock(key)
+    async with holding(backend, key) as holder:
+        assert not follower.try_acquire()
+        lookup = lambda: backend.other_blobs.open(holder.sha256)  # noqa: E731
+        source = await asyncio.wait_for(follower.follow(len(holder.data), lookup, no_origin), 30)
+        assert source is not None and source.vouched is None  # nothing said yet
+        async with source as (_, chunks):
+            received = await anext(chunks)
+            await holder.store()
+            holder.end(Outcome(True, sha256=holder.sha256, size=len(holder.data)))
+            received += b"".join([chunk async for chunk in chunks])
+        assert received == holder.data
+        assert source.vouched == (holder.sha256, len(holder.data))
+    follower.close()
+
+
+def test_an_outcome_carries_what_was_verified_and_garbage_is_no_ok() -> None:
+    verified = Outcome(True, sha256="a" * 64, size=12)
+    assert Outcome.decode(verified.encode()) == verified and verified.verified == ("a" * 64, 12)
+    assert Outcome.decode("ok") == DONE and DONE.verified is None
+    assert Outcome.decode("ok " + "a" * 63 + " 12") == Outcome(
+        False, "the holder's outcome is unreadable"
+    )
+    assert Outcome.decode("held 0123 00") is None and Outcome.decode("") is None
+
+
+async def test_reserved_room_counts_while_its_holder_holds(backend: Backend) -> None:
+    holder = backend.locks.lock("https://files.test/reserved-1.0.tar.gz")
+    page = backend.locks.lock("page https://a.test/simple/ lib")  # held, reserving nothing
+    assert holder.try_acquire() and page.try_acquire()
+    async with backend.locks.exclusive() as held:
+        assert held
+        holder.reserve(1_000_000)
+    async with backend.other_locks.exclusive() as held:
+        assert held
+        assert backend.other_locks.in_progress() == 1_000_000
+        assert backend.locks.in_progress(but=holder) == 0
+        holder.reserve(3_000_000)  # it grew
+        assert backend.other_locks.in_progress() == 3_000_000
+    holder.release(DONE)
+    page.release()
+    async with backend.other_locks.exclusive():
+        assert backend.other_locks.in_progress() == 0
+
+
+async def test_a_sweep_removes_what_a_dead_holder_left_and_keeps_a_living_ones(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("cachepi.store.redis_locks._UNHELD_GRACE", 0.0)
+    living = backend.locks.lock("https://files.test/living-1.0.tar.gz")
+    assert living.try_acquire()
+    write_all(os.open(living.part, os.O_WRONLY | os.O_CREAT, 0o644), b"alive")
+    dead_part = await die_holding(backend, "https://files.test/dead-1.0.tar.gz", tmp_path)
+    assert dead_part.exists()
+    assert await asyncio.to_thread(backend.locks.sweep) >= 1
+    assert not dead_part.exists()
+    assert living.part.exists()
+    again = backend.other_locks.lock("https://files.test/dead-1.0.tar.gz")
+    assert again.try_acquire()  # free for the next holder
+    again.release()
+    living.release()
+
+
+async def die_holding(backend: Backend, key: str, tmp_path: Path) -> Path:
+    """A holder of `key` that wrote to its part file and died: a killed process (local), a
+    node that stopped renewing its lock (cluster). Returns its part file."""
+    if backend.kind == "cluster":
+        assert isinstance(backend.locks, RedisLocks)
+        lock = backend.locks.lock(key)
+        assert lock.try_acquire()
+        write_all(os.open(lock.part, os.O_WRONLY | os.O_CREAT, 0o644), b"x" * 1000)
+        lock.close()  # stops renewing
+        backend.locks.client.delete(lock._key)  # as when it expires
+        return lock.part
+    assert isinstance(backend.locks, FileLocks)
+    script = (
+        "import os, sys; from pathlib import Path; from cachepi.store.flock import FileLocks\n"
+        "lock = FileLocks(Path(sys.argv[1]), Path(sys.argv[2])).lock(sys.argv[3])\n"
+        "assert lock.try_acquire(); part = lock.part; part.write_bytes(b'x' * 1000)\n"
+        "print(part, flush=True); os._exit(0)\n"
+    )
+    died = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, str(backend.locks.directory),
+        str(tmp_path / "store.lock"), key, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await died.communicate()
+    assert died.returncode == 0
+    return Path(out.decode().strip())
+
+
+async def test_a_follower_of_an_ended_holding_never_reads_the_next_ones_part_as_its_own(
+    backend: Backend,
+) -> None:
+    """The race two workers ran into: a follower waits on holding A; A ends "ok" without
+    storing the file and lets go; holding B starts at once, its part file still empty; only
+    then does the follower look for a part file. It must follow B, as B, to B's end; never
+    take B's part file for A's and complete with A's "ok"."""
+    key = "https://files.test/raced-1.0.tar.gz"
+    follower = backend.other_locks.lock(key)
+    async with holding(backend, key) as first:
+        assert not follower.try_acquire()  # waiting on A
+        first.end(Outcome(True, sha256=first.sha256, size=len(first.data)))
+    second = backend.locks.lock(key)
+    assert second.try_acquire()
+    fd = os.open(second.part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)  # empty yet
+    progress = Progress()
+    publishing = asyncio.create_task(second.publish(progress))
+    data = random_bytes(FOLLOWED, "second holding")
+    sha256 = hashlib.sha256(data).hexdigest()
+    try:
+        lookup = lambda: backend.other_blobs.open(sha256)  # noqa: E731
+        following = asyncio.create_task(follower.follow(None, lookup, no_origin))
+        await asyncio.sleep(0.2)  # the follower looks while B's part file is empty
+        write_all(fd, data)
+        progress.wrote(len(data))
+        source = await asyncio.wait_for(following, 30)
+        assert source is not None
+        async with source as (_, chunks):
+            received = await anext(chunks)
+            await backend.blobs.sync(fd)
+            await backend.blobs.put(fd, second.part, sha256)
+            progress.finish()
+            second.release(Outcome(True, sha256=sha256, size=len(data)))
+            received += b"".join([chunk async for chunk in chunks])
+        assert received == data
+        assert source.vouched == (sha256, len(data))
+    finally:
+        os.close(fd)
+        publishing.cancel()
+        await asyncio.gather(publishing, return_exceptions=True)
+        second.release()
+        backend.blobs.discard(second.part)
+        follower.close()

@@ -229,7 +229,7 @@ class Reach:
 
 
 @dataclass(frozen=True)
-class Limits:
+class PageLimits:
     """How long and how big: a page fetch's deadline (all its attempts), the largest page
     decoded (a compressed page may have a quarter of that on the wire)."""
 
@@ -516,7 +516,7 @@ class Upstream:
         min_release_age: int | None = None,
         offline: bool = False,
         reach: Reach = Reach(),
-        limits: Limits = Limits(),
+        limits: PageLimits = PageLimits(),
         retry_delays: tuple[float, ...] = (0.25, 1.0),
         metrics: Metrics | None = None,
     ) -> None:
@@ -632,9 +632,27 @@ class Upstream:
         except (aiohttp.ClientError, OSError, ValueError) as error:
             raise _failure(url, error, progress) from error
 
+    async def head_file(self, url: str) -> int | None:
+        """A distribution file's length as a HEAD request to the upstream says it (None: it
+        did not say), never its body. Every hop is checked, and failures are told, as for
+        `open_file`."""
+        progress = _Progress()
+        try:
+            headers = {"Accept-Encoding": "identity"}
+            async with self._get(url, headers, True, progress, method="HEAD") as response:
+                length: int | None = response.content_length
+                return length
+        except (aiohttp.ClientError, OSError, ValueError) as error:
+            raise _failure(url, error, progress) from error
+
     @contextlib.asynccontextmanager
     async def _get(
-        self, url: str, headers: dict[str, str], for_file: bool, progress: _Progress
+        self,
+        url: str,
+        headers: dict[str, str],
+        for_file: bool,
+        progress: _Progress,
+        method: str = "GET",
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """A GET whose response is 200 or 304, following redirects, each hop checked;
         anything else raises."""
@@ -642,7 +660,7 @@ class Upstream:
             raise UpstreamError(f"{redact(url)}: offline, and not in the cache", status=503)
         started = time.monotonic()
         try:
-            response = await self._follow(url, headers, for_file, progress)
+            response = await self._follow(url, headers, for_file, progress, method)
         except UpstreamError as error:
             self.health.failed(str(error))
             raise
@@ -682,7 +700,12 @@ class Upstream:
             response.release()
 
     async def _follow(
-        self, url: str, headers: dict[str, str], for_file: bool, progress: _Progress
+        self,
+        url: str,
+        headers: dict[str, str],
+        for_file: bool,
+        progress: _Progress,
+        method: str = "GET",
     ) -> aiohttp.ClientResponse:
         """The response at the end of `url`'s redirects, each hop allowed by `_reach`."""
         hop_url = url
@@ -693,7 +716,8 @@ class Upstream:
             token = _HOP.set(hop)
             try:
                 session = self._connections.files if for_file else self._connections.pages
-                response = await session.get(
+                response = await session.request(
+                    method,
                     hop_url,
                     headers=self._headers_for(hop_url, headers),
                     allow_redirects=False,

@@ -137,6 +137,27 @@ SETTINGS: tuple[Setting, ...] = (
         default=DEFAULT_CACHE_SIZE, shown_default=f"{DEFAULT_CACHE_SIZE} (5 GiB)",
     ),
     Setting(
+        "DOWNLOADS_PER_INDEX", parse_positive,
+        "Uncached files downloading from one index at once, per process; more wait.",
+        default=48, flag_type=int,
+        meaning="Uncached files downloading from one index at once, per process; more wait"
+        " up to `DOWNLOAD_WAIT`, then get 503 with `Retry-After`.",
+    ),
+    Setting(
+        "DOWNLOADS_PER_CLIENT", parse_ttl,
+        "Uncached files one client address may have downloading at once, per process"
+        " (0: no limit); more wait.",
+        default=24, flag_type=int,
+        meaning="Downloads one client address started that still run (also after it hung up),"
+        " per process; more wait up to `DOWNLOAD_WAIT`, then get 503. Behind a reverse proxy"
+        " all clients have the proxy's address: raise it, or 0 for no limit.",
+    ),
+    Setting(
+        "DOWNLOAD_WAIT", parse_seconds,
+        "Seconds a miss waits for a download slot before 503 with `Retry-After`.",
+        default=30.0, flag_type=float,
+    ),
+    Setting(
         "CACHE_DIR", parse_directory, "Directory for the database and the files.",
         compute=lambda env: default_cache_dir(),
         shown_default="`$XDG_CACHE_HOME/cachepi`, else `~/.cache/cachepi`",

@@ -1,5 +1,9 @@
 """What the file cache holds: records of stored blobs and their last use, and eviction of the
-least recently used to stay under the byte limit, one process (or node) at a time."""
+least recently used to stay under the byte limit, one process (or node) at a time.
+
+The limit holds for stored blobs and downloads in progress together: a download reserves
+its room (under the store-wide lock, counting every process's reservations) before its part
+file grows, evicting what it must; what cannot get room is not written to the disk."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cachepi.metrics import Metrics
-from cachepi.store.protocols import BlobStore, Locks, MetadataStore, StoreUnavailable
+from cachepi.store.protocols import BlobStore, Lock, Locks, MetadataStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +64,37 @@ class Accounting:
             self._touched.clear()
         self._last_flush = self._clock()
 
+    async def reserve(self, lock: Lock, size: int) -> bool:
+        """Room in the cache for `size` bytes of the download under `lock` (held), besides
+        the stored blobs and every other download in progress; evicts the least recently
+        used blobs to make it. False, evicting nothing, when it cannot be had: the file is
+        bigger than the cache or than what other downloads left, the lock does not allow
+        storing, the store-wide lock or the store did not answer."""
+        if size > self.max_bytes or not lock.storable:  # a cache size of 0: stream through
+            return False
+        try:
+            async with self._locks.exclusive() as held:
+                if not held:
+                    return False
+                others = self._locks.in_progress(but=lock)
+                if others + size > self.max_bytes:
+                    return False
+                if await self._evict(others + size) < 0:  # could not make the room
+                    return False
+                lock.reserve(size)
+                return True
+        except (OSError, StoreUnavailable) as failure:
+            log.warning("cannot reserve room in the cache: %s", failure)
+            return False
+
     async def keep(
         self, fd: int, temp: Path, sha256: str, size: int, project: str | None,
-        filename: str | None, storable: bool,
+        filename: str | None, storable: bool, lock: Lock | None = None,
     ) -> bool:  # fmt: skip
         """Make verified bytes (written to `temp` through `fd`) a blob, evicting others to
         make room; True if the cache now holds `sha256` (perhaps from before).
-        `storable`: the lock the bytes were fetched under still allows storing them."""
+        `storable`: the lock the bytes were fetched under still allows storing them;
+        `lock`: that lock, whose reservation the blob replaces."""
         if size > self.max_bytes or not storable:  # a cache size of 0: stream through only
             return False
         if os.fstat(fd).st_size != size:  # never store anything but the verified bytes
@@ -77,7 +105,7 @@ class Accounting:
             if await self._blobs.contains(sha256):  # the same bytes came by another URL
                 return True
             if held:  # otherwise the holder evicts, or the next store will
-                await self._evict(size)
+                await self._evict(size + self._locks.in_progress(but=lock))
             await self._blobs.put(fd, temp, sha256)
             self._store.add_blob(sha256, size, self._clock(), project, filename)
         return True
@@ -98,7 +126,8 @@ class Accounting:
             for sha256 in recorded:  # recorded, but the file is gone
                 self._store.remove_blob(sha256)
                 self._on_removed(sha256)
-            return added, len(recorded), await self._evict(0)
+            evicted = await self._evict(self._locks.in_progress())
+            return added, len(recorded), max(evicted, 0)
 
     async def remove(self, sha256: str) -> None:
         """Drop one blob, its file and every record of it."""
@@ -112,8 +141,9 @@ class Accounting:
         self._on_removed(sha256)
 
     async def _evict(self, incoming: int) -> int:
-        """Delete least recently used blobs until `incoming` more bytes fit under the limit;
-        returns how many. Call with the store lock held."""
+        """Delete least recently used blobs until `incoming` more bytes (those of downloads
+        in progress too) fit under the limit; returns how many, or -1 if they do not fit
+        even with nothing left to evict. Call with the store lock held."""
         _, total = self._store.blob_stats()
         evicted = 0
         if total + incoming <= self.max_bytes:
@@ -129,7 +159,7 @@ class Accounting:
                     self._metrics.evicted(size)
                 if total + incoming <= self.max_bytes:
                     return evicted
-        return evicted
+        return -1
 
 
 def _require(held: bool) -> None:

@@ -1,8 +1,12 @@
 """One download, fanned out: any number of readers follow the part file it writes.
 
 A reader's last byte is withheld until the whole file verified, so no client ever completes
-a transfer of wrong bytes. When the disk refuses the part file, the download goes on from a
-bounded window in memory, paced by the slowest reader.
+a transfer of wrong bytes. A download that may not use the disk (the file will not be kept:
+it cannot fit in the cache, or the disk refuses its bytes) goes on from a bounded window in
+memory instead, paced by the slowest reader.
+
+Clients hold a claim on the download they read (`join`); when the last one lets go, the
+download's owner is told (`on_idle`) and may stop it.
 """
 
 from __future__ import annotations
@@ -12,15 +16,19 @@ import collections
 import enum
 import os
 import weakref
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 
 from cachepi.types import DownloadFailed
 from cachepi.upstream import Index
 
 _CHUNK = 256 * 1024
-# What a download may hold in memory when the disk refuses its bytes.
+# What a download may hold in memory when it cannot use the disk: up to this much, while
+# all of this process's downloads hold less than _MEMORY_BYTES together; any one may always
+# hold _MIN_WINDOW_BYTES.
 _WINDOW_BYTES = 8 * 1024 * 1024
+_MEMORY_BYTES = 64 * 1024 * 1024
+_MIN_WINDOW_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -51,25 +59,36 @@ class _State(enum.Enum):
 class Download:
     """One transfer into a part file that any number of readers follow as it grows."""
 
+    # Bytes the memory windows of this process's downloads hold (until every reader is past
+    # them, or gone).
+    memory_held = 0
+
     def __init__(self, spec: FileSpec) -> None:
         self.spec = spec
         self.size: int | None = spec.size
-        # Bytes that came from the upstream, and bytes handed on to readers (on disk).
+        # Bytes that came from the source, and bytes handed on to readers.
         self.received = 0
         self.written = 0
         self._state = _State.RUNNING
         self._error: BaseException | None = None
         self._changed = asyncio.Event()
         self._headers = asyncio.Event()
+        self._started = False
         self._read_fd = -1
-        # When the disk refuses the part file (full, unwritable), bytes from `_disk_end` on
-        # are relayed from a bounded window in memory instead, paced by the slowest reader.
+        # Without the disk (from the start, or once it refused the part file), bytes from
+        # `_disk_end` on are relayed from a bounded window in memory, paced by the slowest
+        # reader.
         self._disk_end: int | None = None
         self._window: collections.deque[bytes] = collections.deque()
         self._window_start = 0
         self._window_bytes = 0
         self._positions: dict[object, int] = {}
         self._consumed = asyncio.Event()
+        # Clients holding a claim, and whether anyone ever did (a download nobody claims
+        # is never idle: it runs to its end).
+        self.clients = 0
+        self._claimed = False
+        self.on_idle: Callable[[Download], None] = lambda download: None
 
     # -- the writer's side ------------------------------------------------------------------
 
@@ -77,15 +96,21 @@ class Download:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    def started(self, read_fd: int, size: int | None) -> None:
-        """Bytes will come through `read_fd` (owned from now on; closed with the last
-        reference, and valid after the file is renamed or unlinked). Called again when a
-        transfer is retried: the first descriptor stays."""
-        if self._read_fd >= 0:
-            os.close(read_fd)
+    def started(self, read_fd: int | None, size: int | None) -> None:
+        """The source's headers are in: its bytes will be readable through `read_fd` (owned
+        from now on; closed with the last reference, and valid after the file is renamed or
+        unlinked), or, with None, only from memory. Called again when a transfer is retried:
+        what the first call set stays."""
+        if self._started:
+            if read_fd is not None:
+                os.close(read_fd)
             return
-        self._read_fd = read_fd
-        weakref.finalize(self, os.close, read_fd)
+        self._started = True
+        if read_fd is None:
+            self.spill()
+        else:
+            self._read_fd = read_fd
+            weakref.finalize(self, os.close, read_fd)
         self.size = size if size is not None else self.size
         self._headers.set()
 
@@ -100,17 +125,27 @@ class Download:
 
     def spill(self) -> None:
         """From now on, bytes arrive through `relay` instead of the part file."""
-        self._disk_end = self._window_start = self.written
+        if self._disk_end is None:
+            self._disk_end = self._window_start = self.written
+            if self._claimed and not self.clients:
+                self.on_idle(self)
 
     async def relay(self, data: bytes) -> None:
         """Hand on bytes the disk would not take, once every reader made room for them."""
-        while self._window_bytes + len(data) > _WINDOW_BYTES and self._window:
+        while self._window and self._too_much(len(data)):
             self._trim()
-            if self._window_bytes + len(data) > _WINDOW_BYTES:
-                await self._consumed.wait()
+            if self._too_much(len(data)):
+                await self._consumed.wait()  # this download's readers must read first
                 self._consumed.clear()
         self._window.append(data)
         self._window_bytes += len(data)
+        Download.memory_held += len(data)
+
+    def _too_much(self, more: int) -> bool:
+        mine = self._window_bytes + more
+        if mine > _WINDOW_BYTES:
+            return True
+        return mine > _MIN_WINDOW_BYTES and Download.memory_held + more > _MEMORY_BYTES
 
     def _trim(self) -> None:
         """Drop window chunks that every reader is past."""
@@ -119,6 +154,14 @@ class Download:
             dropped = self._window.popleft()
             self._window_start += len(dropped)
             self._window_bytes -= len(dropped)
+            Download.memory_held -= len(dropped)
+
+    def _free_window(self) -> None:
+        """The download ended and no reader is left: its window goes."""
+        if self.done and not self._positions and self._window:
+            Download.memory_held -= self._window_bytes
+            self._window.clear()
+            self._window_bytes = 0
 
     def _read(self, position: int, available: int) -> bytes:
         """Bytes from `position` on, up to `available`: from the part file or the window."""
@@ -126,7 +169,7 @@ class Download:
             limit = available if self._disk_end is None else min(available, self._disk_end)
             return os.pread(self._read_fd, min(limit - position, _CHUNK), position)
         if position < self._window_start:
-            raise DownloadFailed("the disk is full and these bytes are gone from memory")
+            raise DownloadFailed("these bytes are gone from memory (the file is not on disk)")
         offset = self._window_start
         for data in self._window:
             if offset + len(data) > position:
@@ -137,6 +180,12 @@ class Download:
     @property
     def done(self) -> bool:
         return self._state is not _State.RUNNING
+
+    @property
+    def joinable(self) -> bool:
+        """Whether a new reader can still get every byte from this download: it runs, and
+        none of its bytes are gone from memory yet."""
+        return not self.done and (self._disk_end is None or self._window_start == 0)
 
     async def wait_changed(self) -> None:
         """Until more bytes arrived or the download ended."""
@@ -149,18 +198,31 @@ class Download:
         self._error = error
         self._headers.set()
         self._notify()
+        self._free_window()
 
     # -- the readers' side ------------------------------------------------------------------
 
+    def join(self) -> Claim:
+        """A client's claim on this download: it keeps the download wanted, and byte 0 in
+        memory, until the client starts reading. Close it when the client is done."""
+        return Claim(self)
+
+    def _leave(self) -> None:
+        self.clients -= 1
+        if not self.clients:
+            self.on_idle(self)
+
     async def wait_started(self) -> None:
-        """Return once the upstream sent its headers; raise if it failed before that."""
+        """Return once the source sent its headers; raise if it failed before that."""
         await self._headers.wait()
-        if self._state is _State.FAILED and self._read_fd < 0:
+        if self._state is _State.FAILED and not self._started:
             if isinstance(self._error, Exception):
                 raise self._error
             raise DownloadFailed("download cancelled")
 
-    async def chunks(self, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes, None]:
+    async def chunks(
+        self, start: int = 0, end: int | None = None, me: object | None = None
+    ) -> AsyncGenerator[bytes, None]:
         """The bytes [start, end) as they arrive.
 
         A reader's final byte is withheld until the whole file verified, and DownloadFailed
@@ -168,12 +230,12 @@ class Download:
         not even of a range.
         """
         position = start
-        me = object()
+        me = object() if me is None else me
         self._positions[me] = position
         try:
             while end is None or position < end:
                 if self._state is _State.FAILED:
-                    raise DownloadFailed(str(self._error))
+                    raise DownloadFailed(str(self._error) or "the download was stopped")
                 done = self._state is _State.DONE
                 available = self.written if end is None else min(self.written, end)
                 if not done:
@@ -182,6 +244,8 @@ class Download:
                     data = self._read(position, available)
                     position += len(data)
                     self._positions[me] = position
+                    if self._window:
+                        self._trim()
                     self._consumed.set()
                     yield data
                 elif done:
@@ -189,5 +253,32 @@ class Download:
                 else:
                     await self._changed.wait()
         finally:
-            del self._positions[me]
+            self._positions.pop(me, None)
             self._consumed.set()
+            self._free_window()
+
+
+class Claim:
+    """One client's hold on a download (see `Download.join`)."""
+
+    def __init__(self, download: Download) -> None:
+        self.download = download
+        self._open = True
+        download.clients += 1
+        download._claimed = True
+        download._positions[self] = 0  # the window keeps byte 0 until this client reads
+
+    @property
+    def size(self) -> int | None:
+        return self.download.size
+
+    def chunks(self, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes, None]:
+        return self.download.chunks(start, end, self)
+
+    def close(self) -> None:
+        if self._open:
+            self._open = False
+            self.download._positions.pop(self, None)
+            self.download._consumed.set()
+            self.download._free_window()
+            self.download._leave()

@@ -1,5 +1,6 @@
-"""Copy a source's bytes into a download's part file, hashing them on the way, and check the
-length and hashes the index gave. A transfer that fails before its first byte is retried."""
+"""Copy a source's bytes to where a download's readers read them (a Sink), hashing them on
+the way, and check the length and hashes the index gave. A transfer that fails before its
+first byte is retried."""
 
 from __future__ import annotations
 
@@ -9,11 +10,10 @@ import concurrent.futures
 import hashlib
 import logging
 import os
-from pathlib import Path
+from typing import Protocol
 
 from cachepi.filecache.download import Download
 from cachepi.types import DownloadFailed, SourceOpener
-from cachepi.upstream import redact
 
 log = logging.getLogger(__name__)
 
@@ -21,35 +21,47 @@ log = logging.getLogger(__name__)
 _HASH_QUEUE = 16
 
 
-async def transfer(download: Download, fd: int, part: Path, source: SourceOpener) -> str:
-    """Copy the body from `source` into `fd` (the part file at `part`); returns its
-    sha256. A passing failure is retried while no byte has been received."""
+class Sink(Protocol):
+    """Where a transfer puts a download's bytes for its readers."""
+
+    async def open(self, size: int | None) -> int | None:
+        """The source's headers are in (`size`: its length, when known). A descriptor the
+        readers read the bytes through as they are written, or None: they may not go to
+        the disk, relay them from memory. Asked once, also when a transfer is retried."""
+
+    async def write(self, data: bytes) -> bool:
+        """Put `data` after what was written; False: no more bytes go to the disk."""
+
+
+async def transfer(download: Download, source: SourceOpener, sink: Sink) -> str:
+    """Copy the body from `source` into `sink`; returns its sha256. A passing failure is
+    retried while no byte has been received."""
+    opened: list[int | None] = []
     return await download.spec.upstream.retrying(
-        lambda: _transfer_once(download, fd, part, source),
+        lambda: _transfer_once(download, source, sink, opened),
         safe=lambda: download.received == 0,
     )
 
 
-async def _transfer_once(download: Download, fd: int, part: Path, source: SourceOpener) -> str:
+async def _transfer_once(
+    download: Download, source: SourceOpener, sink: Sink, opened: list[int | None]
+) -> str:
     spec = download.spec
     hasher = _Hasher(spec.hashes)
     try:
         async with source() as (length, chunks):
-            download.started(os.open(part, os.O_RDONLY), length)
+            size = _expected_size(spec.size, length)
+            if not opened:
+                opened.append(await sink.open(size))
+                download.started(opened[0], size)
             async for chunk in chunks:
                 download.received += len(chunk)
+                if size is not None and download.received > size:
+                    # Never more than was said: that much was reserved on the disk.
+                    raise DownloadFailed(f"the upstream sent more than the {size} bytes it said")
                 await hasher.update(chunk)
-                if not download.spilled:
-                    try:
-                        write_all(fd, chunk)
-                    except OSError as error:
-                        log.error(
-                            "cannot store %s (%s): disk full or unwritable; relaying it "
-                            "from memory, it will not be cached",
-                            redact(spec.url),
-                            error.strerror or error,
-                        )
-                        download.spill()
+                if not download.spilled and not await sink.write(chunk):
+                    download.spill()
                 if download.spilled:
                     await download.relay(chunk)
                 download.progressed(len(chunk))
@@ -65,6 +77,13 @@ async def _transfer_once(download: Download, fd: int, part: Path, source: Source
         if name in digests and digests[name] != expected_digest.lower():
             raise DownloadFailed(f"{name} mismatch: the upstream sent different bytes")
     return digests["sha256"]
+
+
+def _expected_size(listed: int | None, length: int | None) -> int | None:
+    """The file's size as the index and the upstream's headers say; both must agree."""
+    if listed is not None and length is not None and listed != length:
+        raise DownloadFailed(f"the upstream says {length} bytes, the index said {listed}")
+    return listed if listed is not None else length
 
 
 class _Hasher:

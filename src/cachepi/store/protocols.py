@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import msgspec
 
@@ -60,24 +61,45 @@ class PageRecord(msgspec.Struct, frozen=True):
 
 @dataclass(frozen=True)
 class Outcome:
-    """What the holder of a lock did, as those who waited for it learn it."""
+    """What the holder of a lock did, as those who waited for it learn it. A download's
+    holder that succeeded says what it verified: the sha256 and size of the whole file, which
+    a follower's own copy must equal before its clients get their last byte."""
 
     ok: bool
     reason: str = ""
+    sha256: str | None = None
+    size: int | None = None
 
     def encode(self) -> str:
-        return "ok" if self.ok else f"failed: {self.reason}"
+        if not self.ok:
+            return f"failed: {self.reason}"
+        if self.sha256 is None or self.size is None:
+            return "ok"
+        return f"ok {self.sha256} {self.size}"
 
     @classmethod
     def decode(cls, text: str) -> Outcome | None:
         """None: the holder said nothing (it died, or its word was lost)."""
-        if not text:
-            return None
         if text == "ok":
             return DONE
-        return cls(False, text.removeprefix("failed: "))
+        if text.startswith("ok "):
+            match = _VERIFIED_RE.fullmatch(text)
+            if match is None:
+                return cls(False, "the holder's outcome is unreadable")
+            return cls(True, sha256=match[1], size=int(match[2]))
+        if text.startswith("failed: "):
+            return cls(False, text.removeprefix("failed: "))
+        return None
+
+    @property
+    def verified(self) -> tuple[str, int] | None:
+        """(sha256, size) the holder vouches for, if it said."""
+        if not self.ok or self.sha256 is None or self.size is None:
+            return None
+        return self.sha256, self.size
 
 
+_VERIFIED_RE = re.compile(r"ok ([0-9a-f]{64}) ([0-9]{1,18})")
 DONE = Outcome(True)
 
 
@@ -119,14 +141,45 @@ class StoredBlob(Protocol):
     def close(self) -> None: ...
 
 
-@contextlib.asynccontextmanager
-async def read_back(blob: StoredBlob) -> AsyncIterator[tuple[int | None, AsyncIterator[bytes]]]:
-    """A stored blob as a Source, like an upstream's body (a copy of it is verified again);
-    closed after."""
-    try:
-        yield blob.size, blob.chunks(0, blob.size)
-    finally:
-        blob.close()
+class Followed:
+    """Bytes of a download another process (or node) ran or runs, as a Source for a follower:
+    entering gives (length, chunks) like an upstream's body. Besides:
+
+    - `file`: a descriptor of a file on this machine that holds the same bytes at the same
+      offsets (it may still be growing), when there is one: the follower's readers read it
+      instead of a copy. Valid until the source is left; dup() it to keep it.
+    - `vouched`: once the chunks ended, the (sha256, size) the holder verified, or that a
+      stored blob has; None when nobody vouched for the bytes. A follower completes its
+      copy only when its own hash and length equal it.
+    """
+
+    def __init__(
+        self, opened: Source, file: int | None = None, vouched: tuple[str, int] | None = None
+    ) -> None:
+        self._opened = opened
+        self.file = file
+        self.vouched = vouched
+
+    async def __aenter__(self) -> tuple[int | None, AsyncIterator[bytes]]:
+        return await self._opened.__aenter__()
+
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        return await self._opened.__aexit__(*exc_info)
+
+
+def read_back(blob: StoredBlob) -> Followed:
+    """A stored blob as a Source, like an upstream's body (a copy of it is verified again;
+    when it is a file on this machine it is read in place), closed after."""
+
+    @contextlib.asynccontextmanager
+    async def opened() -> AsyncIterator[tuple[int | None, AsyncIterator[bytes]]]:
+        try:
+            yield blob.size, blob.chunks(0, blob.size)
+        finally:
+            blob.close()
+
+    file = blob.file.fileno() if blob.file is not None else None
+    return Followed(opened(), file, (blob.sha256, blob.size))
 
 
 class BlobStore(Protocol):
@@ -273,7 +326,9 @@ class Lock(Protocol):
 
     @property
     def part(self) -> Path:
-        """Where the holder writes the download it runs under this lock (on this machine)."""
+        """Where the holder writes the download it runs under this lock (on this machine):
+        a name of its own, that no other holding of the lock ever has, so a follower never
+        mistakes another download's part file for this one's."""
 
     def try_acquire(self) -> bool: ...
 
@@ -287,15 +342,22 @@ class Lock(Protocol):
 
     def close(self) -> None: ...
 
+    def reserve(self, size: int) -> None:
+        """Held: count `size` bytes for the download under this lock among those in
+        progress (`Locks.in_progress`) until it is released; call under `Locks.exclusive`."""
+
     async def publish(self, progress: Progress) -> None:
         """While the holder downloads into `part`, make its bytes visible to followers that
         cannot read that file; returns when the download is done."""
 
-    async def follow(self, size: int | None, stored: StoredLookup, origin: Origin) -> Source | None:
+    async def follow(
+        self, size: int | None, stored: StoredLookup, origin: Origin
+    ) -> Followed | None:
         """The holder's download as it progresses, or as stored once it ended; None when
         the holder died (or ended without storing the file) before anything was relayed and
         the lock is now ours: download it then. DownloadFailed, raised here or by the
-        source, when the holder failed."""
+        source, when the holder failed. The source's `vouched` is what the holder said it
+        verified (or the stored blob's), None if it said nothing."""
 
 
 class Locks(Protocol):
@@ -307,6 +369,14 @@ class Locks(Protocol):
         adds and removes blobs. Yields True once held, False if it could not be had within
         a few seconds (another holder kept it, or the store is down)."""
 
+    def in_progress(self, but: Lock | None = None) -> int:
+        """Bytes that downloads in progress under any process's (node's) lock, but `but`,
+        reserved or already hold in their part files; call under `exclusive`."""
+
     async def remove_abandoned(self, older_than: float) -> int:
         """Remove what unfinished work of dead processes left: part files, lock files,
         published pieces untouched for `older_than` seconds; returns how many."""
+
+    def sweep(self) -> int:
+        """Remove this machine's part and lock files that no living process holds (a
+        killed worker's), cheaply, while others work; returns how many."""

@@ -3,7 +3,9 @@
 A lock is held by SET NX with an expiry, renewed while held; its value is a fencing token
 (node, a cluster-wide counter and a nonce), so a holder that lost the lock (it stalled past
 the expiry and another node took over) can tell before it stores anything. A node that dies
-stops renewing: the lock expires and another takes over.
+stops renewing: the lock expires and another takes over. Everything of one holding is named
+by its token: its part file, its published pieces, its outcome, its reservation of room in
+the cache (a hash of reservations, each counted while its token still holds its lock).
 
 Following across nodes: followers say they want the holder's progress; the holder then
 publishes its download in pieces to the object store (and their count in Redis, under its
@@ -18,6 +20,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -27,10 +30,18 @@ import redis
 
 from cachepi.store.breaker import Breaker
 from cachepi.store.flock import ended_source, remove_abandoned_files
-from cachepi.store.protocols import Origin, Outcome, Progress, StoredLookup, StoreUnavailable
+from cachepi.store.protocols import (
+    Followed,
+    Lock,
+    Origin,
+    Outcome,
+    Progress,
+    StoredLookup,
+    StoreUnavailable,
+)
 from cachepi.store.redis_metadata import PREFIX
 from cachepi.store.s3 import S3Blobs
-from cachepi.types import DownloadFailed, Source
+from cachepi.types import DownloadFailed
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +53,10 @@ end
 return 0
 """
 _RELEASE = """
+redis.call('HDEL', KEYS[4], ARGV[3])
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('SET', KEYS[2], ARGV[2], 'EX', 60)
+  redis.call('SET', KEYS[3], ARGV[2], 'EX', 60)
   return redis.call('DEL', KEYS[1])
 end
 return 0
@@ -55,6 +68,14 @@ _EXCLUSIVE_WAIT = 2.0
 PIECE_BYTES = 8 * 1024 * 1024
 # Followers move on to the stored file when it is there; the pieces go a little after.
 _PIECES_KEPT = 10.0
+# A holding's part file: the lock's digest, the token's counter and nonce; working alone
+# (Redis down), the process and the lock object instead.
+_PART_RE = re.compile(r"([0-9a-f]{32})-([0-9]+)-([0-9a-f]{8})\.part")
+_ALONE_RE = re.compile(r"([0-9a-f]{32})-alone-([0-9]+)-([0-9]+)\.part")
+# A part file whose holding is gone is removed this long after its last write; other temp
+# files this long after theirs.
+_UNHELD_GRACE = 60.0
+_TEMP_UNTOUCHED = 3600.0
 
 
 class RedisLock:
@@ -64,17 +85,30 @@ class RedisLock:
         self._key = f"{locks.prefix}lock:{digest}"
         self._outcome_key = f"{locks.prefix}outcome:{digest}"
         self._wanted_key = f"{locks.prefix}wanted:{digest}"
+        self._digest = digest
         self._path = path
         self.acquired = False
         self._token = ""
         self._lost = False
         self._renewer: asyncio.Task[None] | None = None
+        self._part: Path | None = None
 
     @property
     def part(self) -> Path:
-        if not self._token:  # working alone (Redis is down): others may work on it too
-            return self._path.with_name(f"{self._path.stem}-{os.getpid()}-{id(self)}.part")
-        return self._path.with_suffix(".part")
+        if self._part is None:
+            if not self._token:  # working alone (Redis is down): others may work on it too
+                name = f"{self._digest}-alone-{os.getpid()}-{id(self)}.part"
+            else:
+                _, fence, nonce = self._token.rsplit(":", 2)
+                name = f"{self._digest}-{fence}-{nonce}.part"
+            self._part = self._path.with_name(name)
+        return self._part
+
+    def reserve(self, size: int) -> None:
+        if self._token:
+            field = f"{self._digest}|{self._token}"
+            key = f"{self._locks.prefix}reserved"
+            self._locks.breaker.call(lambda: self._locks.client.hset(key, field, size))
 
     def _get(self, key: str) -> str | None:
         """A string value from Redis; None when absent or Redis is down."""
@@ -118,11 +152,11 @@ class RedisLock:
                 lambda: client.set(self._key, token, nx=True, px=self._locks.ttl_ms)
             )
         except StoreUnavailable:
-            self.acquired, self._token = True, ""
+            self.acquired, self._token, self._part = True, "", None
             return True
         if not taken:
             return False
-        self.acquired, self._token = True, token
+        self.acquired, self._token, self._part = True, token, None
         self._renewer = asyncio.get_running_loop().create_task(self._renew())
         return True
 
@@ -147,18 +181,21 @@ class RedisLock:
             await asyncio.sleep(_POLL_SECONDS)
         return self._outcome()
 
-    def _outcome(self) -> Outcome | None:
-        return Outcome.decode(self._get(self._outcome_key) or "")
+    def _outcome(self, holder: str | None = None) -> Outcome | None:
+        """The latest holder's outcome, or that of the holding of token `holder`."""
+        key = self._outcome_key if holder is None else f"{self._outcome_key}:{holder}"
+        return Outcome.decode(self._get(key) or "")
 
     def release(self, outcome: Outcome | None = None) -> None:
         if self.acquired and self._token:
             said = outcome.encode() if outcome else ""
+            keys = [
+                self._key, self._outcome_key, f"{self._outcome_key}:{self._token}",
+                f"{self._locks.prefix}reserved",
+            ]  # fmt: skip
+            args = [self._token, said, f"{self._digest}|{self._token}"]
             with contextlib.suppress(StoreUnavailable):
-                self._locks.breaker.call(
-                    lambda: self._locks.release_script(
-                        keys=[self._key, self._outcome_key], args=[self._token, said]
-                    )
-                )
+                self._locks.breaker.call(lambda: self._locks.release_script(keys=keys, args=args))
         self.acquired = False
         self.close()
 
@@ -219,7 +256,9 @@ class RedisLock:
             await asyncio.sleep(_PIECES_KEPT)
             await pieces.delete_pieces(token, published)
 
-    async def follow(self, size: int | None, stored: StoredLookup, origin: Origin) -> Source | None:
+    async def follow(
+        self, size: int | None, stored: StoredLookup, origin: Origin
+    ) -> Followed | None:
         while True:
             holder = self._holder()
             if holder is None:  # released, or expired with its node
@@ -235,13 +274,13 @@ class RedisLock:
                 return self._following(holder, size, stored, origin)
             await asyncio.sleep(_POLL_SECONDS)
 
-    @contextlib.asynccontextmanager
-    async def _following(
+    def _following(
         self, holder: str, size: int | None, stored: StoredLookup, origin: Origin
-    ) -> AsyncIterator[tuple[int | None, AsyncIterator[bytes]]]:
+    ) -> Followed:
         """The holder's published pieces, then the rest from the stored file. Fails if the
         holder fails or another node replaces it; takes over if it dies."""
         pieces = self._locks.pieces
+        source: Followed
 
         async def chunks() -> AsyncIterator[bytes]:
             offset = piece = 0
@@ -253,10 +292,14 @@ class RedisLock:
                     yield data
                 current = self._holder()
                 if current is None:
-                    outcome = self._outcome()
+                    outcome = self._outcome(holder)
                     if outcome is not None and outcome.ok:
                         blob = await stored()
                         if blob is not None:
+                            source.vouched = blob.sha256, blob.size
+                            if outcome.verified not in (None, source.vouched):
+                                blob.close()
+                                raise DownloadFailed("the stored file is not the one followed")
                             try:
                                 async for data in blob.chunks(offset, blob.size):
                                     yield data
@@ -280,7 +323,12 @@ class RedisLock:
                 self._want_pieces()
                 await asyncio.sleep(_POLL_SECONDS)
 
-        yield size, chunks()
+        @contextlib.asynccontextmanager
+        async def opened() -> AsyncIterator[tuple[int | None, AsyncIterator[bytes]]]:
+            yield size, chunks()
+
+        source = Followed(opened())
+        return source
 
 
 def _read_piece(part: Path, index: int) -> bytes:
@@ -323,7 +371,82 @@ class RedisLocks:
         finally:
             lock.release()
 
+    def in_progress(self, but: Lock | None = None) -> int:
+        """The reservations of every holding whose token still holds its lock; the others'
+        (their node died, or lost the lock) are dropped on the way."""
+        key = f"{self.prefix}reserved"
+        reserved = {
+            _text(field): int(_text(size))
+            for field, size in self.breaker.call(lambda: self.client.hgetall(key)).items()
+        }
+        if not reserved:
+            return 0
+        fields = [field.split("|", 1) for field in reserved]
+        locks = [f"{self.prefix}lock:{digest}" for digest, _ in fields]
+        holders = self.breaker.call(lambda: self.client.mget(locks))
+        mine = but._token if isinstance(but, RedisLock) else None
+        total, stale = 0, []
+        for (field, size), (_, token), holder in zip(
+            reserved.items(), fields, holders, strict=True
+        ):
+            if holder is None or _text(holder) != token:
+                stale.append(field)
+            elif token != mine:
+                total += size
+        if stale:
+            self.breaker.call(lambda: self.client.hdel(key, *stale))
+        return total
+
     async def remove_abandoned(self, older_than: float) -> int:
         """This node's leftover part files, and pieces of downloads whose node died."""
         removed = remove_abandoned_files(self.pieces.temp_dir, older_than)
         return removed + await self.pieces.remove_stale_pieces(older_than)
+
+    def sweep(self) -> int:
+        """This node's part files whose holding is gone (its process died, its lock expired),
+        and temp files untouched for an hour."""
+        now = time.time()
+        removed = 0
+        for entry in os.scandir(self.pieces.temp_dir):
+            try:
+                age = now - entry.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            if match := _PART_RE.fullmatch(entry.name):
+                holder = self._get_holder(match[1])  # "": Redis did not answer, ask later
+                held = holder == "" or (
+                    holder is not None and holder.endswith(f":{match[2]}:{match[3]}")
+                )
+                abandoned = not held and age > _UNHELD_GRACE
+            elif match := _ALONE_RE.fullmatch(entry.name):
+                abandoned = not _alive(int(match[2])) and age > _UNHELD_GRACE
+            else:
+                abandoned = age > _TEMP_UNTOUCHED
+            if abandoned:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed += 1
+        return removed
+
+    def _get_holder(self, digest: str) -> str | None:
+        """The token holding lock `digest`, None if nobody, "" if Redis does not answer."""
+        key = f"{self.prefix}lock:{digest}"
+        try:
+            raw = self.breaker.call(lambda: self.client.get(key))
+        except StoreUnavailable:
+            return ""
+        return raw.decode() if isinstance(raw, bytes) else None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

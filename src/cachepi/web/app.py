@@ -12,14 +12,14 @@ from aiohttp import web
 
 from cachepi.combine import Combine
 from cachepi.config import Settings
-from cachepi.filecache import FileCache
+from cachepi.filecache import DownloadLimits, FileCache
 from cachepi.index import IndexCache
 from cachepi.metrics import Metrics
 from cachepi.rendered import RenderCache
 from cachepi.routing import Router
 from cachepi.store import open_stores
 from cachepi.store.protocols import MetadataStore, StoreUnavailable
-from cachepi.upstream import Connections, Limits, Reach, Upstream
+from cachepi.upstream import Connections, PageLimits, Reach, Upstream
 from cachepi.upstream_pages import UpstreamPages
 from cachepi.web import admin, dashboard, distfiles, monitoring, pages
 from cachepi.web.auth import Htpasswd, basic_auth
@@ -95,7 +95,7 @@ async def _components(app: web.Application, reconcile: bool) -> AsyncIterator[No
         limit=settings.upstream_connections,
     )
     reach = Reach(settings.file_hosts, settings.upstream_private_addresses == "allow")
-    limits = Limits(settings.page_timeout, settings.max_page_bytes)
+    page_limits = PageLimits(settings.page_timeout, settings.max_page_bytes)
     upstreams = [
         Upstream(
             up.url,
@@ -105,7 +105,7 @@ async def _components(app: web.Application, reconcile: bool) -> AsyncIterator[No
             min_release_age=up.min_release_age,
             offline=settings.offline,
             reach=reach,
-            limits=limits,
+            limits=page_limits,
             metrics=metrics,
         )
         for up in settings.upstreams
@@ -120,8 +120,12 @@ async def _components(app: web.Application, reconcile: bool) -> AsyncIterator[No
         router=Router(settings.routes, unrouted),
         policy=settings.policy,
     )
-    file_cache = FileCache(stores, settings.cache_size, metrics=metrics)
+    download_limits = DownloadLimits(
+        settings.downloads_per_index, settings.downloads_per_client, settings.download_wait
+    )
+    file_cache = FileCache(stores, settings.cache_size, metrics=metrics, limits=download_limits)
     await file_cache.open(reconcile)
+    file_cache.sweep_periodically()
     app[FILE_CACHE] = file_cache
     log.info(
         "serving %s from %s (%s blobs, %s metadata)",

@@ -11,17 +11,18 @@ import asyncio
 import contextlib
 import logging
 import mimetypes
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
 from cachepi.catalog import NotServed, file_spec
-from cachepi.filecache import Download
+from cachepi.filecache import Busy, Claim, Download, FileSpec
 from cachepi.simple.names import is_safe_filename
 from cachepi.store.protocols import StoredBlob, StoreUnavailable
 from cachepi.types import CacheResult, DownloadFailed
 from cachepi.upstream import UpstreamError, UpstreamNotFound
-from cachepi.web.conditional import plan_response
+from cachepi.web.conditional import etag_matches, plan_response
 from cachepi.web.keys import BODY_BYTES, CACHE_RESULT, FILE_CACHE, METRICS, SETTINGS
 from cachepi.web.pages import checked_name, find_listing, gateway_error
 
@@ -34,8 +35,17 @@ _MIN_PIECE = 64 * 1024
 _MAX_PIECE = 16 * 1024 * 1024
 log = logging.getLogger(__name__)
 
-# Sends the body bytes [start, stop) of a prepared response.
-BodySender = Callable[[web.Request, web.StreamResponse, int, int | None], Awaitable[None]]
+
+class Sent:
+    """Body bytes that went out: only what the transport took, also when the transfer ended
+    early (the client hung up, or the download failed and the connection was cut)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
+# Sends the body bytes [start, stop) of a prepared response, counting them in Sent.
+BodySender = Callable[[web.Request, web.StreamResponse, int, int | None, Sent], Awaitable[None]]
 
 
 def file_type(filename: str, binary: bool) -> str:
@@ -59,34 +69,81 @@ async def dist_file(request: web.Request) -> web.StreamResponse:
     except NotServed as refusal:
         error = web.HTTPForbidden if refusal.forbidden else web.HTTPNotFound
         raise error(text=f"{refusal}\n") from None
-    try:
-        found = await file_cache.get(spec)
-    except UpstreamNotFound as error:
-        raise web.HTTPBadGateway(text=f"the index lists it but upstream has no {error}\n") from None
-    except UpstreamError as error:
-        raise gateway_error(error) from None
-    except DownloadFailed as error:
-        raise web.HTTPBadGateway(text=f"{error}\n") from None
     settings = request.app[SETTINGS]
     headers = {
         "Content-Type": file_type(filename, settings.binary_file_mime_type),
         "Cache-Control": FILE_CACHE_CONTROL,
     }
-    if isinstance(found, Download):
-        _count(request, CacheResult.MISS)
-        send = _relay(found, settings.client_timeout)
-        return await _answer(request, headers, found.size, spec.sha256, send, "upstream")
-    _count(request, CacheResult.HIT)
-    with contextlib.closing(found):
-        if request.method == "GET":
+    if request.method == "HEAD" or _not_modified(request, spec.sha256):
+        return await _head(request, spec, headers)
+    try:
+        async with file_cache.serve(spec, request.remote, lambda: _gone(request)) as found:
+            if isinstance(found, Claim):
+                _count(request, CacheResult.MISS)
+                send = _relay(found, settings.client_timeout)
+                return await _answer(request, headers, found.size, spec.sha256, send, "upstream")
+            _count(request, CacheResult.HIT)
             try:
                 location = await found.redirect_url()
             except StoreUnavailable as error:
                 raise web.HTTPServiceUnavailable(text=f"{error}\n") from None
             if location is not None:  # straight from the store
                 raise web.HTTPTemporaryRedirect(location, headers={"Cache-Control": "no-store"})
-        send = _sendfile(found, settings.client_timeout)
-        return await _answer(request, headers, found.size, found.sha256, send, "cache")
+            send = _sendfile(found, settings.client_timeout)
+            return await _answer(request, headers, found.size, found.sha256, send, "cache")
+    except UpstreamNotFound as error:
+        raise web.HTTPBadGateway(text=f"the index lists it but upstream has no {error}\n") from None
+    except UpstreamError as error:
+        raise gateway_error(error) from None
+    except DownloadFailed as error:
+        raise web.HTTPBadGateway(text=f"{error}\n") from None
+    except Busy as busy:
+        raise web.HTTPServiceUnavailable(
+            text=f"{busy}\n", headers={"Retry-After": str(busy.retry_after)}
+        ) from None
+
+
+def _gone(request: web.Request) -> bool:
+    """The client hung up."""
+    return request.transport is None or request.transport.is_closing()
+
+
+def _not_modified(request: web.Request, sha256: str | None) -> bool:
+    """The client has the file the index names already (its sha256 is our ETag)."""
+    return sha256 is not None and etag_matches(request.headers.get("If-None-Match"), f'"{sha256}"')
+
+
+async def _head(
+    request: web.Request, spec: FileSpec, headers: dict[str, str]
+) -> web.StreamResponse:
+    """HEAD (or a 304) never downloads a file: the stored file, a download this process
+    runs already, or else what the index says of the file (its sha256, its size, or when
+    it gives none, the length an upstream HEAD says: without one there is no
+    Content-Length, and no Range to offer)."""
+    file_cache = request.app[FILE_CACHE]
+    found = await file_cache.peek(spec)
+    if found is None or isinstance(found, Download):
+        _count(request, CacheResult.MISS)
+        if found is not None and found.size is not None:
+            size: int | None = found.size
+        elif request.method == "HEAD":
+            try:
+                size = await file_cache.length(spec)
+            except UpstreamNotFound as error:
+                message = f"the index lists it but upstream has no {error}\n"
+                raise web.HTTPBadGateway(text=message) from None
+        else:  # a 304 needs no length
+            size = spec.size
+        return await _answer(request, headers, size, spec.sha256, _nothing, "upstream")
+    _count(request, CacheResult.HIT)
+    with contextlib.closing(found):
+        return await _answer(request, headers, found.size, found.sha256, _nothing, "cache")
+
+
+async def _nothing(
+    request: web.Request, response: web.StreamResponse, start: int, stop: int | None, sent: Sent
+) -> None:
+    """No body to send (HEAD, 304)."""
 
 
 def _count(request: web.Request, result: CacheResult) -> None:
@@ -118,12 +175,13 @@ async def _answer(
         response.content_length = plan.stop - plan.start
     await response.prepare(request)
     if request.method != "HEAD" and plan.stop != plan.start:
-        with contextlib.suppress(ConnectionError):  # the client hung up: nothing to do
-            await send(request, response, plan.start, plan.stop)
-        end = size if plan.stop is None else plan.stop
-        if end is not None:
-            request[BODY_BYTES] = end - plan.start
-            request.app[METRICS].served(source, end - plan.start)
+        sent = Sent()
+        try:
+            with contextlib.suppress(ConnectionError):  # the client hung up: nothing to do
+                await send(request, response, plan.start, plan.stop, sent)
+        finally:  # counted also when cancelled: what went out went out
+            request[BODY_BYTES] = sent.count
+            request.app[METRICS].served(source, sent.count)
     return response
 
 
@@ -135,8 +193,9 @@ def _sendfile(blob: StoredBlob, patience: float) -> BodySender:
     file = blob.file
 
     async def send(
-        request: web.Request, response: web.StreamResponse, start: int, stop: int | None
-    ) -> None:
+        request: web.Request, response: web.StreamResponse, start: int, stop: int | None,
+        sent: Sent,
+    ) -> None:  # fmt: skip
         transport = request.transport
         if transport is None:  # the client is gone
             return
@@ -145,9 +204,18 @@ def _sendfile(blob: StoredBlob, patience: float) -> BodySender:
         # In pieces, each with the client's deadline: what a client reading at the slowest
         # rate we wait for gets in that time. A stalled client is let go, a slow one is not.
         piece = int(min(max(_SLOWEST_CLIENT * patience, _MIN_PIECE), _MAX_PIECE))
+        fd = file.fileno()
         for offset in range(start, end, piece):
-            async with _client_deadline(request, patience):
-                await loop.sendfile(transport, file, offset, min(piece, end - offset))
+            # sendfile leaves the file's position past what it sent, also when it fails.
+            os.lseek(fd, offset, os.SEEK_SET)
+            try:
+                async with _client_deadline(request, patience):
+                    sent.count += await loop.sendfile(
+                        transport, file, offset, min(piece, end - offset)
+                    )
+            except BaseException:
+                sent.count += max(0, os.lseek(fd, 0, os.SEEK_CUR) - offset)
+                raise
         await response.write_eof()
 
     return send
@@ -169,12 +237,14 @@ async def _client_deadline(request: web.Request, patience: float) -> AsyncIterat
 
 def _stream(blob: StoredBlob, patience: float) -> BodySender:
     async def send(
-        request: web.Request, response: web.StreamResponse, start: int, stop: int | None
-    ) -> None:
+        request: web.Request, response: web.StreamResponse, start: int, stop: int | None,
+        sent: Sent,
+    ) -> None:  # fmt: skip
         try:
             async for data in blob.chunks(start, blob.size if stop is None else stop):
                 async with _client_deadline(request, patience):
                     await response.write(data)
+                sent.count += len(data)
         except StoreUnavailable as error:  # cut short: the client must not take it as done
             log.warning("%s: %s", request.path, error)
             if request.transport is not None:
@@ -185,15 +255,17 @@ def _stream(blob: StoredBlob, patience: float) -> BodySender:
     return send
 
 
-def _relay(download: Download, patience: float) -> BodySender:
+def _relay(download: Claim, patience: float) -> BodySender:
     async def send(
-        request: web.Request, response: web.StreamResponse, start: int, stop: int | None
-    ) -> None:
+        request: web.Request, response: web.StreamResponse, start: int, stop: int | None,
+        sent: Sent,
+    ) -> None:  # fmt: skip
         try:
             async with contextlib.aclosing(download.chunks(start, stop)) as chunks:
                 async for data in chunks:
                     async with _client_deadline(request, patience):
                         await response.write(data)
+                    sent.count += len(data)
         except DownloadFailed:
             # The bytes were wrong or incomplete: end the connection before the response is
             # complete, so the client sees a failed transfer rather than a finished file.

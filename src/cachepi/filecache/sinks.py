@@ -1,0 +1,158 @@
+"""Where a download's bytes go for its readers (transfer.Sink): the leader's part file, room
+reserved in the cache before it grows; a follower's copy; or nothing at all, when the bytes
+are in a file on this machine already (another worker's part file, a stored blob)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from cachepi.filecache.accounting import Accounting
+from cachepi.filecache.transfer import write_all
+from cachepi.store.protocols import BlobStore, Lock
+
+log = logging.getLogger(__name__)
+
+# A download of unknown size reserves room in the cache in steps of this many bytes.
+GROWTH_BYTES = 16 * 1024 * 1024
+
+
+class PartFile:
+    """The lock holder's part file, which the other processes of this machine follow. Its
+    room in the cache is reserved before a byte is written: the whole size when known, in
+    steps as it grows when not. Without room (the file cannot fit, the cache has no space
+    left for it, the lock does not allow storing) nothing goes to the disk: the bytes are
+    relayed from memory and the lock is let go at once, so that other processes fetch the
+    file themselves rather than wait for a part file that will not come."""
+
+    keeps = True
+
+    def __init__(
+        self,
+        lock: Lock,
+        accounting: Accounting,
+        url: str,
+        on_open: Callable[[], object],
+        listed_size: int | None = None,
+    ) -> None:
+        """`url`: redacted, for the log; `on_open()`: the part file is there. With the
+        size the index gave, the room is reserved at once, while the upstream is asked."""
+        self._lock = lock
+        self._accounting = accounting
+        self._url = url
+        self._on_open = on_open
+        self.fd = -1
+        self.path: Path | None = None
+        self._reserved = 0
+        self._written = 0
+        self._early: tuple[int, asyncio.Task[bool]] | None = None
+        if listed_size is not None:
+            reserving = asyncio.ensure_future(accounting.reserve(lock, listed_size))
+            self._early = listed_size, reserving
+
+    async def open(self, size: int | None) -> int | None:
+        want = size if size is not None else GROWTH_BYTES
+        if self._early is not None and self._early[0] == want:
+            room = await self._early[1]
+        else:
+            room = await self._accounting.reserve(self._lock, want)
+        if not room:
+            log.info("%s does not fit in the cache now: relaying it from memory", self._url)
+            self._lock.release()
+            return None
+        self._reserved = want
+        self.path = self._lock.part
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self._on_open()
+        return os.open(self.path, os.O_RDONLY)
+
+    async def write(self, data: bytes) -> bool:
+        end = self._written + len(data)
+        if end > self._reserved:
+            grown = end + GROWTH_BYTES
+            if not await self._accounting.reserve(self._lock, grown):
+                log.warning(
+                    "%s outgrew the room left in the cache at %d bytes: relaying the rest from "
+                    "memory, it will not be cached", self._url, self._written,
+                )  # fmt: skip
+                return False
+            self._reserved = grown
+        try:
+            write_all(self.fd, data)
+        except OSError as error:
+            log.error(
+                "cannot store %s (%s): disk full or unwritable; relaying it from memory, it "
+                "will not be cached", self._url, error.strerror or error,
+            )  # fmt: skip
+            return False
+        self._written = end
+        return True
+
+    def close(self, blobs: BlobStore) -> None:
+        if self._early is not None:
+            self._early[1].cancel()  # if the upstream failed first; its lock goes anyway
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self.path is not None:
+            blobs.discard(self.path)  # a no-op once the part file became a blob
+
+
+class TempCopy:
+    """A follower's own copy in a temp file, for bytes that are nowhere on this machine (an
+    object store's, another node's). The holder's reservation stands for it."""
+
+    keeps = True
+
+    def __init__(self, blobs: BlobStore, url: str) -> None:
+        """`url`: redacted, for the log."""
+        self._url = url
+        self.fd, self.path = blobs.new_temp()
+
+    async def open(self, size: int | None) -> int | None:
+        return os.open(self.path, os.O_RDONLY)
+
+    async def write(self, data: bytes) -> bool:
+        try:
+            write_all(self.fd, data)
+        except OSError as error:
+            log.error(
+                "cannot copy %s (%s): disk full or unwritable; relaying it from memory",
+                self._url, error.strerror or error,
+            )  # fmt: skip
+            return False
+        return True
+
+    def close(self, blobs: BlobStore) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self.path is not None:
+            blobs.discard(self.path)
+
+
+class InPlace:
+    """Bytes that are in a file on this machine already, at the same offsets: readers read
+    that file; nothing is written."""
+
+    keeps = False
+    fd = -1
+    path: Path | None = None
+
+    def __init__(self, file: int) -> None:
+        self._file = file
+
+    async def open(self, size: int | None) -> int | None:
+        return os.dup(self._file)
+
+    async def write(self, data: bytes) -> bool:
+        return True
+
+    def close(self, blobs: BlobStore) -> None:
+        """The file is not ours."""
+
+
+Sink = PartFile | TempCopy | InPlace
