@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from cachepi.filecache import Busy, Claim, Download, DownloadLimits, FileCache, sinks
+from cachepi.filecache import Busy, Claim, Download, DownloadLimits, sinks
 from cachepi.filecache.limits import Slots
 from cachepi.store import Stores
 from cachepi.store.protocols import StoredBlob
 from tests.fakeupstream.dists import Dist
-from tests.inprocess import FakeClock, FakeIndex, local_stores, settle
+from tests.inprocess import FakeIndex, settle
+from tests.inprocess_fixtures import FileCacheFactory, clock, make_file_cache, stores
 from tests.test_file_cache_inprocess import leftovers, sdist, spec_for, stored
 
 
@@ -65,29 +65,7 @@ class PacedIndex(FakeIndex):
             await body.aclose()
 
 
-CacheFactory = Callable[..., Awaitable[FileCache]]
 MIB = 1024 * 1024
-
-
-@pytest.fixture
-def stores(tmp_path: Path) -> Stores:
-    return local_stores(tmp_path)
-
-
-@pytest.fixture
-async def make_cache(stores: Stores) -> AsyncIterator[CacheFactory]:
-    opened: list[FileCache] = []
-
-    async def make(max_bytes: int = 1 << 30, limits: DownloadLimits | None = None) -> FileCache:
-        cache = FileCache(stores, max_bytes, clock=FakeClock(), limits=limits)
-        await cache.open()
-        opened.append(cache)
-        return cache
-
-    yield make
-    for cache in opened:
-        await cache.close()
-    stores.close()
 
 
 async def first_bytes(claim: StoredBlob | Claim) -> bytes:
@@ -111,10 +89,10 @@ def temp_bytes(stores: Stores) -> int:
 
 @pytest.mark.parametrize("max_bytes", [0, 100_000], ids=["cache-0", "bigger-than-the-cache"])
 async def test_a_download_whose_clients_left_stops_when_it_will_not_be_kept(
-    max_bytes: int, stores: Stores, make_cache: CacheFactory
+    max_bytes: int, stores: Stores, make_file_cache: FileCacheFactory
 ) -> None:
     index = PacedIndex()
-    cache = await make_cache(max_bytes)
+    cache = await make_file_cache(max_bytes)
     dist = sdist(1_000_000)
     spec = spec_for(index, dist)  # type: ignore[arg-type]
     async with cache.serve(spec, "192.0.2.1") as first, cache.serve(spec, "192.0.2.2") as second:
@@ -132,10 +110,10 @@ async def test_a_download_whose_clients_left_stops_when_it_will_not_be_kept(
 
 
 async def test_a_download_that_will_be_kept_runs_on_when_its_clients_left(
-    stores: Stores, make_cache: CacheFactory
+    stores: Stores, make_file_cache: FileCacheFactory
 ) -> None:
     index = PacedIndex(pace=0.001)
-    cache = await make_cache()
+    cache = await make_file_cache()
     dist = sdist(500_000)
     spec = spec_for(index, dist)  # type: ignore[arg-type]
     async with cache.serve(spec, "192.0.2.1") as client:
@@ -149,10 +127,10 @@ async def test_a_download_that_will_be_kept_runs_on_when_its_clients_left(
 
 
 async def test_a_client_that_leaves_before_the_headers_stops_an_unkept_download(
-    stores: Stores, make_cache: CacheFactory
+    stores: Stores, make_file_cache: FileCacheFactory
 ) -> None:
     index = PacedIndex()
-    cache = await make_cache(0)
+    cache = await make_file_cache(0)
     dist = sdist(300_000)
     spec = spec_for(index, dist)  # type: ignore[arg-type]
     index.hold()
@@ -170,10 +148,10 @@ async def test_a_client_that_leaves_before_the_headers_stops_an_unkept_download(
 
 
 async def test_in_progress_downloads_count_against_the_cache_size(
-    stores: Stores, make_cache: CacheFactory
+    stores: Stores, make_file_cache: FileCacheFactory
 ) -> None:
     index = PacedIndex(pace=0.002)
-    cache = await make_cache(max_bytes=100_000)
+    cache = await make_file_cache(max_bytes=100_000)
     a, b = sdist(60_000, "a"), sdist(60_000, "b")
     peak = 0
 
@@ -196,10 +174,10 @@ async def test_in_progress_downloads_count_against_the_cache_size(
 
 
 async def test_a_reservation_evicts_the_least_recently_used_to_make_room(
-    stores: Stores, make_cache: CacheFactory
+    stores: Stores, make_file_cache: FileCacheFactory
 ) -> None:
     index = PacedIndex(pace=0)
-    cache = await make_cache(max_bytes=100_000)
+    cache = await make_file_cache(max_bytes=100_000)
     old, new = sdist(60_000, "old"), sdist(60_000, "new")
     for dist in (old, new):
         async with cache.serve(spec_for(index, dist), None) as claim:  # type: ignore[arg-type]
@@ -209,11 +187,11 @@ async def test_a_reservation_evicts_the_least_recently_used_to_make_room(
 
 
 async def test_a_download_of_unknown_size_reserves_as_it_grows_and_streams_on_past_the_room(
-    stores: Stores, make_cache: CacheFactory, monkeypatch: pytest.MonkeyPatch
+    stores: Stores, make_file_cache: FileCacheFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sinks, "GROWTH_BYTES", 64 * 1024)
     index = PacedIndex(pace=0.001, length=False)
-    cache = await make_cache(max_bytes=200_000)
+    cache = await make_file_cache(max_bytes=200_000)
     big = sdist(1_000_000)
     spec = spec_for(index, big, size=None)  # type: ignore[arg-type]
     peak = 0
@@ -229,10 +207,10 @@ async def test_a_download_of_unknown_size_reserves_as_it_grows_and_streams_on_pa
 
 
 async def test_an_unknown_size_that_fits_is_stored(
-    stores: Stores, make_cache: CacheFactory
+    stores: Stores, make_file_cache: FileCacheFactory
 ) -> None:
     index = PacedIndex(pace=0, length=False)
-    cache = await make_cache()
+    cache = await make_file_cache()
     dist = sdist(300_000)
     spec = spec_for(index, dist, size=None)  # type: ignore[arg-type]
     async with cache.serve(spec, None) as claim:
@@ -242,10 +220,10 @@ async def test_an_unknown_size_that_fits_is_stored(
 
 
 async def test_an_upstream_that_sends_more_than_it_said_is_cut_off(
-    stores: Stores, make_cache: CacheFactory
+    stores: Stores, make_file_cache: FileCacheFactory
 ) -> None:
     index = PacedIndex(pace=0, length=False)
-    cache = await make_cache()
+    cache = await make_file_cache()
     dist = sdist(100_000)
     longer = dist.read_bytes() + b"x" * 50_000
     index.add(dist, served=longer)
@@ -285,10 +263,10 @@ async def test_slots_bound_per_index_and_per_client_and_refuse_after_the_wait() 
 
 
 async def test_a_miss_beyond_the_bound_waits_then_is_refused_but_joins_cost_nothing(
-    stores: Stores, make_cache: CacheFactory
+    stores: Stores, make_file_cache: FileCacheFactory
 ) -> None:
     index = PacedIndex(pace=0.01)
-    cache = await make_cache(limits=DownloadLimits(per_index=1, per_client=0, wait=0.1))
+    cache = await make_file_cache(limits=DownloadLimits(per_index=1, per_client=0, wait=0.1))
     a, b = sdist(400_000, "a"), sdist(400_000, "b")
     spec_a, spec_b = spec_for(index, a), spec_for(index, b)  # type: ignore[arg-type]
     async with cache.serve(spec_a, "192.0.2.1"), cache.serve(spec_a, "192.0.2.2") as joined:
@@ -303,12 +281,12 @@ async def test_a_miss_beyond_the_bound_waits_then_is_refused_but_joins_cost_noth
 
 
 async def test_downloads_relaying_from_memory_share_a_bounded_budget(
-    stores: Stores, make_cache: CacheFactory
+    stores: Stores, make_file_cache: FileCacheFactory
 ) -> None:
     """Many downloads that cannot use the disk, each with a client that stopped reading:
     together they hold about 64 MiB, not 8 MiB each."""
     index = PacedIndex(pace=0, chunk=256 * 1024)
-    cache = await make_cache(max_bytes=0)
+    cache = await make_file_cache(max_bytes=0)
     files = [sdist(6 * 1024 * 1024, f"m{n}") for n in range(24)]
     async with contextlib.AsyncExitStack() as stack:
         claims = [
@@ -325,3 +303,6 @@ async def test_downloads_relaying_from_memory_share_a_bounded_budget(
                 assert len(b"".join([c async for c in chunks])) == 6 * MIB
     await until(lambda: cache.downloading == 0)
     assert Download.memory_held == 0
+
+
+__all__ = ["clock", "make_file_cache", "stores"]  # fixtures, for pytest

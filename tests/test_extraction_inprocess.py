@@ -8,25 +8,17 @@ import asyncio
 import concurrent.futures
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable
 from typing import Any, BinaryIO
 
 import pytest
 
-from cachepi.filecache import Download, FileCache, FileSpec, extraction
+from cachepi.filecache import FileCache, FileSpec, extraction
 from cachepi.store import Stores
-from cachepi.store.protocols import StoredBlob
 from tests.fakeupstream.dists import Dist, build_wheel
 from tests.hostile_wheels import bomb_wheel, many_entries_wheel, peak_rss, peak_rss_reset
-from tests.inprocess import FakeClock, FakeIndex, local_stores, settle
-
-CacheFactory = Callable[[], Awaitable[FileCache]]
-
-
-@pytest.fixture
-def stores(tmp_path: Path) -> Stores:
-    return local_stores(tmp_path)
+from tests.inprocess import FakeClock, FakeIndex, settle
+from tests.inprocess_fixtures import read, stores
 
 
 @pytest.fixture
@@ -52,15 +44,6 @@ def spec_for(index: FakeIndex, dist: Dist, *, extract: bool) -> FileSpec:
         url, {"sha256": dist.sha256}, dist.size, index,
         dist.filename if extract else None, dist.project, dist.filename,
     )  # fmt: skip
-
-
-async def read(answer: StoredBlob | Download) -> bytes:
-    if isinstance(answer, Download):
-        return b"".join([chunk async for chunk in answer.chunks()])
-    try:
-        return b"".join([chunk async for chunk in answer.chunks(0, answer.size)])
-    finally:
-        answer.close()
 
 
 async def store(cache: FileCache, index: FakeIndex, dist: Dist) -> None:
@@ -176,3 +159,6 @@ async def test_closing_cancels_scheduled_extractions(cache: FileCache, index: Fa
     await cache.extractions.close()
     await cache.extractions.drain()  # nothing left running
     assert len(cache.extractions.known()[1]) < 3
+
+
+__all__ = ["stores"]  # fixtures, for pytest

@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,40 +20,13 @@ from cachepi.store.protocols import StoredBlob, StoreUnavailable
 from cachepi.types import DownloadFailed
 from cachepi.upstream import UpstreamError, UpstreamNotFound
 from tests.fakeupstream.dists import Dist, build_sdist, build_wheel
-from tests.inprocess import FakeClock, FakeIndex, local_stores, settle
-
-CacheFactory = Callable[..., Awaitable[FileCache]]
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+from tests.inprocess import FakeClock, FakeIndex, settle
+from tests.inprocess_fixtures import FileCacheFactory, clock, make_file_cache, read, stores
 
 
 @pytest.fixture
 def index() -> FakeIndex:
     return FakeIndex("pypi", chunk=4096)
-
-
-@pytest.fixture
-def stores(tmp_path: Path) -> Stores:
-    return local_stores(tmp_path)
-
-
-@pytest.fixture
-async def make_cache(stores: Stores, clock: FakeClock) -> AsyncIterator[CacheFactory]:
-    opened: list[FileCache] = []
-
-    async def make(max_bytes: int = 1 << 30) -> FileCache:
-        cache = FileCache(stores, max_bytes, clock=clock)
-        await cache.open()
-        opened.append(cache)
-        return cache
-
-    yield make
-    for cache in opened:
-        await cache.close()
-    stores.close()
 
 
 def spec_for(index: FakeIndex, dist: Dist, *, metadata: bool = True, **changes: Any) -> FileSpec:
@@ -77,15 +48,6 @@ def sdist(size: int, seed: str = "x") -> Dist:
     return Dist.from_bytes(f"blob-{seed}-1.0.tar.gz", random.Random(seed).randbytes(size))
 
 
-async def read(answer: StoredBlob | Download) -> bytes:
-    if isinstance(answer, Download):
-        return b"".join([chunk async for chunk in answer.chunks()])
-    try:
-        return b"".join([chunk async for chunk in answer.chunks(0, answer.size)])
-    finally:
-        answer.close()
-
-
 async def stored(stores: Stores) -> dict[str, int]:
     """sha256 -> size of the recorded blobs, after checking that the blob store holds
     exactly those, each whole."""
@@ -105,9 +67,9 @@ def leftovers(stores: Stores) -> list[str]:
 
 
 async def test_a_miss_streams_and_stores_and_the_next_get_is_a_hit(
-    index: FakeIndex, stores: Stores, make_cache: CacheFactory
+    index: FakeIndex, stores: Stores, make_file_cache: FileCacheFactory
 ) -> None:
-    cache = await make_cache()
+    cache = await make_file_cache()
     dist = build_sdist("lib", "1.0")
     spec = spec_for(index, dist)
     miss = await cache.get(spec)
@@ -123,9 +85,9 @@ async def test_a_miss_streams_and_stores_and_the_next_get_is_a_hit(
 
 
 async def test_concurrent_gets_of_one_file_cause_one_upstream_read(
-    index: FakeIndex, stores: Stores, make_cache: CacheFactory
+    index: FakeIndex, stores: Stores, make_file_cache: FileCacheFactory
 ) -> None:
-    cache = await make_cache()
+    cache = await make_file_cache()
     dist = sdist(300_000)
     spec = spec_for(index, dist)
     index.hold()
@@ -142,9 +104,9 @@ async def test_concurrent_gets_of_one_file_cause_one_upstream_read(
 
 
 async def test_a_file_without_a_hash_is_found_again_by_its_url(
-    index: FakeIndex, stores: Stores, make_cache: CacheFactory
+    index: FakeIndex, stores: Stores, make_file_cache: FileCacheFactory
 ) -> None:
-    cache = await make_cache()
+    cache = await make_file_cache()
     dist = build_sdist("lib", "1.0")
     spec = spec_for(index, dist, hashes={})
     assert await read(await cache.get(spec)) == dist.read_bytes()
@@ -155,9 +117,9 @@ async def test_a_file_without_a_hash_is_found_again_by_its_url(
 
 
 async def test_a_file_the_upstream_lost_is_its_404_and_nothing_is_stored(
-    index: FakeIndex, stores: Stores, make_cache: CacheFactory
+    index: FakeIndex, stores: Stores, make_file_cache: FileCacheFactory
 ) -> None:
-    cache = await make_cache()
+    cache = await make_file_cache()
     dist = build_sdist("lib", "1.0")
     spec = spec_for(index, dist)
     del index.files[spec.url]
@@ -186,9 +148,9 @@ async def partial_read(download: Download) -> tuple[int, BaseException | None]:
 
 @pytest.mark.parametrize("readers", [1, 3])
 async def test_wrong_bytes_are_never_stored_and_readers_fail_before_their_last_byte(
-    readers: int, index: FakeIndex, stores: Stores, make_cache: CacheFactory
+    readers: int, index: FakeIndex, stores: Stores, make_file_cache: FileCacheFactory
 ) -> None:
-    cache = await make_cache()
+    cache = await make_file_cache()
     dist = sdist(100_000)
     corrupt = bytearray(dist.read_bytes())
     corrupt[-1] ^= 1  # one bit, in the very last byte
@@ -207,9 +169,9 @@ async def test_wrong_bytes_are_never_stored_and_readers_fail_before_their_last_b
 
 
 async def test_a_size_mismatch_alone_refuses_the_bytes(
-    index: FakeIndex, stores: Stores, make_cache: CacheFactory
+    index: FakeIndex, stores: Stores, make_file_cache: FileCacheFactory
 ) -> None:
-    cache = await make_cache()
+    cache = await make_file_cache()
     dist = sdist(100_000)
     index.add(dist, served=dist.read_bytes()[:-100])  # cut short; the index gave no hash
     # The upstream's length disagrees with the index's: refused before any byte goes out.
@@ -223,10 +185,10 @@ async def test_a_size_mismatch_alone_refuses_the_bytes(
 
 
 async def test_eviction_removes_the_least_recently_used_first(
-    index: FakeIndex, stores: Stores, make_cache: CacheFactory, clock: FakeClock
+    index: FakeIndex, stores: Stores, make_file_cache: FileCacheFactory, clock: FakeClock
 ) -> None:
     a, b, c = (sdist(40_000, seed) for seed in "abc")
-    cache = await make_cache(max_bytes=100_000)  # room for two
+    cache = await make_file_cache(max_bytes=100_000)  # room for two
     for dist in (a, b):
         assert await read(await cache.get(spec_for(index, dist))) == dist.read_bytes()
         clock.advance(60)
@@ -241,10 +203,10 @@ async def test_eviction_removes_the_least_recently_used_first(
 
 
 async def test_a_file_larger_than_the_cache_streams_but_is_not_stored(
-    index: FakeIndex, stores: Stores, make_cache: CacheFactory
+    index: FakeIndex, stores: Stores, make_file_cache: FileCacheFactory
 ) -> None:
     small, big = sdist(10_000, "s"), sdist(50_000, "b")
-    cache = await make_cache(max_bytes=40_000)
+    cache = await make_file_cache(max_bytes=40_000)
     assert await read(await cache.get(spec_for(index, small))) == small.read_bytes()
     assert await read(await cache.get(spec_for(index, big))) == big.read_bytes()
     assert await stored(stores) == {small.sha256: small.size}  # nothing evicted for it either
@@ -254,9 +216,9 @@ async def test_a_file_larger_than_the_cache_streams_but_is_not_stored(
 
 
 async def test_a_cache_of_zero_bytes_stores_nothing(
-    index: FakeIndex, stores: Stores, make_cache: CacheFactory
+    index: FakeIndex, stores: Stores, make_file_cache: FileCacheFactory
 ) -> None:
-    cache = await make_cache(max_bytes=0)
+    cache = await make_file_cache(max_bytes=0)
     dist = build_sdist("lib", "1.0")
     for _ in range(2):
         assert await read(await cache.get(spec_for(index, dist))) == dist.read_bytes()
@@ -269,9 +231,9 @@ async def test_a_cache_of_zero_bytes_stores_nothing(
 
 @pytest.mark.parametrize("removed", ["wheel", "metadata"])
 async def test_a_cached_wheel_gets_its_metadata_extracted_and_removal_forgets_it(
-    removed: str, index: FakeIndex, stores: Stores, make_cache: CacheFactory
+    removed: str, index: FakeIndex, stores: Stores, make_file_cache: FileCacheFactory
 ) -> None:
-    cache = await make_cache()
+    cache = await make_file_cache()
     wheel = build_wheel("lib", "1.0", requires=["dep>=2"])
     assert wheel.metadata is not None and wheel.metadata_sha256 is not None
     assert await read(await cache.get(spec_for(index, wheel, metadata=False))) == wheel.read_bytes()
@@ -289,9 +251,9 @@ async def test_a_cached_wheel_gets_its_metadata_extracted_and_removal_forgets_it
 
 
 async def test_gc_forgetting_a_vanished_metadata_blob_stops_its_advertisement(
-    index: FakeIndex, stores: Stores, make_cache: CacheFactory, clock: FakeClock
+    index: FakeIndex, stores: Stores, make_file_cache: FileCacheFactory, clock: FakeClock
 ) -> None:
-    server = await make_cache()
+    server = await make_file_cache()
     wheel = build_wheel("lib", "1.0")
     assert wheel.metadata_sha256 is not None
     assert (
@@ -310,9 +272,9 @@ async def test_gc_forgetting_a_vanished_metadata_blob_stops_its_advertisement(
 
 
 async def test_a_wheel_whose_index_has_metadata_is_not_extracted(
-    index: FakeIndex, stores: Stores, make_cache: CacheFactory
+    index: FakeIndex, stores: Stores, make_file_cache: FileCacheFactory
 ) -> None:
-    cache = await make_cache()
+    cache = await make_file_cache()
     wheel = build_wheel("lib", "1.0")
     assert await read(await cache.get(spec_for(index, wheel))) == wheel.read_bytes()
     assert cache.extractions.known()[1] == {}
@@ -335,10 +297,10 @@ class Unanswering:
 
 
 async def test_a_store_that_does_not_answer_has_nothing_and_the_file_still_streams(
-    index: FakeIndex, stores: Stores, make_cache: CacheFactory
+    index: FakeIndex, stores: Stores, make_file_cache: FileCacheFactory
 ) -> None:
     dist = build_sdist("lib", "1.0")
-    cache = await make_cache()
+    cache = await make_file_cache()
     assert await read(await cache.get(spec_for(index, dist))) == dist.read_bytes()
     broken = Stores(
         Unanswering(stores.metadata, "get_ref"),  # type: ignore[arg-type]
@@ -355,7 +317,7 @@ async def test_a_store_that_does_not_answer_has_nothing_and_the_file_still_strea
 
 
 async def test_a_wheel_without_readable_metadata_is_opened_for_extraction_once(
-    index: FakeIndex, stores: Stores, make_cache: CacheFactory
+    index: FakeIndex, stores: Stores, make_file_cache: FileCacheFactory
 ) -> None:
     """Hits on a cached wheel whose METADATA cannot be read do not open it again and again
     (from S3 that would be a whole download per hit)."""
@@ -367,7 +329,7 @@ async def test_a_wheel_without_readable_metadata_is_opened_for_extraction_once(
         return await real_open(sha256)
 
     stores.blobs.open = counting_open  # type: ignore[method-assign]  # a counting spy
-    cache = await make_cache()
+    cache = await make_file_cache()
     broken = Dist.from_bytes("lib-1.0-py3-none-any.whl", b"not a zip file at all")
     spec = spec_for(index, broken, metadata=False)
     assert await read(await cache.get(spec)) == broken.read_bytes()
@@ -379,3 +341,6 @@ async def test_a_wheel_without_readable_metadata_is_opened_for_extraction_once(
     # One lookup per get, one before the download (another process may have stored it),
     # and one extraction attempt.
     assert opened.count(broken.sha256) == (1 + hits) + 1 + 1
+
+
+__all__ = ["clock", "make_file_cache", "stores"]  # fixtures, for pytest

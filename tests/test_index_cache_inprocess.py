@@ -7,8 +7,7 @@ two ways indexes combine, routing and the policy, without a socket or a sleep.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -22,7 +21,8 @@ from cachepi.types import CacheResult
 from cachepi.upstream import UpstreamError
 from cachepi.upstream_pages import UpstreamPages
 from tests.fakeupstream.dists import Dist, build_sdist, build_wheel
-from tests.inprocess import FakeClock, FakeIndex, local_stores, settle
+from tests.inprocess import FakeClock, FakeIndex, settle
+from tests.inprocess_fixtures import clock, stores
 
 TTL = 600
 NEGATIVE_TTL = 60
@@ -30,18 +30,6 @@ DAY = 86400.0
 LIB_1 = ["lib-1.0-py3-none-any.whl", "lib-1.0.tar.gz"]  # what the `pypi` fixture lists
 
 CacheFactory = Callable[..., IndexCache]
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def stores(tmp_path: Path) -> Iterator[Stores]:
-    stores = local_stores(tmp_path)
-    yield stores
-    stores.close()
 
 
 @pytest.fixture
@@ -442,3 +430,6 @@ async def test_cached_pages_report_freshness_as_the_cache_judges_it(
     assert {p.index: p.fresh for p in cache.cached_pages("lib")} == {"pypi": False, "other": False}
     cache.invalidate("lib")
     assert [p.fresh for p in cache.cached_pages("lib")] == [False, False]
+
+
+__all__ = ["clock", "stores"]  # fixtures, for pytest

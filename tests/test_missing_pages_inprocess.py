@@ -7,7 +7,6 @@ import dataclasses
 import random
 import string
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,22 +18,11 @@ from cachepi.store.protocols import PageRecord
 from cachepi.store.sqlite import SqliteMetadata
 from cachepi.upstream_pages import UpstreamPages
 from tests.fakeupstream.dists import build_wheel
-from tests.inprocess import FakeClock, FakeIndex, local_stores
+from tests.inprocess import FakeClock, FakeIndex
+from tests.inprocess_fixtures import clock, stores
 from tests.proxy import settings_for
 
 NEGATIVE_TTL = 60
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def stores(tmp_path: Path) -> Iterator[Stores]:
-    stores = local_stores(tmp_path)
-    yield stores
-    stores.close()
 
 
 @pytest.fixture
@@ -128,3 +116,6 @@ async def test_gc_forgets_404s_older_than_the_negative_ttl(tmp_path: Path) -> No
     store = SqliteMetadata(cache_dir / DATABASE)
     assert store.page_keys("", 10) == ["page", "recent"]
     store.close()
+
+
+__all__ = ["clock", "stores"]  # fixtures, for pytest
