@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from cachepi.workers import LISTENING
 from tests.clients import isolated_env
 from tests.fetching import wait_healthy
 
@@ -111,10 +112,13 @@ class ServedProxy:
             raise AssertionError("cachepi serve did not start:\n" + self.log_text()) from None
 
     async def _ready(self, log_from: int) -> None:
-        await wait_healthy(self.base)
-        # Each worker logs a line when it serves; the log has no event to await.
-        while sum("serving http" in line for line in self.log[log_from:]) < self.workers:  # noqa: ASYNC110
+        await self._healthy()
+        # Each worker logs a line once its socket listens; the log has no event to await.
+        while sum(LISTENING in line for line in self.log[log_from:]) < self.workers:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
+
+    async def _healthy(self) -> None:
+        await wait_healthy(self.base)
 
     async def _collect_log(self, process: asyncio.subprocess.Process) -> None:
         assert process.stderr is not None

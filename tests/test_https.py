@@ -76,7 +76,7 @@ class HttpsProxy(ServedProxy):
         self.base = f"https://127.0.0.1:{self.port}"
         self.index_url = f"{self.base}/index/"
 
-    async def _ready(self, log_from: int) -> None:
+    async def _healthy(self) -> None:
         deadline = time.monotonic() + 30
         connector = aiohttp.TCPConnector(ssl=self.context)
         async with aiohttp.ClientSession(connector=connector) as session:
@@ -88,8 +88,6 @@ class HttpsProxy(ServedProxy):
                 except aiohttp.ClientConnectionError:
                     pass
                 await asyncio.sleep(0.05)
-        while sum("serving http" in line for line in self.log[log_from:]) < self.workers:  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
 
 
 @pytest_asyncio.fixture

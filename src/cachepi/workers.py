@@ -61,14 +61,20 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
+LISTENING = "is listening"
+
+
 def _run(app: web.Application, settings: Settings, reuse_port: bool = False) -> None:
+    def listening(_: str) -> None:  # after the socket listens, unlike the startup lines
+        log.info("worker %d %s on %s:%d", os.getpid(), LISTENING, settings.host, settings.port)
+
     web.run_app(
         app,
         host=settings.host,
         port=settings.port,
         reuse_port=reuse_port or None,
         ssl_context=tls_context(settings),
-        print=None,
+        print=listening,
         **access_log_options(settings.access_log),
     )
 
