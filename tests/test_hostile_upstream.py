@@ -20,17 +20,15 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from cachepi.upstream import (
-    _HOP,
+from cachepi.reach import (
+    HOP,
+    AddressesRefused,
     AddressRefused,
-    Connections,
-    UpstreamError,
-    _AddressesRefused,
-    _CheckingResolver,
-    _Hop,
+    CheckingResolver,
+    Hop,
     is_public,
-    redact,
 )
+from cachepi.upstream import Connections, UpstreamError, redact
 from cachepi.web.pages import gateway_error
 from tests.conftest import ProxyFactory
 from tests.fakeupstream import FakeUpstream
@@ -251,15 +249,15 @@ async def test_the_connection_made_is_checked_whatever_the_url_said(
     resolve) reaches an address it may not."""
     connections = Connections()
     try:
-        token = _HOP.set(_Hop(public_only=True))
+        token = HOP.set(Hop(public_only=True))
         try:
             with pytest.raises(AddressRefused):
                 await connections.files.get(internal.at("/secret"))
             with pytest.raises(aiohttp.ClientConnectorError) as refused:
                 await connections.pages.get(f"http://localhost:{internal.port}/secret")
-            assert isinstance(refused.value.os_error, _AddressesRefused)
+            assert isinstance(refused.value.os_error, AddressesRefused)
         finally:
-            _HOP.reset(token)
+            HOP.reset(token)
         async with connections.files.get(internal.at("/fine")) as response:  # not guarded
             assert await response.read() == SECRET
     finally:
@@ -268,15 +266,15 @@ async def test_the_connection_made_is_checked_whatever_the_url_said(
 
 
 async def test_the_resolver_drops_what_the_request_may_not_reach() -> None:
-    resolver = _CheckingResolver()
+    resolver = CheckingResolver()
     try:
         assert await resolver.resolve("localhost", 80)  # no request: nothing dropped
-        token = _HOP.set(_Hop(public_only=True))
+        token = HOP.set(Hop(public_only=True))
         try:
-            with pytest.raises(_AddressesRefused):
+            with pytest.raises(AddressesRefused):
                 await resolver.resolve("localhost", 80)
         finally:
-            _HOP.reset(token)
+            HOP.reset(token)
     finally:
         await resolver.close()
 

@@ -20,28 +20,31 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import contextvars
-import importlib
-import io
 import ipaddress
 import logging
-import socket
 import time
 import urllib.request
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 from urllib.parse import unquote, urljoin, urlsplit
 
 import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.client_reqrep import ClientRequest
-from aiohttp.resolver import DefaultResolver
-from aiohttp.tracing import Trace
 
 from cachepi import __version__
 from cachepi.metrics import Metrics
+from cachepi.pagebody import PAGE_ENCODINGS, PageTooBig, read_page
+from cachepi.reach import (
+    HOP,
+    AddressesRefused,
+    AddressRefused,
+    CheckingConnector,
+    CheckingResolver,
+    Hop,
+    Reach,
+    is_public,
+)
 from cachepi.types import Source
 
 log = logging.getLogger(__name__)
@@ -63,14 +66,6 @@ PAGE_ACCEPT = (
 # a filtered one (a connect timeout) must read the same, or cachepi is a port scanner.
 UNREACHABLE = "upstream could not be reached"
 TIMED_OUT = "upstream timed out"
-
-# Pages are decoded in steps of this much, checking the caps after each.
-_DECODE_STEP = 1024 * 1024
-# Past this much decoded, a page may not have grown more than _BOMB_RATIO times its bytes on
-# the wire: real pages compress 3 to 20 times, a bomb a thousand times and more, and is
-# stopped here long before the size cap would stop it.
-_BOMB_FLOOR = 16 * 1024 * 1024
-_BOMB_RATIO = 100
 
 
 class UpstreamError(Exception):
@@ -119,115 +114,6 @@ def _origin(url: str) -> tuple[str, str, int]:
     return scheme, host, parts.port or _DEFAULT_PORTS.get(scheme, 0)
 
 
-# -- where requests may go ---------------------------------------------------------------------
-
-# Addresses that embed an IPv4 address, judged by that: IPv4-mapped, NAT64 (well-known prefix).
-_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
-
-
-def is_public(address: str) -> bool:
-    """Is `address` (an IP address, as text) one anybody on the internet could reach?
-    Loopback, private (RFC 1918, CGNAT 100.64/10, unique-local fc00::/7), link-local,
-    unspecified, multicast, reserved and documentation ranges are not, nor any IPv6 form
-    of an IPv4 address that is not."""
-    try:
-        ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(
-            address.partition("%")[0]  # an IPv6 zone ("fe80::1%eth0") says nothing more
-        )
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address):
-        embedded = ip.ipv4_mapped or ip.sixtofour
-        if embedded is None and ip in _NAT64:
-            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-        if embedded is not None:
-            ip = embedded
-        elif ip.teredo is not None:
-            return False
-    return ip.is_global and not (
-        ip.is_multicast or ip.is_reserved or ip.is_private or ip.is_loopback
-    )
-
-
-class AddressRefused(aiohttp.ClientConnectionError):
-    """A request would reach an address it may not."""
-
-
-class _AddressesRefused(OSError):
-    """A name resolved to no address a request may reach (raised in the resolver, where
-    aiohttp expects an OSError)."""
-
-
-@dataclass
-class _Hop:
-    """What the request being made may connect to, seen by the resolver and the connector
-    through a context variable; and whether it got a connection."""
-
-    public_only: bool
-    connected: bool = False
-
-
-_HOP: contextvars.ContextVar[_Hop | None] = contextvars.ContextVar("cachepi_hop", default=None)
-
-
-class _CheckingResolver(AbstractResolver):
-    """The default resolver, less the addresses the current request may not reach."""
-
-    def __init__(self) -> None:
-        self._resolver = DefaultResolver()
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        results = await self._resolver.resolve(host, port, family)
-        hop = _HOP.get()
-        if hop is None or not hop.public_only:
-            return results
-        allowed = [result for result in results if is_public(result["host"])]
-        if not allowed:
-            refused = ", ".join(sorted({result["host"] for result in results}))
-            raise _AddressesRefused(f"{host} resolves to addresses not allowed ({refused})")
-        return allowed
-
-    async def close(self) -> None:
-        await self._resolver.close()
-
-
-class _CheckingConnector(aiohttp.TCPConnector):
-    """A connector that checks the address each connection (new or pooled) is connected
-    to, before the request goes out on it."""
-
-    async def connect(  # the base class names the parameter `timeout`
-        self,
-        req: ClientRequest,
-        traces: list[Trace],
-        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109
-    ) -> aiohttp.connector.Connection:
-        connection = await super().connect(req, traces, timeout)
-        hop = _HOP.get()
-        if hop is None:
-            return connection
-        hop.connected = True
-        if hop.public_only and req.proxy is None:
-            transport = connection.transport
-            peer = transport.get_extra_info("peername") if transport is not None else None
-            if not peer or not is_public(str(peer[0])):
-                connection.close()
-                raise AddressRefused(f"{req.url.host}: connected to {peer}, not allowed")
-        return connection
-
-
-@dataclass(frozen=True)
-class Reach:
-    """Where one upstream's requests may go beyond its own origin. `file_hosts`: if set,
-    the only hosts files (and every redirect on the way to one) may come from; they may be
-    private addresses. `private`: any private address is fine (UPSTREAM_PRIVATE_ADDRESSES
-    =allow)."""
-
-    file_hosts: frozenset[str] | None = None
-    private: bool = False
-
-
 @dataclass(frozen=True)
 class PageLimits:
     """How long and how big: a page fetch's deadline (all its attempts), the largest page
@@ -250,7 +136,7 @@ class Connections:
         verify_ssl: bool = True,
         limit: int = 64,
     ) -> None:
-        self._resolver = _CheckingResolver()
+        self._resolver = CheckingResolver()
         # A file download waits at most a read timeout for a free connection.
         self.pages = self._session(connect_timeout, read_timeout, None, verify_ssl, limit, 2**16)
         self.files = self._session(
@@ -292,7 +178,7 @@ class Connections:
         )
         # No DNS cache: every new connection resolves in the context of its own request,
         # which decides what its addresses may be.
-        connector = _CheckingConnector(
+        connector = CheckingConnector(
             limit=limit, ssl=verify_ssl, resolver=self._resolver, use_dns_cache=False
         )
         return aiohttp.ClientSession(
@@ -316,119 +202,6 @@ def _http_proxies() -> dict[str, str]:
         if scheme in ("http", "https", "no") and (scheme == "no" or url.startswith("http://"))
     }
     return usable if set(usable) - {"no"} else {}
-
-
-# -- reading a page within caps ----------------------------------------------------------------
-
-
-class _Decompressor(Protocol):
-    @property
-    def eof(self) -> bool: ...
-
-    @property
-    def unused_data(self) -> bytes: ...
-
-    def decompress(self, data: bytes, /, max_length: int = ...) -> bytes: ...
-
-
-def _zstd_decompressor() -> Callable[[], _Decompressor] | None:
-    """A zstd decompressor that takes `max_length` (Python 3.14's, or its backport)."""
-    for module in ("compression.zstd", "backports.zstd"):
-        with contextlib.suppress(ImportError):
-            factory: Callable[[], _Decompressor] = importlib.import_module(module).ZstdDecompressor
-            return factory
-    return None
-
-
-_ZSTD = _zstd_decompressor()
-# What pages may come in: only codings decoded here in bounded steps.
-PAGE_ENCODINGS = "gzip, zstd" if _ZSTD is not None else "gzip"
-
-
-class _PageTooBig(Exception):
-    pass
-
-
-class _Decoder:
-    """One Content-Encoding undone in bounded steps: no call gives more than _DECODE_STEP
-    bytes, whatever the input. Concatenated gzip members and zstd frames are read one after
-    the other; zero bytes after the last one are padding."""
-
-    def __init__(self, coding: str) -> None:
-        self._zstd = coding == "zstd"
-        self._current = self._new()
-        self._ended = False  # the current member is complete
-        self._more = False  # it has output waiting without more input
-        self._fed = False
-
-    def _new(self) -> _Decompressor:
-        if self._zstd:
-            assert _ZSTD is not None
-            return _ZSTD()
-        return zlib.decompressobj(16 + zlib.MAX_WBITS)
-
-    def feed(self, data: bytes) -> Iterator[bytes]:
-        self._fed = self._fed or bool(data)
-        while data or self._more:
-            if self._ended:  # anything but padding starts another member
-                if not data.strip(b"\0"):
-                    return
-                self._current, self._ended = self._new(), False
-            current = self._current
-            out = current.decompress(data, _DECODE_STEP)
-            if self._zstd:
-                data = b""  # what max_length left over stays inside
-                self._more = not current.eof and not getattr(current, "needs_input", True)
-            else:
-                data = getattr(current, "unconsumed_tail", b"")
-                self._more = len(out) == _DECODE_STEP
-            if current.eof:
-                self._ended, self._more = True, False
-                data = current.unused_data + data
-            if out:
-                yield out
-
-    def finish(self) -> None:
-        if self._fed and not self._ended:
-            raise ValueError("the compressed page is cut short")
-
-
-async def _read_page(response: aiohttp.ClientResponse, cap: int) -> bytes:
-    """The page's body decoded, if it is at most `cap` bytes (a quarter of that on the
-    wire when compressed) and no bomb; ValueError or _PageTooBig otherwise."""
-    coding = response.headers.get("Content-Encoding", "identity").strip().lower()
-    if coding == "x-gzip":
-        coding = "gzip"
-    if coding == "identity":
-        decoder = None
-        wire_cap = cap
-    elif coding == "gzip" or (coding == "zstd" and _ZSTD is not None):
-        decoder = _Decoder(coding)
-        wire_cap = cap // 4
-    else:
-        raise ValueError(f"the page came in a coding not asked for ({coding[:40]!r})")
-    length = response.content_length
-    if length is not None and length > wire_cap:
-        raise _PageTooBig(f"the page is {length} bytes, more than the {wire_cap} allowed")
-    body = io.BytesIO()
-    wire = 0
-    async for chunk in response.content.iter_any():
-        wire += len(chunk)
-        if wire > wire_cap:
-            raise _PageTooBig(f"the page is more than the {wire_cap} bytes allowed")
-        if decoder is None:
-            body.write(chunk)
-            continue
-        for piece in decoder.feed(chunk):
-            body.write(piece)
-            size = body.tell()
-            if size > cap:
-                raise _PageTooBig(f"the page decodes to more than the {cap} bytes allowed")
-            if size > _BOMB_FLOOR and size > _BOMB_RATIO * wire:
-                raise _PageTooBig(f"the page decodes to {size} bytes from {wire}: a bomb")
-    if decoder is not None:
-        decoder.finish()
-    return body.getvalue()
 
 
 # -- the upstream --------------------------------------------------------------------------
@@ -503,6 +276,10 @@ class _Progress:
     connected: bool = False
 
 
+# The default reach: the index's own origin and public addresses only.
+_NO_EXCEPTIONS = Reach()
+
+
 class Upstream:
     """An upstream index over HTTP."""
 
@@ -515,7 +292,7 @@ class Upstream:
         name: str,
         min_release_age: int | None = None,
         offline: bool = False,
-        reach: Reach = Reach(),
+        reach: Reach = _NO_EXCEPTIONS,
         limits: PageLimits = PageLimits(),
         retry_delays: tuple[float, ...] = (0.25, 1.0),
         metrics: Metrics | None = None,
@@ -572,7 +349,7 @@ class Upstream:
                 async with self._get(url, headers, False, progress) as response:
                     body = None
                     if response.status == 200:
-                        body = await _read_page(response, self._limits.max_page_bytes)
+                        body = await read_page(response, self._limits.max_page_bytes)
                     return PageResponse(
                         status=response.status,
                         body=body,
@@ -581,7 +358,7 @@ class Upstream:
                         last_modified=response.headers.get("Last-Modified") or last_modified,
                         url=redact(str(response.url)),
                     )
-            except _PageTooBig as error:
+            except PageTooBig as error:
                 shown = redact(url)
                 raise UpstreamError(f"{shown}: {UNREACHABLE}", detail=f"{shown}: {error}") from None
             except (aiohttp.ClientError, OSError, ValueError, zlib.error) as error:
@@ -712,8 +489,8 @@ class Upstream:
         for _ in range(MAX_REDIRECTS + 1):
             public_only = self._check_hop(url, hop_url, for_file)
             proxy, proxy_auth = self._connections.proxy_for(hop_url)
-            hop = _Hop(public_only and proxy is None)
-            token = _HOP.set(hop)
+            hop = Hop(public_only and proxy is None)
+            token = HOP.set(hop)
             try:
                 session = self._connections.files if for_file else self._connections.pages
                 response = await session.request(
@@ -725,7 +502,7 @@ class Upstream:
                     proxy_auth=proxy_auth,
                 )
             finally:
-                _HOP.reset(token)
+                HOP.reset(token)
                 progress.connected = progress.connected or hop.connected
             location = response.headers.get("Location")
             if response.status not in _REDIRECT_STATUSES or not location:
@@ -811,7 +588,7 @@ def describe(error: BaseException) -> str:
         return "upstream timed out"
     if isinstance(error, aiohttp.ClientConnectorError):
         reason = error.os_error
-        if isinstance(reason, _AddressesRefused):
+        if isinstance(reason, AddressesRefused):
             return f"refused: {reason} (allow with FILE_HOSTS or UPSTREAM_PRIVATE_ADDRESSES)"
         return f"cannot connect to upstream ({reason.strerror or reason})"
     if isinstance(error, AddressRefused):

@@ -15,11 +15,12 @@ from cachepi.config import Settings
 from cachepi.filecache import DownloadLimits, FileCache
 from cachepi.index import IndexCache
 from cachepi.metrics import Metrics
+from cachepi.reach import Reach
 from cachepi.rendered import RenderCache
 from cachepi.routing import Router
 from cachepi.store import open_stores
 from cachepi.store.protocols import MetadataStore, StoreUnavailable
-from cachepi.upstream import Connections, PageLimits, Reach, Upstream
+from cachepi.upstream import Connections, PageLimits, Upstream
 from cachepi.upstream_pages import UpstreamPages
 from cachepi.web import admin, dashboard, distfiles, monitoring, pages
 from cachepi.web.auth import Htpasswd, basic_auth
