@@ -88,6 +88,8 @@ def test_cache_size_units(text: str, size: int) -> None:
         ({"PROXPI_INDEX_TTL": "-5"}, "PROXPI_INDEX_TTL"),
         ({"PROXPI_CACHE_SIZE": "lots"}, "PROXPI_CACHE_SIZE"),
         ({"CACHEPI_INDEX_URL": "ftp://x/"}, "CACHEPI_INDEX_URL"),
+        ({"CACHEPI_INDEX_URL": "http://x:99999/simple/"}, "CACHEPI_INDEX_URL"),
+        ({"PROXPI_EXTRA_INDEX_URLS": "http://a/,http://b:port/"}, "PROXPI_EXTRA_INDEX_URLS"),
         ({"PROXPI_READ_TIMEOUT": "soon"}, "PROXPI_READ_TIMEOUT"),
         (
             {"PROXPI_EXTRA_INDEX_URLS": "http://a/,http://b/", "PROXPI_EXTRA_INDEX_TTLS": "5"},

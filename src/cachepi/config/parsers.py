@@ -88,6 +88,10 @@ def parse_url(text: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         raise ValueError("expected an http:// or https:// URL")
+    try:
+        parts.port  # noqa: B018 - reading it checks it (0 to 65535, digits)
+    except ValueError:
+        raise ValueError("the URL's port must be a number from 0 to 65535") from None
     return url if url.endswith("/") else url + "/"
 
 
