@@ -166,6 +166,16 @@ class FakeIndex:
 
         yield len(data), chunks()
 
+    async def head_file(self, url: str) -> int | None:
+        path = url.removeprefix(self.url)
+        self.requests[path] += 1
+        data = self.files.get(url)
+        await self._transit()
+        self._answer(path, 404 if data is None else 200)
+        if data is None:
+            raise UpstreamNotFound(url)
+        return len(data)
+
     async def retrying(
         self, attempt: Callable[[], Awaitable[T]], safe: Callable[[], bool] = lambda: True
     ) -> T:

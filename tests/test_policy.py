@@ -11,7 +11,6 @@ from packaging.version import Version
 from cachepi.policy import (
     Policy,
     describe_duration,
-    file_version,
     file_versions,
     name_glob,
     parse_duration,
@@ -141,11 +140,11 @@ def test_bad_durations(text: str) -> None:
         parse_duration(text)
 
 
-def test_describe_duration_and_file_version() -> None:
+def test_describe_duration_and_file_versions() -> None:
     assert [describe_duration(s) for s in (7 * DAY, DAY, 5400, 61)] == ["1w", "1d", "90m", "61s"]
-    assert str(file_version("Lib_X-1.0.post1-py3-none-any.whl")) == "1.0.post1"
-    assert str(file_version("lib-x-2.0.tar.gz")) == "2.0"
-    assert file_version("lib-notaversion.tar.gz") is None
+    assert file_versions("Lib_X-1.0.post1-py3-none-any.whl") == {Version("1.0.post1")}
+    assert file_versions("lib-x-2.0.tar.gz") == {Version("2.0")}
+    assert file_versions("lib-notaversion.tar.gz") == frozenset()
 
 
 def sdist(filename: str) -> File:
@@ -211,8 +210,8 @@ def test_legacy_readings() -> None:
     assert file_versions("proj-2.0-py3.8.egg", "proj") == {Version("2.0")}
     assert file_versions("other-2.0.tar.bz2", "proj") == frozenset()
     assert file_versions("proj-x-2.0-py3-none-any.whl", "proj") == frozenset()  # not a wheel
-    assert file_version("proj-2.0-1.tar.gz") == Version("1")  # packaging's reading first
-    assert file_version("proj-2.0.tgz") == Version("2.0")
+    assert Version("1") in file_versions("proj-2.0-1.tar.gz")  # packaging's reading
+    assert file_versions("proj-2.0.tgz") == {Version("2.0")}
 
 
 @pytest.mark.parametrize(

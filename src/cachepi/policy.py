@@ -127,18 +127,6 @@ def file_versions(filename: str, project: str | None = None) -> frozenset[Versio
     return frozenset(readings)
 
 
-def file_version(filename: str, project: str | None = None) -> Version | None:
-    """The version a distribution file carries in its name, if one can be read (the
-    `packaging` reading first)."""
-    versions = file_versions(filename, project)
-    if len(versions) > 1:
-        try:
-            return parse_sdist_filename(filename)[1]
-        except (InvalidSdistFilename, InvalidVersion):
-            return max(versions)
-    return next(iter(versions), None)
-
-
 def _normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 

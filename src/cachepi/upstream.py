@@ -261,6 +261,10 @@ class Index(Protocol):
         """A distribution file's bytes exactly as stored upstream. Every failure, also
         while reading the body, is an UpstreamError (or UpstreamNotFound)."""
 
+    async def head_file(self, url: str) -> int | None:
+        """A distribution file's length as the upstream says it (None: it did not say),
+        never its body. Failures as `open_file`'s."""
+
     async def retrying(
         self, attempt: Callable[[], Awaitable[T]], safe: Callable[[], bool] = lambda: True
     ) -> T:

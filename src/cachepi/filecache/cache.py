@@ -158,18 +158,17 @@ class FileCache:
 
     async def length(self, spec: FileSpec) -> int | None:
         """A file's length for a HEAD, never downloading it: the index's size, else what
-        the upstream answers to a HEAD (asked once per URL while remembered, and only of an
-        upstream that can be asked); None when unknown. Raises UpstreamNotFound."""
+        the upstream answers to a HEAD (asked once per URL while remembered); None when
+        unknown. Raises UpstreamNotFound."""
         if spec.size is not None:
             return spec.size
-        head = getattr(spec.upstream, "head_file", None)
-        if head is None:
-            return None
         if spec.url in self._lengths:
             return self._lengths[spec.url]
         asking = self._asking.get(spec.url)
         if asking is None:
-            asking = self._asking[spec.url] = asyncio.ensure_future(head(spec.url))
+            asking = self._asking[spec.url] = asyncio.ensure_future(
+                spec.upstream.head_file(spec.url)
+            )
             asking.add_done_callback(lambda _: self._asking.pop(spec.url, None))
         try:
             length: int | None = await asyncio.shield(asking)
