@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
+import logging
+import statistics
+import time
 from pathlib import Path
 
+import aiohttp
 import bcrypt
 import pytest
 from argon2 import PasswordHasher
 
+from cachepi.web.htpasswd import RELOAD_SECONDS
 from tests.clients import pip_install, uv_install
 from tests.conftest import ProxyFactory
 from tests.fakeupstream import FakeUpstream
@@ -205,3 +211,145 @@ async def test_installers_use_credentials_in_the_index_url(
     installed = {p.name for p in (tmp_path / "t").iterdir() if (p / "__init__.py").is_file()}
     assert installed == {"app", "lib", "util_pkg"}, result.output
     assert guarded.seen and all("Authorization" in s.headers for s in guarded.seen)
+
+
+# -- password checks: equal cost, limits, their own threads --------------------------------
+
+
+def write_users(path: Path, rounds: int, **users: str) -> Path:
+    path.write_text(
+        "".join(
+            f"{user}:{bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds)).decode()}\n"
+            for user, password in users.items()
+        )
+    )
+    return path
+
+
+async def timed(url: str, headers: dict[str, str], session: aiohttp.ClientSession) -> float:
+    started = time.perf_counter()
+    reply = await fetch(url, headers=headers, session=session)
+    assert reply.status == 401
+    return time.perf_counter() - started
+
+
+async def test_an_unknown_user_is_refused_as_slowly_as_a_wrong_password(
+    fake_upstream: FakeUpstream, proxy_factory: ProxyFactory, tmp_path: Path
+) -> None:
+    path = write_users(tmp_path / "htpasswd", 10, alice=USERS["alice"])
+    proxy = await proxy_factory(fake_upstream, htpasswd=path)
+    known, unknown = [], []
+    async with aiohttp.ClientSession() as session:
+        for i in range(7):  # fewer failures than any limit allows; interleaved, so that a
+            # busy moment of the machine slows both alike
+            known.append(await timed(proxy.index_url, basic("alice", f"w{i}"), session))
+            unknown.append(await timed(proxy.index_url, basic("mallory", f"w{i}"), session))
+    print(
+        f"wrong password {statistics.median(known):.4f} s, unknown user"
+        f" {statistics.median(unknown):.4f} s"
+    )
+    # A bcrypt check at cost 10 takes tens of milliseconds, an HTTP round trip far less.
+    assert statistics.median(known) > 0.01
+    assert statistics.median(unknown) >= statistics.median(known) / 2, (known, unknown)
+
+
+async def test_over_the_limit_wrong_credentials_get_429_and_right_ones_still_get_in(
+    guarded: RunningProxy,
+) -> None:
+    statuses = [
+        (await fetch(guarded.index_url, headers=basic(f"guess{i}", "guess"))).status
+        for i in range(20)
+    ]
+    assert statuses == [401] * 19 + [429]
+    limited = await fetch(guarded.index_url, headers=basic("alice", "wrong"))
+    assert limited.status == 429 and limited.one_line
+    assert 1 <= int(limited.headers["Retry-After"]) <= 3
+    # From the same address (127.0.0.1): right credentials never checked before get in.
+    for user in USERS:
+        assert (await fetch(guarded.index_url, headers=basic(user, USERS[user]))).status == 200
+    assert (await fetch(guarded.index_url, headers=basic("alice", "wrong"))).status == 429
+
+
+@pytest.mark.slow  # 40 clients guess at cost-11 bcrypt hashes for a few seconds
+async def test_guessers_do_not_slow_down_a_client_whose_credentials_are_right(
+    fake_upstream: FakeUpstream, proxy_factory: ProxyFactory, tmp_path: Path
+) -> None:
+    for i in range(12):
+        fake_upstream.add_project(f"p{i}", ["1.0"], sdist=False)
+    others = {f"user{k}": f"password{k}" for k in range(4)}  # known: a full check each
+    path = write_users(tmp_path / "htpasswd", 11, alice=USERS["alice"], **others)
+    proxy = await proxy_factory(fake_upstream, htpasswd=path)
+    alice = basic("alice", USERS["alice"]) | JSON
+
+    async def pages(names: range) -> float:
+        """Mean seconds for project pages never asked before: each is fetched upstream,
+        then parsed and rendered on the default thread pool."""
+        started = time.perf_counter()
+        for i in names:
+            assert (await fetch(f"{proxy.index_url}p{i}/", headers=alice)).status == 200
+        return (time.perf_counter() - started) / len(names)
+
+    assert (await fetch(proxy.index_url, headers=alice)).status == 200  # now remembered
+    alone = await pages(range(6))
+    refused: list[int] = []
+    checking = asyncio.Event()
+
+    async def guess(n: int) -> None:
+        for i in itertools.count():
+            reply = await fetch(proxy.index_url, headers=basic(f"user{n % 4}", f"guess-{i}"))
+            refused.append(reply.status)
+            checking.set()
+
+    guessers = [asyncio.create_task(guess(n)) for n in range(40)]
+    try:
+        await checking.wait()  # checks have begun, most of the first 40 are still waiting
+        started = time.perf_counter()
+        await asyncio.get_running_loop().run_in_executor(None, time.perf_counter)
+        default_pool_wait = time.perf_counter() - started
+        besieged = await pages(range(6, 12))
+    finally:
+        for guesser in guessers:
+            guesser.cancel()
+        await asyncio.gather(*guessers, return_exceptions=True)
+    print(
+        f"pages alone {alone:.3f} s, with 40 guessers {besieged:.3f} s, {refused.count(429)}"
+        f" of {len(refused)} guesses 429; default pool {default_pool_wait:.3f} s"
+    )
+    assert set(refused) <= {401, 429}
+    # On a shared pool, the next job would wait behind the guesses (~0.1 s each).
+    assert default_pool_wait < 0.25
+    assert besieged < 5 * alone + 0.5, (alone, besieged)
+
+
+@pytest.mark.slow  # the file is looked at every 5 s: two looks while it is gone, one after
+async def test_without_its_password_file_the_proxy_lets_nobody_in_and_says_so_once(
+    guarded: RunningProxy, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    alice = basic("alice", USERS["alice"])
+    assert (await fetch(guarded.index_url, headers=alice)).status == 200  # remembered
+    path = tmp_path / "htpasswd"
+    text = path.read_text()
+    caplog.set_level(logging.INFO, "cachepi.web.htpasswd")
+    path.unlink()
+    refused = await poll(guarded.index_url, alice, 503)
+    assert refused.one_line and refused.headers["Retry-After"] == "5"
+    assert b"htpasswd" not in refused.body  # the path is for the log only
+    deadline = time.monotonic() + RELOAD_SECONDS + 1
+    while time.monotonic() < deadline:  # past the next look at the file
+        for headers in (alice, basic("bob", USERS["bob"]), basic("bob", "wrong")):
+            assert (await fetch(guarded.index_url, headers=headers)).status == 503
+        await asyncio.sleep(0.2)
+    assert [r.levelno for r in caplog.records] == [logging.WARNING], caplog.text
+    assert str(path) in caplog.text
+    path.write_text(text)
+    await poll(guarded.index_url, alice, 200)
+    assert (await fetch(guarded.index_url, headers=basic("bob", USERS["bob"]))).status == 200
+
+
+async def poll(url: str, headers: dict[str, str], status: int) -> Reply:
+    """The first reply with `status`, asking every 0.1 s for up to two looks at the file."""
+    deadline = time.monotonic() + 2 * RELOAD_SECONDS
+    while (reply := await fetch(url, headers=headers)).status != status:
+        assert time.monotonic() < deadline, reply
+        await asyncio.sleep(0.1)
+    return reply

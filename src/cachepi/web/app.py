@@ -22,8 +22,7 @@ from cachepi.store import open_stores
 from cachepi.store.protocols import MetadataStore, StoreUnavailable
 from cachepi.upstream import Connections, PageLimits, Upstream
 from cachepi.upstream_pages import UpstreamPages
-from cachepi.web import admin, dashboard, distfiles, monitoring, pages
-from cachepi.web.auth import Htpasswd, basic_auth
+from cachepi.web import admin, auth, dashboard, distfiles, monitoring, pages
 from cachepi.web.keys import (
     FILE_CACHE,
     INDEX_CACHE,
@@ -69,7 +68,7 @@ def create_app(settings: Settings, reconcile: bool = True) -> web.Application:
     app.router.add_delete("/cache/{project}", admin.invalidate_project)
     app.router.add_post("/cache/invalidate", admin.invalidate_form)
     if settings.htpasswd is not None:
-        app.middlewares.append(basic_auth(Htpasswd(settings.htpasswd)))
+        auth.protect(app, settings.htpasswd)
     app.cleanup_ctx.append(functools.partial(_components, reconcile=reconcile))
     return app
 

@@ -1,37 +1,36 @@
-"""Access control: an admin token for cache invalidation, and basic auth for reading.
-
-Basic auth checks `user:password` against an htpasswd-style file of bcrypt or argon2
-hashes. Those are slow on purpose (tens of milliseconds), so a check runs in a thread and a
-successful one is remembered, keyed by a hash of the credentials and the stored hash.
-"""
+"""Access control over HTTP: basic auth against the password file (passwords.py decides),
+and the admin token for invalidation."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-import hashlib
 import hmac
-import logging
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import bcrypt
 from aiohttp import web
 from aiohttp.typedefs import Middleware
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError
 
+from cachepi.web.htpasswd import RELOAD_SECONDS, Htpasswd
 from cachepi.web.keys import SETTINGS
-
-log = logging.getLogger(__name__)
+from cachepi.web.passwords import PasswordChecks, Verdict, address_key
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _OPEN_PATHS = frozenset({"/health"})
-_REMEMBERED = 1024
-_RELOAD_SECONDS = 5.0
+_CHALLENGE = {"WWW-Authenticate": 'Basic realm="cachepi"'}
+
+
+def protect(app: web.Application, htpasswd: Path) -> None:
+    """Basic auth for every path but /health."""
+    checks = PasswordChecks(Htpasswd(htpasswd))
+    app.middlewares.append(basic_auth(checks))
+
+    async def close(app: web.Application) -> None:
+        checks.close()
+
+    app.on_cleanup.append(close)
 
 
 def require_admin(request: web.Request, form_token: str | None = None) -> None:
@@ -48,75 +47,35 @@ def require_admin(request: web.Request, form_token: str | None = None) -> None:
         )
 
 
-def verify_password(password: str, stored: str) -> bool:
-    """Check a password against a bcrypt (`$2a$`, `$2b$`, `$2y$`) or argon2 hash."""
-    if stored.startswith(("$2a$", "$2b$", "$2y$")):
-        try:
-            return bcrypt.checkpw(password.encode(), stored.encode())
-        except ValueError:
-            return False
-    if stored.startswith("$argon2"):
-        try:
-            return PasswordHasher().verify(stored, password)
-        except (VerificationError, InvalidHashError):
-            return False
-    return False  # plain text, crypt, MD5...: not accepted
-
-
-class Htpasswd:
-    """Users and hashes from an htpasswd-style file, reloaded when it changes."""
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._users: dict[str, str] = {}
-        self._mtime = -1.0
-        self._checked = -_RELOAD_SECONDS
-        self._remembered: OrderedDict[bytes, None] = OrderedDict()
-
-    def _reload(self, now: float) -> None:
-        if now - self._checked < _RELOAD_SECONDS:
-            return
-        self._checked = now
-        mtime = self._path.stat().st_mtime
-        if mtime != self._mtime:
-            self._mtime = mtime
-            self._users = dict(
-                line.strip().split(":", 1)
-                for line in self._path.read_text().splitlines()
-                if ":" in line and not line.lstrip().startswith("#")
-            )
-
-    async def check(self, user: str, password: str, now: float) -> bool:
-        self._reload(now)
-        stored = self._users.get(user)
-        if stored is None:
-            return False
-        key = hashlib.sha256(f"{user}\0{password}\0{stored}".encode()).digest()
-        if key in self._remembered:
-            self._remembered.move_to_end(key)
-            return True
-        if not await asyncio.to_thread(verify_password, password, stored):
-            return False
-        self._remembered[key] = None
-        if len(self._remembered) > _REMEMBERED:
-            self._remembered.popitem(last=False)
-        return True
-
-
-def basic_auth(htpasswd: Htpasswd) -> Middleware:
-    """Middleware: every path but /health needs valid basic-auth credentials."""
+def basic_auth(checks: PasswordChecks) -> Middleware:
+    """Middleware: every path but /health needs right basic-auth credentials."""
 
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path not in _OPEN_PATHS:
-            credentials = _basic_credentials(request.headers.get("Authorization", ""))
-            loop_time = asyncio.get_running_loop().time()
-            if credentials is None or not await htpasswd.check(*credentials, loop_time):
-                raise web.HTTPUnauthorized(
-                    text="credentials needed\n",
-                    headers={"WWW-Authenticate": 'Basic realm="cachepi"'},
+        if request.path in _OPEN_PATHS:
+            return await handler(request)
+        credentials = _basic_credentials(request.headers.get("Authorization", ""))
+        if credentials is None:
+            raise web.HTTPUnauthorized(text="credentials needed\n", headers=_CHALLENGE)
+        outcome = await checks.check(*credentials, address_key(request.remote))
+        match outcome.verdict:
+            case Verdict.PASS:
+                return await handler(request)
+            case Verdict.UNAVAILABLE:
+                # Not 401: the credentials may well be right, and nothing the client
+                # sends can help until the file is back (it is looked at every 5 s).
+                raise web.HTTPServiceUnavailable(
+                    text="the password file cannot be read: nobody is let in\n",
+                    headers={"Retry-After": str(int(RELOAD_SECONDS))},
                 )
-        return await handler(request)
+            case Verdict.LIMITED:
+                seconds = outcome.retry_after
+                raise web.HTTPTooManyRequests(
+                    text=f"too many failed attempts: try again in {seconds} s\n",
+                    headers={"Retry-After": str(seconds)},
+                )
+            case Verdict.WRONG:
+                raise web.HTTPUnauthorized(text="credentials needed\n", headers=_CHALLENGE)
 
     return check
 
