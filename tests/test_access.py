@@ -16,6 +16,7 @@ import bcrypt
 import pytest
 from argon2 import PasswordHasher
 
+from cachepi.web.auth import ADMIN_TOKEN_HEADER
 from cachepi.web.htpasswd import RELOAD_SECONDS
 from tests.clients import pip_install, uv_install
 from tests.conftest import ProxyFactory
@@ -353,3 +354,46 @@ async def poll(url: str, headers: dict[str, str], status: int) -> Reply:
         assert time.monotonic() < deadline, reply
         await asyncio.sleep(0.1)
     return reply
+
+
+# -- the admin token alongside basic auth --------------------------------------------------
+
+
+async def test_the_admin_token_has_its_own_header_beside_basic_auth(
+    fake_upstream: FakeUpstream, proxy_factory: ProxyFactory, tmp_path: Path
+) -> None:
+    htpasswd = write_htpasswd(tmp_path / "htpasswd")
+    proxy = await proxy_factory(fake_upstream, htpasswd=htpasswd, admin_token=TOKEN)
+    alice = basic("alice", USERS["alice"])
+    await fetch(proxy.index_url + "lib/", headers=alice | JSON)
+    for headers in ({}, {ADMIN_TOKEN_HEADER: "wrong-token-but-long-enough"}):
+        reply = await fetch(proxy.url + "/cache/lib", method="DELETE", headers=alice | headers)
+        # The user is in (a 401 would say the password is wrong): not allowed is 403.
+        assert (reply.status, reply.one_line) == (403, True)
+        assert ADMIN_TOKEN_HEADER.encode() in reply.body
+    admin = alice | {ADMIN_TOKEN_HEADER: TOKEN}
+    for target in ("/cache/lib", "/cache/list"):
+        reply = await fetch(proxy.url + target, method="DELETE", headers=admin)
+        assert reply.status == 200
+    # The token still needs a user: basic auth comes first.
+    alone = await fetch(proxy.url + "/cache/lib", method="DELETE", headers=bearer(TOKEN))
+    assert alone.status == 401
+    form = await fetch(
+        proxy.url + "/cache/invalidate",
+        method="POST",
+        data={"project": "lib", "token": TOKEN},
+        headers=alice | {"Origin": proxy.url},
+        allow_redirects=False,
+    )
+    assert form.status == 303
+    assert (await fetch(proxy.index_url + "lib/", headers=alice | JSON)).status == 200
+    assert fake_upstream.count("/simple/lib/") == 2  # the first invalidation took
+
+
+async def test_without_basic_auth_the_token_header_works_too(
+    fake_upstream: FakeUpstream, proxy_factory: ProxyFactory
+) -> None:
+    proxy = await proxy_factory(fake_upstream, admin_token=TOKEN)
+    headers = {ADMIN_TOKEN_HEADER: TOKEN}
+    reply = await fetch(proxy.url + "/cache/lib", method="DELETE", headers=headers)
+    assert reply.status == 200

@@ -247,7 +247,8 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "ADMIN_TOKEN", parse_token,
-        "When set, invalidation needs `Authorization: Bearer <token>` (16+ characters).",
+        "When set, invalidation needs the token (16+ characters) in `X-Cachepi-Admin-Token:"
+        " <token>`, or `Authorization: Bearer <token>` when `HTPASSWD` is not set.",
     ),
     Setting(
         "HTPASSWD", parse_readable_file,

@@ -13,18 +13,20 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from cachepi.web.htpasswd import RELOAD_SECONDS, Htpasswd
-from cachepi.web.keys import SETTINGS
+from cachepi.web.keys import PASSWORDS, SETTINGS
 from cachepi.web.passwords import PasswordChecks, Verdict, address_key
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+# Basic auth takes the Authorization header, so the admin token has a header of its own.
+ADMIN_TOKEN_HEADER = "X-Cachepi-Admin-Token"
 _OPEN_PATHS = frozenset({"/health"})
 _CHALLENGE = {"WWW-Authenticate": 'Basic realm="cachepi"'}
 
 
 def protect(app: web.Application, htpasswd: Path) -> None:
     """Basic auth for every path but /health."""
-    checks = PasswordChecks(Htpasswd(htpasswd))
+    checks = app[PASSWORDS] = PasswordChecks(Htpasswd(htpasswd))
     app.middlewares.append(basic_auth(checks))
 
     async def close(app: web.Application) -> None:
@@ -34,17 +36,24 @@ def protect(app: web.Application, htpasswd: Path) -> None:
 
 
 def require_admin(request: web.Request, form_token: str | None = None) -> None:
-    """401 unless the request carries the admin token (when one is configured)."""
+    """Refuse the request unless it carries the admin token (when one is configured):
+    `X-Cachepi-Admin-Token`, `Authorization: Bearer` (free only without basic auth), or
+    the dashboard form's field."""
     expected = request.app[SETTINGS].admin_token
     if expected is None:
         return
     header = request.headers.get("Authorization", "")
-    given = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else form_token
-    if given is None or not hmac.compare_digest(given.encode(), expected.encode()):
-        raise web.HTTPUnauthorized(
-            text="this needs the admin token: Authorization: Bearer <token>\n",
-            headers={"WWW-Authenticate": 'Bearer realm="cachepi admin"'},
-        )
+    bearer = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else None
+    given = request.headers.get(ADMIN_TOKEN_HEADER) or bearer or form_token
+    if given is not None and hmac.compare_digest(given.encode(), expected.encode()):
+        return
+    if PASSWORDS in request.app:
+        # The user is in; a 401 would tell the client its (right) password is wrong.
+        raise web.HTTPForbidden(text=f"this needs the admin token: {ADMIN_TOKEN_HEADER}\n")
+    raise web.HTTPUnauthorized(
+        text=f"this needs the admin token: Authorization: Bearer or {ADMIN_TOKEN_HEADER}\n",
+        headers={"WWW-Authenticate": 'Bearer realm="cachepi admin"'},
+    )
 
 
 def basic_auth(checks: PasswordChecks) -> Middleware:

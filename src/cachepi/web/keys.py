@@ -12,6 +12,7 @@ from cachepi.rendered import RenderCache
 from cachepi.store import Stores
 from cachepi.store.protocols import MetadataStore
 from cachepi.types import CacheResult
+from cachepi.web.passwords import PasswordChecks
 
 SETTINGS = web.AppKey("settings", Settings)
 INDEX_CACHE = web.AppKey("index_cache", IndexCache)
@@ -20,6 +21,8 @@ METRICS = web.AppKey("metrics", Metrics)
 RENDERED = web.AppKey("rendered", RenderCache)
 METADATA = web.AppKey("metadata", MetadataStore)
 STORES = web.AppKey("stores", Stores)
+# Only when basic auth is on.
+PASSWORDS = web.AppKey("passwords", PasswordChecks)
 # Route handler -> the name requests are counted under in /metrics.
 ROUTE_NAMES = web.AppKey("route_names", dict)
 # Per request: how it was answered, for the access log.
