@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import itertools
+import json
 import logging
 import statistics
 import time
@@ -16,7 +17,7 @@ import bcrypt
 import pytest
 from argon2 import PasswordHasher
 
-from cachepi.web.auth import ADMIN_TOKEN_HEADER
+from cachepi.web.auth import ADMIN_TOKEN_HEADER, private
 from cachepi.web.htpasswd import RELOAD_SECONDS
 from tests.clients import pip_install, uv_install
 from tests.conftest import ProxyFactory
@@ -339,12 +340,15 @@ async def test_without_its_password_file_the_proxy_lets_nobody_in_and_says_so_on
     while time.monotonic() < deadline:  # past the next look at the file
         for headers in (alice, basic("bob", USERS["bob"]), basic("bob", "wrong")):
             assert (await fetch(guarded.index_url, headers=headers)).status == 503
+        health = await fetch(guarded.url + "/health")
+        assert (health.status, json.loads(health.body)) == (200, {"status": "degraded"})
         await asyncio.sleep(0.2)
     assert [r.levelno for r in caplog.records] == [logging.WARNING], caplog.text
     assert str(path) in caplog.text
     path.write_text(text)
     await poll(guarded.index_url, alice, 200)
     assert (await fetch(guarded.index_url, headers=basic("bob", USERS["bob"]))).status == 200
+    assert json.loads((await fetch(guarded.url + "/health")).body) == {"status": "ok"}
 
 
 async def poll(url: str, headers: dict[str, str], status: int) -> Reply:
@@ -397,3 +401,93 @@ async def test_without_basic_auth_the_token_header_works_too(
     headers = {ADMIN_TOKEN_HEADER: TOKEN}
     reply = await fetch(proxy.url + "/cache/lib", method="DELETE", headers=headers)
     assert reply.status == 200
+
+
+# -- responses under auth are for one client -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        (None, "private"),
+        ("max-age=600, public", "max-age=600, private"),
+        ("max-age=365000000, immutable", "max-age=365000000, immutable, private"),
+        ("no-cache", "no-cache, private"),
+        ("Public,s-maxage=60 , max-age=5", "max-age=5, private"),
+        ("private, max-age=1", "max-age=1, private"),
+    ],
+)
+def test_private_keeps_what_a_cache_control_says_but_for_sharing(
+    given: str | None, expected: str
+) -> None:
+    assert private(given) == expected
+
+
+async def test_every_response_under_auth_is_private(
+    guarded: RunningProxy, fake_upstream: FakeUpstream
+) -> None:
+    alice = basic("alice", USERS["alice"])
+    wheel = fake_upstream.dists("lib")[0]
+    file_url = f"{guarded.index_url}lib/{wheel.filename}"
+    page = await fetch(guarded.index_url + "lib/", headers=alice | JSON)
+    file = await fetch(file_url, headers=alice)
+    replies = {
+        "page": page,
+        "page 304": await fetch(
+            guarded.index_url + "lib/",
+            headers=alice | JSON | {"If-None-Match": page.headers["ETag"]},
+        ),
+        "file": file,
+        "file hit": await fetch(file_url, headers=alice),
+        "file 304": await fetch(file_url, headers=alice | {"If-None-Match": file.headers["ETag"]}),
+        "file HEAD": await fetch(file_url, method="HEAD", headers=alice),
+        "dashboard": await fetch(guarded.url + "/", headers=alice),
+        "metrics": await fetch(guarded.url + "/metrics", headers=alice),
+        "404": await fetch(guarded.index_url + "no-such-project/", headers=alice),
+        "401": await fetch(guarded.index_url + "lib/"),
+        "health": await fetch(guarded.url + "/health"),
+    }
+    assert [(k, r.status) for k, r in replies.items() if r.status >= 400] == [
+        ("404", 404),
+        ("401", 401),
+    ]
+    assert replies["page 304"].status == replies["file 304"].status == 304
+    for what, reply in replies.items():
+        directives = [d.strip() for d in reply.headers["Cache-Control"].split(",")]
+        assert "private" in directives and "public" not in directives, what
+    assert replies["page"].headers["Cache-Control"] == "max-age=600, private"
+    assert replies["page 304"].headers["Cache-Control"] == "max-age=600, private"
+    assert replies["file"].headers["Cache-Control"] == "max-age=365000000, immutable, private"
+
+
+async def test_without_auth_pages_stay_public(proxy: RunningProxy) -> None:
+    page = await get_json(proxy.index_url + "lib/")
+    assert page.headers["Cache-Control"] == "max-age=600, public"
+
+
+# -- /health -------------------------------------------------------------------------------
+
+
+async def test_health_without_credentials_says_only_ok_or_degraded(
+    guarded: RunningProxy, fake_upstream: FakeUpstream
+) -> None:
+    anonymous = await fetch(guarded.url + "/health")
+    assert (anonymous.status, json.loads(anonymous.body)) == (200, {"status": "ok"})
+    detailed = await fetch(guarded.url + "/health", headers=basic("alice", USERS["alice"]))
+    document = json.loads(detailed.body)
+    assert document["status"] == "ok" and document["indexes"][0]["url"] == fake_upstream.url
+    assert {"node", "storage", "metadata"} <= document.keys()
+    wrong = await fetch(guarded.url + "/health", headers=basic("alice", "wrong"))
+    assert wrong.status == 401  # guessing here counts as anywhere
+    await fake_upstream.stop()  # an index fails: degraded, and why is for users
+    await fetch(guarded.index_url + "new-project/", headers=basic("alice", USERS["alice"]))
+    anonymous = await fetch(guarded.url + "/health")
+    assert json.loads(anonymous.body) == {"status": "degraded"}
+    assert b"127.0.0.1" not in anonymous.body
+
+
+async def test_health_without_auth_keeps_every_detail(
+    proxy: RunningProxy, fake_upstream: FakeUpstream
+) -> None:
+    document = json.loads((await fetch(proxy.url + "/health")).body)
+    assert document["indexes"][0]["url"] == fake_upstream.url and "node" in document

@@ -6,8 +6,8 @@ from aiohttp import web
 
 from cachepi.simple.names import is_valid_project_name, normalize
 from cachepi.store.protocols import LIST_KEY, StoreUnavailable
-from cachepi.web.auth import require_admin
-from cachepi.web.keys import INDEX_CACHE, RENDERED, SETTINGS, STORES
+from cachepi.web.auth import authenticated, require_admin
+from cachepi.web.keys import INDEX_CACHE, PASSWORDS, RENDERED, SETTINGS, STORES
 
 
 def _invalidate(
@@ -52,8 +52,24 @@ async def invalidate_form(request: web.Request) -> web.Response:
 
 async def health(request: web.Request) -> web.Response:
     """200 while cachepi serves, also when an index fails ("degraded": cached pages and
-    files still go out, so a load balancer should keep sending traffic)."""
+    files still go out, so a load balancer should keep sending traffic). Under basic auth,
+    a request without credentials gets the status only: index URLs, node names and errors
+    are for users."""
     upstreams = request.app[INDEX_CACHE].upstreams
+    stores = request.app[STORES]
+    parts = {
+        "storage": (stores.blobs.kind, stores.blobs.health),
+        "metadata": (stores.metadata.kind, stores.metadata.health),
+    }
+    passwords = request.app.get(PASSWORDS)
+    degraded = (
+        not all(up.health.healthy for up in upstreams)
+        or not all(health.healthy for _, health in parts.values())
+        or (passwords is not None and not passwords.readable())
+    )
+    status = "degraded" if degraded else "ok"
+    if not authenticated(request):
+        return web.json_response({"status": status})
     indexes = [
         {
             "name": up.name,
@@ -66,17 +82,9 @@ async def health(request: web.Request) -> web.Response:
         }
         for up in upstreams
     ]
-    stores = request.app[STORES]
-    parts = {
-        "storage": (stores.blobs.kind, stores.blobs.health),
-        "metadata": (stores.metadata.kind, stores.metadata.health),
-    }
-    degraded = not all(up.health.healthy for up in upstreams) or not all(
-        health.healthy for _, health in parts.values()
-    )
     return web.json_response(
         {
-            "status": "degraded" if degraded else "ok",
+            "status": status,
             "node": request.app[SETTINGS].node_id,
             "indexes": indexes,
             **{

@@ -1,5 +1,10 @@
-"""Access control over HTTP: basic auth against the password file (passwords.py decides),
-and the admin token for invalidation."""
+"""Access control over HTTP: basic auth against the password file (passwords.py decides), the
+admin token for invalidation, and what auth changes in every response.
+
+Under basic auth every response says `Cache-Control: private` (a shared cache in front must
+not hand one client's answer to another), and `/health` answers without credentials but
+then says only ok or degraded.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from cachepi.web.htpasswd import RELOAD_SECONDS, Htpasswd
-from cachepi.web.keys import PASSWORDS, SETTINGS
+from cachepi.web.keys import PASSWORDS, SETTINGS, USER
 from cachepi.web.passwords import PasswordChecks, Verdict, address_key
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -25,9 +30,10 @@ _CHALLENGE = {"WWW-Authenticate": 'Basic realm="cachepi"'}
 
 
 def protect(app: web.Application, htpasswd: Path) -> None:
-    """Basic auth for every path but /health."""
+    """Basic auth for every path but /health, and private caching of every response."""
     checks = app[PASSWORDS] = PasswordChecks(Htpasswd(htpasswd))
     app.middlewares.append(basic_auth(checks))
+    app.on_response_prepare.append(_private_caching)
 
     async def close(app: web.Application) -> None:
         checks.close()
@@ -56,19 +62,25 @@ def require_admin(request: web.Request, form_token: str | None = None) -> None:
     )
 
 
+def authenticated(request: web.Request) -> bool:
+    """Auth is off, or the request's credentials are right."""
+    return PASSWORDS not in request.app or USER in request
+
+
 def basic_auth(checks: PasswordChecks) -> Middleware:
-    """Middleware: every path but /health needs right basic-auth credentials."""
+    """Middleware: right basic-auth credentials on every path, and on /health when given."""
 
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in _OPEN_PATHS:
-            return await handler(request)
         credentials = _basic_credentials(request.headers.get("Authorization", ""))
         if credentials is None:
+            if request.path in _OPEN_PATHS:
+                return await handler(request)
             raise web.HTTPUnauthorized(text="credentials needed\n", headers=_CHALLENGE)
         outcome = await checks.check(*credentials, address_key(request.remote))
         match outcome.verdict:
             case Verdict.PASS:
+                request[USER] = credentials[0]
                 return await handler(request)
             case Verdict.UNAVAILABLE:
                 # Not 401: the credentials may well be right, and nothing the client
@@ -87,6 +99,20 @@ def basic_auth(checks: PasswordChecks) -> Middleware:
                 raise web.HTTPUnauthorized(text="credentials needed\n", headers=_CHALLENGE)
 
     return check
+
+
+def private(cache_control: str | None) -> str:
+    """`cache_control` for one client only: without `public` (or `s-maxage`), with
+    `private`; max-age and the rest kept."""
+    directives = [d.strip() for d in (cache_control or "").split(",") if d.strip()]
+    names = {"public", "s-maxage", "private"}
+    kept = [d for d in directives if d.partition("=")[0].strip().lower() not in names]
+    return ", ".join([*kept, "private"])
+
+
+async def _private_caching(request: web.Request, response: web.StreamResponse) -> None:
+    # Before any response's headers go out: errors, 304s and streamed files alike.
+    response.headers["Cache-Control"] = private(response.headers.get("Cache-Control"))
 
 
 def _basic_credentials(header: str) -> tuple[str, str] | None:

@@ -29,3 +29,5 @@ ROUTE_NAMES = web.AppKey("route_names", dict)
 CACHE_RESULT = web.RequestKey("cache_result", CacheResult)
 # Per request: body bytes a file response sent (sendfile bypasses aiohttp's count).
 BODY_BYTES = web.RequestKey("body_bytes", int)
+# Per request, under basic auth: the user its credentials proved it is.
+USER = web.RequestKey("user", str)
