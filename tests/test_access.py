@@ -19,6 +19,7 @@ from argon2 import PasswordHasher
 
 from cachepi.web.auth import ADMIN_TOKEN_HEADER, private
 from cachepi.web.htpasswd import RELOAD_SECONDS
+from cachepi.web.origin import cross_site
 from tests.clients import pip_install, uv_install
 from tests.conftest import ProxyFactory
 from tests.fakeupstream import FakeUpstream
@@ -491,3 +492,68 @@ async def test_health_without_auth_keeps_every_detail(
 ) -> None:
     document = json.loads((await fetch(proxy.url + "/health")).body)
     assert document["indexes"][0]["url"] == fake_upstream.url and "node" in document
+
+
+# -- cross-site form posts -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("origin", "referer", "refused"),
+    [
+        ("http://proxy.example", None, False),
+        ("http://PROXY.example:80", "https://elsewhere.example/", False),
+        (None, "http://proxy.example/?q=lib", False),
+        (None, None, False),  # not a browser
+        ("https://proxy.example", None, True),  # another scheme
+        ("http://proxy.example:8080", None, True),  # another port
+        ("http://evil.example", "http://proxy.example/", True),  # Origin decides
+        ("http://proxy.example.evil.example", None, True),
+        ("null", None, True),  # a hidden origin cannot be told from another
+        ("", None, True),
+        (None, "http://evil.example/proxy.example", True),
+        (None, "not a url", True),
+    ],
+)
+def test_cross_site_is_decided_by_origin_then_referer(
+    origin: str | None, referer: str | None, refused: bool
+) -> None:
+    assert cross_site(origin, referer, "http", "proxy.example") is refused
+
+
+def test_cross_site_compares_ports_and_ipv6_hosts() -> None:
+    assert not cross_site("https://[::1]:8443", None, "https", "[::1]:8443")
+    assert not cross_site("https://proxy.example", None, "https", "proxy.example:443")
+    assert cross_site("http://[::1]:8443", None, "https", "[::1]:8443")
+
+
+async def test_the_invalidation_form_refuses_posts_from_other_sites(
+    fake_upstream: FakeUpstream, proxy_factory: ProxyFactory
+) -> None:
+    proxy = await proxy_factory(fake_upstream, admin_token=TOKEN)
+    await get_json(proxy.index_url + "lib/")
+
+    async def post(headers: dict[str, str]) -> Reply:
+        return await fetch(
+            proxy.url + "/cache/invalidate",
+            method="POST",
+            data={"project": "lib", "token": TOKEN},
+            headers=headers,
+            allow_redirects=False,
+        )
+
+    for headers in (
+        {"Origin": "http://evil.example"},
+        {"Origin": "null"},
+        {"Referer": "http://evil.example/page"},
+        {"Origin": f"http://localhost:{proxy.port}"},  # another host name is another site
+    ):
+        reply = await post(headers)
+        assert (reply.status, reply.one_line) == (403, True), headers
+    await get_json(proxy.index_url + "lib/")
+    assert fake_upstream.count("/simple/lib/") == 1  # nothing was invalidated
+    assert (await post({"Origin": proxy.url})).status == 303
+    assert (await post({"Referer": proxy.url + "/?q=lib"})).status == 303
+    # Not from a browser: no Origin, no Referer.
+    assert (await post({})).status == 303
+    delete = await fetch(proxy.url + "/cache/lib", method="DELETE", headers=bearer(TOKEN))
+    assert delete.status == 200

@@ -8,6 +8,7 @@ from cachepi.simple.names import is_valid_project_name, normalize
 from cachepi.store.protocols import LIST_KEY, StoreUnavailable
 from cachepi.web.auth import authenticated, require_admin
 from cachepi.web.keys import INDEX_CACHE, PASSWORDS, RENDERED, SETTINGS, STORES
+from cachepi.web.origin import cross_site
 
 
 def _invalidate(
@@ -43,7 +44,11 @@ async def invalidate_project(request: web.Request) -> web.Response:
 
 async def invalidate_form(request: web.Request) -> web.Response:
     """The home page's forms (no JavaScript needed): POST project=NAME, or nothing for
-    the list."""
+    the list. Only from a page of this proxy: another site's page could make a visitor's
+    browser post it, with the visitor's credentials."""
+    headers = request.headers
+    if cross_site(headers.get("Origin"), headers.get("Referer"), request.scheme, request.host):
+        raise web.HTTPForbidden(text="refused: this form is posted from the dashboard only\n")
     form = await request.post()
     project = str(form.get("project", "")).strip()
     token = form.get("token")
