@@ -253,7 +253,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "HTPASSWD", parse_readable_file,
         "A file of `user:hash` lines (bcrypt or argon2): every endpoint but `/health` then"
-        " needs basic auth.",
+        " needs basic auth, and every response is `Cache-Control: private`.",
+        meaning="A file of `user:hash` lines (bcrypt or argon2), reread when it changes:"
+        " every endpoint then needs basic auth (`/health` without it says only ok or"
+        " degraded), every response is `Cache-Control: private`, failed attempts are"
+        " limited (429), and while the file cannot be read everyone gets 503; see"
+        " [docs/security.md](docs/security.md).",
     ),
     Setting(
         "CONFIG", parse_path,
