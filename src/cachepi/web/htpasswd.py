@@ -107,7 +107,7 @@ class Htpasswd:
     def __init__(self, path: Path) -> None:
         self._path = path
         self._users: Users | None = None
-        self._version: tuple[int, int, int] | None = None
+        self._version: tuple[int, ...] | None = None
         self._checked = -math.inf
         self._failing = False
 
@@ -120,7 +120,8 @@ class Htpasswd:
     def _reload(self) -> None:
         try:
             status = self._path.stat()
-            version = (status.st_ino, status.st_mtime_ns, status.st_size)
+            # ctime too: a chmod that makes the file unreadable changes nothing else.
+            version = (status.st_ino, status.st_mtime_ns, status.st_ctime_ns, status.st_size)
             if version == self._version:
                 return
             text = self._path.read_text(encoding="utf-8")
