@@ -199,7 +199,7 @@ async def test_eviction_removes_the_least_recently_used_first(
     clock.advance(60)
     assert await read(await cache.get(spec_for(index, c))) == c.read_bytes()
     assert await stored(stores) == {a.sha256: a.size, c.sha256: c.size}
-    assert cache.accounting.usage() == (2, a.size + c.size)
+    assert stores.metadata.blob_stats() == (2, a.size + c.size)
 
 
 async def test_a_file_larger_than_the_cache_streams_but_is_not_stored(
