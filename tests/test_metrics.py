@@ -88,6 +88,7 @@ async def test_metrics_parse_with_the_documented_names_and_types(proxy: RunningP
         "cachepi_download_errors": "counter",
         "cachepi_evictions": "counter",
         "cachepi_evicted_bytes": "counter",
+        "cachepi_page_loads": "counter",
         "cachepi_cache_bytes": "gauge",
         "cachepi_cache_files": "gauge",
         "cachepi_cache_limit_bytes": "gauge",
