@@ -312,6 +312,21 @@ def test_blobs_added_in_bulk_keep_the_totals_also_when_added_again(backend: Back
     assert store.blobs_of("other") == [(SHA["a"], "other-a.whl", 150, 2.0)]
 
 
+@pytest.mark.slow
+def test_redis_ranks_the_projects_an_older_version_sized_in_a_hash(
+    redis_server: RedisServer,
+) -> None:
+    client = connect(redis_server.url)
+    client.hset("old:projbytes", mapping={"lib": 300, "big": 400})
+    client.hset("old:projfiles", mapping={"lib": 2, "big": 1})
+    store = RedisMetadata(client, Breaker("redis", (redis.RedisError,)), "old:")
+    try:
+        assert store.overview(0, 5).biggest == [("big", 1, 400), ("lib", 2, 300)]
+        assert not client.exists("old:projbytes")
+    finally:
+        store.close()
+
+
 def test_refs_and_extracted_pairs_go_with_their_blobs(backend: Backend) -> None:
     store = backend.metadata
     for name in "abm":

@@ -270,10 +270,11 @@ class BlobStore(Protocol):
 
 
 class MetadataStore(Protocol):
-    """Index pages, blob records with their last use, and small shared state. Every method
-    answers from indexes or kept totals, never by reading a whole table (but `blobs` and
-    `extracted_metadata()`, which startup and maintenance call); `overview` may be called
-    from a thread of its own while the others go on."""
+    """Index pages, blob records with their last use, and small shared state. The methods
+    a server calls while it serves read through indexes or kept totals, whatever the size
+    of the cache (`blobs`, `extracted_metadata()` and `delete_pages(None)` read or clear
+    everything: for startup and maintenance); `overview` may be called from a thread of its
+    own while the others go on."""
 
     @property
     def kind(self) -> str:

@@ -13,6 +13,7 @@ event loop on every request; callers treat that as "nothing stored" and carry on
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
@@ -30,8 +31,11 @@ from cachepi.store.protocols import (
     Overview,
     PageRecord,
     StoreHealth,
+    StoreUnavailable,
     changes_since,
 )
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -186,7 +190,10 @@ class RedisMetadata:
         self._announce_script = client.register_script(_ANNOUNCE)
         self._pair = client.register_script(_PAIR)
         rank = client.register_script(_RANK_PROJECTS)
-        self._call(lambda: rank(args=[self._p]))
+        try:
+            self._call(lambda: rank(args=[self._p]))
+        except StoreUnavailable as failure:  # a node starts while Redis is down, as before
+            log.warning("cannot rank the projects of an older cache by size: %s", failure)
 
     @property
     def health(self) -> StoreHealth:
