@@ -55,6 +55,7 @@ def make_cache(root: Path, files: int) -> int:
             with path.open("wb") as file:
                 file.truncate(size)  # sparse: no disk space taken
             project = f"project-{i % PROJECTS}"
+            # One at a time: every version of the store has add_blob, so older ones run too.
             store.add_blob(sha256, size, now - files + i, project, f"{project}-{i}.tar.gz")
             total += size
     finally:

@@ -163,6 +163,30 @@ def test_what_the_dashboard_and_eviction_ask_sqlite_reads_through_indexes(
         db.close()
 
 
+def test_a_cache_made_before_totals_were_kept_is_counted_once_when_opened(tmp_path: Path) -> None:
+    path = tmp_path / DATABASE
+    blobs = [synthetic(i) for i in range(3 * PROJECTS)]
+    sizes: Counter[str] = Counter()
+    for b in blobs:
+        sizes[b.project or ""] += b.size
+    ((biggest, _),) = sizes.most_common(1)
+    store = SqliteMetadata(path)
+    store.add_blobs(blobs)
+    store.close()
+    older = sqlite3.connect(path)
+    older.executescript(
+        "DROP TABLE blob_totals; DROP TABLE project_totals;"
+        " DROP TRIGGER blob_added; DROP TRIGGER blob_removed; DROP TRIGGER blob_changed;"
+    )
+    older.close()
+    for _ in range(2):  # the second opening counts nothing again
+        store = SqliteMetadata(path)
+        overview = store.overview(0, 1)
+        store.close()
+        assert (overview.files, overview.bytes) == (len(blobs), sum(b.size for b in blobs))
+        assert overview.biggest == [(biggest, 3, sizes[biggest])]
+
+
 async def test_health_answers_while_the_dashboard_figures_are_read_once_for_all(
     fake_upstream: FakeUpstream, proxy_factory: ProxyFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -117,10 +117,13 @@ CREATE TABLE IF NOT EXISTS project_totals (
     bytes INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS project_totals_by_bytes ON project_totals (bytes);
-INSERT INTO project_totals SELECT project, count(*), sum(size) FROM blobs
-    WHERE project IS NOT NULL AND NOT EXISTS (SELECT 1 FROM blob_totals) GROUP BY project;
-INSERT OR IGNORE INTO blob_totals SELECT 0, count(*), coalesce(sum(size), 0) FROM blobs
-    WHERE NOT EXISTS (SELECT 1 FROM blob_totals);
+-- Counted from the blobs only while no total is kept: the CROSS JOIN puts the empty row
+-- first, so a cache counted already is not read through at every start.
+INSERT INTO project_totals SELECT project, count(*), sum(size)
+    FROM (SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM blob_totals)) CROSS JOIN blobs
+    WHERE project IS NOT NULL GROUP BY project;
+INSERT OR IGNORE INTO blob_totals SELECT 0, count(*), coalesce(sum(size), 0)
+    FROM (SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM blob_totals)) CROSS JOIN blobs;
 CREATE TRIGGER IF NOT EXISTS blob_added AFTER INSERT ON blobs BEGIN
     UPDATE blob_totals SET files = files + 1, bytes = bytes + new.size WHERE id = 0;
     INSERT INTO project_totals SELECT new.project, 1, new.size WHERE new.project IS NOT NULL
