@@ -37,7 +37,8 @@ async def proxy_factory(tmp_path: Path) -> AsyncIterator[ProxyFactory]:
     async def start(*upstreams: FakeUpstream | tuple[str, int], **options: Any) -> RunningProxy:
         pairs = [(u.url, 1800) if isinstance(u, FakeUpstream) else u for u in upstreams]
         cache_dir = options.pop("cache_dir", tmp_path / "cache")
-        proxy = await start_proxy(settings_for(cache_dir, *pairs, **options))
+        reconcile = options.pop("reconcile", True)
+        proxy = await start_proxy(settings_for(cache_dir, *pairs, **options), reconcile)
         running.append(proxy)
         return proxy
 

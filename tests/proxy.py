@@ -85,8 +85,9 @@ def _recorder(seen: list[Seen]) -> Callable[..., Awaitable[web.StreamResponse]]:
     return record
 
 
-async def start_proxy(settings: Settings) -> RunningProxy:
-    app = create_app(settings)
+async def start_proxy(settings: Settings, reconcile: bool = True) -> RunningProxy:
+    """`reconcile=False`: take the cache's records as they are (files need not exist)."""
+    app = create_app(settings, reconcile)
     seen: list[Seen] = []
     app.middlewares.append(_recorder(seen))
     # Requests are counted (for /metrics) as a server counts them; no log lines.

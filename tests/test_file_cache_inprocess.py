@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+from collections.abc import Iterable
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ import pytest
 from cachepi.filecache import Download, FileCache, FileSpec
 from cachepi.store import Stores
 from cachepi.store.protocols import StoredBlob, StoreUnavailable
+from cachepi.store.sqlite import SqliteMetadata
 from cachepi.types import DownloadFailed
 from cachepi.upstream import UpstreamError, UpstreamNotFound
 from tests.fakeupstream.dists import Dist, build_sdist, build_wheel
@@ -199,7 +201,7 @@ async def test_eviction_removes_the_least_recently_used_first(
     clock.advance(60)
     assert await read(await cache.get(spec_for(index, c))) == c.read_bytes()
     assert await stored(stores) == {a.sha256: a.size, c.sha256: c.size}
-    assert cache.accounting.usage() == (2, a.size + c.size)
+    assert stores.metadata.blob_stats() == (2, a.size + c.size)
 
 
 async def test_a_file_larger_than_the_cache_streams_but_is_not_stored(
@@ -269,6 +271,38 @@ async def test_gc_forgetting_a_vanished_metadata_blob_stops_its_advertisement(
     assert stores.metadata.extracted_metadata() == {}  # and the stored pair with it
     clock.advance(1)  # the server looks at the store's generation at most once a second
     assert server.extractions.known()[1] == {}
+
+
+async def test_other_processes_take_in_pairs_that_come_and_go_one_wheel_at_a_time(
+    index: FakeIndex,
+    stores: Stores,
+    make_file_cache: FileCacheFactory,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What another process extracted or evicted reaches this one within a second, pair
+    by pair: the pairs of every cached wheel are not read again for each one."""
+    server, other = await make_file_cache(), await make_file_cache()
+    asked: list[list[str] | None] = []
+    real = SqliteMetadata.extracted_metadata
+
+    def spied(self: SqliteMetadata, wheels: Iterable[str] | None = None) -> dict[str, str]:
+        wheels = None if wheels is None else sorted(wheels)
+        asked.append(wheels)
+        return real(self, wheels)
+
+    monkeypatch.setattr(SqliteMetadata, "extracted_metadata", spied)
+    wheels = [build_wheel("lib", version) for version in ("1.0", "2.0")]
+    for wheel in wheels:
+        assert await read(await server.get(spec_for(index, wheel, metadata=False)))
+    await server.extractions.drain()
+    clock.advance(1)
+    assert other.extractions.known()[1] == {w.sha256: w.metadata_sha256 for w in wheels}
+    await server.accounting.remove(wheels[0].sha256)
+    assert server.extractions.known()[1] == {wheels[1].sha256: wheels[1].metadata_sha256}
+    clock.advance(1)
+    assert other.extractions.known()[1] == {wheels[1].sha256: wheels[1].metadata_sha256}
+    assert asked and None not in asked
 
 
 async def test_a_wheel_whose_index_has_metadata_is_not_extracted(

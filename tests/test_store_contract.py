@@ -25,16 +25,21 @@ import pytest
 import redis
 
 from cachepi.filecache.transfer import write_all
+from cachepi.store import redis_metadata, sqlite
 from cachepi.store.breaker import Breaker
 from cachepi.store.directory import DirectoryBlobs
 from cachepi.store.flock import FileLocks
 from cachepi.store.protocols import (
     DONE,
+    EXTRACTED,
     LIST_KEY,
+    PAGES,
     BlobStore,
+    Changes,
     Lock,
     Locks,
     MetadataStore,
+    NewBlob,
     Outcome,
     PageRecord,
     StoredBlob,
@@ -277,16 +282,49 @@ def test_blob_records_keep_totals_and_the_order_of_last_use(backend: Backend) ->
     assert store.blobs_of("lib") == [
         (SHA["a"], "lib-1.0.tar.gz", 100, 5.0), (SHA["b"], "lib-2.0.tar.gz", 200, 2.0),
     ]  # fmt: skip
-    assert store.recent_blobs(2) == [
+    overview = store.overview(2, 5)
+    assert (overview.files, overview.bytes) == (3, 700)
+    assert overview.recent == [
         (3.0, "big", "big-1.0.tar.gz", 400), (2.0, "lib", "lib-2.0.tar.gz", 200),
     ]  # newest added first, whatever was used since  # fmt: skip
-    assert store.biggest_projects(5) == [("big", 1, 400), ("lib", 2, 300)]
+    assert overview.biggest == [("big", 1, 400), ("lib", 2, 300)]
+    assert store.overview(0, 1).recent == [] and store.overview(0, 1).biggest == [("big", 1, 400)]
     store.remove_blob(SHA["c"])
     store.remove_blob(SHA["m"])  # never added: nothing changes
     assert store.blob_stats() == (2, 300)
     assert store.blobs() == {SHA["a"]: 100, SHA["b"]: 200}
     assert store.least_recently_used() == [(SHA["b"], 200), (SHA["a"], 100)]
-    assert store.blobs_of("big") == [] and store.biggest_projects(5) == [("lib", 2, 300)]
+    assert store.blobs_of("big") == [] and store.overview(5, 5).biggest == [("lib", 2, 300)]
+
+
+def test_blobs_added_in_bulk_keep_the_totals_also_when_added_again(backend: Backend) -> None:
+    store = backend.metadata
+    store.add_blobs(
+        NewBlob(SHA[name], size, 1.0, project, f"{project}-{name}.whl")
+        for name, size, project in (("a", 100, "lib"), ("b", 200, "lib"), ("c", 400, None))
+    )
+    store.add_blobs([NewBlob(SHA["a"], 150, 2.0, "other", "other-a.whl")])  # moved, grown
+    store.add_blobs([])
+    overview = store.overview(10, 10)
+    assert (overview.files, overview.bytes) == (3, 750) == store.blob_stats()
+    assert overview.biggest == [("lib", 1, 200), ("other", 1, 150)]  # no project: not ranked
+    assert overview.recent[0] == (2.0, "other", "other-a.whl", 150)
+    assert store.blobs_of("other") == [(SHA["a"], "other-a.whl", 150, 2.0)]
+
+
+@pytest.mark.slow
+def test_redis_ranks_the_projects_an_older_version_sized_in_a_hash(
+    redis_server: RedisServer,
+) -> None:
+    client = connect(redis_server.url)
+    client.hset("old:projbytes", mapping={"lib": 300, "big": 400})
+    client.hset("old:projfiles", mapping={"lib": 2, "big": 1})
+    store = RedisMetadata(client, Breaker("redis", (redis.RedisError,)), "old:")
+    try:
+        assert store.overview(0, 5).biggest == [("big", 1, 400), ("lib", 2, 300)]
+        assert not client.exists("old:projbytes")
+    finally:
+        store.close()
 
 
 def test_refs_and_extracted_pairs_go_with_their_blobs(backend: Backend) -> None:
@@ -311,16 +349,56 @@ def test_refs_and_extracted_pairs_go_with_their_blobs(backend: Backend) -> None:
         assert store.extracted_metadata() == {}
 
 
-def test_generations_and_counts_add_up(backend: Backend) -> None:
+def test_counts_add_up(backend: Backend) -> None:
     store = backend.metadata
-    assert store.generation("pages") == 0 and store.counts() == {}
-    store.bump("pages")
-    store.bump("pages")
-    store.bump("extracted")
-    assert (store.generation("pages"), store.generation("extracted")) == (2, 1)
+    assert store.overview(1, 1).counts == {}
     store.add_counts([("hits", 3), ("misses", 1)])
     store.add_counts([("hits", 2)])
-    assert store.counts() == {"hits": 5, "misses": 1}
+    assert store.overview(1, 1).counts == {"hits": 5, "misses": 1}
+
+
+def test_changes_name_what_changed_since_a_generation(backend: Backend) -> None:
+    """Invalidated pages and paired wheels, so that every process drops just those."""
+    store = backend.metadata
+    assert store.generation(PAGES) == 0 and store.changes(PAGES, 0) == Changes(0, frozenset())
+    store.put_page(A, "lib", record(10.0))
+    store.expire_pages("lib")
+    store.delete_pages("other")
+    store.delete_pages(LIST_KEY)
+    assert store.changes(PAGES, 0) == Changes(3, frozenset({"lib", "other", LIST_KEY}))
+    assert store.changes(PAGES, 2) == Changes(3, frozenset({LIST_KEY}))
+    assert store.changes(PAGES, 3) == Changes(3, frozenset())
+    store.delete_pages(None)  # everything
+    assert store.changes(PAGES, 3) == Changes(4, None)
+    assert store.changes(PAGES, 9) == Changes(4, None)  # a store younger than what we saw
+    # A pair of extracted METADATA is a change of its wheel, also when either side goes.
+    assert store.generation(EXTRACTED) == 0
+    for name in "abm":
+        store.add_blob(SHA[name], 10, 1.0)
+    store.put_extracted_metadata(SHA["a"], SHA["m"])
+    store.put_extracted_metadata(SHA["b"], SHA["c"])
+    assert store.changes(EXTRACTED, 0) == Changes(2, frozenset({SHA["a"], SHA["b"]}))
+    store.remove_blob(SHA["m"])
+    store.remove_blob(SHA["c"])  # not a blob here, but the METADATA side of b's pair
+    assert store.changes(EXTRACTED, 2) == Changes(4, frozenset({SHA["a"], SHA["b"]}))
+    store.remove_blob(SHA["a"])  # its pair went already: nothing changes
+    assert store.generation(EXTRACTED) == 4 and store.generation(PAGES) == 4
+    assert store.extracted_metadata([SHA["a"], SHA["b"]]) == {}
+
+
+def test_a_process_that_missed_more_changes_than_are_kept_hears_of_everything(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = backend.metadata
+    for key in ("a", "b", "c"):
+        store.expire_pages(key)
+    assert store.changes(PAGES, 0) == Changes(3, frozenset("abc"))
+    monkeypatch.setattr(sqlite, "CHANGES_KEPT", 2)
+    monkeypatch.setattr(redis_metadata, "CHANGES_KEPT", 2)
+    store.expire_pages("d")  # the log keeps c and d
+    assert store.changes(PAGES, 2) == Changes(4, frozenset("cd"))
+    assert store.changes(PAGES, 1) == Changes(4, None)  # b is gone from the log
+    assert store.changes(PAGES, 0) == Changes(4, None)
 
 
 # -- Locks ---------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import pytest_asyncio
 from tests.fakeupstream import FakeUpstream
 from tests.fetching import fetch
 from tests.served import ServedProxy
+from tests.test_metrics import scrape
 
 JSON = {"Accept": "application/vnd.pypi.simple.v1+json"}
 
@@ -80,4 +81,45 @@ async def test_page_refresh_and_invalidation_are_shared(
         assert response.status == 200
     await asyncio.sleep(1.2)  # workers look for invalidations once a second
     await asyncio.gather(*(get(two_workers.index_url + "lib/", **JSON) for _ in range(20)))
+    assert fake_upstream.count("/simple/lib/") == 2
+
+
+def answered(served: ServedProxy, path: str, since: int) -> set[str]:
+    """The workers (pids) that answered GET `path` in log lines from `since` on."""
+    pattern = re.compile(rf'pid=<?(\d+)>? "GET {re.escape(path)} ')
+    return {m[1] for line in served.log[since:] if (m := pattern.search(line))}
+
+
+async def from_both_workers(served: ServedProxy, path: str) -> list[bytes]:
+    """GET `path` on new connections until each worker answered it; the bodies."""
+    since = len(served.log)
+    bodies = []
+    async with asyncio.timeout(30):
+        while len(answered(served, path, since)) < 2:
+            status, body = await get(served.base + path, **JSON)
+            assert status == 200
+            bodies.append(body)
+    return bodies
+
+
+async def test_invalidating_a_project_keeps_the_other_pages_in_every_workers_memory(
+    two_workers: ServedProxy, fake_upstream: FakeUpstream
+) -> None:
+    """Each worker drops the invalidated project only: the other pages are served from its
+    memory, not read from the store again (cachepi_page_loads counts those reads)."""
+    for path in ("/index/app/", "/index/lib/"):
+        await from_both_workers(two_workers, path)
+    fake_upstream.add_project("lib", ["2.0"])  # what both workers must see after
+    loads = (await scrape(two_workers.base)).value("cachepi_page_loads_total")
+    assert loads >= 2  # each page, by the worker that did not fetch it
+    async with (
+        aiohttp.ClientSession() as session,
+        session.delete(two_workers.base + "/cache/lib") as response,
+    ):
+        assert response.status == 200
+    await asyncio.sleep(1.2)  # workers look for invalidations once a second
+    await from_both_workers(two_workers, "/index/app/")
+    assert (await scrape(two_workers.base)).value("cachepi_page_loads_total") == loads
+    assert fake_upstream.count("/simple/app/") == 1
+    assert all(b"lib-2.0" in body for body in await from_both_workers(two_workers, "/index/lib/"))
     assert fake_upstream.count("/simple/lib/") == 2

@@ -40,23 +40,23 @@ async def opened(settings: Settings) -> AsyncIterator[tuple[Stores, FileCache]]:
 
 async def stats(settings: Settings, top: int = 10) -> dict[str, Any]:
     async with opened(settings) as (stores, _):
-        count, size = stores.metadata.blob_stats()
-        totals = stores.metadata.counts()
-        biggest = stores.metadata.biggest_projects(top)
+        overview = stores.metadata.overview(0, top)
+    totals = overview.counts
 
     def total(name: str) -> int:
         return totals.get(name, 0)
 
     return {
-        "files": count,
-        "bytes": size,
+        "files": overview.files,
+        "bytes": overview.bytes,
         "limit": settings.cache_size,
         "pages": {key: total(f"page_{key}") for key in ("hit", "miss", "stale")},
         "files_served": {key: total(f"file_{key}") for key in ("hit", "miss")},
         "bytes_served": {key: total(f"bytes_{key}") for key in ("cache", "upstream")},
         "hit_ratio": hit_ratio(totals),
         "top_projects": [
-            {"project": project, "files": files, "bytes": size} for project, files, size in biggest
+            {"project": project, "files": files, "bytes": size}
+            for project, files, size in overview.biggest
         ],
     }
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter as Tally
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,11 +42,11 @@ class Snapshot:
 
 
 class _Gauges(Collector):
-    def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
+    def __init__(self, snapshot: Snapshot) -> None:
         self._snapshot = snapshot
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        now = self._snapshot()
+        now = self._snapshot
         yield GaugeMetricFamily("cachepi_cache_files", "Files in the cache", now.cache_files)
         yield GaugeMetricFamily("cachepi_cache_bytes", "Bytes in the cache", now.cache_bytes)
         yield GaugeMetricFamily(
@@ -88,6 +88,12 @@ class Metrics:
         )
         self.download_errors = Counter(
             "cachepi_download_errors", "File downloads that failed", ["index"], registry=into
+        )
+        self.page_loads = Counter(
+            "cachepi_page_loads",
+            "Upstream pages read from the store into a process's memory (at its first use,"
+            " after another process refreshed or invalidated one, or after memory let it go)",
+            registry=into,
         )
         self.evictions = Counter("cachepi_evictions", "Files evicted", registry=into)
         self.evicted_bytes = Counter("cachepi_evicted_bytes", "Bytes evicted", registry=into)
@@ -133,28 +139,26 @@ class Metrics:
             deltas, self._unflushed = self._unflushed, Tally()
             store.add_counts(deltas.items())
 
-    def totals(self, store: MetadataStore) -> dict[str, int]:
-        """Lifetime totals: the store's plus what this process has not flushed yet."""
-        counts = dict.fromkeys(TOTALS, 0) | store.counts()
+    def totals(self, stored: Mapping[str, int]) -> dict[str, int]:
+        """Lifetime totals: the `stored` ones plus what this process has not flushed yet."""
+        counts = dict.fromkeys(TOTALS, 0) | dict(stored)
         for name, value in self._unflushed.items():
             counts[name] = counts.get(name, 0) + value
         return counts
 
-    def exposition(self, snapshot: Callable[[], Snapshot]) -> bytes:
-        """The Prometheus text format of every metric, summed over worker processes."""
+    def exposition(self, snapshot: Snapshot) -> bytes:
+        """The Prometheus text format of every metric, summed over worker processes, and
+        of `snapshot`. Safe on any thread, also on several at once."""
         registry = self._registry
         if self._multiprocess:
             registry = CollectorRegistry()
             MultiProcessCollector(registry)
-        gauges = _Gauges(snapshot)
-        registry.register(gauges)
-        try:
-            return generate_latest(registry)
-        finally:
-            registry.unregister(gauges)
+        gauges = CollectorRegistry()  # of this call only: calls on other threads have theirs
+        gauges.register(_Gauges(snapshot))
+        return generate_latest(registry) + generate_latest(gauges)
 
 
-def hit_ratio(totals: dict[str, int]) -> float | None:
+def hit_ratio(totals: Mapping[str, int]) -> float | None:
     """Share of page and file answers that needed no upstream request (stale copies
     included: they came from the cache)."""
     hits = totals.get("page_hit", 0) + totals.get("page_stale", 0) + totals.get("file_hit", 0)

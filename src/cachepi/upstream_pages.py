@@ -4,7 +4,8 @@ metadata store and in a bounded in-memory LRU, fresh per the index's TTL.
 A fresh entry is used as is; a stale one is revalidated with a conditional GET, one request
 per (upstream, page) however many clients and worker processes ask; when the upstream fails,
 the stale entry is used and said to be stale. Invalidations by any worker reach the others
-within a second.
+within a second, by key (the store's log of PAGES changes): each drops from memory only the
+pages invalidated.
 
 An upstream 404 is remembered for the negative TTL; past it the record is useless (a 404
 has no validators: it is asked again), and every name ever asked for would leave one
@@ -26,6 +27,7 @@ from typing import NamedTuple
 import msgspec
 
 from cachepi.combine import Combine
+from cachepi.metrics import Metrics
 from cachepi.simple.model import Project, ProjectList
 from cachepi.simple.parse import (
     ParseError,
@@ -34,13 +36,19 @@ from cachepi.simple.parse import (
     parse_project_list_html,
     parse_project_list_json,
 )
-from cachepi.store.protocols import LIST_KEY, Locks, MetadataStore, PageRecord, StoreUnavailable
+from cachepi.store.protocols import (
+    LIST_KEY,
+    PAGES,
+    Locks,
+    MetadataStore,
+    PageRecord,
+    StoreUnavailable,
+)
 from cachepi.upstream import Index, PageResponse, UpstreamError, UpstreamNotFound
 
 log = logging.getLogger(__name__)
 
 _JSON_TYPE = "application/vnd.pypi.simple.v1+json"
-_PAGES = "pages"  # the generation counter other workers watch for invalidations
 _encode = msgspec.msgpack.Encoder().encode
 _decode_project = msgspec.msgpack.Decoder(Project).decode
 _decode_list = msgspec.msgpack.Decoder(ProjectList).decode
@@ -106,13 +114,15 @@ class UpstreamPages:
         memory_entries: int = 4096,
         clock: Callable[[], float] = time.time,
         offline: bool = False,
+        metrics: Metrics | None = None,
     ) -> None:
         """`offline`: whatever is stored is as fresh as it gets."""
         self.upstreams = tuple(upstreams)
         self._store = store
         self._locks = locks
+        self._metrics = metrics
         # Invalidations made by other worker processes, noticed at most a second late.
-        self._generation = store.generation(_PAGES)
+        self._generation = store.generation(PAGES)
         self._generation_checked = clock()
         self._negative_ttl = negative_ttl
         self._memory: OrderedDict[tuple[int, str], Entry] = OrderedDict()
@@ -127,18 +137,30 @@ class UpstreamPages:
         the next request asks the upstream, conditionally and once, however many
         invalidations came before."""
         self._store.expire_pages(name)
-        self._store.bump(_PAGES)
+        self._forget(name)
         for position in range(len(self.upstreams)):
-            self._memory.pop((position, name), None)
             # A refresh already asked may answer from before: later callers ask anew.
             self._inflight.pop((position, name), None)
+
+    def _forget(self, name: str) -> None:
+        for position in range(len(self.upstreams)):
+            self._memory.pop((position, name), None)
 
     def _invalidations(self) -> int | None:
         """The count of invalidations by any worker (None: the store does not say)."""
         try:
-            return self._store.generation(_PAGES)
+            return self._store.generation(PAGES)
         except StoreUnavailable:
             return None
+
+    def _invalidated(self, key: str, since: int) -> bool:
+        """Whether any worker invalidated `key` after invalidation number `since` (a store
+        that does not say: perhaps)."""
+        try:
+            changed = self._store.changes(PAGES, since).keys
+        except StoreUnavailable:
+            return True
+        return changed is None or key in changed
 
     def cached_pages(self, name: str) -> list[CachedPage]:
         """What is stored of `name`'s pages, per configured index, freshness judged as
@@ -164,12 +186,16 @@ class UpstreamPages:
         if now >= self._sweep_at:
             self._sweep_missing(now)
         try:
-            generation = self._store.generation(_PAGES)
+            changed = self._store.changes(PAGES, self._generation)
         except StoreUnavailable:  # a shared store that is down: keep what memory holds
             return
-        if generation != self._generation:  # somebody invalidated: reload from the store
-            self._generation = generation
+        # Somebody invalidated: what they did is reloaded from the store, nothing else.
+        self._generation = changed.generation
+        if changed.keys is None:
             self._memory.clear()
+        else:
+            for key in changed.keys:
+                self._forget(key)
 
     def _sweep_missing(self, now: float) -> None:
         """Delete the stored 404 records past the negative TTL (of every index: it is at
@@ -247,6 +273,8 @@ class UpstreamPages:
         except msgspec.DecodeError:
             log.warning("dropping an unreadable cached page %r", key)
             return None
+        if self._metrics is not None:
+            self._metrics.page_loads.inc()
         self._remember(memory_key, entry)
         return entry
 
@@ -315,8 +343,8 @@ class UpstreamPages:
             outcome = "nothing cached" if old is None else "serving stale copy"
             log.warning("upstream %s failed for %r, %s: %s", upstream.url, key, outcome, failure)
             return Fetched(upstream, old, failure)
-        if invalidations is not None and self._invalidations() != invalidations:
-            # Somebody invalidated meanwhile: this answer may predate what they expect.
+        if invalidations is not None and self._invalidated(key, invalidations):
+            # Somebody invalidated it meanwhile: this answer may predate what they expect.
             stale = msgspec.structs.replace(entry.record, fetched_at=0.0)
             entry = Entry(stale, entry.page, entry.digest)
         try:
@@ -330,9 +358,7 @@ class UpstreamPages:
 def forget_pages(store: MetadataStore, key: str | None) -> int:
     """Delete the stored pages of `key` (None: all) and tell every worker; returns how many.
     Unlike invalidating, nothing is kept to revalidate with: the next request refetches."""
-    removed = store.delete_pages(key)
-    store.bump(_PAGES)
-    return removed
+    return store.delete_pages(key)
 
 
 def delete_missing_pages(store: MetadataStore, before: float, limit: int | None = None) -> int:

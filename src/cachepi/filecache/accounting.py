@@ -13,7 +13,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cachepi.metrics import Metrics
-from cachepi.store.protocols import BlobStore, Lock, Locks, MetadataStore, StoreUnavailable
+from cachepi.store.protocols import (
+    BlobStore,
+    Lock,
+    Locks,
+    MetadataStore,
+    NewBlob,
+    StoreUnavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +49,6 @@ class Accounting:
         self._on_removed = on_removed
         self._touched: dict[str, float] = {}
         self._last_flush = clock()
-
-    def usage(self) -> tuple[int, int]:
-        """(files, bytes) stored, as every process sees them."""
-        return self._store.blob_stats()
 
     def touch(self, sha256: str) -> None:
         """A use of `sha256`, for the eviction order."""
@@ -118,16 +121,16 @@ class Accounting:
             _require(held)
             recorded = self._store.blobs()
             now = self._clock()
-            added = 0
+            added: list[NewBlob] = []
             async for sha256, size in self._blobs.listing():
                 if recorded.pop(sha256, None) != size:
-                    self._store.add_blob(sha256, size, now)
-                    added += 1
+                    added.append(NewBlob(sha256, size, now))
+            self._store.add_blobs(added)
             for sha256 in recorded:  # recorded, but the file is gone
                 self._store.remove_blob(sha256)
                 self._on_removed(sha256)
             evicted = await self._evict(self._locks.in_progress())
-            return added, len(recorded), max(evicted, 0)
+            return len(added), len(recorded), max(evicted, 0)
 
     async def remove(self, sha256: str) -> None:
         """Drop one blob, its file and every record of it."""

@@ -2,7 +2,8 @@
 a blob of its own, and paired with its wheel so that pages can advertise it.
 
 Every process (and node) sees the pairs through the metadata store, picked up at most a
-second late; a removed blob takes its pairing with it (either side).
+second late, pair by pair (the store's log of EXTRACTED changes names the wheels whose pair
+came or went); a removed blob takes its pairing with it (either side).
 
 Extraction is background work, never on a client's path: `schedule` starts it and returns.
 Attempts run one at a time on a thread of their own (a wheel is hostile input: reading one
@@ -14,20 +15,20 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import BinaryIO
 
 from cachepi.filecache.accounting import Accounting
 from cachepi.filecache.transfer import write_all
-from cachepi.store.protocols import BlobStore, MetadataStore, StoreUnavailable
+from cachepi.store.protocols import EXTRACTED, BlobStore, MetadataStore, StoreUnavailable
 from cachepi.wheelmeta import read_wheel_metadata
 
 log = logging.getLogger(__name__)
 
-_GENERATION = "extracted"  # the counter other processes watch
 # How many unreadable wheels are remembered (then forgotten all at once: tried again).
 _UNREADABLE_KEPT = 4096
 # Attempts running or waiting for their turn; more are not started (a later hit asks again).
@@ -50,7 +51,11 @@ class Extractions:
         # threads), and a counter that changes with it so pages are rendered again.
         self._pairs: dict[str, str] = {}
         self._generation = 0
-        self._stored_generation = -1
+        self._wheel_of: dict[str, str] = {}  # METADATA sha256 -> wheel sha256
+        # Wheels whose pair went with a removed blob, out of `_pairs` at the next `known`
+        # (eviction removes blobs by the hundred: one copy of `_pairs` for all of them).
+        self._dropped: set[str] = set()
+        self._stored_generation = -1  # of the store's EXTRACTED changes, as last followed
         self._checked = clock()
         # Wheels being read now, and those that held no readable METADATA: a cache hit
         # starts neither again (a big wheel is costly to open, more so from S3).
@@ -63,8 +68,8 @@ class Extractions:
 
     async def load(self) -> None:
         try:
-            self._stored_generation = self._store.generation(_GENERATION)
-            self._pairs = self._store.extracted_metadata()
+            self._stored_generation = self._store.generation(EXTRACTED)
+            self._update(self._pairs, self._store.extracted_metadata())
         except StoreUnavailable as failure:  # a shared store that is down: picked up later
             log.warning("cannot load the extracted METADATA records: %s", failure)
 
@@ -82,15 +87,34 @@ class Extractions:
         now = self._clock()
         if now - self._checked >= 1.0:
             self._checked = now
-            try:
-                stored = self._store.generation(_GENERATION)
-                if stored != self._stored_generation:
-                    self._pairs = self._store.extracted_metadata()
-                    self._stored_generation = stored
-                    self._generation += 1
-            except StoreUnavailable:  # keep what we know
-                pass
+            with contextlib.suppress(StoreUnavailable):  # keep what we know
+                self._follow_store()
+        if self._dropped:
+            dropped, self._dropped = self._dropped, set()
+            self._update(dropped, {})
         return self._generation, self._pairs
+
+    def _follow_store(self) -> None:
+        """Take in the pairs other processes (and nodes) added or removed."""
+        changed = self._store.changes(EXTRACTED, self._stored_generation)
+        if changed.generation == self._stored_generation:
+            return
+        if changed.keys is None:  # too much to tell: read them all
+            self._update(self._pairs, self._store.extracted_metadata())
+        else:
+            self._update(changed.keys, self._store.extracted_metadata(changed.keys))
+        self._stored_generation = changed.generation
+
+    def _update(self, drop: Collection[str], add: Mapping[str, str]) -> None:
+        """Without the pairs of the wheels `drop`, with those of `add`: a new `_pairs`."""
+        pairs = dict(self._pairs)
+        for wheel in drop:
+            if (metadata := pairs.pop(wheel, None)) is not None:
+                self._wheel_of.pop(metadata, None)
+        pairs.update(add)
+        self._wheel_of.update((metadata, wheel) for wheel, metadata in add.items())
+        self._pairs = pairs
+        self._generation += 1
 
     def schedule(self, wheel_sha256: str, filename: str, project: str | None) -> None:
         """Extract in the background, if wanted; returns at once. The task is ours: `close`
@@ -180,14 +204,12 @@ class Extractions:
         # The wheel may have been evicted meanwhile.
         if stored and await self._blobs.contains(wheel_sha256):
             self._store.put_extracted_metadata(wheel_sha256, metadata_sha256)
-            self._store.bump(_GENERATION)
-            self._pairs = self._pairs | {wheel_sha256: metadata_sha256}
-            self._generation += 1
+            self._dropped.discard(wheel_sha256)  # evicted and fetched again meanwhile
+            self._update((), {wheel_sha256: metadata_sha256})
 
     def forget(self, sha256: str) -> None:
-        """A removed blob takes its pairing with it (either side)."""
-        pairs = {w: m for w, m in self._pairs.items() if sha256 not in (w, m)}
-        if len(pairs) != len(self._pairs):
-            self._store.bump(_GENERATION)
-            self._pairs = pairs
-            self._generation += 1
+        """A removed blob takes its pairing with it (either side); the store told the
+        other processes when it removed the blob."""
+        wheel = sha256 if sha256 in self._pairs else self._wheel_of.get(sha256)
+        if wheel is not None:
+            self._dropped.add(wheel)

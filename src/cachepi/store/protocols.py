@@ -11,11 +11,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, NamedTuple, Protocol
 
 import msgspec
 
@@ -25,6 +25,11 @@ log = logging.getLogger(__name__)
 
 # The project list is stored beside the pages under a key no project name can have.
 LIST_KEY = ""
+# Topics of `MetadataStore.changes`: what processes hold in memory and drop when told.
+PAGES = "pages"  # keys of pages expired or deleted
+EXTRACTED = "extracted"  # sha256s of wheels whose pair of extracted METADATA came or went
+# Changes kept per topic: a process that missed more (it checks every second) drops all.
+CHANGES_KEPT = 10_000
 
 
 class StoreUnavailable(Exception):
@@ -48,6 +53,43 @@ class StoreHealth:
         if self.healthy:
             log.warning("the store failed: %s", message)
         self.healthy, self.last_error = False, message
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What changed in a topic after the generation a process last saw."""
+
+    generation: int  # the topic's generation now
+    keys: frozenset[str] | None  # None: anything may have (everything, or too much to tell)
+
+
+def changes_since(since: int, generation: int, logged: Sequence[tuple[int, str | None]]) -> Changes:
+    """The Changes a log tells of: `logged` holds (generation, key) for generations after
+    `since` up to `generation`, a key None where everything changed."""
+    if generation == since:
+        return Changes(generation, frozenset())
+    keys = {key for _, key in logged}
+    complete = generation > since and len(logged) == generation - since and None not in keys
+    return Changes(generation, frozenset(k for k in keys if k is not None) if complete else None)
+
+
+@dataclass(frozen=True)
+class Overview:
+    """What the dashboard, /metrics and `cachepi stats` show of a cache, read at once."""
+
+    files: int
+    bytes: int
+    counts: Mapping[str, int]  # lifetime traffic totals, as flushed by every process
+    recent: Sequence[tuple[float, str, str, int]]  # (added at, project, filename, size)
+    biggest: Sequence[tuple[str, int, int]]  # (project, files, bytes), the biggest first
+
+
+class NewBlob(NamedTuple):
+    sha256: str
+    size: int
+    at: float  # when it was stored (its first use)
+    project: str | None = None
+    filename: str | None = None
 
 
 class PageRecord(msgspec.Struct, frozen=True):
@@ -228,7 +270,11 @@ class BlobStore(Protocol):
 
 
 class MetadataStore(Protocol):
-    """Index pages, blob records with their last use, and small shared state."""
+    """Index pages, blob records with their last use, and small shared state. The methods
+    a server calls while it serves read through indexes or kept totals, whatever the size
+    of the cache (`blobs`, `extracted_metadata()` and `delete_pages(None)` read or clear
+    everything: for startup and maintenance); `overview` may be called from a thread of its
+    own while the others go on."""
 
     @property
     def kind(self) -> str:
@@ -249,10 +295,12 @@ class MetadataStore(Protocol):
         """Stored project names starting with `prefix` (a normalized name)."""
 
     def delete_pages(self, key: str | None) -> int:
-        """Forget the pages of `key` (None: every page); returns how many."""
+        """Forget the pages of `key` (None: every page), a change of PAGES; returns how
+        many."""
 
     def expire_pages(self, key: str) -> None:
-        """Make `key`'s pages stale for every index, keeping their validators."""
+        """Make `key`'s pages stale for every index, keeping their validators; a change of
+        PAGES."""
 
     def delete_missing_pages(self, before: float, limit: int) -> int:
         """Forget up to `limit` records of upstream 404s (body None) fetched before `before`,
@@ -263,9 +311,15 @@ class MetadataStore(Protocol):
     def add_blob(
         self, sha256: str, size: int, now: float, project: str | None = None,
         filename: str | None = None,
-    ) -> None: ...  # fmt: skip
+    ) -> None:  # fmt: skip
+        """`add_blobs` of one."""
+
+    def add_blobs(self, blobs: Iterable[NewBlob]) -> None:
+        """Record stored blobs (a blob recorded already is recorded anew), in one go."""
+
     def remove_blob(self, sha256: str) -> None:
-        """Forget a blob and everything that points at it or derives from it."""
+        """Forget a blob and everything that points at it or derives from it (a pair of
+        extracted METADATA: a change of EXTRACTED)."""
 
     def touch_blobs(self, accesses: Iterable[tuple[str, float]]) -> None: ...
     def blobs(self) -> dict[str, int]:
@@ -274,11 +328,9 @@ class MetadataStore(Protocol):
     def blob_stats(self) -> tuple[int, int]:
         """(number of blobs, total bytes)."""
 
-    def recent_blobs(self, limit: int) -> list[tuple[float, str, str, int]]:
-        """The latest stored files as (added at, project, filename, size), newest first."""
-
-    def biggest_projects(self, limit: int) -> list[tuple[str, int, int]]:
-        """(project, files, bytes) of the projects taking the most space."""
+    def overview(self, recent: int, biggest: int) -> Overview:
+        """The totals, the `recent` latest stored files and the `biggest` projects; safe
+        to call from another thread (while this one goes on using the store)."""
 
     def blobs_of(self, project: str) -> list[tuple[str, str, int, float]]:
         """A project's stored files as (sha256, filename, size, last access)."""
@@ -287,18 +339,22 @@ class MetadataStore(Protocol):
         """The `limit` blobs used longest ago, oldest first, as (sha256, size)."""
 
     # -- METADATA extracted from cached wheels
-    def extracted_metadata(self) -> dict[str, str]:
-        """wheel sha256 -> sha256 of the METADATA blob extracted from it."""
+    def extracted_metadata(self, wheels: Iterable[str] | None = None) -> dict[str, str]:
+        """wheel sha256 -> sha256 of the METADATA blob extracted from it, for `wheels`
+        (None: every wheel)."""
 
-    def put_extracted_metadata(self, wheel_sha256: str, metadata_sha256: str) -> None: ...
+    def put_extracted_metadata(self, wheel_sha256: str, metadata_sha256: str) -> None:
+        """A change of EXTRACTED."""
 
-    # -- generations: counters that tell other processes to reload something
-    def bump(self, name: str) -> None: ...
-    def generation(self, name: str) -> int: ...
+    # -- changes: what one process changed that others may hold in memory, by topic
+    def generation(self, topic: str) -> int:
+        """How many changes `topic` has seen."""
 
-    # -- lifetime traffic totals, added to by every process
+    def changes(self, topic: str, since: int) -> Changes:
+        """What changed in `topic` after generation `since`."""
+
+    # -- lifetime traffic totals, added to by every process (read in `overview`)
     def add_counts(self, deltas: Iterable[tuple[str, int]]) -> None: ...
-    def counts(self) -> dict[str, int]: ...
 
     # -- refs: the sha256 of files whose index gave none
     def get_ref(self, url: str) -> str | None: ...

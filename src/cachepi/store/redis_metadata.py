@@ -2,7 +2,9 @@
 
 The same operations as the SQLite store, on Redis structures under one key prefix.
 Multi-key updates that must stay consistent (adding and removing a blob with its totals and
-indexes) are Lua scripts, so they are atomic.
+indexes, a change with its log) are Lua scripts, so they are atomic. Totals are kept as
+blobs come and go, overall and per project (a sorted set ranks projects by size), so no call
+reads a whole structure but `blobs` and `extracted_metadata()`.
 
 Calls are synchronous, like SQLite's: on loopback or a LAN they are as quick. When Redis
 does not answer, calls fail fast for a while (store/breaker.py) instead of stalling the
@@ -11,6 +13,7 @@ event loop on every request; callers treat that as "nothing stored" and carry on
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
@@ -18,7 +21,21 @@ import msgspec
 import redis
 
 from cachepi.store.breaker import Breaker
-from cachepi.store.protocols import LIST_KEY, PageRecord, StoreHealth
+from cachepi.store.protocols import (
+    CHANGES_KEPT,
+    EXTRACTED,
+    LIST_KEY,
+    PAGES,
+    Changes,
+    NewBlob,
+    Overview,
+    PageRecord,
+    StoreHealth,
+    StoreUnavailable,
+    changes_since,
+)
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -26,44 +43,81 @@ PREFIX = "cachepi:"
 _encode_page = msgspec.msgpack.Encoder().encode
 _decode_page = msgspec.msgpack.Decoder(PageRecord).decode
 
-_ADD_BLOB = """
-local p, sha, size, now, project, filename = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4],
-    ARGV[5], ARGV[6]
-local key = p .. 'blob:' .. sha
-if redis.call('EXISTS', key) == 0 then
-  redis.call('HINCRBY', p .. 'totals', 'files', 1)
-  redis.call('HINCRBY', p .. 'totals', 'bytes', size)
-  if project ~= '' then
-    redis.call('HINCRBY', p .. 'projbytes', project, size)
-    redis.call('HINCRBY', p .. 'projfiles', project, 1)
-    redis.call('SADD', p .. 'projblobs:' .. project, sha)
-  end
-  redis.call('HSET', key, 'size', size, 'project', project, 'filename', filename,
-             'added_at', now)
-  redis.call('ZADD', p .. 'recent', now, sha)
+# A change of a topic: its generation goes up by one, and the log `changes:{topic}` (score
+# the generation) says what changed: member "{generation} {key}", or "{generation}" when
+# everything did.
+# ARGV[1] is the key prefix, ARGV[2] how many changes are kept per topic.
+_ANNOUNCE_FUNCTION = """
+local function announce(p, topic, key)
+  local generation = redis.call('HINCRBY', p .. 'generations', topic, 1)
+  local log = p .. 'changes:' .. topic
+  redis.call('ZADD', log, generation, key and (generation .. ' ' .. key) or tostring(generation))
+  redis.call('ZREMRANGEBYSCORE', log, '-inf', generation - tonumber(ARGV[2]))
 end
-redis.call('ZADD', p .. 'lru', now, sha)
 """
 
-_REMOVE_BLOB = """
-local p, sha = ARGV[1], ARGV[2]
-local key = p .. 'blob:' .. sha
-local fields = redis.call('HMGET', key, 'size', 'project')
-if fields[1] then
+_ANNOUNCE = _ANNOUNCE_FUNCTION + "announce(ARGV[1], ARGV[3], ARGV[4])"
+
+_PAIR = (
+    _ANNOUNCE_FUNCTION
+    + f"""
+local p, wheel, meta = ARGV[1], ARGV[3], ARGV[4]
+redis.call('HSET', p .. 'wheelmeta', wheel, meta)
+redis.call('HSET', p .. 'metaof', meta, wheel)
+announce(p, '{EXTRACTED}', wheel)
+"""
+)
+
+# A blob's record no longer counts in the totals (it is removed, or recorded anew).
+_UNCOUNT_FUNCTION = """
+local function uncount(p, sha)
+  local key = p .. 'blob:' .. sha
+  local fields = redis.call('HMGET', key, 'size', 'project')
+  if not fields[1] then
+    return
+  end
   local size = tonumber(fields[1])
   redis.call('HINCRBY', p .. 'totals', 'files', -1)
   redis.call('HINCRBY', p .. 'totals', 'bytes', -size)
   local project = fields[2]
   if project and project ~= '' then
     redis.call('SREM', p .. 'projblobs:' .. project, sha)
-    redis.call('HINCRBY', p .. 'projbytes', project, -size)
+    redis.call('ZINCRBY', p .. 'projsize', -size, project)
     if redis.call('HINCRBY', p .. 'projfiles', project, -1) <= 0 then
-      redis.call('HDEL', p .. 'projbytes', project)
+      redis.call('ZREM', p .. 'projsize', project)
       redis.call('HDEL', p .. 'projfiles', project)
     end
   end
   redis.call('DEL', key)
 end
+"""
+
+_ADD_BLOB = (
+    _UNCOUNT_FUNCTION
+    + """
+local p, sha, size, now, project, filename = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4],
+    ARGV[5], ARGV[6]
+uncount(p, sha)
+redis.call('HINCRBY', p .. 'totals', 'files', 1)
+redis.call('HINCRBY', p .. 'totals', 'bytes', size)
+if project ~= '' then
+  redis.call('ZINCRBY', p .. 'projsize', size, project)
+  redis.call('HINCRBY', p .. 'projfiles', project, 1)
+  redis.call('SADD', p .. 'projblobs:' .. project, sha)
+end
+redis.call('HSET', p .. 'blob:' .. sha, 'size', size, 'project', project, 'filename', filename,
+           'added_at', now)
+redis.call('ZADD', p .. 'recent', now, sha)
+redis.call('ZADD', p .. 'lru', now, sha)
+"""
+)
+
+_REMOVE_BLOB = (
+    _ANNOUNCE_FUNCTION
+    + _UNCOUNT_FUNCTION
+    + f"""
+local p, sha = ARGV[1], ARGV[3]
+uncount(p, sha)
 redis.call('ZREM', p .. 'lru', sha)
 redis.call('ZREM', p .. 'recent', sha)
 for _, url in ipairs(redis.call('SMEMBERS', p .. 'blobrefs:' .. sha)) do
@@ -74,12 +128,25 @@ local meta = redis.call('HGET', p .. 'wheelmeta', sha)
 if meta then
   redis.call('HDEL', p .. 'wheelmeta', sha)
   redis.call('HDEL', p .. 'metaof', meta)
+  announce(p, '{EXTRACTED}', sha)
 end
 local wheel = redis.call('HGET', p .. 'metaof', sha)
 if wheel then
   redis.call('HDEL', p .. 'metaof', sha)
   redis.call('HDEL', p .. 'wheelmeta', wheel)
+  announce(p, '{EXTRACTED}', wheel)
 end
+"""
+)
+
+# Projects' sizes were a hash before they were ranked in a sorted set: moved once.
+_RANK_PROJECTS = """
+local p = ARGV[1]
+local sizes = redis.call('HGETALL', p .. 'projbytes')
+for i = 1, #sizes, 2 do
+  redis.call('ZADD', p .. 'projsize', sizes[i + 1], sizes[i])
+end
+redis.call('DEL', p .. 'projbytes')
 """
 
 
@@ -120,6 +187,13 @@ class RedisMetadata:
         self._add = client.register_script(_ADD_BLOB)
         self._remove = client.register_script(_REMOVE_BLOB)
         self._delete_missing = client.register_script(_DELETE_MISSING)
+        self._announce_script = client.register_script(_ANNOUNCE)
+        self._pair = client.register_script(_PAIR)
+        rank = client.register_script(_RANK_PROJECTS)
+        try:
+            self._call(lambda: rank(args=[self._p]))
+        except StoreUnavailable as failure:  # a node starts while Redis is down, as before
+            log.warning("cannot rank the projects of an older cache by size: %s", failure)
 
     @property
     def health(self) -> StoreHealth:
@@ -181,7 +255,9 @@ class RedisMetadata:
             self._r.delete(f"{self._p}pagenames", f"{self._p}missing")
             return count
 
-        return self._call(delete)
+        deleted = self._call(delete)
+        self._announce(PAGES, key)
+        return deleted
 
     def delete_missing_pages(self, before: float, limit: int) -> int:
         args: list[str | int] = [self._p, repr(float(before)), limit]
@@ -190,6 +266,11 @@ class RedisMetadata:
     def expire_pages(self, key: str) -> None:
         for url, record in self.pages_of(key):
             self.put_page(url, key, msgspec.structs.replace(record, fetched_at=0.0))
+        self._announce(PAGES, key)
+
+    def _announce(self, topic: str, key: str | None) -> None:
+        args: list[str | int] = [self._p, CHANGES_KEPT, topic, *([] if key is None else [key])]
+        self._call(lambda: self._announce_script(args=args))
 
     # -- blobs ---------------------------------------------------------------------------
 
@@ -197,11 +278,22 @@ class RedisMetadata:
         self, sha256: str, size: int, now: float, project: str | None = None,
         filename: str | None = None,
     ) -> None:  # fmt: skip
-        args: list[str | int | float] = [self._p, sha256, size, now, project or "", filename or ""]
-        self._call(lambda: self._add(args=args))
+        self.add_blobs([NewBlob(sha256, size, now, project, filename)])
+
+    def add_blobs(self, blobs: Iterable[NewBlob]) -> None:
+        def add() -> None:
+            with self._r.pipeline(transaction=False) as pipe:
+                for b in blobs:
+                    args: list[str | int | float] = [
+                        self._p, b.sha256, b.size, b.at, b.project or "", b.filename or "",
+                    ]  # fmt: skip
+                    self._add(args=args, client=pipe)
+                pipe.execute()
+
+        self._call(add)
 
     def remove_blob(self, sha256: str) -> None:
-        self._call(lambda: self._remove(args=[self._p, sha256]))
+        self._call(lambda: self._remove(args=[self._p, CHANGES_KEPT, sha256]))
 
     def touch_blobs(self, accesses: Iterable[tuple[str, float]]) -> None:
         def touch() -> None:
@@ -238,22 +330,42 @@ class RedisMetadata:
 
         return self._call(fields)
 
-    def recent_blobs(self, limit: int) -> list[tuple[float, str, str, int]]:
-        recent = self._call(
-            lambda: self._r.zrevrange(f"{self._p}recent", 0, limit - 1, withscores=True)
-        )
-        shas = [sha.decode() for sha, _ in recent]
-        rows = self._fields(shas, "project", "filename", "size")
-        return [
-            (at, _text(project), _text(filename), int(size or 0))
-            for (_, at), (project, filename, size) in zip(recent, rows, strict=True)
-        ]
+    def overview(self, recent: int, biggest: int) -> Overview:
+        def read() -> Overview:
+            with self._r.pipeline() as pipe:  # one snapshot (MULTI)
+                pipe.hmget(f"{self._p}totals", "files", "bytes")
+                pipe.hgetall(f"{self._p}counters")
+                # At least one each: a stop of -1 would be the whole set.
+                pipe.zrevrange(f"{self._p}recent", 0, max(recent, 1) - 1, withscores=True)
+                pipe.zrevrange(f"{self._p}projsize", 0, max(biggest, 1) - 1, withscores=True)
+                (files, size), counters, latest, ranked = pipe.execute()
+            latest, ranked = latest[:recent], ranked[:biggest]
+            shas = [sha.decode() for sha, _ in latest]
+            names = [name for name, _ in ranked]
+            with self._r.pipeline() as pipe:
+                for sha256 in shas:
+                    pipe.hmget(f"{self._p}blob:{sha256}", "project", "filename", "size")
+                if names:
+                    pipe.hmget(f"{self._p}projfiles", *names)
+                fields = pipe.execute()
+            project_files = fields[len(shas)] if names else []
+            return Overview(
+                int(files or 0),
+                int(size or 0),
+                {k.decode(): int(v) for k, v in counters.items()},
+                [
+                    (at, _text(project), _text(filename), int(blob_size or 0))
+                    for (_, at), (project, filename, blob_size) in zip(
+                        latest, fields[: len(shas)], strict=True
+                    )
+                ],
+                [
+                    (name.decode(), int(count or 0), int(total))
+                    for (name, total), count in zip(ranked, project_files, strict=True)
+                ],
+            )
 
-    def biggest_projects(self, limit: int) -> list[tuple[str, int, int]]:
-        sizes = self._call(lambda: self._r.hgetall(f"{self._p}projbytes"))
-        files = self._call(lambda: self._r.hgetall(f"{self._p}projfiles"))
-        ranked = sorted(sizes.items(), key=lambda item: -int(item[1]))[:limit]
-        return [(name.decode(), int(files.get(name, 0)), int(size)) for name, size in ranked]
+        return self._call(read)
 
     def blobs_of(self, project: str) -> list[tuple[str, str, int, float]]:
         shas = sorted(
@@ -276,26 +388,39 @@ class RedisMetadata:
 
     # -- METADATA extracted from cached wheels --------------------------------------------
 
-    def extracted_metadata(self) -> dict[str, str]:
-        rows = self._call(lambda: self._r.hgetall(f"{self._p}wheelmeta"))
-        return {k.decode(): v.decode() for k, v in rows.items()}
+    def extracted_metadata(self, wheels: Iterable[str] | None = None) -> dict[str, str]:
+        if wheels is None:
+            rows = self._call(lambda: self._r.hgetall(f"{self._p}wheelmeta"))
+            return {k.decode(): v.decode() for k, v in rows.items()}
+        asked = list(wheels)
+        if not asked:
+            return {}
+        found = self._call(lambda: self._r.hmget(f"{self._p}wheelmeta", asked))
+        return {k: v.decode() for k, v in zip(asked, found, strict=True) if v is not None}
 
     def put_extracted_metadata(self, wheel_sha256: str, metadata_sha256: str) -> None:
-        def put() -> None:
-            with self._r.pipeline() as pipe:
-                pipe.hset(f"{self._p}wheelmeta", wheel_sha256, metadata_sha256)
-                pipe.hset(f"{self._p}metaof", metadata_sha256, wheel_sha256)
-                pipe.execute()
+        args: list[str | int] = [self._p, CHANGES_KEPT, wheel_sha256, metadata_sha256]
+        self._call(lambda: self._pair(args=args))
 
-        self._call(put)
+    # -- changes and counters ------------------------------------------------------------
 
-    # -- generations and counters ------------------------------------------------------------
+    def generation(self, topic: str) -> int:
+        return int(self._call(lambda: self._r.hget(f"{self._p}generations", topic)) or 0)
 
-    def bump(self, name: str) -> None:
-        self._call(lambda: self._r.hincrby(f"{self._p}generations", name, 1))
+    def changes(self, topic: str, since: int) -> Changes:
+        def read() -> tuple[Any, list[bytes]]:
+            with self._r.pipeline() as pipe:  # one snapshot (MULTI)
+                pipe.hget(f"{self._p}generations", topic)
+                pipe.zrangebyscore(f"{self._p}changes:{topic}", f"({since}", "+inf")
+                generation, members = pipe.execute()
+            return generation, members
 
-    def generation(self, name: str) -> int:
-        return int(self._call(lambda: self._r.hget(f"{self._p}generations", name)) or 0)
+        generation, members = self._call(read)
+        logged: list[tuple[int, str | None]] = []
+        for member in members:
+            number, space, key = member.decode().partition(" ")
+            logged.append((int(number), key if space else None))
+        return changes_since(since, int(generation or 0), logged)
 
     def add_counts(self, deltas: Iterable[tuple[str, int]]) -> None:
         def add() -> None:
@@ -305,10 +430,6 @@ class RedisMetadata:
                 pipe.execute()
 
         self._call(add)
-
-    def counts(self) -> dict[str, int]:
-        rows = self._call(lambda: self._r.hgetall(f"{self._p}counters"))
-        return {k.decode(): int(v) for k, v in rows.items()}
 
     # -- refs ----------------------------------------------------------------------------
 

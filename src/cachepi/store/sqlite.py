@@ -1,20 +1,36 @@
 """The embedded default's metadata store, on SQLite (WAL): cached index pages, stored blobs
 and their last use, and small shared state.
 
-Queries are tiny and run on the event loop's thread: SQLite answers them in microseconds, and
-the hot paths (fresh pages, cached files) are served from memory before reaching here. Every
-SQLite error (a locked or full database) surfaces as StoreUnavailable.
+Queries are tiny and run on the event loop's thread: each one reads through an index or a
+kept total (triggers keep the totals of files and bytes, per project and overall, with every
+change of `blobs`), so SQLite answers in microseconds however big the cache, and the hot
+paths (fresh pages, cached files) are served from memory before reaching here. `overview`
+runs on a thread, on a connection of its own. Every SQLite error (a locked or full database)
+surfaces as StoreUnavailable.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sqlite3
-from collections.abc import Callable, Iterable
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
-from cachepi.store.protocols import PageRecord, StoreHealth, StoreUnavailable
+from cachepi.store.protocols import (
+    CHANGES_KEPT,
+    EXTRACTED,
+    PAGES,
+    Changes,
+    NewBlob,
+    Overview,
+    PageRecord,
+    StoreHealth,
+    StoreUnavailable,
+    changes_since,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -76,6 +92,59 @@ CREATE TABLE IF NOT EXISTS counters (
 """
 # Columns added after the first release, for caches made before them.
 _ADDED_COLUMNS = {"blobs": ("project TEXT", "filename TEXT", "added_at REAL")}
+# Indexes and kept totals, added after the first release too: made in one transaction, so
+# the totals of a cache made before them are counted once, whoever opens it first.
+_DERIVED = """
+BEGIN IMMEDIATE;
+CREATE INDEX IF NOT EXISTS blobs_by_added_at ON blobs (added_at);
+CREATE INDEX IF NOT EXISTS blobs_by_project ON blobs (project, filename);
+CREATE INDEX IF NOT EXISTS refs_by_sha256 ON refs (sha256);
+CREATE INDEX IF NOT EXISTS wheel_metadata_by_metadata ON wheel_metadata (metadata_sha256);
+CREATE TABLE IF NOT EXISTS changes (
+    topic TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    key TEXT,  -- NULL: everything changed
+    PRIMARY KEY (topic, generation)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS blob_totals (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    files INTEGER NOT NULL,
+    bytes INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS project_totals (
+    project TEXT PRIMARY KEY,
+    files INTEGER NOT NULL,
+    bytes INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS project_totals_by_bytes ON project_totals (bytes);
+-- Counted from the blobs only while no total is kept: the CROSS JOIN puts the empty row
+-- first, so a cache counted already is not read through at every start.
+INSERT INTO project_totals SELECT project, count(*), sum(size)
+    FROM (SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM blob_totals)) CROSS JOIN blobs
+    WHERE project IS NOT NULL GROUP BY project;
+INSERT OR IGNORE INTO blob_totals SELECT 0, count(*), coalesce(sum(size), 0)
+    FROM (SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM blob_totals)) CROSS JOIN blobs;
+CREATE TRIGGER IF NOT EXISTS blob_added AFTER INSERT ON blobs BEGIN
+    UPDATE blob_totals SET files = files + 1, bytes = bytes + new.size WHERE id = 0;
+    INSERT INTO project_totals SELECT new.project, 1, new.size WHERE new.project IS NOT NULL
+        ON CONFLICT (project) DO UPDATE SET files = files + 1, bytes = bytes + excluded.bytes;
+END;
+CREATE TRIGGER IF NOT EXISTS blob_removed AFTER DELETE ON blobs BEGIN
+    UPDATE blob_totals SET files = files - 1, bytes = bytes - old.size WHERE id = 0;
+    UPDATE project_totals SET files = files - 1, bytes = bytes - old.size
+        WHERE project = old.project;
+    DELETE FROM project_totals WHERE project = old.project AND files <= 0;
+END;
+CREATE TRIGGER IF NOT EXISTS blob_changed AFTER UPDATE OF size, project ON blobs BEGIN
+    UPDATE blob_totals SET bytes = bytes - old.size + new.size WHERE id = 0;
+    INSERT INTO project_totals SELECT new.project, 1, new.size WHERE new.project IS NOT NULL
+        ON CONFLICT (project) DO UPDATE SET files = files + 1, bytes = bytes + excluded.bytes;
+    UPDATE project_totals SET files = files - 1, bytes = bytes - old.size
+        WHERE project = old.project;
+    DELETE FROM project_totals WHERE project = old.project AND files <= 0;
+END;
+COMMIT;
+"""
 
 
 class SqliteMetadata:
@@ -83,12 +152,12 @@ class SqliteMetadata:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._path = path
+        self._db = _connect(path)
         self._db.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL mode keeps the database consistent on power loss; only the last
         # commits may be lost, and every row here can be rebuilt from upstream or disk.
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
         self.health = StoreHealth()
         self._db.executescript(_SCHEMA)
         for table, columns in _ADDED_COLUMNS.items():
@@ -96,9 +165,47 @@ class SqliteMetadata:
             for column in columns:
                 if column.split()[0] not in have:
                     self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+        self._db.executescript(_DERIVED)
+        # `overview`'s connection, opened when first asked for, used by one thread at a time.
+        self._reader: sqlite3.Connection | None = None
+        self._reading = threading.Lock()
 
     def close(self) -> None:
         self._db.close()
+        with self._reading:
+            if self._reader is not None:
+                self._reader.close()
+
+    @contextlib.contextmanager
+    def _transaction(
+        self,
+        db: sqlite3.Connection | None = None,
+        mode: Literal["IMMEDIATE", "DEFERRED"] = "IMMEDIATE",
+    ) -> Iterator[sqlite3.Connection]:
+        """Statements that count as one (the connections are in autocommit mode): IMMEDIATE
+        for writes, so that a reader never has to become a writer and deadlock."""
+        db = db or self._db
+        db.execute(f"BEGIN {mode}")
+        try:
+            yield db
+        except BaseException:
+            if db.in_transaction:  # SQLite rolls back itself on some errors (a full disk)
+                db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def _announce(self, topic: str, key: str | None) -> None:
+        """Log a change of `topic` (call in a transaction)."""
+        (generation,) = self._db.execute(
+            "INSERT INTO generations VALUES (?, 1)"
+            " ON CONFLICT (name) DO UPDATE SET value = value + 1 RETURNING value",
+            (topic,),
+        ).fetchall()[0]
+        self._db.execute("INSERT INTO changes VALUES (?, ?, ?)", (topic, generation, key))
+        self._db.execute(
+            "DELETE FROM changes WHERE topic = ? AND generation <= ?",
+            (topic, generation - CHANGES_KEPT),
+        )
 
     # -- index pages -------------------------------------------------------------------
 
@@ -129,20 +236,25 @@ class SqliteMetadata:
 
     @_mapped
     def page_keys(self, prefix: str, limit: int) -> list[str]:
-        """Cached project names starting with `prefix`, a normalized name (only a-z, 0-9
-        and `-`, so nothing in it is special to LIKE)."""
+        """Cached project names starting with `prefix`, a normalized name: a range of the
+        index by key, since its characters (a-z, 0-9, `-`) all sort before DEL."""
         rows = self._db.execute(
-            "SELECT DISTINCT key FROM pages WHERE key LIKE ? AND key != '' ORDER BY key LIMIT ?",
-            (prefix + "%", limit),
+            "SELECT DISTINCT key FROM pages WHERE key >= ? AND key < ? AND key != ''"
+            " ORDER BY key LIMIT ?",
+            (prefix, prefix + "\x7f", limit),
         )
         return [row[0] for row in rows]
 
     @_mapped
     def delete_pages(self, key: str | None) -> int:
         """Forget the pages of `key` (None: every page); returns how many."""
-        if key is None:
-            return self._db.execute("DELETE FROM pages").rowcount
-        return self._db.execute("DELETE FROM pages WHERE key = ?", (key,)).rowcount
+        with self._transaction() as db:
+            if key is None:
+                deleted = db.execute("DELETE FROM pages").rowcount
+            else:
+                deleted = db.execute("DELETE FROM pages WHERE key = ?", (key,)).rowcount
+            self._announce(PAGES, key)
+        return deleted
 
     @_mapped
     def delete_missing_pages(self, before: float, limit: int) -> int:
@@ -158,35 +270,49 @@ class SqliteMetadata:
     def expire_pages(self, key: str) -> None:
         """Make one project's pages (or the list's, with LIST_KEY) stale for every index.
         Their validators stay, so the next request revalidates cheaply."""
-        self._db.execute("UPDATE pages SET fetched_at = 0 WHERE key = ?", (key,))
+        with self._transaction() as db:
+            db.execute("UPDATE pages SET fetched_at = 0 WHERE key = ?", (key,))
+            self._announce(PAGES, key)
 
     # -- blobs ---------------------------------------------------------------------------
 
-    @_mapped
     def add_blob(
         self, sha256: str, size: int, now: float, project: str | None = None,
         filename: str | None = None,
     ) -> None:  # fmt: skip
-        self._db.execute(
-            "INSERT OR REPLACE INTO blobs VALUES (?, ?, ?, ?, ?, ?)",
-            (sha256, size, now, project, filename, now),
-        )
+        self.add_blobs([NewBlob(sha256, size, now, project, filename)])
+
+    @_mapped
+    def add_blobs(self, blobs: Iterable[NewBlob]) -> None:
+        # An upsert, not a REPLACE: that would delete the old row without telling the
+        # triggers that keep the totals.
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT INTO blobs VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (sha256) DO UPDATE SET"
+                " size = excluded.size, last_access = excluded.last_access,"
+                " project = excluded.project, filename = excluded.filename,"
+                " added_at = excluded.added_at",
+                ((b.sha256, b.size, b.at, b.project, b.filename, b.at) for b in blobs),
+            )
 
     @_mapped
     def remove_blob(self, sha256: str) -> None:
         """Forget a blob and everything that points at it or derives from it."""
-        with self._db:
-            self._db.execute("DELETE FROM blobs WHERE sha256 = ?", (sha256,))
-            self._db.execute("DELETE FROM refs WHERE sha256 = ?", (sha256,))
-            self._db.execute(
-                "DELETE FROM wheel_metadata WHERE wheel_sha256 = ?1 OR metadata_sha256 = ?1",
+        with self._transaction() as db:
+            db.execute("DELETE FROM blobs WHERE sha256 = ?", (sha256,))
+            db.execute("DELETE FROM refs WHERE sha256 = ?", (sha256,))
+            paired = db.execute(
+                "DELETE FROM wheel_metadata WHERE wheel_sha256 = ?1 OR metadata_sha256 = ?1"
+                " RETURNING wheel_sha256",
                 (sha256,),
-            )
+            ).fetchall()
+            for (wheel,) in paired:
+                self._announce(EXTRACTED, wheel)
 
     @_mapped
     def touch_blobs(self, accesses: Iterable[tuple[str, float]]) -> None:
-        with self._db:
-            self._db.executemany(
+        with self._transaction() as db:
+            db.executemany(
                 "UPDATE blobs SET last_access = max(last_access, ?) WHERE sha256 = ?",
                 ((at, sha256) for sha256, at in accesses),
             )
@@ -199,26 +325,26 @@ class SqliteMetadata:
     @_mapped
     def blob_stats(self) -> tuple[int, int]:
         """(number of blobs, total bytes)."""
-        row = self._db.execute("SELECT count(*), coalesce(sum(size), 0) FROM blobs").fetchone()
-        return row[0], row[1]
+        return _totals(self._db)
 
     @_mapped
-    def recent_blobs(self, limit: int) -> list[tuple[float, str, str, int]]:
-        """The latest stored files as (added at, project, filename, size), newest first."""
-        return self._db.execute(
-            "SELECT added_at, project, filename, size FROM blobs WHERE added_at IS NOT NULL"
-            " ORDER BY added_at DESC LIMIT ?",
-            (limit,),
-        ).fetchall()
-
-    @_mapped
-    def biggest_projects(self, limit: int) -> list[tuple[str, int, int]]:
-        """(project, files, bytes) of the projects taking the most space."""
-        return self._db.execute(
-            "SELECT project, count(*), sum(size) FROM blobs WHERE project IS NOT NULL"
-            " GROUP BY project ORDER BY sum(size) DESC LIMIT ?",
-            (limit,),
-        ).fetchall()
+    def overview(self, recent: int, biggest: int) -> Overview:
+        with self._reading:
+            if self._reader is None:
+                self._reader = _connect(self._path)
+            with self._transaction(self._reader, "DEFERRED") as db:  # one snapshot
+                files, size = _totals(db)
+                counts = dict(db.execute("SELECT name, value FROM counters"))
+                latest = db.execute(
+                    "SELECT added_at, project, filename, size FROM blobs"
+                    " WHERE added_at IS NOT NULL ORDER BY added_at DESC LIMIT ?",
+                    (recent,),
+                ).fetchall()
+                ranked = db.execute(
+                    "SELECT project, files, bytes FROM project_totals ORDER BY bytes DESC LIMIT ?",
+                    (biggest,),
+                ).fetchall()
+        return Overview(files, size, counts, latest, ranked)
 
     @_mapped
     def blobs_of(self, project: str) -> list[tuple[str, str, int, float]]:
@@ -239,45 +365,52 @@ class SqliteMetadata:
     # -- METADATA extracted from cached wheels (PEP 658 for indexes without it) ----------
 
     @_mapped
-    def extracted_metadata(self) -> dict[str, str]:
+    def extracted_metadata(self, wheels: Iterable[str] | None = None) -> dict[str, str]:
         """wheel sha256 -> sha256 of the METADATA blob extracted from it."""
-        return dict(self._db.execute("SELECT wheel_sha256, metadata_sha256 FROM wheel_metadata"))
+        query = "SELECT wheel_sha256, metadata_sha256 FROM wheel_metadata"
+        if wheels is None:
+            return dict(self._db.execute(query))
+        return {
+            wheel: metadata
+            for sha256 in wheels
+            for wheel, metadata in self._db.execute(query + " WHERE wheel_sha256 = ?", (sha256,))
+        }
 
     @_mapped
     def put_extracted_metadata(self, wheel_sha256: str, metadata_sha256: str) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO wheel_metadata VALUES (?, ?)", (wheel_sha256, metadata_sha256)
-        )
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO wheel_metadata VALUES (?, ?)",
+                (wheel_sha256, metadata_sha256),
+            )
+            self._announce(EXTRACTED, wheel_sha256)
 
-    # -- generations: counters that tell other worker processes to reload something ------
-
-    @_mapped
-    def bump(self, name: str) -> None:
-        self._db.execute(
-            "INSERT INTO generations VALUES (?, 1)"
-            " ON CONFLICT (name) DO UPDATE SET value = value + 1",
-            (name,),
-        )
+    # -- changes: what one process changed that others hold in memory -----------------------
 
     @_mapped
-    def generation(self, name: str) -> int:
-        row = self._db.execute("SELECT value FROM generations WHERE name = ?", (name,)).fetchone()
-        return row[0] if row else 0
+    def generation(self, topic: str) -> int:
+        return _generation(self._db, topic)
+
+    @_mapped
+    def changes(self, topic: str, since: int) -> Changes:
+        with self._transaction(mode="DEFERRED") as db:
+            generation = _generation(db, topic)
+            logged = db.execute(
+                "SELECT generation, key FROM changes WHERE topic = ? AND generation > ?",
+                (topic, since),
+            ).fetchall()
+        return changes_since(since, generation, logged)
 
     # -- counters: lifetime traffic totals, added to by every worker --------------------
 
     @_mapped
     def add_counts(self, deltas: Iterable[tuple[str, int]]) -> None:
-        with self._db:
-            self._db.executemany(
+        with self._transaction() as db:
+            db.executemany(
                 "INSERT INTO counters VALUES (?, ?)"
                 " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
                 deltas,
             )
-
-    @_mapped
-    def counts(self) -> dict[str, int]:
-        return dict(self._db.execute("SELECT name, value FROM counters"))
 
     # -- refs: the sha256 of files whose index gave no sha256 ----------------------------
 
@@ -289,3 +422,20 @@ class SqliteMetadata:
     @_mapped
     def put_ref(self, url: str, sha256: str) -> None:
         self._db.execute("INSERT OR REPLACE INTO refs VALUES (?, ?)", (url, sha256))
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    # Autocommit: transactions are begun explicitly (`_transaction`).
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA busy_timeout=5000")
+    return db
+
+
+def _totals(db: sqlite3.Connection) -> tuple[int, int]:
+    files, size = db.execute("SELECT files, bytes FROM blob_totals WHERE id = 0").fetchone()
+    return int(files), int(size)
+
+
+def _generation(db: sqlite3.Connection, topic: str) -> int:
+    row = db.execute("SELECT value FROM generations WHERE name = ?", (topic,)).fetchone()
+    return int(row[0]) if row else 0

@@ -15,6 +15,7 @@ from cachepi.config import Settings
 from cachepi.filecache import DownloadLimits, FileCache
 from cachepi.index import IndexCache
 from cachepi.metrics import Metrics
+from cachepi.overview import Overviews
 from cachepi.reach import Reach
 from cachepi.rendered import RenderCache
 from cachepi.routing import Router
@@ -28,6 +29,7 @@ from cachepi.web.keys import (
     INDEX_CACHE,
     METADATA,
     METRICS,
+    OVERVIEWS,
     RENDERED,
     ROUTE_NAMES,
     SETTINGS,
@@ -88,6 +90,7 @@ async def _components(app: web.Application, reconcile: bool) -> AsyncIterator[No
     metrics = app[METRICS]
     stores = app[STORES] = open_stores(settings)
     metadata = app[METADATA] = stores.metadata
+    app[OVERVIEWS] = Overviews(metadata)
     connections = Connections(
         settings.connect_timeout,
         settings.read_timeout,
@@ -112,7 +115,12 @@ async def _components(app: web.Application, reconcile: bool) -> AsyncIterator[No
     ]
     unrouted = tuple(i for i, up in enumerate(settings.upstreams) if not up.explicit)
     pages = UpstreamPages(
-        upstreams, metadata, stores.locks, settings.negative_ttl, offline=settings.offline
+        upstreams,
+        metadata,
+        stores.locks,
+        settings.negative_ttl,
+        offline=settings.offline,
+        metrics=metrics,
     )
     app[INDEX_CACHE] = IndexCache(
         pages,

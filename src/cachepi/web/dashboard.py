@@ -1,8 +1,8 @@
 """The dashboard at `/`: indexes and their health, cache use, traffic, recent misses, the
 biggest projects, a project search, and invalidation forms.
 
-Rendered on the server from the metadata store (so every worker shows the same numbers);
-plain HTML forms, no JavaScript.
+Rendered on the server from the metadata store (so every worker shows the same numbers,
+a few seconds old at most: overview.py); plain HTML forms, no JavaScript.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from aiohttp import web
 
 from cachepi.metrics import hit_ratio
 from cachepi.simple.names import is_valid_project_name, normalize
-from cachepi.web.keys import INDEX_CACHE, METADATA, METRICS, SETTINGS
+from cachepi.store.protocols import Overview, StoreUnavailable
+from cachepi.web.keys import INDEX_CACHE, METADATA, METRICS, OVERVIEWS, SETTINGS
 
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:64rem;margin:2rem auto;padding:0 1rem;
 color:#222}table{border-collapse:collapse;margin:.5rem 0}td,th{padding:.25rem .8rem;
@@ -60,11 +61,10 @@ def _indexes(request: web.Request) -> str:
     return _table(("Name", "URL", "TTL", "Health"), rows, "No index.")
 
 
-def _cache(request: web.Request) -> str:
+def _cache(request: web.Request, overview: Overview) -> str:
     settings = request.app[SETTINGS]
-    store = request.app[METADATA]
-    files, size = store.blob_stats()
-    totals = request.app[METRICS].totals(store)
+    files, size = overview.files, overview.bytes
+    totals = request.app[METRICS].totals(overview.counts)
     ratio = hit_ratio(totals)
     limit = settings.cache_size
     meter = f'<meter min="0" max="{limit}" value="{min(size, limit)}"></meter> ' if limit else ""
@@ -80,20 +80,20 @@ def _cache(request: web.Request) -> str:
     )
 
 
-def _recent(request: web.Request) -> str:
+def _recent(overview: Overview) -> str:
     rows = [
         f"<tr><td>{_when(at)}</td><td>{escape(project or '')}</td>"
         f'<td>{escape(filename or "")}</td><td class="n">{human(size)}</td></tr>'
-        for at, project, filename, size in request.app[METADATA].recent_blobs(20)
+        for at, project, filename, size in overview.recent
     ]
     return _table(("Stored", "Project", "File", "Size"), rows, "Nothing downloaded yet.")
 
 
-def _biggest(request: web.Request) -> str:
+def _biggest(overview: Overview) -> str:
     rows = [
         f'<tr><td><a href="/?q={escape(project)}">{escape(project)}</a></td>'
         f'<td class="n">{files}</td><td class="n">{human(size)}</td></tr>'
-        for project, files, size in request.app[METADATA].biggest_projects(10)
+        for project, files, size in overview.biggest
     ]
     return _table(("Project", "Files", "Size"), rows, "No files cached yet.")
 
@@ -142,6 +142,10 @@ def _result(request: web.Request, query: str) -> str:
 
 
 async def home(request: web.Request) -> web.Response:
+    try:
+        overview = await request.app[OVERVIEWS].get()
+    except StoreUnavailable as error:
+        raise web.HTTPServiceUnavailable(text=f"{error}\n") from None
     query = request.query.get("q", "").strip()
     result = (
         f'<section id="result"><h2>Search result</h2>{_result(request, query)}</section>'
@@ -159,9 +163,9 @@ async def home(request: web.Request) -> web.Response:
 <input name="q" value="{escape(query)}" required></label> <button>Search</button></form>
 {result}
 <section><h2>Upstream indexes</h2><div id="indexes">{_indexes(request)}</div></section>
-<section><h2>Cache</h2><div id="cache">{_cache(request)}</div></section>
-<section><h2>Recent misses</h2><div id="recent">{_recent(request)}</div></section>
-<section><h2>Biggest projects</h2><div id="biggest">{_biggest(request)}</div></section>
+<section><h2>Cache</h2><div id="cache">{_cache(request, overview)}</div></section>
+<section><h2>Recent misses</h2><div id="recent">{_recent(overview)}</div></section>
+<section><h2>Biggest projects</h2><div id="biggest">{_biggest(overview)}</div></section>
 <section><h2>Invalidate the index cache</h2>{
         _invalidate_forms(request)
         if not query

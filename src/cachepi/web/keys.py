@@ -8,6 +8,7 @@ from cachepi.config import Settings
 from cachepi.filecache import FileCache
 from cachepi.index import IndexCache
 from cachepi.metrics import Metrics
+from cachepi.overview import Overviews
 from cachepi.rendered import RenderCache
 from cachepi.store import Stores
 from cachepi.store.protocols import MetadataStore
@@ -20,6 +21,7 @@ FILE_CACHE = web.AppKey("file_cache", FileCache)
 METRICS = web.AppKey("metrics", Metrics)
 RENDERED = web.AppKey("rendered", RenderCache)
 METADATA = web.AppKey("metadata", MetadataStore)
+OVERVIEWS = web.AppKey("overviews", Overviews)
 STORES = web.AppKey("stores", Stores)
 # Only when basic auth is on.
 PASSWORDS = web.AppKey("passwords", PasswordChecks)

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
 from cachepi.metrics import CONTENT_TYPE, Snapshot
-from cachepi.web.keys import FILE_CACHE, INDEX_CACHE, METRICS, SETTINGS
-
-
-def snapshot(app: web.Application) -> Snapshot:
-    files, size = app[FILE_CACHE].accounting.usage()
-    return Snapshot(
-        cache_files=files,
-        cache_bytes=size,
-        cache_limit=app[SETTINGS].cache_size,
-        indexes_up=[(up.name, up.health.healthy) for up in app[INDEX_CACHE].upstreams],
-    )
+from cachepi.store.protocols import StoreUnavailable
+from cachepi.web.keys import INDEX_CACHE, METRICS, OVERVIEWS, SETTINGS
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = request.app[METRICS].exposition(lambda: snapshot(request.app))
+    app = request.app
+    try:
+        overview = await app[OVERVIEWS].get()
+    except StoreUnavailable as error:
+        raise web.HTTPServiceUnavailable(text=f"{error}\n") from None
+    snapshot = Snapshot(
+        cache_files=overview.files,
+        cache_bytes=overview.bytes,
+        cache_limit=app[SETTINGS].cache_size,
+        indexes_up=[(up.name, up.health.healthy) for up in app[INDEX_CACHE].upstreams],
+    )
+    # Every worker's values are read from their files: not on the event loop.
+    body = await asyncio.to_thread(app[METRICS].exposition, snapshot)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
