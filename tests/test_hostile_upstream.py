@@ -28,7 +28,8 @@ from cachepi.reach import (
     Hop,
     is_public,
 )
-from cachepi.upstream import Connections, UpstreamError, redact
+from cachepi.redact import redact
+from cachepi.upstream import Connections, UpstreamError
 from cachepi.web.pages import gateway_error
 from tests.conftest import ProxyFactory
 from tests.fakeupstream import FakeUpstream

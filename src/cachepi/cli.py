@@ -32,8 +32,8 @@ from rich.table import Table
 
 from cachepi import maintenance, workers
 from cachepi.config import SETTING, SETTINGS, ConfigError, Setting, Settings, load_settings
+from cachepi.redact import redact
 from cachepi.simple.names import is_valid_project_name, normalize
-from cachepi.upstream import redact
 from cachepi.warm import reachable, targets, warm_target
 from cachepi.web.dashboard import human
 
