@@ -7,9 +7,21 @@ from urllib.parse import urlsplit
 
 def redact(url: str) -> str:
     """`url` without user:password, for anything a person or another program can see.
-    Only the user information is cut from the authority: an IPv6 host keeps its brackets,
-    and a port is left as written (even one that is no number)."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
+
+    From a URL that parses, only the user information is cut from the authority: an IPv6
+    host keeps its brackets. One that does not (an impossible port, unbalanced brackets, no
+    `scheme://`: what a configuration error shows) may hold its password anywhere, say
+    after an unescaped `/`, so everything between the scheme and its last `@` goes.
+    """
+    if "@" not in url:
         return url
-    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - reading it checks it
+    except ValueError:
+        parts = None
+    if parts is not None and parts.netloc:
+        return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+    scheme, separator, _ = url.partition("://")
+    kept = scheme + separator if separator and "@" not in scheme else ""
+    return kept + url.rpartition("@")[2]
