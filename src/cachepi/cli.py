@@ -174,7 +174,7 @@ def warm(
     Exit code 1 if pip failed for some target.
     """
     if not asyncio.run(reachable(index_url, cert)):
-        fail(f"no proxy answers at {index_url}")
+        fail(f"no proxy answers at {redact(index_url)}")
     console = Console(stderr=True)
     planned = targets(python_version, platform)
     results = []
