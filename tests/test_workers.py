@@ -1,16 +1,21 @@
-"""`cachepi serve --workers 2`: two processes, one port, one cache, no duplicated work."""
+"""`cachepi serve --workers N`: N processes, one port, one cache, no duplicated work; the
+port is one server's alone."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import re
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import pytest
 import pytest_asyncio
 
+from tests.clients import isolated_env
 from tests.fakeupstream import FakeUpstream
 from tests.fetching import fetch
 from tests.served import ServedProxy
@@ -81,3 +86,50 @@ async def test_page_refresh_and_invalidation_are_shared(
     await asyncio.sleep(1.2)  # workers look for invalidations once a second
     await asyncio.gather(*(get(two_workers.index_url + "lib/", **JSON) for _ in range(20)))
     assert fake_upstream.count("/simple/lib/") == 2
+
+
+# -- the port is one server's --------------------------------
+
+
+async def start_second(port: int, workers: int, cache_dir: Path) -> tuple[int, str]:
+    """`cachepi serve` on `port`, expected to refuse: its exit code and stderr."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "cachepi", "serve", "--port", str(port), "--workers", str(workers),
+        "--cache-dir", str(cache_dir), env=isolated_env(cache_dir.parent),
+        stdin=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise AssertionError("a second server started on a port another serves") from None
+    assert process.returncode is not None
+    return process.returncode, stderr.decode(errors="replace")
+
+
+@pytest.mark.parametrize(("first", "second"), [(2, 2), (2, 1), (1, 2), (1, 1)])
+async def test_a_second_server_on_a_served_port_refuses_to_start(
+    first: int,
+    second: int,
+    fake_upstream: FakeUpstream,
+    tmp_path: Path,
+    unused_tcp_port: int,
+) -> None:
+    served = ServedProxy(fake_upstream.url, tmp_path / "cache", unused_tcp_port, workers=first)
+    await served.start()
+    try:
+        assert (await fetch(served.index_url + "lib/")).status == 200
+        metrics = sorted(os.listdir(served.cache_dir / "metrics")) if first > 1 else []
+        # The same cache: a restart with new settings while the old server still runs.
+        code, stderr = await start_second(unused_tcp_port, second, served.cache_dir)
+        assert code == 2, stderr
+        assert stderr.count("\n") == 1 and stderr.startswith("cachepi: error: "), stderr
+        assert f":{unused_tcp_port}" in stderr, stderr
+        # The first still answers, all of it: the refused one touched nothing of its.
+        assert (await fetch(served.index_url + "lib/")).status == 200
+        assert len(served.pids()) == first + (first > 1)
+        if first > 1:
+            assert sorted(os.listdir(served.cache_dir / "metrics")) == metrics != []
+    finally:
+        await served.stop()

@@ -131,18 +131,20 @@ def run(settings: Settings) -> None:
     except (OSError, ssl.SSLError) as error:
         fail(f"--certfile/--keyfile: {error}")
     scheme = "https" if settings.certfile else "http"
-    logging.getLogger(__name__).info(
-        "cachepi on %s://%s:%d/index/ -> %s (%d worker%s)",
-        scheme,
-        settings.host,
-        settings.port,
-        ", ".join(redact(up.url) for up in settings.upstreams),
-        settings.workers,
-        "" if settings.workers == 1 else "s",
-    )
     try:
+        # Before the first log line, so that a refusal is one line.
+        workers.check_port(settings.host, settings.port)
+        logging.getLogger(__name__).info(
+            "cachepi on %s://%s:%d/index/ -> %s (%d worker%s)",
+            scheme,
+            settings.host,
+            settings.port,
+            ", ".join(redact(up.url) for up in settings.upstreams),
+            settings.workers,
+            "" if settings.workers == 1 else "s",
+        )
         workers.serve(settings)
-    except OSError as error:  # e.g. the port is taken
+    except OSError as error:  # another server listens on the port; the host is unknown
         fail(f"cannot serve on {settings.host}:{settings.port}: {error.strerror or error}")
 
 

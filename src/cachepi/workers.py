@@ -33,12 +33,12 @@ _RESTART_DELAY = 1.0
 
 
 def serve(settings: Settings) -> None:
-    """Serve until stopped: in this process for one worker, else in `settings.workers`."""
+    """Serve until stopped: in this process for one worker, else in `settings.workers`.
+    Call `check_port` first."""
     if settings.workers == 1:  # one process: its own counters are all there is
         _run(create_app(settings), settings)
         return
     _metrics_dir(settings.cache_dir / "metrics")
-    check_port(settings.host, settings.port)
     reconcile_cache(settings)
     _supervise(settings)
 
@@ -80,11 +80,30 @@ def _run(app: web.Application, settings: Settings, reuse_port: bool = False) -> 
 
 
 def check_port(host: str, port: int) -> None:
-    """Raise OSError now if the workers will not be able to listen."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        probe.bind((host, port))
+    """Raise OSError (EADDRINUSE) if some process listens on the port, before anything
+    touches the cache: a server refuses to start there rather than share it.
+
+    The probe binds every address the server would, without SO_REUSEPORT: with it, the
+    kernel lets it (and the workers after it) join another cachepi's workers on the port,
+    say those of a server restarted with new settings, and the two would split the
+    connections. SO_REUSEADDR, so connections of a server just stopped (TIME_WAIT) do not
+    count. The port is refused, not the cache directory: a second server on the same cache
+    and another port (a blue/green restart) starts, as processes share a cache by design.
+    Two servers started at the same moment can both pass the probe before either listens.
+    """
+    # As asyncio listens: "" is every interface, a name every address it has.
+    for family, kind, proto, _, address in socket.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    ):
+        try:
+            probe = socket.socket(family, kind, proto)
+        except OSError:  # a family this machine lacks (IPv6 off): asyncio skips it too
+            continue
+        with probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:  # IPv4 is another address, as asyncio binds it
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            probe.bind(address)
 
 
 def _worker(settings: Settings) -> None:
