@@ -3,11 +3,13 @@
 The parent checks the cache once, then forks the workers; each listens on the same port
 (SO_REUSEPORT, so the kernel spreads connections) and shares the cache directory, with
 locks.py keeping them from duplicating downloads, page refreshes and evictions. A worker
-that dies is replaced; SIGTERM or SIGINT stops them all.
+that dies is replaced; SIGTERM or SIGINT stops them all; a parent that dies, even by
+SIGKILL, takes its workers with it.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -106,7 +108,27 @@ def check_port(host: str, port: int) -> None:
             probe.bind(address)
 
 
-def _worker(settings: Settings) -> None:
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with(supervisor: int) -> None:
+    """Have the kernel SIGKILL this worker the moment its supervisor dies, however it dies.
+
+    A worker left behind would serve on with the old settings, hold the port, and split it
+    with the next server. SIGKILL rather than a graceful stop: the listening socket closes
+    at once, nothing in the worker has to run (a busy event loop cannot hold it up), and a
+    kill is what the cache is made to survive (tests/test_crash.py). The kernel watches the
+    thread that forked the worker: the supervisor's main thread, which lives as long as it.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+    if os.getppid() != supervisor:  # it died before the prctl: no signal will come
+        os._exit(1)
+
+
+def _worker(settings: Settings, supervisor: int) -> None:
+    _die_with(supervisor)
     _run(create_app(settings, reconcile=False), settings, reuse_port=True)
 
 
@@ -125,7 +147,9 @@ def _supervise(settings: Settings) -> None:
         while not stopping:
             workers = [w for w in workers if w.is_alive()]
             for _ in range(settings.workers - len(workers)):
-                started = context.Process(target=_worker, args=(settings,), daemon=False)
+                started = context.Process(
+                    target=_worker, args=(settings, os.getpid()), daemon=False
+                )
                 started.start()
                 workers.append(started)
             time.sleep(_RESTART_DELAY)
