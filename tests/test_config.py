@@ -169,6 +169,9 @@ def serve_error(tmp_path: Path, args: list[str], env: dict[str, str], toml: str 
         ([], {"CACHEPI_STORAGE": f"s4://key:{SECRET}@bucket/"}, "CACHEPI_STORAGE"),
         ([], {"CACHEPI_S3_ENDPOINT": BAD_PORT}, "CACHEPI_S3_ENDPOINT"),
         ([], {"CACHEPI_ADMIN_TOKEN": SECRET}, "CACHEPI_ADMIN_TOKEN"),
+        # Usage errors, from click: an index URL without its flag, a URL for a number.
+        ([f"http://user:{SECRET}@host/simple/"], {}, "(http://host/simple/)"),
+        (["--port", f"http://user:{SECRET}@host/"], {}, "'--port': 'http://host/'"),
     ],
 )
 def test_flag_and_environment_errors_never_show_a_password(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import ssl
 import sys
 from collections.abc import Callable
@@ -53,6 +54,10 @@ def settings_from(flags: dict[str, Any]) -> Settings:
         fail(str(error))
 
 
+# A word with an @ in a usage error may be a URL in the wrong place, password and all.
+_AT_WORD = re.compile(r"""[^\s'"()]*@[^\s'"()]*""")
+
+
 class _OneLineErrors(click.Group):
     """Usage errors as one `cachepi: error:` line with exit code 2, like every other."""
 
@@ -61,7 +66,7 @@ class _OneLineErrors(click.Group):
         try:
             code = super().main(*args, **kwargs)
         except click.ClickException as error:
-            fail(error.format_message())
+            fail(_AT_WORD.sub(lambda word: redact(word[0]), error.format_message()))
         except click.Abort:
             fail("aborted")
         sys.exit(code if isinstance(code, int) else 0)
