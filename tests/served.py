@@ -41,6 +41,15 @@ def process_tree(root: int) -> list[int]:
     return tree
 
 
+def running(pid: int) -> bool:
+    """Whether `pid` is a live process: a zombie, dead but not yet reaped, is not."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
 def memory_kib(pid: int, field: str = "VmRSS") -> int:
     """A /proc/PID/status figure in KiB (VmRSS now, VmHWM the peak); 0 if the process is gone."""
     try:

@@ -196,12 +196,12 @@ async def test_warm_once_per_target(
 async def test_warm_without_a_proxy_is_a_usage_error(
     requirements: Path, home: Path, unused_tcp_port: int
 ) -> None:
-    url = f"http://127.0.0.1:{unused_tcp_port}/index/"
+    url = f"http://user:s3cr3t-pw@127.0.0.1:{unused_tcp_port}/index/"  # htpasswd's user
     ran = await cachepi("warm", "-r", requirements, "--index-url", url, home=home)
     assert ran.returncode == 2, ran.output
     line = ran.error_line()
     assert line.startswith("cachepi: error: no proxy answers"), line
-    assert f"127.0.0.1:{unused_tcp_port}" in line
+    assert f"http://127.0.0.1:{unused_tcp_port}/index/" in line and "s3cr3t" not in line, line
 
 
 async def test_warm_with_an_unreadable_requirements_file_is_a_usage_error(

@@ -21,6 +21,7 @@ from cachepi.config import (
 )
 from cachepi.config.readme import with_table
 from cachepi.policy import Policy
+from tests.clients import isolated_env
 
 README = Path(__file__).parents[1] / "README.md"
 
@@ -113,6 +114,101 @@ def test_bad_value_exits_2_with_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1
     assert "PROXPI_CACHE_SIZE" in result.stderr and "Traceback" not in result.stderr
+
+
+# -- what errors show of a bad value -----------------------------------------------------
+
+SECRET = "s3cr3t-pw"  # under 16 characters, so it is a bad ADMIN_TOKEN too
+BAD_PORT = f"http://user:{SECRET}@host:99999/simple/"
+
+
+def serve_error(tmp_path: Path, args: list[str], env: dict[str, str], toml: str = "") -> str:
+    """The one line `cachepi serve` writes for a configuration error (exit code 2)."""
+    if toml:
+        (tmp_path / "cachepi.toml").write_text(toml)
+        args = [*args, "--config", str(tmp_path / "cachepi.toml")]
+    result = subprocess.run(
+        [sys.executable, "-m", "cachepi", "serve", "--cache-dir", str(tmp_path / "cache"), *args],
+        env=isolated_env(tmp_path) | env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cachepi: error: "), result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "named"),
+    [
+        (["--index-url", BAD_PORT], {}, "--index-url='http://host:99999/simple/'"),
+        ([], {"CACHEPI_INDEX_URL": BAD_PORT}, "CACHEPI_INDEX_URL"),
+        ([], {"PROXPI_INDEX_URL": f"http://user:{SECRET}@[::1/simple/"}, "PROXPI_INDEX_URL"),
+        # urlsplit's own reason for this one quotes the netloc, password and all
+        ([], {"PROXPI_INDEX_URL": f"http://user:{SECRET}\uff03@host/"}, "PROXPI_INDEX_URL"),
+        ([], {"CACHEPI_INDEX_URL": f"user:{SECRET}@host/simple/"}, "CACHEPI_INDEX_URL"),
+        (["--index-url", f"http://user:{SECRET}/x@host/simple/"], {}, "--index-url"),
+        (
+            [],
+            {"PROXPI_EXTRA_INDEX_URLS": f"http://a:{SECRET}@h1/,{BAD_PORT}"},
+            "PROXPI_EXTRA_INDEX_URLS='http://h1/,http://host:99999/simple/'",
+        ),
+        (
+            ["--extra-index-urls", f"http://a:{SECRET}@h1/", "--extra-index-urls", BAD_PORT],
+            {},
+            "--extra-index-urls",
+        ),
+        (
+            [],
+            {"PROXPI_EXTRA_INDEX_URLS": f"http://a:{SECRET}@h/", "PROXPI_EXTRA_INDEX_TTLS": "1,2"},
+            "PROXPI_EXTRA_INDEX_TTLS",
+        ),
+        (["--redis-url", f"redis://:{SECRET}@[::1/0"], {}, "--redis-url"),
+        ([], {"CACHEPI_STORAGE": f"s4://key:{SECRET}@bucket/"}, "CACHEPI_STORAGE"),
+        ([], {"CACHEPI_S3_ENDPOINT": BAD_PORT}, "CACHEPI_S3_ENDPOINT"),
+        ([], {"CACHEPI_ADMIN_TOKEN": SECRET}, "CACHEPI_ADMIN_TOKEN"),
+        # Usage errors, from click: an index URL without its flag, a URL for a number.
+        ([f"http://user:{SECRET}@host/simple/"], {}, "(http://host/simple/)"),
+        (["--port", f"http://user:{SECRET}@host/"], {}, "'--port': 'http://host/'"),
+    ],
+)
+def test_flag_and_environment_errors_never_show_a_password(
+    args: list[str], env: dict[str, str], named: str, tmp_path: Path
+) -> None:
+    line = serve_error(tmp_path, args, env)
+    assert named in line and SECRET not in line, line
+
+
+@pytest.mark.parametrize(
+    ("toml", "env", "named"),
+    [
+        (f'index-url = "{BAD_PORT}"\n', {}, "cachepi.toml: index-url"),
+        (
+            f'extra-index-urls = ["http://a:{SECRET}@h1/", "{BAD_PORT}"]\n',
+            {},
+            "cachepi.toml: extra-index-urls",
+        ),
+        (f'[[index]]\nurl = "{BAD_PORT}"\n', {}, "index #1: url='http://host:99999/simple/'"),
+        # Shown as written: the variable's value is never in the error.
+        (
+            '[[index]]\nurl = "http://user:${PASSWORD}@host:99999/"\n',
+            {"PASSWORD": SECRET},
+            "url='http://host:99999/'",
+        ),
+        (
+            '[[index]]\nurl = "http://host/simple/"\n',
+            {"CACHEPI_INDEX_URL": f"http://user:{SECRET}@host/simple/"},
+            "CACHEPI_INDEX_URL",
+        ),
+    ],
+)
+def test_file_errors_never_show_a_password(
+    toml: str, env: dict[str, str], named: str, tmp_path: Path
+) -> None:
+    line = serve_error(tmp_path, [], env, toml)
+    assert named in line and SECRET not in line, line
 
 
 def test_help_lists_serve() -> None:

@@ -28,7 +28,8 @@ from cachepi.reach import (
     Hop,
     is_public,
 )
-from cachepi.upstream import Connections, UpstreamError, redact
+from cachepi.redact import redact
+from cachepi.upstream import Connections, UpstreamError
 from cachepi.web.pages import gateway_error
 from tests.conftest import ProxyFactory
 from tests.fakeupstream import FakeUpstream
@@ -513,6 +514,22 @@ def test_redact_keeps_ipv6_brackets_and_ports() -> None:
     assert redact("http://a@b@host:1/") == "http://host:1/"
     assert redact("http://host:99999/x") == "http://host:99999/x"
     assert redact("http://u:p@host:nope/x") == "http://host:nope/x"
+    assert redact("https://host/pkg@1.0/f.whl") == "https://host/pkg@1.0/f.whl"  # a path's @
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://user:secret@host:99999/simple/", "http://host:99999/simple/"),
+        ("http://user:secret@[::1/simple/", "http://[::1/simple/"),
+        ("http://user:se/cret@host/simple/", "http://host/simple/"),  # an unescaped /
+        ("http://user:se\uff03cret@host/", "http://host/"),  # urlsplit refuses it
+        ("user:secret@host/simple/", "host/simple/"),  # no scheme
+        ("http:/user:secret@host/", "host/"),
+    ],
+)
+def test_redact_cuts_the_password_from_urls_that_do_not_parse(url: str, shown: str) -> None:
+    assert redact(url) == shown
 
 
 def ipv6_loopback() -> bool:

@@ -1,19 +1,26 @@
-"""`cachepi serve --workers 2`: two processes, one port, one cache, no duplicated work."""
+"""`cachepi serve --workers N`: N processes, one port, one cache, no duplicated work; the
+port is one server's alone, and the workers die with their supervisor."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import re
+import signal
+import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import pytest
 import pytest_asyncio
 
+from tests.clients import isolated_env
 from tests.fakeupstream import FakeUpstream
 from tests.fetching import fetch
-from tests.served import ServedProxy
+from tests.served import ServedProxy, running
 from tests.test_metrics import scrape
 
 JSON = {"Accept": "application/vnd.pypi.simple.v1+json"}
@@ -123,3 +130,89 @@ async def test_invalidating_a_project_keeps_the_other_pages_in_every_workers_mem
     assert fake_upstream.count("/simple/app/") == 1
     assert all(b"lib-2.0" in body for body in await from_both_workers(two_workers, "/index/lib/"))
     assert fake_upstream.count("/simple/lib/") == 2
+
+
+# -- the port is one server's, and its workers die with it --------------------------------
+
+
+async def kill_supervisor(served: ServedProxy, within: float) -> None:
+    """SIGKILL the supervisor alone (not its process group, as `ServedProxy.kill` does),
+    and see that none of its workers runs `within` seconds later."""
+    workers = [pid for pid in served.pids() if pid != served.pid]
+    assert len(workers) == served.workers, served.pids()
+    os.kill(served.pid, signal.SIGKILL)
+    began = time.monotonic()
+    while any(running(pid) for pid in workers) and time.monotonic() - began < within:  # noqa: ASYNC110
+        await asyncio.sleep(0.005)
+    assert not any(running(pid) for pid in workers), "workers outlived their supervisor"
+
+
+async def test_workers_die_with_their_supervisor(two_workers: ServedProxy) -> None:
+    await kill_supervisor(two_workers, within=3)
+    await two_workers.kill()  # reaps what is left: nothing
+    # The port is free: a new server starts on it, on the same cache, with every worker.
+    await two_workers.start()
+    assert (await fetch(two_workers.base + "/health")).status == 200
+
+
+async def test_a_worker_dies_with_its_supervisor_mid_download(
+    two_workers: ServedProxy, fake_upstream: FakeUpstream
+) -> None:
+    (big,) = fake_upstream.add_project("slowpkg", ["1.0"], big_mb=8, sdist=False)
+    fake_upstream.throttle(fake_upstream.file_path(big.filename), 512 * 1024)  # 16 s
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{two_workers.index_url}slowpkg/{big.filename}") as response,
+    ):
+        assert response.status == 200
+        await response.content.readexactly(64 * 1024)  # bytes are flowing
+        await kill_supervisor(two_workers, within=2)
+        # And the client is not left waiting on a connection nobody serves.
+        with pytest.raises(aiohttp.ClientPayloadError):
+            async with asyncio.timeout(2):
+                await response.read()
+
+
+async def start_second(port: int, workers: int, cache_dir: Path) -> tuple[int, str]:
+    """`cachepi serve` on `port`, expected to refuse: its exit code and stderr."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "cachepi", "serve", "--port", str(port), "--workers", str(workers),
+        "--cache-dir", str(cache_dir), env=isolated_env(cache_dir.parent),
+        stdin=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise AssertionError("a second server started on a port another serves") from None
+    assert process.returncode is not None
+    return process.returncode, stderr.decode(errors="replace")
+
+
+@pytest.mark.parametrize(("first", "second"), [(2, 2), (2, 1), (1, 2), (1, 1)])
+async def test_a_second_server_on_a_served_port_refuses_to_start(
+    first: int,
+    second: int,
+    fake_upstream: FakeUpstream,
+    tmp_path: Path,
+    unused_tcp_port: int,
+) -> None:
+    served = ServedProxy(fake_upstream.url, tmp_path / "cache", unused_tcp_port, workers=first)
+    await served.start()
+    try:
+        assert (await fetch(served.index_url + "lib/")).status == 200
+        metrics = sorted(os.listdir(served.cache_dir / "metrics")) if first > 1 else []
+        # The same cache: a restart with new settings while the old server still runs.
+        code, stderr = await start_second(unused_tcp_port, second, served.cache_dir)
+        assert code == 2, stderr
+        assert stderr.count("\n") == 1 and stderr.startswith("cachepi: error: "), stderr
+        assert f":{unused_tcp_port}" in stderr, stderr
+        # The first still answers, every process of it, and the refused one left its cache
+        # alone (a supervisor's start empties the metrics directory).
+        assert (await fetch(served.index_url + "lib/")).status == 200
+        assert len(served.pids()) == first + (1 if first > 1 else 0)
+        if first > 1:
+            assert metrics and sorted(os.listdir(served.cache_dir / "metrics")) == metrics
+    finally:
+        await served.stop()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import ssl
 import sys
 from collections.abc import Callable
@@ -32,8 +33,8 @@ from rich.table import Table
 
 from cachepi import maintenance, workers
 from cachepi.config import SETTING, SETTINGS, ConfigError, Setting, Settings, load_settings
+from cachepi.redact import redact
 from cachepi.simple.names import is_valid_project_name, normalize
-from cachepi.upstream import redact
 from cachepi.warm import reachable, targets, warm_target
 from cachepi.web.dashboard import human
 
@@ -53,6 +54,10 @@ def settings_from(flags: dict[str, Any]) -> Settings:
         fail(str(error))
 
 
+# A word with an @ in a usage error may be a URL in the wrong place, password and all.
+_AT_WORD = re.compile(r"""[^\s'"()]*@[^\s'"()]*""")
+
+
 class _OneLineErrors(click.Group):
     """Usage errors as one `cachepi: error:` line with exit code 2, like every other."""
 
@@ -61,7 +66,7 @@ class _OneLineErrors(click.Group):
         try:
             code = super().main(*args, **kwargs)
         except click.ClickException as error:
-            fail(error.format_message())
+            fail(_AT_WORD.sub(lambda word: redact(word[0]), error.format_message()))
         except click.Abort:
             fail("aborted")
         sys.exit(code if isinstance(code, int) else 0)
@@ -131,18 +136,20 @@ def run(settings: Settings) -> None:
     except (OSError, ssl.SSLError) as error:
         fail(f"--certfile/--keyfile: {error}")
     scheme = "https" if settings.certfile else "http"
-    logging.getLogger(__name__).info(
-        "cachepi on %s://%s:%d/index/ -> %s (%d worker%s)",
-        scheme,
-        settings.host,
-        settings.port,
-        ", ".join(redact(up.url) for up in settings.upstreams),
-        settings.workers,
-        "" if settings.workers == 1 else "s",
-    )
     try:
+        # Before the first log line, so that a refusal is one line.
+        workers.check_port(settings.host, settings.port)
+        logging.getLogger(__name__).info(
+            "cachepi on %s://%s:%d/index/ -> %s (%d worker%s)",
+            scheme,
+            settings.host,
+            settings.port,
+            ", ".join(redact(up.url) for up in settings.upstreams),
+            settings.workers,
+            "" if settings.workers == 1 else "s",
+        )
         workers.serve(settings)
-    except OSError as error:  # e.g. the port is taken
+    except OSError as error:  # another server listens on the port; the host is unknown
         fail(f"cannot serve on {settings.host}:{settings.port}: {error.strerror or error}")
 
 
@@ -174,7 +181,7 @@ def warm(
     Exit code 1 if pip failed for some target.
     """
     if not asyncio.run(reachable(index_url, cert)):
-        fail(f"no proxy answers at {index_url}")
+        fail(f"no proxy answers at {redact(index_url)}")
     console = Console(stderr=True)
     planned = targets(python_version, platform)
     results = []

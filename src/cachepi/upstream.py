@@ -45,6 +45,7 @@ from cachepi.reach import (
     Reach,
     is_public,
 )
+from cachepi.redact import redact
 from cachepi.types import Source
 
 log = logging.getLogger(__name__)
@@ -84,16 +85,6 @@ class UpstreamError(Exception):
 
 class UpstreamNotFound(Exception):
     """The upstream answered 404 (or 410): it does not have this."""
-
-
-def redact(url: str) -> str:
-    """`url` without user:password, for anything a person or another program can see.
-    Only the user information is cut from the authority: an IPv6 host keeps its brackets,
-    and a port is left as written (even one that is no number)."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
 def _basic_auth(user: str, password: str) -> str:

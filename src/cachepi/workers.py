@@ -3,11 +3,13 @@
 The parent checks the cache once, then forks the workers; each listens on the same port
 (SO_REUSEPORT, so the kernel spreads connections) and shares the cache directory, with
 locks.py keeping them from duplicating downloads, page refreshes and evictions. A worker
-that dies is replaced; SIGTERM or SIGINT stops them all.
+that dies is replaced; SIGTERM or SIGINT stops them all; a parent that dies, even by
+SIGKILL, takes its workers with it.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -33,12 +35,12 @@ _RESTART_DELAY = 1.0
 
 
 def serve(settings: Settings) -> None:
-    """Serve until stopped: in this process for one worker, else in `settings.workers`."""
+    """Serve until stopped: in this process for one worker, else in `settings.workers`.
+    Call `check_port` first."""
     if settings.workers == 1:  # one process: its own counters are all there is
         _run(create_app(settings), settings)
         return
     _metrics_dir(settings.cache_dir / "metrics")
-    check_port(settings.host, settings.port)
     reconcile_cache(settings)
     _supervise(settings)
 
@@ -80,14 +82,53 @@ def _run(app: web.Application, settings: Settings, reuse_port: bool = False) -> 
 
 
 def check_port(host: str, port: int) -> None:
-    """Raise OSError now if the workers will not be able to listen."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        probe.bind((host, port))
+    """Raise OSError (EADDRINUSE) if some process listens on the port, before anything
+    touches the cache: a server refuses to start there rather than share it.
+
+    The probe binds every address the server would, without SO_REUSEPORT: with it, the
+    kernel lets it (and the workers after it) join another cachepi's workers on the port,
+    say those of a server restarted with new settings, and the two would split the
+    connections. SO_REUSEADDR, so connections of a server just stopped (TIME_WAIT) do not
+    count. The port is refused, not the cache directory: a second server on the same cache
+    and another port (a blue/green restart) starts, as processes share a cache by design.
+    Two servers started at the same moment can both pass the probe before either listens.
+    """
+    # As asyncio listens: "" is every interface, a name every address it has.
+    for family, kind, proto, _, address in socket.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    ):
+        try:
+            probe = socket.socket(family, kind, proto)
+        except OSError:  # a family this machine lacks (IPv6 off): asyncio skips it too
+            continue
+        with probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:  # IPv4 is another address, as asyncio binds it
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            probe.bind(address)
 
 
-def _worker(settings: Settings) -> None:
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with(supervisor: int) -> None:
+    """Have the kernel SIGKILL this worker the moment its supervisor dies, however it dies.
+
+    A worker left behind would serve on with the old settings, hold the port, and split it
+    with the next server. SIGKILL rather than a graceful stop: the listening socket closes
+    at once, nothing in the worker has to run (a busy event loop cannot hold it up), and a
+    kill is what the cache is made to survive (tests/test_crash.py). The kernel watches the
+    thread that forked the worker: the supervisor's main thread, which lives as long as it.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+    if os.getppid() != supervisor:  # it died before the prctl: no signal will come
+        os._exit(1)
+
+
+def _worker(settings: Settings, supervisor: int) -> None:
+    _die_with(supervisor)
     _run(create_app(settings, reconcile=False), settings, reuse_port=True)
 
 
@@ -106,7 +147,9 @@ def _supervise(settings: Settings) -> None:
         while not stopping:
             workers = [w for w in workers if w.is_alive()]
             for _ in range(settings.workers - len(workers)):
-                started = context.Process(target=_worker, args=(settings,), daemon=False)
+                started = context.Process(
+                    target=_worker, args=(settings, os.getpid()), daemon=False
+                )
                 started.start()
                 workers.append(started)
             time.sleep(_RESTART_DELAY)

@@ -9,7 +9,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from cachepi.policy import Rule, name_glob, parse_rule
 
@@ -83,9 +83,17 @@ def parse_bool(text: str) -> bool:
     raise ValueError("expected 1/0, true/false, yes/no or on/off")
 
 
+def _split(url: str) -> SplitResult:
+    """urlsplit, with a reason of our own: urlsplit's may quote the URL, password and all."""
+    try:
+        return urlsplit(url)
+    except ValueError:
+        raise ValueError("not a URL (unbalanced brackets or odd characters in its host)") from None
+
+
 def parse_url(text: str) -> str:
     url = text.strip()
-    parts = urlsplit(url)
+    parts = _split(url)
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         raise ValueError("expected an http:// or https:// URL")
     try:
@@ -102,11 +110,15 @@ def parse_port(text: str) -> int:
     return value
 
 
+# Between the items of a list: commas, or lines (lists in the TOML file arrive one per line).
+LIST_SEPARATORS = r"[,\n]"
+
+
 def parse_list(item: Callable[[str], Any]) -> Callable[[str], list[Any]]:
-    """Comma- or line-separated values (lists in the TOML file arrive one per line)."""
+    """Comma- or line-separated values."""
 
     def parse(text: str) -> list[Any]:
-        return [item(part) for part in re.split(r"[,\n]", text) if part.strip()]
+        return [item(part) for part in re.split(LIST_SEPARATORS, text) if part.strip()]
 
     return parse
 
@@ -131,7 +143,7 @@ def parse_storage(text: str) -> str | None:
     url = text.strip()
     if url in ("", "local"):
         return None
-    parts = urlsplit(url)
+    parts = _split(url)
     if parts.scheme != "s3" or not parts.netloc:
         raise ValueError("expected s3://BUCKET/PREFIX (or local)")
     return url.rstrip("/")
@@ -139,7 +151,7 @@ def parse_storage(text: str) -> str | None:
 
 def parse_redis_url(text: str) -> str:
     url = text.strip()
-    if urlsplit(url).scheme not in {"redis", "rediss", "unix"}:
+    if _split(url).scheme not in {"redis", "rediss", "unix"}:
         raise ValueError("expected redis://HOST:PORT/DB, rediss:// or unix://")
     return url
 

@@ -11,7 +11,7 @@ import os
 import socket
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from cachepi.config.parsers import (
     parse_allow,
@@ -78,6 +78,9 @@ class Setting:
     flag_type: type[int] | type[float] | None = None  # so click rejects a bad flag value first
     choices: tuple[str, ...] = ()
     multiple: bool = False  # a repeatable flag; the environment takes a comma-separated list
+    # What an error shows of a bad value: all of it, its URLs without user:password (a URL
+    # may carry a password), or none of it (a secret).
+    in_errors: Literal["as-is", "redacted", "hidden"] = "as-is"
 
     @property
     def flag(self) -> str:
@@ -116,6 +119,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "INDEX_URL", parse_url, "Upstream index.",
         compute=lambda env: default_index_url(), shown_default="pip's default index (PyPI)",
+        in_errors="redacted",
     ),
     Setting(
         "INDEX_TTL", parse_ttl, "Seconds an upstream page stays fresh; 0: revalidate every time.",
@@ -124,7 +128,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "EXTRA_INDEX_URLS", parse_list(parse_url),
         "More indexes, merged after the first (comma-separated, or the flag repeated).",
-        default=(), multiple=True,
+        default=(), multiple=True, in_errors="redacted",
     ),
     Setting(
         "EXTRA_INDEX_TTLS", parse_list(parse_ttl),
@@ -249,6 +253,7 @@ SETTINGS: tuple[Setting, ...] = (
         "ADMIN_TOKEN", parse_token,
         "When set, invalidation needs the token (16+ characters) in `X-Cachepi-Admin-Token:"
         " <token>`, or `Authorization: Bearer <token>` when `HTPASSWD` is not set.",
+        in_errors="hidden",
     ),
     Setting(
         "HTPASSWD", parse_readable_file,
@@ -297,7 +302,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "STORAGE", parse_storage,
         "`s3://BUCKET/PREFIX`: a cluster's blobs in an S3-compatible store (needs `REDIS_URL`).",
-        shown_default="`local`",
+        shown_default="`local`", in_errors="redacted",
     ),
     Setting(
         "S3_ENDPOINT", parse_url, "The store's URL, e.g. `http://minio:9000`.",
@@ -305,6 +310,7 @@ SETTINGS: tuple[Setting, ...] = (
         shown_default="`AWS_ENDPOINT_URL`, else AWS",
         meaning="The store's URL, e.g. `http://minio:9000`; credentials from"
         " `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, region from `AWS_REGION`.",
+        in_errors="redacted",
     ),
     _choice(
         "S3_SERVE", ("stream", "redirect"),
@@ -314,6 +320,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "REDIS_URL", parse_redis_url,
         "`redis://HOST:PORT/DB`: a cluster's metadata and locks (needs `STORAGE`).",
+        in_errors="redacted",
     ),
     Setting(
         "NODE_ID", parse_name, "This node's name in `/health` and in its locks.",

@@ -6,12 +6,15 @@ names, so a bad value is reported as the operator wrote it (`--port`, `PROXPI_IN
 
 from __future__ import annotations
 
+import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from cachepi.config.parsers import LIST_SEPARATORS
 from cachepi.config.schema import Setting
+from cachepi.redact import redact
 
 
 class ConfigError(ValueError):
@@ -47,21 +50,32 @@ class Sources:
     def value(self, setting: Setting) -> Any:
         """The setting's value from the strongest source that gives it, else its default."""
         origin, raw = self.find(setting.name)
-        value = None if origin == "" else _parse(origin, raw, setting.parse)
+        value = None if origin == "" else _parse(origin, raw, setting)
         return setting.default_in(self.env) if value is None else value
 
 
-def _parse(origin: str, raw: Any, parse: Callable[[str], Any]) -> Any:
+def _parse(origin: str, raw: Any, setting: Setting) -> Any:
     if isinstance(raw, tuple | list):  # repeatable flags, TOML arrays
         raw = "\n".join(str(item) for item in raw)
     elif isinstance(raw, bool):
         raw = "1" if raw else "0"
     raw = str(raw)  # flags and TOML values arrive typed; parse them like the environment
     try:
-        return parse(raw)
+        return setting.parse(raw)
     except ValueError as error:
         reason = str(error) if not str(error).startswith("invalid literal") else "not a number"
-        raise ConfigError(f"{origin}={raw!r}: {reason}") from None
+        raise ConfigError(f"{_shown(origin, raw, setting)}: {reason}") from None
+
+
+def _shown(origin: str, raw: str, setting: Setting) -> str:
+    """Where a bad value comes from, and as much of it as may be shown."""
+    if setting.in_errors == "hidden":
+        return origin
+    if setting.in_errors == "redacted":
+        # A list's URLs one by one (the separators kept, to show the value as written).
+        items = re.split(f"({LIST_SEPARATORS})", raw) if setting.multiple else [raw]
+        raw = "".join(redact(item) for item in items)
+    return f"{origin}={raw!r}"
 
 
 def read_file(path: Path) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from cachepi.config.parsers import parse_bool, parse_ttl, parse_url
 from cachepi.config.schema import EXTRA_INDEX_TTL, SETTING
 from cachepi.config.sources import ConfigError
 from cachepi.policy import name_glob, parse_duration
+from cachepi.redact import redact
 from cachepi.routing import Route
 
 
@@ -70,10 +71,12 @@ def _index_from_table(
     for key, raw in table.items():
         try:
             value = parsers[key](("1" if raw else "0") if isinstance(raw, bool) else str(raw))
+        except ConfigError:  # an unset ${VAR}: it names its place already
+            raise
         except ValueError as error:
-            # Never echo the URL: it may carry credentials.
-            shown = "…" if key == "url" else repr(raw)
-            raise ConfigError(f"{where}: {key}={shown}: {error}") from None
+            # The URL as written, `${VAR}`s unexpanded, without a user:password it may carry.
+            shown = redact(str(raw)) if key == "url" else raw
+            raise ConfigError(f"{where}: {key}={shown!r}: {error}") from None
         fields[key.replace("-", "_")] = value
     # Without a ttl, proxpi's: INDEX_TTL's default for the first index, less for the others.
     fields.setdefault("ttl", SETTING["INDEX_TTL"].default if position == 0 else EXTRA_INDEX_TTL)

@@ -32,6 +32,7 @@ from cachepi.filecache.limits import Busy, DownloadLimits, Slots, Ticket
 from cachepi.filecache.sinks import InPlace, PartFile, Sink, TempCopy
 from cachepi.filecache.transfer import transfer
 from cachepi.metrics import Metrics
+from cachepi.redact import redact
 from cachepi.store import Stores
 from cachepi.store.protocols import (
     Followed,
@@ -42,7 +43,7 @@ from cachepi.store.protocols import (
     read_back,
 )
 from cachepi.types import DownloadFailed, SourceOpener
-from cachepi.upstream import UpstreamError, redact
+from cachepi.upstream import UpstreamError
 
 log = logging.getLogger(__name__)
 
