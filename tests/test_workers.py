@@ -10,7 +10,7 @@ import re
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp
@@ -216,3 +216,38 @@ async def test_a_second_server_on_a_served_port_refuses_to_start(
             assert metrics and sorted(os.listdir(served.cache_dir / "metrics")) == metrics
     finally:
         await served.stop()
+
+
+async def test_a_second_server_on_the_same_cache_leaves_the_first_ones_work_alone(
+    fake_upstream: FakeUpstream, tmp_path: Path, unused_tcp_port_factory: Callable[[], int]
+) -> None:
+    """A blue/green restart: the new server starts on another port and the same cache
+    while the old one still downloads. The old download is kept, and both servers' metrics
+    still answer (each has a metrics directory of its own)."""
+    (big,) = fake_upstream.add_project("bluegreen", ["1.0"], big_mb=4, sdist=False)
+    path = fake_upstream.file_path(big.filename)
+    fake_upstream.throttle(path, 1024**2)  # 4 s
+    cache = tmp_path / "cache"
+    blue = ServedProxy(fake_upstream.url, cache, unused_tcp_port_factory(), workers=2)
+    green = ServedProxy(fake_upstream.url, cache, unused_tcp_port_factory(), workers=2)
+    await blue.start()
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{blue.index_url}bluegreen/{big.filename}") as response,
+        ):
+            assert response.status == 200
+            head = await response.content.readexactly(1024)  # the download runs
+            await green.start()
+            body = head + await response.read()
+        assert hashlib.sha256(body).hexdigest() == big.sha256
+        # Blue kept it: green serves it from the cache.
+        reply = await fetch(f"{green.index_url}bluegreen/{big.filename}")
+        assert (reply.status, reply.sha256) == (200, big.sha256)
+        assert fake_upstream.count(path) == 1
+        assert "another server uses" in green.log_text()
+        for served in (blue, green):
+            assert "cachepi_requests_total" in (await fetch(served.base + "/metrics")).body.decode()
+    finally:
+        await green.stop()
+        await blue.stop()

@@ -45,12 +45,30 @@ def serve(settings: Settings) -> None:
     _supervise(settings)
 
 
-def _metrics_dir(path: Path) -> None:
-    """Where every process of this server keeps its Prometheus values, emptied: counters
-    start from zero with the server."""
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True)
+def _metrics_dir(parent: Path) -> None:
+    """Where every process of this server keeps its Prometheus values: a new directory
+    (counters start from zero with the server) of this server's own, as another server may
+    share the cache (blue/green); those of servers that are gone are removed."""
+    parent.mkdir(parents=True, exist_ok=True)
+    for entry in parent.iterdir():
+        if not (entry.name.isdigit() and _alive(int(entry.name))):
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)  # the layout before one directory per server
+    path = parent / str(os.getpid())
+    path.mkdir()
     os.environ[MULTIPROC_ENV] = str(path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # somebody else's
+        return True
+    return True
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext | None:

@@ -310,6 +310,25 @@ class FileLocks:
         return remove_abandoned_files(self.directory, _TEMP_UNTOUCHED, _UNNAMED_GRACE)
 
 
+_HELD: list[int] = []  # descriptors held for the life of the process: see hold_cache
+
+
+def hold_cache(directory: Path) -> bool:
+    """Hold the cache in `directory` as one of its servers, for as long as this process and
+    the workers it forks live; whether no other server holds it. Only a cache's sole
+    server may treat what it finds in `tmp/` as leftovers: another server's downloads run
+    there (two servers on one cache, on two ports, is how a blue/green restart goes)."""
+    fd = os.open(directory / "serving.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    _HELD.append(fd)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        alone = True
+    except BlockingIOError:
+        alone = False
+    fcntl.flock(fd, fcntl.LOCK_SH)  # lets the next server start, and learn it is not alone
+    return alone
+
+
 def _holdings(directory: Path) -> list[tuple[Path, int, int]]:
     """(lock file, bytes reserved, part file size) of every lock held with a part file."""
     found = []

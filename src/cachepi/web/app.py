@@ -20,6 +20,7 @@ from cachepi.reach import Reach
 from cachepi.rendered import RenderCache
 from cachepi.routing import Router
 from cachepi.store import open_stores
+from cachepi.store.flock import hold_cache
 from cachepi.store.protocols import MetadataStore, StoreUnavailable
 from cachepi.upstream import Connections, PageLimits, Upstream
 from cachepi.upstream_pages import UpstreamPages
@@ -79,9 +80,19 @@ def reconcile_cache(settings: Settings) -> None:
     """Make the cache's records agree with its disk, before any worker serves from it."""
     stores = open_stores(settings)
     try:
-        asyncio.run(FileCache(stores, settings.cache_size).open())
+        asyncio.run(FileCache(stores, settings.cache_size).open(sole_server(settings)))
     finally:
         stores.close()
+
+
+def sole_server(settings: Settings) -> bool:
+    """Hold the cache for this server's life; whether it is the cache's only server, which
+    alone may reconcile it (remove unfinished downloads, match records to files)."""
+    settings.cache_dir.mkdir(parents=True, exist_ok=True)
+    if hold_cache(settings.cache_dir):
+        return True
+    log.info("another server uses %s: its unfinished downloads are left to it", settings.cache_dir)
+    return False
 
 
 async def _components(app: web.Application, reconcile: bool) -> AsyncIterator[None]:
@@ -132,7 +143,7 @@ async def _components(app: web.Application, reconcile: bool) -> AsyncIterator[No
         settings.downloads_per_index, settings.downloads_per_client, settings.download_wait
     )
     file_cache = FileCache(stores, settings.cache_size, metrics=metrics, limits=download_limits)
-    await file_cache.open(reconcile)
+    await file_cache.open(reconcile and sole_server(settings))
     file_cache.sweep_periodically()
     app[FILE_CACHE] = file_cache
     log.info(
