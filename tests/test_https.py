@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ssl
 import sys
 import time
@@ -18,6 +19,7 @@ import trustme
 from tests.clients import Result, isolated_env, run
 from tests.fakeupstream import FakeUpstream
 from tests.fetching import fetch
+from tests.rawclient import close_all, closed_by_server_within, open_silent
 from tests.served import ServedProxy
 
 pytestmark = pytest.mark.slow  # real servers and clients over https
@@ -196,3 +198,74 @@ async def test_certificate_settings_from_the_environment(
         assert status == 200
     finally:
         await server.stop()
+
+
+async def test_sockets_that_never_start_tls_make_room_for_clients(
+    fake_upstream: FakeUpstream, certs: Certs, tmp_path: Path, unused_tcp_port: int
+) -> None:
+    """A connection is in the book from the moment it is accepted, handshake or not: at the
+    cap the longest waiting are closed, and an https client gets through."""
+    server = HttpsProxy(
+        fake_upstream.url, tmp_path / "cache", unused_tcp_port, context=certs.context,
+        options=["--certfile", str(certs.cert), "--keyfile", str(certs.key),
+                 "--client-connections", "8", "--head-timeout", "60"],
+    )  # fmt: skip
+    await server.start()
+    silent = await open_silent(server.port, 50)
+    try:
+        status, _ = await asyncio.wait_for(get(server.base + "/health", certs.context), 5)
+        assert status == 200
+        await closed_by_server_within(silent, 50 - 8, within=5)
+    finally:
+        close_all(silent)
+        await server.stop()
+
+
+async def test_a_socket_that_never_starts_tls_is_cut_at_the_head_timeout(
+    fake_upstream: FakeUpstream, certs: Certs, tmp_path: Path, unused_tcp_port: int
+) -> None:
+    server = HttpsProxy(
+        fake_upstream.url, tmp_path / "cache", unused_tcp_port, context=certs.context,
+        options=["--certfile", str(certs.cert), "--keyfile", str(certs.key),
+                 "--head-timeout", "1"],
+    )  # fmt: skip
+    await server.start()
+    silent = await open_silent(server.port, 1)
+    began = time.monotonic()
+    try:
+        await closed_by_server_within(silent, 1, within=5)
+        took = time.monotonic() - began
+    finally:
+        close_all(silent)
+        await server.stop()
+    assert took > 0.9, took
+
+
+async def test_a_slow_https_download_outlives_the_timeouts(
+    fake_upstream: FakeUpstream, certs: Certs, tmp_path: Path, unused_tcp_port: int
+) -> None:
+    """Half-second head and keep-alive timeouts, about 4 s of reading. A request may arrive
+    with the end of the handshake, before the connection is handed to its handler: it is
+    busy from the start all the same. The answer is done while much of it still waits in
+    the TLS layer's buffers: a keep-alive timeout then must let that tail out."""
+    (big,) = fake_upstream.add_project("slowtls", ["1.0"], big_mb=10, sdist=False)
+    server = HttpsProxy(
+        fake_upstream.url, tmp_path / "cache", unused_tcp_port, context=certs.context,
+        options=["--certfile", str(certs.cert), "--keyfile", str(certs.key),
+                 "--head-timeout", "0.5", "--keepalive-timeout", "0.5"],
+    )  # fmt: skip
+    await server.start()
+    url = f"{server.index_url}{big.project}/{big.filename}"
+    try:
+        assert (await get(url, certs.context))[0] == 200  # cached
+        digest = hashlib.sha256()
+        async with (
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=certs.context)) as session,
+            session.get(url, read_bufsize=64 * 1024) as response,
+        ):
+            async for chunk in response.content.iter_chunked(64 * 1024):
+                digest.update(chunk)
+                await asyncio.sleep(0.025)
+    finally:
+        await server.stop()
+    assert digest.hexdigest() == big.sha256

@@ -93,6 +93,7 @@ async def test_metrics_parse_with_the_documented_names_and_types(proxy: RunningP
         "cachepi_cache_files": "gauge",
         "cachepi_cache_limit_bytes": "gauge",
         "cachepi_index_up": "gauge",
+        "cachepi_client_connections": "gauge",
     }
     for name, kind in expected.items():
         assert metrics.types.get(name) == kind, (name, metrics.types)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import socket
 import time
 
 import pytest
@@ -14,61 +13,11 @@ from tests.conftest import ProxyFactory
 from tests.fakeupstream import Dist, FakeUpstream
 from tests.fetching import fetch
 from tests.proxy import RunningProxy
+from tests.rawclient import RawClient
 
 pytestmark = pytest.mark.slow  # clients that take seconds to read, against a 1 s client timeout
 
 CLIENT_TIMEOUT = 1.0
-
-
-class RawClient:
-    """One HTTP/1.1 connection with a tiny receive buffer, read only when the test says:
-    what a stalled or slow client looks like to the server."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    @classmethod
-    async def connect(cls, port: int) -> RawClient:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)  # no autotuning
-        sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
-        reader, writer = await asyncio.open_connection(sock=sock, limit=16 * 1024)
-        return cls(reader, writer)
-
-    async def send_get(self, path: str) -> None:
-        self.writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
-        await self.writer.drain()
-
-    async def read_head(self) -> int:
-        """Read the status line and headers; return the Content-Length."""
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 200"), head
-        for line in head.split(b"\r\n"):
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                return int(value)
-        raise AssertionError(head)
-
-    async def drain_until_closed(self, within: float) -> tuple[bool, int]:
-        """Read whatever is left; (closed by the server, bytes read)."""
-        received = 0
-        deadline = time.monotonic() + within
-        try:
-            while time.monotonic() < deadline:
-                data = await asyncio.wait_for(self.reader.read(256 * 1024), 2)
-                if not data:
-                    return True, received
-                received += len(data)
-        except (ConnectionResetError, BrokenPipeError):
-            return True, received
-        except TimeoutError:
-            return False, received
-        return False, received
-
-    def close(self) -> None:
-        self.writer.transport.abort()
 
 
 def file_path(dist: Dist) -> str:

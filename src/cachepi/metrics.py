@@ -14,9 +14,16 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    values,
+)
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
 from cachepi.store.protocols import MetadataStore
@@ -97,6 +104,19 @@ class Metrics:
         )
         self.evictions = Counter("cachepi_evictions", "Files evicted", registry=into)
         self.evicted_bytes = Counter("cachepi_evicted_bytes", "Bytes evicted", registry=into)
+        # Summed over the processes alive: a worker that died is forgotten (`forget`).
+        self._connections = Gauge(
+            "cachepi_client_connections", "Client connections open", registry=into,
+            multiprocess_mode="livesum",
+        )  # fmt: skip
+        self._connections_closed = Counter(
+            "cachepi_client_connections_closed",
+            "Client connections closed while waiting for a request head: evicted (at the cap,"
+            " the longest waiting), refused (at the cap, all others busy), head_timeout,"
+            " keepalive_timeout",
+            ["reason"],
+            registry=into,
+        )
         self._unflushed: Tally[str] = Tally()
         # Labelled children by their labels: `labels()` costs more than the increment.
         self._children: dict[tuple[Any, ...], Any] = {}
@@ -133,6 +153,13 @@ class Metrics:
         self.evictions.inc()
         self.evicted_bytes.inc(size)
 
+    def connections(self, count: int) -> None:
+        """This process holds `count` client connections."""
+        self._connections.set(count)
+
+    def connection_closed(self, reason: str) -> None:
+        self._child(self._connections_closed, reason).inc()
+
     def flush(self, store: MetadataStore) -> None:
         """Add what was counted since the last flush to the store's lifetime totals."""
         if self._unflushed:
@@ -156,6 +183,11 @@ class Metrics:
         gauges = CollectorRegistry()  # of this call only: calls on other threads have theirs
         gauges.register(_Gauges(snapshot))
         return generate_latest(registry) + generate_latest(gauges)
+
+
+def forget(pid: int) -> None:
+    """Drop the values of a worker process that died from the sums of the live ones."""
+    mark_process_dead(pid)
 
 
 def hit_ratio(totals: Mapping[str, int]) -> float | None:

@@ -24,9 +24,9 @@ from types import FrameType
 
 from aiohttp import web
 
+from cachepi import listener
 from cachepi.config import Settings
-from cachepi.metrics import MULTIPROC_ENV
-from cachepi.web.accesslog import access_log_options
+from cachepi.metrics import MULTIPROC_ENV, forget
 from cachepi.web.app import create_app, reconcile_cache
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ _RESTART_DELAY = 1.0
 def serve(settings: Settings) -> None:
     """Serve until stopped: in this process for one worker, else in `settings.workers`.
     Call `check_port` first."""
+    listener.raise_descriptor_limit()
     if settings.workers == 1:  # one process: its own counters are all there is
         _run(create_app(settings), settings)
         return
@@ -85,17 +86,11 @@ LISTENING = "is listening"
 
 
 def _run(app: web.Application, settings: Settings, reuse_port: bool = False) -> None:
-    def listening(_: str) -> None:  # after the socket listens, unlike the startup lines
+    def listening() -> None:  # after the socket listens, unlike the startup lines
         log.info("worker %d %s on %s:%d", os.getpid(), LISTENING, settings.host, settings.port)
 
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        reuse_port=reuse_port or None,
-        ssl_context=tls_context(settings),
-        print=listening,
-        **access_log_options(settings.access_log),
+    listener.serve(
+        app, settings, tls=tls_context(settings), reuse_port=reuse_port, listening=listening
     )
 
 
@@ -175,6 +170,8 @@ def _supervise(settings: Settings) -> None:
                 if not worker.is_alive() and not stopping:
                     log.warning("worker %d exited with %s; starting another", worker.pid,
                                 worker.exitcode)  # fmt: skip
+                    assert worker.pid is not None  # it was started
+                    forget(worker.pid)
     finally:
         for worker in workers:
             if worker.is_alive() and worker.pid is not None:

@@ -250,6 +250,30 @@ SETTINGS: tuple[Setting, ...] = (
         default=60.0, flag_type=float,
     ),
     Setting(
+        "HEAD_TIMEOUT", parse_seconds,
+        "Seconds a client has to send a complete request head, from connecting (over TLS,"
+        " from the end of the handshake, which has as long) or from the first byte of its"
+        " next request on a kept-alive connection.",
+        default=10.0, flag_type=float,
+    ),
+    Setting(
+        "KEEPALIVE_TIMEOUT", parse_seconds,
+        "Seconds a kept-alive client connection may stay idle between requests.",
+        default=15.0, flag_type=float,
+    ),
+    Setting(
+        "CLIENT_CONNECTIONS", parse_positive,
+        "At most this many client connections per worker; this may only lower the cap"
+        " derived from the descriptor limit.",
+        shown_default="from the descriptor limit", flag_type=int,
+        meaning="At most this many client connections per worker. The default is derived"
+        " from the descriptor limit (`RLIMIT_NOFILE`, whose soft limit cachepi raises to the"
+        " hard one): half of what is left after twice `UPSTREAM_CONNECTIONS` and 192 more,"
+        " e.g. 352 for 1024 descriptors; this setting may only lower it. At the cap, the connection"
+        " that has waited longest for a request head is closed; one in the middle of a"
+        " request never is.",
+    ),
+    Setting(
         "ADMIN_TOKEN", parse_token,
         "When set, invalidation needs the token (16+ characters) in `X-Cachepi-Admin-Token:"
         " <token>`, or `Authorization: Bearer <token>` when `HTPASSWD` is not set.",

@@ -70,6 +70,9 @@ class Settings:
     admin_token: str | None = _default("ADMIN_TOKEN")
     htpasswd: Path | None = _default("HTPASSWD")  # noqa: RUF009
     client_timeout: float = _default("CLIENT_TIMEOUT")
+    head_timeout: float = _default("HEAD_TIMEOUT")
+    keepalive_timeout: float = _default("KEEPALIVE_TIMEOUT")
+    client_connections: int | None = _default("CLIENT_CONNECTIONS")
     combine: str = _default("COMBINE")
     # Projects pinned to some indexes; the first route that names a project applies.
     routes: tuple[Route, ...] = ()
