@@ -68,8 +68,12 @@ async def test_a_failed_download_fails_clients_of_every_worker(
     fake_upstream.throttle(fake_upstream.file_path(dist.filename), 8 * 1024**2)
     fake_upstream.corrupt(fake_upstream.file_path(dist.filename))
     url = f"{two_workers.index_url}badpkg/{dist.filename}"
-    results = await asyncio.gather(*(get(url) for _ in range(8)), return_exceptions=True)
-    assert all(isinstance(r, aiohttp.ClientPayloadError) for r in results), results
+    # Connections land on either worker as the kernel likes: ask until both answered.
+    for _ in range(5):
+        results = await asyncio.gather(*(get(url) for _ in range(8)), return_exceptions=True)
+        assert all(isinstance(r, aiohttp.ClientPayloadError) for r in results), results
+        if len(pids_that_answered(two_workers)) == 2:
+            break
     assert len(pids_that_answered(two_workers)) == 2
     assert not list((two_workers.cache_dir / "blobs").rglob(dist.sha256))
 
