@@ -52,6 +52,7 @@ VANISHERS = 10
 SEED = 8
 KILL_EVERY = (15.0, 30.0)
 QUIET_EDGES = 10.0  # seconds at the start and the end with no kill
+KILL_GRACE = 0.5  # see Kill
 SAMPLE_EVERY = 2.0
 # Memory and descriptors are compared between the first and the last window of the run;
 # within a worker's life, from LIFE_SETTLE s after it started (warmed up) to its end.
@@ -109,13 +110,14 @@ class Ask:
 class Kill:
     """A worker SIGKILLed (loop times): from the signal until its descriptors were gone, as
     this process saw it. Until then its listening socket may still take connections, which
-    the kernel then resets."""
+    the kernel then resets; and a moment after, too: connection attempts are still reset
+    for some milliseconds (up to 12 ms seen here), so KILL_GRACE more."""
 
     killed: float
     gone: float
 
     def overlaps(self, start: float, end: float) -> bool:
-        return start <= self.gone and self.killed <= end
+        return start <= self.gone + KILL_GRACE and self.killed <= end
 
 
 @dataclass(frozen=True)
@@ -602,7 +604,7 @@ async def test_clients_with_workers_killed_get_no_errors_no_wrong_bytes_and_no_l
     unused_tcp_port: int,
     record_property: Callable[[str, object], None],
 ) -> None:
-    assert SECONDS > KILL_EVERY[1] + QUIET_EDGES, "too short a run for a kill"
+    assert KILL_EVERY[1] + QUIET_EDGES < SECONDS, "too short a run for a kill"
     rng = random.Random(SEED)
     upstream = await fake_upstream_factory()
     workload = build_upstream(upstream, rng)
@@ -674,6 +676,7 @@ async def test_clients_with_workers_killed_get_no_errors_no_wrong_bytes_and_no_l
             for kind, values in sorted(results.latencies.items())
         },
         "kills": len(kills),
+        "kills_at_s": [round(kill.killed - began, 1) for kill in kills],
         "kill_to_gone_ms_max": round(max(k.gone - k.killed for k in kills) * 1000),
         "cut_by_kills": dict(Counter(f"{b.kind}: {type(b.error).__name__}" for b in cut)),
         "errors": dict(Counter(f"{b.kind}: {b.error!r}" for b in unexplained)),
@@ -701,7 +704,10 @@ async def test_clients_with_workers_killed_get_no_errors_no_wrong_bytes_and_no_l
         print(f"  {name}: {value}")
     assert results.bad_status == [], results.bad_status[:10]
     assert results.wrong == [], results.wrong[:10]
-    assert unexplained == [], unexplained[:10]
+    assert unexplained == [], [
+        f"{b.kind} {b.path}, {b.began - began:.3f}-{b.ended - began:.3f} s: {b.error!r}"
+        for b in unexplained[:10]
+    ]
     assert all(results.latencies[kind] for kind in KINDS), "a kind of request never completed"
     # Each kill was survived: the supervisor started a worker in its place, which listens.
     assert kills and len(workers_at_end) == served.workers
