@@ -11,7 +11,7 @@ descriptors growing: the server's from the first window to the last (a minute ea
 soak), the supervisor's at all, and each worker's within its life (see the assertions).
 
 It runs CACHEPI_SOAK_SECONDS (default 60, the normal suite's share); the figures are printed
-(run with -s) and recorded as properties (--junitxml). The soak:
+(run with -s) and recorded as properties (--junitxml, -o junit_family=legacy). The soak:
 
     CACHEPI_SOAK_SECONDS=300 python -m pytest -n 0 -s tests/test_load.py
 """
