@@ -718,13 +718,13 @@ async def test_clients_with_workers_killed_get_no_errors_no_wrong_bytes_and_no_l
     assert again == [], again[:10]
     # Flat: the server's memory grows by no more than room for warming up and for load
     # swinging between workers (30% and 16 MiB); its descriptors, mostly connections, by a
-    # fifth and 16 (as many clients hold as many connections); the fixed ones by 4 a worker:
-    # a replacement starts with a few more (the supervisor's pipes to its sibling) and each
-    # opens some metrics files on first use. What outlives a killed worker shows here (in the
-    # supervisor, or kept by the other worker); what grows within a worker, below.
+    # fifth and 16 (as many clients hold as many connections); the fixed ones by 6 a worker:
+    # a replacement starts with up to 4 more (the supervisor's pipes to its sibling: 14-18
+    # seen), and metrics files are opened on first use. What outlives a killed worker shows
+    # here (in the supervisor, or kept by the other worker); what grows within one, below.
     assert last.rss_mib <= first.rss_mib * 1.3 + 16, f"the server grew: {first} -> {last}"
     assert last.fds <= first.fds * 1.2 + 16, f"the server grew: {first} -> {last}"
-    assert last.fixed_fds <= first.fixed_fds + 4 * served.workers, f"{first} -> {last}"
+    assert last.fixed_fds <= first.fixed_fds + 6 * served.workers, f"{first} -> {last}"
     # The supervisor only restarts workers: nothing of theirs may stay with it.
     assert supervisor_last.rss_mib <= supervisor_first.rss_mib + 2
     assert supervisor_last.fds <= supervisor_first.fds
