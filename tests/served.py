@@ -60,6 +60,20 @@ def memory_kib(pid: int, field: str = "VmRSS") -> int:
     return int(match[1]) if match else 0
 
 
+def open_fds(pid: int) -> list[str]:
+    """What each open descriptor of a process refers to: `socket:[INODE]`, a path,
+    `pipe:[INODE]`, `anon_inode:[eventpoll]`...; [] if the process is gone."""
+    try:
+        entries = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return []
+    targets = []
+    for entry in entries:
+        with contextlib.suppress(OSError):  # closed meanwhile
+            targets.append(os.readlink(f"/proc/{pid}/fd/{entry}"))
+    return targets
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time a process has used so far; 0 if it is gone."""
     try:
@@ -139,6 +153,10 @@ class ServedProxy:
 
     def pids(self) -> list[int]:
         return process_tree(self.pid) if self.process and self.process.returncode is None else []
+
+    def worker_pids(self) -> list[int]:
+        """The worker processes (`--workers` 2 or more): the supervisor's descendants."""
+        return [pid for pid in self.pids() if pid != self.pid]
 
     def rss_kib(self) -> int:
         """Resident memory of the server now: all its processes together."""
