@@ -41,7 +41,16 @@ from cachepi.workers import LISTENING
 from tests.fakeupstream import Dist, FakeUpstream
 from tests.fakeupstream.fixtures import FakeUpstreamFactory
 from tests.fetching import JSON_TYPE
-from tests.served import ServedProxy, cpu_seconds, memory_kib, open_fds
+from tests.process_samples import (
+    Sample,
+    describe_lives,
+    life_flatness,
+    lives,
+    peak_rss_mib,
+    sample_server,
+    use,
+)
+from tests.served import ServedProxy, open_fds
 
 pytestmark = pytest.mark.slow  # a minute of load at least
 
@@ -55,10 +64,8 @@ QUIET_EDGES = 10.0  # seconds at the start and the end with no kill
 KILL_GRACE = 0.5  # see Kill
 SAMPLE_EVERY = 2.0
 # Memory and descriptors are compared between the first and the last window of the run;
-# within a worker's life, from LIFE_SETTLE s after it started (warmed up) to its end.
+# within a worker's life, from a while after it started (warmed up) to its end.
 WINDOW = min(60.0, SECONDS / 3)
-LIFE_SETTLE = 10.0
-LIFE_MIN_WINDOW = 6.0
 # A mixed client's request asks the server to close the connection after it, one time in
 # this many: each client then connects anew now and then, as real ones do, and the kernel
 # spreads the new connections over the workers, a restarted one included.
@@ -146,25 +153,6 @@ class Results:
     wrong: list[str] = field(default_factory=list)  # wrong bytes or headers
     broken: list[Broken] = field(default_factory=list)
     distinct_file_misses: set[str] = field(default_factory=set)  # filenames
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One server process at one moment."""
-
-    at: float  # seconds since the load began
-    pid: int
-    rss_kib: int
-    fds: int
-    sockets: int  # the listener and connections, from clients and to the upstream
-    transfers: int  # files of downloads (part and lock files) and blobs being sent
-    cpu: float  # seconds used so far
-
-    @property
-    def fixed_fds(self) -> int:
-        """The descriptors whose number does not follow the load: the database, metrics
-        files, pipes, the event loop's."""
-        return self.fds - self.sockets - self.transfers
 
 
 def build_upstream(upstream: FakeUpstream, rng: random.Random) -> Workload:
@@ -480,20 +468,6 @@ def listening(served: ServedProxy) -> int:
     return sum(LISTENING in line for line in served.log)
 
 
-async def sample_server(served: ServedProxy, began: float, samples: list[Sample]) -> None:
-    loop = asyncio.get_running_loop()
-    transfer_dirs = tuple(f"{served.cache_dir / name}/" for name in ("tmp", "blobs"))
-    while True:
-        at = loop.time() - began
-        for pid in served.pids():
-            rss, fds = memory_kib(pid), open_fds(pid)
-            if rss and fds:  # else it ended meanwhile
-                sockets = sum(fd.startswith("socket:") for fd in fds)
-                transfers = sum(fd.startswith(transfer_dirs) for fd in fds)
-                samples.append(Sample(at, pid, rss, len(fds), sockets, transfers, cpu_seconds(pid)))
-        await asyncio.sleep(SAMPLE_EVERY)
-
-
 async def watch_lag(lags: list[float]) -> None:
     """How late this process's event loop wakes up: how late what it records may be."""
     loop = asyncio.get_running_loop()
@@ -501,73 +475,6 @@ async def watch_lag(lags: list[float]) -> None:
         asleep = loop.time()
         await asyncio.sleep(0.05)
         lags.append(loop.time() - asleep - 0.05)
-
-
-@dataclass(frozen=True)
-class Use:
-    """What processes held over a window: the median, over the instants sampled, of their
-    sum (a median: a sample taken while a killed worker is not yet replaced is one of many)."""
-
-    rss_mib: float
-    fds: float
-    fixed_fds: float
-
-    def __str__(self) -> str:
-        return f"{self.rss_mib:.0f} MiB, {self.fds:.0f} fds ({self.fixed_fds:.0f} fixed)"
-
-
-def use(samples: list[Sample], start: float, stop: float = math.inf) -> Use:
-    instants: defaultdict[float, list[Sample]] = defaultdict(list)
-    for sample in samples:
-        if start <= sample.at < stop:
-            instants[sample.at].append(sample)
-    assert instants, f"no samples from {start:.0f} s to {stop:.0f} s"
-    sums = instants.values()
-    return Use(
-        statistics.median(sum(s.rss_kib for s in sampled) / 1024 for sampled in sums),
-        statistics.median(sum(s.fds for s in sampled) for sampled in sums),
-        statistics.median(sum(s.fixed_fds for s in sampled) for sampled in sums),
-    )
-
-
-def lives(samples: list[Sample], supervisor: int | None = None) -> dict[int, list[Sample]]:
-    """Each process's samples, in order, but the supervisor's: a killed worker's numbers
-    end with it, and the one started in its place has its own."""
-    by_pid: dict[int, list[Sample]] = defaultdict(list)
-    for sample in samples:
-        if sample.pid != supervisor:
-            by_pid[sample.pid].append(sample)
-    return by_pid
-
-
-def life_flatness(life: list[Sample]) -> tuple[Use, Use] | None:
-    """(settled, last) use of one worker: over a window LIFE_SETTLE s after its first
-    sample, and over as long a window at its end (up to WINDOW / 2 each); None if it lived
-    too short for two such windows."""
-    born, died = life[0].at, life[-1].at
-    window = min(WINDOW / 2, (died - born - LIFE_SETTLE) / 2)
-    if window < LIFE_MIN_WINDOW:
-        return None
-    settled = use(life, born + LIFE_SETTLE, born + LIFE_SETTLE + window)
-    return settled, use(life, died - window)
-
-
-def describe_lives(samples: list[Sample], supervisor: int) -> dict[int, str]:
-    """Each worker's life, and its use settled and at the end where it was compared."""
-    described = {}
-    for pid, life in lives(samples, supervisor).items():
-        described[pid] = f"{life[0].at:.0f}-{life[-1].at:.0f} s"
-        if (flatness := life_flatness(life)) is not None:
-            described[pid] += f": {flatness[0]} -> {flatness[1]}"
-    return described
-
-
-def peak_rss_mib(samples: list[Sample]) -> tuple[int, int]:
-    """The largest RSS of all server processes together, and of one, in MiB."""
-    together: Counter[float] = Counter()
-    for sample in samples:
-        together[sample.at] += sample.rss_kib
-    return max(together.values()) // 1024, max(s.rss_kib for s in samples) // 1024
 
 
 def downloads_again(upstream: FakeUpstream, kills: list[Kill], lag: float) -> list[str]:
@@ -633,7 +540,7 @@ async def test_clients_with_workers_killed_get_no_errors_no_wrong_bytes_and_no_l
         ]
         background = [
             asyncio.create_task(kill_workers(served, rng_from(rng), began, kills)),
-            asyncio.create_task(sample_server(served, began, samples)),
+            asyncio.create_task(sample_server(served, began, samples, SAMPLE_EVERY)),
             asyncio.create_task(watch_lag(lags)),
         ]
         try:
@@ -660,7 +567,7 @@ async def test_clients_with_workers_killed_get_no_errors_no_wrong_bytes_and_no_l
     compared_lives = {
         pid: flatness
         for pid, life in lives(samples, served.pid).items()
-        if (flatness := life_flatness(life)) is not None
+        if (flatness := life_flatness(life, WINDOW)) is not None
     }
     total = sum(len(latencies) for latencies in results.latencies.values())
     # CPU a process used while sampled: a killed worker's last seconds are not counted.
@@ -688,7 +595,7 @@ async def test_clients_with_workers_killed_get_no_errors_no_wrong_bytes_and_no_l
         "server_first_window": str(first),
         "server_last_window": str(last),
         "supervisor_first_last": f"{supervisor_first} -> {supervisor_last}",
-        "worker_lives": describe_lives(samples, served.pid),
+        "worker_lives": describe_lives(samples, served.pid, WINDOW),
         "peak_rss_all_processes_mib": peak_all,
         "peak_rss_one_process_mib": peak_one,
         # Where the 2 cores went: the server, and this process (clients + fake upstream).
