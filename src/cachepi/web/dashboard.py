@@ -7,6 +7,7 @@ a few seconds old at most: overview.py); plain HTML forms, no JavaScript.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from html import escape
 
@@ -147,11 +148,15 @@ async def home(request: web.Request) -> web.Response:
     except StoreUnavailable as error:
         raise web.HTTPServiceUnavailable(text=f"{error}\n") from None
     query = request.query.get("q", "").strip()
-    result = (
-        f'<section id="result"><h2>Search result</h2>{_result(request, query)}</section>'
-        if query
-        else ""
-    )
+    result = ""
+    if query:
+        # Store reads and a decode of each stored page: as long as the project is big.
+        try:
+            found = await asyncio.to_thread(_result, request, query)
+        except StoreUnavailable as error:
+            raise web.HTTPServiceUnavailable(text=f"{error}\n") from None
+        result = f'<section id="result"><h2>Search result</h2>{found}</section>'
+
     body = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>cachepi</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
