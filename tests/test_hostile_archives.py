@@ -92,7 +92,8 @@ async def test_pages_stay_fast_while_hostile_wheels_are_extracted(
         latencies.append(time.perf_counter() - started)
         assert page.status == 200 and len(json.loads(page.body)["files"]) == 200
     await downloads
-    assert max(latencies) < 1.0, latencies
+    # Generous (a busy 2-core CI machine saw 1.07 s once); the bug it guards made 13 s.
+    assert max(latencies) < 4.0, latencies
     files = await asyncio.gather(
         *(fetch(f"{proxy.index_url}{w.project}/{w.filename}.metadata") for w in wheels)
     )
