@@ -36,7 +36,7 @@ from selectolax.lexbor import LexborHTMLParser
 from yarl import URL
 
 from tests.conftest import ProxyFactory
-from tests.fakeupstream import FakeUpstream
+from tests.fakeupstream import FakeUpstream, build_sdist
 from tests.fakeupstream.fixtures import FakeUpstreamFactory
 from tests.proxy import RunningProxy
 
@@ -104,6 +104,10 @@ def build_tree(upstream: FakeUpstream, style: Style) -> None:
     upstream.add_project("nometa", ["1.0"], core_metadata=False)  # an index without PEP 658
     upstream.add_project("old-thing", ["0.9"])
     upstream.add_project("bad-thing", ["6.6.6"])
+    # An sdist named as a post release that its index files under release 1.0, as PyPI does
+    # numpy-1.10.0.post2.tar.gz.
+    upstream.add_project("renamed", ["1.0"], sdist=False)
+    upstream.add_dist(build_sdist("renamed", "1.0.post2"), release="1.0")
     if style.status:
         upstream.set_status("old-thing", "archived", ARCHIVE_REASON)
         # An upstream that keeps listing a quarantined project's files (a mirror, a merged
@@ -310,6 +314,14 @@ def api_version_follows_sizes(reply: Reply) -> None:
 
 def versions_list_every_version(reply: Reply) -> None:
     assert sorted(reply.json()["versions"]) == ["1.0", "1.1", "2.0"]
+
+
+def versions_as_the_index_files_them(reply: Reply) -> None:
+    versions = reply.json()["versions"]
+    if reply.world.style.sizes:  # a JSON upstream lists its versions: no second guessing
+        assert versions == ["1.0"]
+    else:  # an HTML upstream lists none: they are read from the filenames
+        assert versions == ["1.0", "1.0.post2"]
 
 
 def upload_times_end_in_z(reply: Reply) -> None:
@@ -602,6 +614,12 @@ CASES: list[Case] = [
         req(PAGE, Accept=JSON),
         200,
         (versions_list_every_version,),
+    ),
+    Case(
+        "json-versions-are-the-upstreams-list-when-it-gives-one",
+        req("/index/renamed/", Accept=JSON),
+        200,
+        (versions_as_the_index_files_them,),
     ),
     Case("json-upload-time-ends-in-z", req(PAGE, Accept=JSON), 200, (upload_times_end_in_z,)),
     Case("json-yanked-keeps-its-reason", req(PAGE, Accept=JSON), 200, (yanked_reason_kept,)),

@@ -121,13 +121,24 @@ def test_json_file_urls_are_relative_and_quoted() -> None:
     assert rendered_json(project)["files"][0]["url"] == "foo-1%211.0%2Blocal.tar.gz"
 
 
-def test_json_versions_are_the_union_of_upstream_and_filenames() -> None:
+def test_json_versions_are_the_upstreams_own_list_when_it_gave_one() -> None:
+    # numpy's case: PyPI files numpy-1.10.0.post2.tar.gz under release 1.10.0, and lists
+    # releases without files; a version read from a filename would be a phantom.
+    project = Project(
+        name="numpy",
+        files=[a_file("numpy-1.10.0.post2.tar.gz", size=1), a_file("numpy-1.9.tar.gz", size=1)],
+        versions=["1.10.0", "1.9", "0.1"],
+    )
+    assert rendered_json(project)["versions"] == ["1.10.0", "1.9", "0.1"]
+    assert rendered_json(msgspec.structs.replace(project, versions=[]))["versions"] == []
+
+
+def test_json_versions_come_from_the_filenames_when_the_upstream_gave_none() -> None:
     project = Project(
         name="foo",
         files=[a_file("foo-1.10.tar.gz", size=1), a_file("foo-1.9-py3-none-any.whl", size=1)],
-        versions=["0.1", "1.9"],
     )
-    assert rendered_json(project)["versions"] == ["0.1", "1.9", "1.10"]
+    assert rendered_json(project)["versions"] == ["1.9", "1.10"]
 
 
 def test_json_upstream_status_without_reason() -> None:

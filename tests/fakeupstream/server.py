@@ -89,6 +89,7 @@ class _Entry:
     yanked: bool | str
     added: int  # Unix seconds, its Last-Modified
     core_metadata: bool  # False: no `.metadata` offered (not listed, and 404)
+    release: str  # the version the index files it under (PEP 700 `versions`)
 
 
 @dataclass(eq=False)
@@ -319,10 +320,13 @@ class FakeUpstream:
         yanked: bool | str = False,
         upload_time: datetime | None = None,
         core_metadata: bool = True,
+        release: str | None = None,
     ) -> Dist:
         """List one file (replacing a same-named one) on the page of project `name` (default:
         the dist's own project; another name lists a file that does not belong there).
-        `core_metadata=False`: offer no `.metadata` for it even if it is a wheel."""
+        `core_metadata=False`: offer no `.metadata` for it even if it is a wheel. `release`:
+        the version the index files it under, when not the one in its name (PyPI lists
+        numpy-1.10.0.post2.tar.gz under 1.10.0)."""
         if dist.filename in self._files:
             self.remove_dist(dist.filename)
         project = self._project(name or dist.project)
@@ -331,7 +335,13 @@ class FakeUpstream:
             upload_time = _UPLOAD_EPOCH + timedelta(minutes=self._uploads)
             self._uploads += 1
         entry = _Entry(
-            dist, project, upload_time, yanked, _next_second(project.modified), core_metadata
+            dist,
+            project,
+            upload_time,
+            yanked,
+            _next_second(project.modified),
+            core_metadata,
+            release or dist.version,
         )
         project.entries[dist.filename] = self._files[dist.filename] = entry
         project.modified = entry.added
@@ -639,7 +649,7 @@ class FakeUpstream:
         if content_type == JSON_TYPE:
             page: dict[str, object] = {"meta": self._meta(api_version), "name": normalized}
             if self.pep700:
-                page["versions"] = sorted({e.dist.version for e in entries}, key=Version)
+                page["versions"] = sorted({e.release for e in entries}, key=Version)
             page["files"] = [self._json_file(entry) for entry in entries]
             if project.status is not None:
                 status = {"status": project.status}

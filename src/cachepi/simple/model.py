@@ -35,7 +35,8 @@ class Project(msgspec.Struct, frozen=True, omit_defaults=True):
 
     name: str
     files: list[File] = []
-    # PEP 700 `versions` as the upstream gave them (None when it gave none).
+    # PEP 700 `versions` as the upstream gave them (None when it gave none: the renderer then
+    # reads them from the filenames).
     versions: list[str] | None = None
     # `meta._last-serial`, passed through as given (PyPI sends a string of digits).
     last_serial: int | str | None = None

@@ -134,9 +134,12 @@ def _file_href(filename: str) -> str:
 
 
 def _versions(project: Project) -> list[str]:
-    return versions_from_filenames(
-        (file.filename for file in project.files), project.versions or ()
-    )
+    """The upstream's own list when it gave one: it knows which release each file belongs
+    to, and a filename may say otherwise (`numpy-1.10.0.post2.tar.gz` is a file of numpy
+    1.10.0). Read from the filenames only for an upstream that gave none."""
+    if project.versions is not None:
+        return project.versions
+    return versions_from_filenames(file.filename for file in project.files)
 
 
 def _zulu(timestamp: str) -> str:
