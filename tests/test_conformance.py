@@ -1025,6 +1025,18 @@ CASES: list[Case] = [
         (location("/index/demo/?x=1"), upstream_untouched),
     ),
     Case(
+        "project-list-without-trailing-slash-redirects-keeping-query",
+        req("/index?format=application/vnd.pypi.simple.v1%2Bjson"),
+        301,
+        (location("/index/?format=application/vnd.pypi.simple.v1%2Bjson"), upstream_untouched),
+    ),
+    Case(
+        "simple-alias-without-trailing-slash-redirects-to-the-alias",
+        req("/simple", Accept=JSON),
+        301,
+        (location("/simple/"), upstream_untouched),
+    ),
+    Case(
         "simple-alias-serves-the-index-page",
         req("/simple/demo/", Accept=JSON),
         200,

@@ -87,11 +87,19 @@ def checked_name(request: web.Request, rest: str = "") -> str:
     canonical = normalize(name)
     if canonical != name or not request.path.endswith("/" + rest):
         prefix = request.path.split("/", 2)[1]  # "index" or its alias "simple"
-        location = f"/{prefix}/{canonical}/{rest}"
-        if request.query_string:
-            location += "?" + request.query_string
-        raise web.HTTPMovedPermanently(location)
+        raise _moved(request, f"/{prefix}/{canonical}/{rest}")
     return canonical
+
+
+async def project_list_without_slash(request: web.Request) -> web.Response:
+    """`/index` and `/simple`: a 301 to the page, whose URL ends in "/" (PEP 503)."""
+    raise _moved(request, request.path + "/")
+
+
+def _moved(request: web.Request, path: str) -> web.HTTPMovedPermanently:
+    """A 301 to `path`, keeping the request's query."""
+    location = f"{path}?{request.query_string}" if request.query_string else path
+    return web.HTTPMovedPermanently(location)
 
 
 async def project_page(request: web.Request) -> web.Response:
