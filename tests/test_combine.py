@@ -1,8 +1,9 @@
 """combine.py: how the pages of several indexes make one, pure (indexes are plain names here).
 
 What a merged page says of the project as a whole is checked here: `versions` per upstream
-(the list where one was given, filenames only for upstreams without one). The end-to-end
-tests of the same rules through a proxy are in test_multi_index.py.
+(the list where one was given, filenames only for upstreams without one), and no last serial
+(it numbers one index's changes). The end-to-end tests of the same rules through a proxy are
+in test_multi_index.py.
 """
 
 from __future__ import annotations
@@ -57,6 +58,12 @@ def test_merged_versions_keep_each_spelling_once_per_version() -> None:
 def test_merged_versions_stay_unset_when_no_upstream_gave_a_list() -> None:
     merged, _ = combine("demo", [("a", page("demo-1.0.tar.gz")), ("b", page("demo-2.0.tar.gz"))])
     assert merged.versions is None  # the renderer reads every shown file's name
+
+
+def test_a_merged_page_has_no_last_serial_even_when_the_upstreams_agree() -> None:
+    a, b = page("demo-1.0.tar.gz", last_serial=7), page("demo-2.0.tar.gz", last_serial=7)
+    assert combine("demo", [("a", a), ("b", b)])[0].last_serial is None
+    assert combine("demo", [("a", a)])[0].last_serial == 7
 
 
 def test_a_quarantined_first_page_offers_nothing_whatever_the_others_say() -> None:

@@ -68,16 +68,25 @@ class Style:
     sizes: bool  # the upstream lists sizes and upload times (PEP 700)
     status: bool  # it states PEP 792 project statuses
     provenance: bool  # it lists PEP 740 provenance URLs
-    serial: str | None = None  # its meta._last-serial
+    # Its last serial, as the proxy's JSON says it: as spelled in the upstream's JSON, a
+    # number when it came in the X-PyPI-Last-Serial header.
+    serial: str | int | None = None
 
 
 STYLES = (
     Style(
         "html-only",
-        {"format": "html", "links": "relative", "provenance": True},
+        {
+            "format": "html",
+            "links": "relative",
+            "provenance": True,
+            "last_serial": SERIAL,
+            "serial_in": ("header",),  # as PyPI's HTML, where the header is what clients read
+        },
         sizes=False,
         status=True,
         provenance=True,
+        serial=int(SERIAL),
     ),
     Style("json-only", {"format": "json"}, sizes=True, status=False, provenance=False),
     Style(
@@ -386,6 +395,17 @@ def last_serial_as_spelled(reply: Reply) -> None:
         assert "_last-serial" not in meta
     else:
         assert meta["_last-serial"] == reply.world.style.serial  # a string stays a string
+
+
+def last_serial_header(reply: Reply) -> None:
+    serial = reply.world.style.serial
+    assert reply.headers.get("X-PyPI-Last-Serial") == (None if serial is None else str(serial))
+
+
+def html_serial_comment(reply: Reply) -> None:
+    serial = reply.world.style.serial
+    comments = re.findall(rb"<!--SERIAL (\d+)-->", reply.body)
+    assert comments == ([] if serial is None else [str(serial).encode()])
 
 
 def json_names_project(name: str) -> Check:
@@ -701,6 +721,31 @@ CASES: list[Case] = [
         req(PAGE, Accept=JSON),
         200,
         (last_serial_as_spelled,),
+    ),
+    Case(
+        "html-last-serial-in-the-header-and-where-pypi-writes-it",
+        req(PAGE, Accept="text/html"),
+        200,
+        (last_serial_header, html_serial_comment),
+    ),
+    Case(
+        "json-last-serial-in-the-header-too",
+        req(PAGE, Accept=JSON),
+        200,
+        (last_serial_header,),
+    ),
+    Case(
+        "project-list-last-serial-in-the-header-and-the-page",
+        req("/index/", Accept=JSON),
+        200,
+        (last_serial_header, last_serial_as_spelled),
+    ),
+    Case(
+        "last-serial-header-repeated-on-a-304",
+        req(PAGE, Accept=JSON, If_None_Match="{etag}"),
+        304,
+        (last_serial_header,),
+        given=(learn_etag(PAGE, Accept=JSON),),
     ),
     Case(
         "json-project-list-names-every-project",

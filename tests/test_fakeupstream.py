@@ -266,10 +266,17 @@ async def test_last_serial_is_sent_as_given_in_both_formats(
     upstream.add_project("pkg", ["1.0"])
     for url in (upstream.url, upstream.url + "pkg/"):
         assert (await get_json(session, url))["meta"]["_last-serial"] == serial
-        _, body = await fetch(session, url, headers={"Accept": "text/html"})
+        response, body = await fetch(session, url, headers={"Accept": "text/html"})
         assert body.decode().rstrip().endswith("<!--SERIAL 7654321-->")
-    upstream.last_serial = None
+        assert response.headers["X-PyPI-Last-Serial"] == "7654321"
+    upstream.serial_in = ("header",)
+    response, body = await fetch(session, upstream.url + "pkg/", headers={"Accept": "text/html"})
+    assert (response.headers["X-PyPI-Last-Serial"], b"SERIAL" in body) == ("7654321", False)
     assert "_last-serial" not in (await get_json(session, upstream.url + "pkg/"))["meta"]
+    upstream.last_serial = None
+    response, body = await fetch(session, upstream.url + "pkg/", headers={"Accept": JSON_TYPE})
+    assert "X-PyPI-Last-Serial" not in response.headers
+    assert "_last-serial" not in json.loads(body)["meta"]
 
 
 async def test_project_status_in_both_formats_and_quarantine_hides_the_files(

@@ -17,6 +17,7 @@ from cachepi.simple.parse import (
     parse_project_json,
     parse_project_list_html,
     parse_project_list_json,
+    with_serial_header,
 )
 
 PAGE_URL = "https://index.example/simple/sampleproject/"
@@ -462,6 +463,27 @@ def test_json_project_list_parses_names_and_serial() -> None:
     assert parse_project_list_json(body) == ProjectList(
         names=["Django", "zope.interface"], last_serial=987
     )
+
+
+@pytest.mark.parametrize(
+    ("page", "header", "expected"),
+    [
+        (Project(name="six"), "26356948", 26356948),  # PyPI's HTML says it only there
+        (Project(name="six"), " 7 ", 7),
+        (ProjectList(), "12", 12),
+        (Project(name="six", last_serial="5"), "6", "5"),  # the page's own word wins
+        (Project(name="six"), None, None),
+        (Project(name="six"), "", None),
+        (Project(name="six"), "12a", None),
+        (Project(name="six"), "-1", None),
+        (Project(name="six"), "1" * 20, None),
+        (Project(name="six"), "\uff11", None),  # a digit, but not an ASCII one
+    ],
+)
+def test_serial_header_stands_in_for_a_page_without_one(
+    page: Project | ProjectList, header: str | None, expected: object
+) -> None:
+    assert with_serial_header(page, header).last_serial == expected
 
 
 def test_html_project_list_uses_link_texts() -> None:

@@ -5,6 +5,7 @@ from typing import Any
 from urllib.parse import quote
 
 import msgspec
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from selectolax.lexbor import LexborHTMLParser
@@ -21,6 +22,7 @@ from cachepi.simple.render import (
     render_project_json,
     render_project_list_html,
     render_project_list_json,
+    serial_text,
 )
 
 PROXY_PAGE = "http://proxy.example/index/sampleproject/"
@@ -361,7 +363,7 @@ def test_html_round_trip_keeps_what_html_can_say(project: Project) -> None:
         for file in project.files
     ]
     assert parsed.files == expected
-    assert parsed.status == project.status
+    assert (parsed.status, parsed.last_serial) == (project.status, project.last_serial)
 
 
 @given(projects)
@@ -412,6 +414,23 @@ def test_project_lists_round_trip_in_both_formats(names: list[str]) -> None:
     plist = ProjectList(names=names)
     assert parse_project_list_json(render_project_list_json(plist)) == plist
     assert parse_project_list_html(render_project_list_html(plist)) == plist
+
+
+@pytest.mark.parametrize(
+    ("serial", "text"),
+    [(42, "42"), ("26356948", "26356948"), (None, None), ("12a", None), ("1\r\nX: y", None)],
+)
+def test_html_pages_carry_a_serial_made_of_digits_where_pypi_writes_it(
+    serial: int | str | None, text: str | None
+) -> None:
+    assert serial_text(serial) == text
+    for body in (
+        render_project_html(Project(name="six", last_serial=serial)),
+        render_project_list_html(ProjectList(names=["six"], last_serial=serial)),
+    ):
+        comments = re.findall(rb"<!--SERIAL ([^>]*)-->", body)
+        assert comments == ([] if text is None else [text.encode()])
+        assert body.endswith(b"</html>\n" if text is None else b"-->\n")
 
 
 def test_last_serial_passes_through_as_the_upstream_spelled_it() -> None:

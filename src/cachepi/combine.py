@@ -7,7 +7,8 @@
 
 Either way the first index that has the project speaks for it: a project it quarantined
 (PEP 792) offers no files at all. What a merged page says of the project as a whole
-(`versions`) is what its upstreams said, never more: see `_versions`.
+is what its upstreams said, never more: `versions` (see `_versions`); no last serial, which
+only a single index's page can carry.
 """
 
 from __future__ import annotations
@@ -69,7 +70,13 @@ def combine(name: str, pages: Sequence[tuple[Index, Project]]) -> tuple[Project,
                     file.filename,
                     index,
                 )
-    merged = msgspec.structs.replace(first, files=files, versions=_versions(pages, listed, guessed))
+    merged = msgspec.structs.replace(
+        first,
+        files=files,
+        versions=_versions(pages, listed, guessed),
+        # A serial numbers one index's changes: none stands for several indexes' at once.
+        last_serial=None,
+    )
     return merged, tuple(sources)
 
 

@@ -163,7 +163,8 @@ class IndexCache:
 
     def _combine_lists(self, lists: Sequence[tuple[int, ProjectList]]) -> ProjectList:
         """Every name once, spelled as the first list that has it, if the index that lists
-        it serves it and the policy does not refuse it."""
+        it serves it and the policy does not refuse it. The last serial of a list only one
+        index gave (combine.py: never one for several indexes)."""
         if len(lists) == 1 and not self._router.routed and not self._policy.active:
             return lists[0][1]
         seen: dict[str, str] = {}
@@ -176,7 +177,8 @@ class IndexCache:
                     and self._policy.project_refusal(name) is None
                 ):
                     seen[name] = spelled
-        return ProjectList(names=list(seen.values()))
+        serial = lists[0][1].last_serial if len(lists) == 1 else None
+        return ProjectList(names=list(seen.values()), last_serial=serial)
 
     def _screen(self, name: str, listing: Listing, now: float) -> Listing:
         """`listing` without the files the policy refuses (they go to `refused`)."""

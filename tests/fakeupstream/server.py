@@ -129,6 +129,7 @@ class _Resource:
     modified: int
     cache_control: str
     is_page: bool
+    headers: Mapping[str, str] = field(default_factory=dict)  # more, sent as they are
 
 
 class FakeUpstream:
@@ -144,6 +145,7 @@ class FakeUpstream:
         pep700: bool = True,
         provenance: bool = False,
         last_serial: int | str | None = None,
+        serial_in: Collection[Literal["body", "header"]] = ("body", "header"),
     ) -> None:
         """`format`: page format unless a project overrides it. `links`: HTML hrefs to files,
         absolute URLs (like PyPI) or relative to the page. `require_auth`: (user, password)
@@ -152,8 +154,9 @@ class FakeUpstream:
         `pep700=False`: JSON pages as a minimal PEP 691 index writes them (api-version 1.0,
         no `versions`, `size` or `upload-time`). `provenance`: give every file a PEP 740
         provenance URL (`provenance_url()`). `last_serial`: `meta._last-serial` on JSON
-        pages and `<!--SERIAL n-->` in HTML, exactly as given (PyPI sends a string);
-        settable later as an attribute."""
+        pages and `<!--SERIAL n-->` in HTML, exactly as given (PyPI sends a string), and
+        in the X-PyPI-Last-Serial header of both; settable later as an attribute.
+        `serial_in`: where the serial goes, the page's body and/or that header."""
         if separate_files_host and links == "relative":
             raise ValueError("files on another origin need absolute links")
         if provenance and not pep700:
@@ -165,6 +168,7 @@ class FakeUpstream:
         self.pep700 = pep700
         self.provenance = provenance
         self.last_serial = last_serial
+        self.serial_in = serial_in
         self.requests: list[RecordedRequest] = []
         self._projects: dict[str, _Project] = {}
         self._files: dict[str, _Entry] = {}
@@ -636,8 +640,8 @@ class FakeUpstream:
                 _anchor(self._page_href(normalized), project.name, {})
                 for normalized, project in projects
             ]
-            body = _html_page("Simple index", links, api_version, {}, self.last_serial)
-        return _page(body, content_type, self._index_modified)
+            body = _html_page("Simple index", links, api_version, {}, self._body_serial)
+        return _page(body, content_type, self._index_modified, self._serial_header())
 
     def _project_page(self, request: web.Request, project: _Project) -> _Resource | web.Response:
         content_type = _negotiate(request.headers.get("Accept"), project.format or self.format)
@@ -667,8 +671,17 @@ class FakeUpstream:
                 if project.status_reason is not None:
                     metas["pypi:project-status-reason"] = project.status_reason
             title = f"Links for {normalized}"
-            body = _html_page(title, links, api_version, metas, self.last_serial)
-        return _page(body, content_type, project.modified)
+            body = _html_page(title, links, api_version, metas, self._body_serial)
+        return _page(body, content_type, project.modified, self._serial_header())
+
+    @property
+    def _body_serial(self) -> int | str | None:
+        return self.last_serial if "body" in self.serial_in else None
+
+    def _serial_header(self) -> dict[str, str]:
+        if self.last_serial is None or "header" not in self.serial_in:
+            return {}
+        return {"X-PyPI-Last-Serial": str(self.last_serial)}
 
     def _api_version(self, project: _Project) -> str:
         if not self.pep700:
@@ -677,8 +690,8 @@ class FakeUpstream:
 
     def _meta(self, api_version: str) -> dict[str, object]:
         meta: dict[str, object] = {"api-version": api_version}
-        if self.last_serial is not None:
-            meta["_last-serial"] = self.last_serial
+        if self._body_serial is not None:
+            meta["_last-serial"] = self._body_serial
         return meta
 
     def _json_file(self, entry: _Entry) -> dict[str, object]:
@@ -803,7 +816,7 @@ def _json(obj: object) -> bytes:
     return json.dumps(obj).encode()
 
 
-def _page(body: bytes, content_type: str, modified: int) -> _Resource:
+def _page(body: bytes, content_type: str, modified: int, headers: Mapping[str, str]) -> _Resource:
     if content_type != JSON_TYPE:
         content_type += "; charset=utf-8"
     return _Resource(
@@ -813,6 +826,7 @@ def _page(body: bytes, content_type: str, modified: int) -> _Resource:
         modified=modified,
         cache_control="max-age=600, public",
         is_page=True,
+        headers=headers,
     )
 
 
@@ -883,6 +897,7 @@ async def _send(
         "ETag": resource.etag,
         "Last-Modified": formatdate(resource.modified, usegmt=True),
         "Cache-Control": resource.cache_control,
+        **resource.headers,
     }
     if resource.is_page:
         headers["Vary"] = "Accept"

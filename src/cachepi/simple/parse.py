@@ -43,6 +43,7 @@ _PLAIN_URL_RE = re.compile(
 _SHA256_RE = re.compile(r"sha256=([0-9a-f]{64})\Z")
 # PyPI marks its pages with the serial in a comment: <!--SERIAL 12345-->
 _SERIAL_RE = re.compile(rb"<!--SERIAL (\d{1,19})-->")
+_SERIAL_DIGITS_RE = re.compile(r"\d{1,19}", re.ASCII)
 
 
 class ParseError(ValueError):
@@ -258,6 +259,19 @@ def _base_url(href: str | None, page_url: str) -> str:
 def _html_serial(body: bytes) -> int | None:
     match = _SERIAL_RE.search(body)
     return int(match.group(1)) if match else None
+
+
+_P = TypeVar("_P", bound=Project | ProjectList)
+
+
+def with_serial_header(page: _P, header: str | None) -> _P:
+    """`page` with the last serial its response's LAST_SERIAL_HEADER gave, when the page
+    itself gave none; a header that is not a serial (digits) is ignored."""
+    if page.last_serial is not None or header is None:
+        return page
+    if (serial := _SERIAL_DIGITS_RE.fullmatch(header.strip())) is None:
+        return page
+    return msgspec.structs.replace(page, last_serial=int(serial[0]))
 
 
 # --- shared -----------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ _FRAGMENT_HASHES = ("sha256", "sha512", "sha384", "md5")
 _UNRESERVED_RE = re.compile(r"[A-Za-z0-9._~-]*\Z", re.ASCII)
 # Lines of one or more unreserved characters: relative links that cannot leave their folder.
 _UNRESERVED_LINES_RE = re.compile(r"[A-Za-z0-9._~-]+(?:\n[A-Za-z0-9._~-]+)*\Z", re.ASCII)
+_SERIAL_RE = re.compile(r"[0-9]{1,19}\Z", re.ASCII)
 
 
 # --- PEP 691 JSON -----------------------------------------------------------------------------
@@ -180,6 +181,7 @@ def render_project_html(project: Project) -> bytes:
         *(_html_link(file) for file in project.files),
         "  </body>",
         "</html>",
+        *_serial_comment(project.last_serial),
         "",
     ]
     return "\n".join(lines).encode()
@@ -210,9 +212,22 @@ def render_project_list_html(plist: ProjectList) -> bytes:
         ),
         "  </body>",
         "</html>",
+        *_serial_comment(plist.last_serial),
         "",
     ]
     return "\n".join(lines).encode()
+
+
+def serial_text(last_serial: int | str | None) -> str | None:
+    """The last serial as the HTTP header and the HTML comment say it (`<!--SERIAL n-->`,
+    where PyPI puts it), or None: only digits, whatever an upstream spelled in its JSON."""
+    text = str(last_serial)
+    return text if last_serial is not None and _SERIAL_RE.match(text) else None
+
+
+def _serial_comment(last_serial: int | str | None) -> list[str]:
+    text = serial_text(last_serial)
+    return [] if text is None else [f"<!--SERIAL {text}-->"]
 
 
 def _map_lines(transform: Callable[[str], str], texts: list[str]) -> list[str]:

@@ -8,8 +8,10 @@ from aiohttp import web
 from cachepi import catalog
 from cachepi.index import IndexCache, Listing, ListResult, Refused
 from cachepi.rendered import Representation
+from cachepi.simple.model import LAST_SERIAL_HEADER
 from cachepi.simple.names import is_valid_project_name, normalize
 from cachepi.simple.negotiate import Format, choose_encoding, choose_format
+from cachepi.simple.render import serial_text
 from cachepi.upstream import UpstreamError
 from cachepi.web.conditional import etag_matches
 from cachepi.web.keys import CACHE_RESULT, FILE_CACHE, INDEX_CACHE, METRICS, RENDERED, SETTINGS
@@ -110,7 +112,7 @@ async def project_page(request: web.Request) -> web.Response:
         raise web.HTTPNotFound(text=f"project {name!r} not found\n")
     version, project = catalog.page(listing, request.app[FILE_CACHE].extracted)
     page = await request.app[RENDERED].project(name, version, fmt, project)
-    return respond(request, page, listing)
+    return with_last_serial(respond(request, page, listing), listing.project.last_serial)
 
 
 async def find_listing(request: web.Request, name: str) -> Listing | None:
@@ -132,4 +134,11 @@ async def project_list(request: web.Request) -> web.Response:
     except UpstreamError as error:
         raise gateway_error(error) from None
     page = await request.app[RENDERED].project_list(result.version, fmt, result.names)
-    return respond(request, page, result)
+    return with_last_serial(respond(request, page, result), result.names.last_serial)
+
+
+def with_last_serial(response: web.Response, last_serial: int | str | None) -> web.Response:
+    """The upstream's last serial in PyPI's header, the one place an HTML client looks."""
+    if (text := serial_text(last_serial)) is not None:
+        response.headers[LAST_SERIAL_HEADER] = text
+    return response
