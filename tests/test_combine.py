@@ -1,9 +1,10 @@
 """combine.py: how the pages of several indexes make one, pure (indexes are plain names here).
 
 What a merged page says of the project as a whole is checked here: `versions` per upstream
-(the list where one was given, filenames only for upstreams without one), and no last serial
-(it numbers one index's changes). The end-to-end tests of the same rules through a proxy are
-in test_multi_index.py.
+(the list where one was given, filenames only for upstreams without one), PEP 708's `tracks`
+and `alternate-locations` (only what every upstream claims), and no last serial (it numbers
+one index's changes). The end-to-end tests of the same rules through a proxy are in
+test_multi_index.py.
 """
 
 from __future__ import annotations
@@ -64,6 +65,41 @@ def test_a_merged_page_has_no_last_serial_even_when_the_upstreams_agree() -> Non
     a, b = page("demo-1.0.tar.gz", last_serial=7), page("demo-2.0.tar.gz", last_serial=7)
     assert combine("demo", [("a", a), ("b", b)])[0].last_serial is None
     assert combine("demo", [("a", a)])[0].last_serial == 7
+
+
+PYPI = "https://pypi.example/simple/demo/"
+TEST = "https://test.example/simple/demo/"
+ALT = "https://alt.example/simple/demo/"
+
+
+def test_one_page_passes_its_pep_708_claims_through() -> None:
+    only = page(tracks=[PYPI], alternate_locations=[ALT])
+    merged, _ = combine("demo", [("mirror", only)])
+    assert (merged.tracks, merged.alternate_locations) == ([PYPI], [ALT])
+
+
+def test_a_merged_page_claims_what_every_upstream_claims_in_the_first_ones_order() -> None:
+    a = page("demo-1.0.tar.gz", tracks=[TEST, PYPI], alternate_locations=[ALT, PYPI])
+    b = page("demo-2.0.tar.gz", tracks=[PYPI, TEST, ALT], alternate_locations=[ALT])
+    merged, _ = combine("demo", [("a", a), ("b", b)])
+    assert (merged.tracks, merged.alternate_locations) == ([TEST, PYPI], [ALT])
+
+
+def test_an_upstream_claiming_nothing_leaves_the_merged_page_claiming_nothing() -> None:
+    # A piwheels-like index tracking PyPI, merged with an index that owns its namespace: the
+    # merge does not extend PyPI's project, whatever one part of it says.
+    extension = page(
+        "demo-1.0-cp311-cp311-linux_armv7l.whl", tracks=[PYPI], alternate_locations=[ALT]
+    )
+    own = page("demo-1.0.tar.gz")
+    for pages in ([("ext", extension), ("own", own)], [("own", own), ("ext", extension)]):
+        merged, _ = combine("demo", pages)
+        assert (merged.tracks, merged.alternate_locations) == ([], [])
+
+
+def test_urls_are_compared_as_written() -> None:
+    a, b = page(tracks=[PYPI]), page(tracks=[PYPI.rstrip("/")])
+    assert combine("demo", [("a", a), ("b", b)])[0].tracks == []
 
 
 def test_a_quarantined_first_page_offers_nothing_whatever_the_others_say() -> None:

@@ -54,6 +54,8 @@ YANK_REASON = 'broken "wheel" <use 1.1>'  # needs escaping in HTML
 ARCHIVE_REASON = "superseded by demo & friends"
 QUARANTINE_REASON = "malware found"
 SERIAL = "31415926"  # a string, as PyPI sends it
+TRACKS = ["https://pypi.example/simple/extended/", "https://test.example/simple/extended/"]
+ALTERNATE_LOCATIONS = ["https://alt.example/simple/extended/?a=1&b=2"]  # & needs escaping
 FILE_CACHE_CONTROL = "max-age=365000000, immutable"
 STRONG_ETAG = re.compile(r'"[\x21\x23-\x7e]+"')
 
@@ -117,6 +119,10 @@ def build_tree(upstream: FakeUpstream, style: Style) -> None:
     # numpy-1.10.0.post2.tar.gz.
     upstream.add_project("renamed", ["1.0"], sdist=False)
     upstream.add_dist(build_sdist("renamed", "1.0.post2"), release="1.0")
+    # PEP 708: a page that tracks PyPI's, and says where else the project lives.
+    upstream.add_project("extended", ["1.0"])
+    upstream.set_tracks("extended", TRACKS)
+    upstream.set_alternate_locations("extended", ALTERNATE_LOCATIONS)
     if style.status:
         upstream.set_status("old-thing", "archived", ARCHIVE_REASON)
         # An upstream that keeps listing a quarantined project's files (a mirror, a merged
@@ -408,6 +414,27 @@ def html_serial_comment(reply: Reply) -> None:
     assert comments == ([] if serial is None else [str(serial).encode()])
 
 
+def json_pep_708_passed_through(reply: Reply) -> None:
+    page = reply.json()
+    assert page["meta"]["tracks"] == TRACKS
+    assert page["alternate-locations"] == ALTERNATE_LOCATIONS
+
+
+def html_pep_708_passed_through(reply: Reply) -> None:
+    assert meta_contents(reply, "pypi:tracks") == TRACKS
+    assert meta_contents(reply, "pypi:alternate-locations") == ALTERNATE_LOCATIONS
+    assert "&amp;b=2" in reply.body.decode()
+
+
+def no_pep_708_claims(reply: Reply) -> None:
+    if reply.headers["Content-Type"] == JSON:
+        page = reply.json()
+        assert "tracks" not in page["meta"] and "alternate-locations" not in page
+    else:
+        assert meta_contents(reply, "pypi:tracks") == []
+        assert meta_contents(reply, "pypi:alternate-locations") == []
+
+
 def json_names_project(name: str) -> Check:
     def check(reply: Reply) -> None:
         assert reply.json()["name"] == name
@@ -455,6 +482,10 @@ def links(reply: Reply) -> dict[str, dict[str, str | None]]:
 def meta_content(reply: Reply, name: str) -> str | None:
     node = reply.html().css_first(f'meta[name="{name}"]')
     return None if node is None else node.attributes.get("content")
+
+
+def meta_contents(reply: Reply, name: str) -> list[str | None]:
+    return [node.attributes.get("content") for node in reply.html().css(f'meta[name="{name}"]')]
 
 
 def repository_version_1_4(reply: Reply) -> None:
@@ -682,6 +713,30 @@ CASES: list[Case] = [
         req(PAGE, Accept="text/html"),
         200,
         (html_provenance,),
+    ),
+    Case(
+        "json-pep-708-tracks-and-alternate-locations-passed-through",
+        req("/index/extended/", Accept=JSON),
+        200,
+        (json_pep_708_passed_through,),
+    ),
+    Case(
+        "html-pep-708-meta-tags-passed-through",
+        req("/index/extended/", Accept="text/html"),
+        200,
+        (html_pep_708_passed_through,),
+    ),
+    Case(
+        "json-page-without-pep-708-claims-has-no-keys",
+        req(PAGE, Accept=JSON),
+        200,
+        (no_pep_708_claims,),
+    ),
+    Case(
+        "html-page-without-pep-708-claims-has-no-meta-tags",
+        req(PAGE, Accept="text/html"),
+        200,
+        (no_pep_708_claims,),
     ),
     Case(
         "json-project-status-with-reason",

@@ -256,6 +256,32 @@ async def test_provenance_urls_are_listed_in_both_formats(
         FakeUpstream(provenance=True, pep700=False)
 
 
+async def test_pep_708_urls_in_both_formats(
+    fake_upstream_factory: FakeUpstreamFactory, session: aiohttp.ClientSession
+) -> None:
+    upstream = await fake_upstream_factory()
+    upstream.add_project("pkg", ["1.0"])
+    tracks, alternates = (
+        ["https://a.example/simple/pkg/", "https://b.example/simple/pkg/"],
+        ["https://c.example/simple/pkg/?x=1&y=2"],
+    )
+    upstream.set_tracks("pkg", tracks)
+    upstream.set_alternate_locations("pkg", alternates)
+    page = await get_json(session, upstream.url + "pkg/")
+    assert (page["meta"]["tracks"], page["alternate-locations"]) == (tracks, alternates)
+    _, body = await fetch(session, upstream.url + "pkg/", headers={"Accept": "text/html"})
+    metas = re.findall(r'<meta name="(pypi:[a-z-]+)" content="([^"]*)">', body.decode())
+    assert metas[1:] == [
+        ("pypi:tracks", tracks[0]),
+        ("pypi:tracks", tracks[1]),
+        ("pypi:alternate-locations", "https://c.example/simple/pkg/?x=1&amp;y=2"),
+    ]
+    upstream.set_tracks("pkg", [])
+    upstream.set_alternate_locations("pkg", [])
+    page = await get_json(session, upstream.url + "pkg/")
+    assert "tracks" not in page["meta"] and "alternate-locations" not in page
+
+
 @pytest.mark.parametrize("serial", ["7654321", 7654321])
 async def test_last_serial_is_sent_as_given_in_both_formats(
     fake_upstream_factory: FakeUpstreamFactory,

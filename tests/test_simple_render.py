@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from selectolax.lexbor import LexborHTMLParser
 
 from cachepi.simple.model import File, Project, ProjectList
+from cachepi.simple.names import versions_from_filenames
 from cachepi.simple.parse import (
     parse_project_html,
     parse_project_json,
@@ -152,6 +153,21 @@ def test_json_project_without_status_has_no_status_key() -> None:
     assert "project-status" not in rendered_json(Project(name="foo"))
 
 
+TRACKED = ["https://pypi.example/simple/foo/", "https://test.example/simple/foo/"]
+ALTERNATES = ["https://alt.example/simple/foo/"]
+
+
+def test_json_pep_708_tracks_in_meta_and_alternate_locations_at_the_top() -> None:
+    page = rendered_json(Project(name="foo", tracks=TRACKED, alternate_locations=ALTERNATES))
+    assert page["meta"] == {"api-version": "1.4", "tracks": TRACKED}
+    assert page["alternate-locations"] == ALTERNATES
+
+
+def test_json_without_pep_708_urls_has_neither_key() -> None:
+    page = rendered_json(Project(name="foo"))
+    assert "tracks" not in page["meta"] and "alternate-locations" not in page
+
+
 def test_json_empty_project_is_valid_1_4() -> None:
     assert rendered_json(Project(name="Foo.Bar")) == {
         "meta": {"api-version": "1.4"},
@@ -222,6 +238,16 @@ def test_html_project_status_meta_tags() -> None:
     assert b'<meta name="pypi:project-status-reason" content="a &quot;b&quot;">' in body
 
 
+def test_html_pep_708_metas_one_per_url() -> None:
+    project = Project(name="foo", tracks=TRACKED, alternate_locations=ALTERNATES)
+    tree = LexborHTMLParser(render_project_html(project))
+    for name, urls in (("pypi:tracks", TRACKED), ("pypi:alternate-locations", ALTERNATES)):
+        assert [m.attributes["content"] for m in tree.css(f'meta[name="{name}"]')] == urls
+    assert b'name="pypi:' not in render_project_html(Project(name="foo")).replace(
+        b'name="pypi:repository-version"', b""
+    )
+
+
 def test_html_without_status_has_no_status_meta() -> None:
     assert b"pypi:project-status" not in render_project_html(Project(name="foo"))
 
@@ -237,7 +263,15 @@ def test_html_hostile_model_values_cannot_break_out_of_the_markup() -> None:
         yanked=evil,
         provenance=evil,
     )
-    body = render_project_html(Project(name=evil, files=[file], status=evil, status_reason=evil))
+    project = Project(
+        name=evil,
+        files=[file],
+        status=evil,
+        status_reason=evil,
+        tracks=[evil],
+        alternate_locations=[evil],
+    )
+    body = render_project_html(project)
     assert b"<script>" not in body
     link = anchors(Project(name="foo", files=[file]))[0]
     assert "/" not in link["href"].partition("#")[0]  # stays inside the project's folder
@@ -301,6 +335,9 @@ suffixes = st.sampled_from(
 )
 
 
+page_urls = st.from_regex(r"\Ahttps://[a-z]{1,8}\.example/simple/[a-z0-9-]{1,10}/\Z")
+
+
 def files_of(name: str) -> st.SearchStrategy[File]:
     """Files a page of project `name` may list: its wheels and sdists."""
     return st.builds(
@@ -328,6 +365,9 @@ projects = project_names.flatmap(
         files=st.lists(files_of(name), max_size=5, unique_by=lambda file: file.filename),
         last_serial=st.none() | st.integers(min_value=0, max_value=2**62),
         status=st.none() | st.sampled_from(["active", "archived", "quarantined", "deprecated"]),
+        versions=st.none() | st.lists(versions, unique=True, max_size=4),
+        tracks=st.lists(page_urls, unique=True, max_size=3),
+        alternate_locations=st.lists(page_urls, unique=True, max_size=3),
     )
 )
 
@@ -344,6 +384,14 @@ def test_json_round_trip_keeps_everything_but_the_url(project: Project) -> None:
         project.name,
         project.last_serial,
         project.status,
+    )
+    assert (parsed.tracks, parsed.alternate_locations) == (
+        project.tracks,
+        project.alternate_locations,
+    )
+    filenames = [file.filename for file in project.files]
+    assert parsed.versions == (
+        versions_from_filenames(filenames) if project.versions is None else project.versions
     )
 
 
@@ -364,6 +412,10 @@ def test_html_round_trip_keeps_what_html_can_say(project: Project) -> None:
     ]
     assert parsed.files == expected
     assert (parsed.status, parsed.last_serial) == (project.status, project.last_serial)
+    assert (parsed.tracks, parsed.alternate_locations) == (
+        project.tracks,
+        project.alternate_locations,
+    )
 
 
 @given(projects)

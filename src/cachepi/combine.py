@@ -7,8 +7,9 @@
 
 Either way the first index that has the project speaks for it: a project it quarantined
 (PEP 792) offers no files at all. What a merged page says of the project as a whole
-is what its upstreams said, never more: `versions` (see `_versions`); no last serial, which
-only a single index's page can carry.
+is what its upstreams said, never more: `versions` (see `_versions`); PEP 708's `tracks` and
+`alternate-locations` (see `_agreed`); no last serial, which only a single index's page can
+carry.
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ def combine(name: str, pages: Sequence[tuple[Index, Project]]) -> tuple[Project,
         versions=_versions(pages, listed, guessed),
         # A serial numbers one index's changes: none stands for several indexes' at once.
         last_serial=None,
+        tracks=_agreed([page.tracks for _, page in pages]),
+        alternate_locations=_agreed([page.alternate_locations for _, page in pages]),
     )
     return merged, tuple(sources)
 
@@ -90,6 +93,16 @@ def _versions(
     if all(page.versions is None for _, page in pages):
         return None
     return versions_from_filenames(guessed, listed)
+
+
+def _agreed(lists: Sequence[list[str]]) -> list[str]:
+    """PEP 708 URLs a merged page may claim: those every upstream's page claims, in the
+    first's order (compared as written). A page tracks another when all it shows extends
+    that one, which holds of a merge only if it holds of every part; and alternate locations
+    are only to be trusted where all locations agree. So an upstream that claims none (an
+    index owning its own namespace) leaves the merged page claiming none."""
+    common = set(lists[0]).intersection(*lists[1:])
+    return [url for url in lists[0] if url in common]
 
 
 def _conflicting(a: File, b: File) -> bool:

@@ -101,6 +101,8 @@ class _Project:
     status: ProjectStatus | None = None  # PEP 792; None: not stated (means active)
     status_reason: str | None = None
     files_hidden: bool = False  # listed on no page and not downloadable (quarantine)
+    tracks: list[str] = field(default_factory=list)  # PEP 708
+    alternate_locations: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -366,6 +368,20 @@ class FakeUpstream:
         project = self._projects[normalize(name)]
         project.status, project.status_reason = status, reason
         project.files_hidden = status == "quarantined" if hide_files is None else hide_files
+        project.modified = _next_second(project.modified)
+
+    def set_tracks(self, name: str, urls: Sequence[str]) -> None:
+        """PEP 708: the project pages this index says the project's page tracks (JSON
+        `meta.tracks`, HTML `<meta name="pypi:tracks">`, one per URL)."""
+        project = self._projects[normalize(name)]
+        project.tracks = list(urls)
+        project.modified = _next_second(project.modified)
+
+    def set_alternate_locations(self, name: str, urls: Sequence[str]) -> None:
+        """PEP 708: where the project's owner says it also lives (JSON top-level
+        `alternate-locations`, HTML `<meta name="pypi:alternate-locations">`)."""
+        project = self._projects[normalize(name)]
+        project.alternate_locations = list(urls)
         project.modified = _next_second(project.modified)
 
     def remove_project(self, name: str) -> None:
@@ -640,7 +656,7 @@ class FakeUpstream:
                 _anchor(self._page_href(normalized), project.name, {})
                 for normalized, project in projects
             ]
-            body = _html_page("Simple index", links, api_version, {}, self._body_serial)
+            body = _html_page("Simple index", links, api_version, [], self._body_serial)
         return _page(body, content_type, self._index_modified, self._serial_header())
 
     def _project_page(self, request: web.Request, project: _Project) -> _Resource | web.Response:
@@ -651,7 +667,12 @@ class FakeUpstream:
         normalized = normalize(project.name)
         api_version = self._api_version(project)
         if content_type == JSON_TYPE:
-            page: dict[str, object] = {"meta": self._meta(api_version), "name": normalized}
+            meta = self._meta(api_version)
+            if project.tracks:
+                meta["tracks"] = project.tracks
+            page: dict[str, object] = {"meta": meta, "name": normalized}
+            if project.alternate_locations:
+                page["alternate-locations"] = project.alternate_locations
             if self.pep700:
                 page["versions"] = sorted({e.release for e in entries}, key=Version)
             page["files"] = [self._json_file(entry) for entry in entries]
@@ -665,11 +686,13 @@ class FakeUpstream:
             links = [
                 _anchor(self._file_href(e.dist), e.dist.filename, self._attrs(e)) for e in entries
             ]
-            metas = {}
+            metas = []
             if project.status is not None:
-                metas["pypi:project-status"] = project.status
+                metas.append(("pypi:project-status", project.status))
                 if project.status_reason is not None:
-                    metas["pypi:project-status-reason"] = project.status_reason
+                    metas.append(("pypi:project-status-reason", project.status_reason))
+            metas += [("pypi:tracks", url) for url in project.tracks]
+            metas += [("pypi:alternate-locations", url) for url in project.alternate_locations]
             title = f"Links for {normalized}"
             body = _html_page(title, links, api_version, metas, self._body_serial)
         return _page(body, content_type, project.modified, self._serial_header())
@@ -686,7 +709,8 @@ class FakeUpstream:
     def _api_version(self, project: _Project) -> str:
         if not self.pep700:
             return _API_MINIMAL
-        return _API_LATEST if self.provenance or project.status is not None else _API_PEP700
+        later = project.status is not None or project.tracks or project.alternate_locations
+        return _API_LATEST if self.provenance or later else _API_PEP700
 
     def _meta(self, api_version: str) -> dict[str, object]:
         meta: dict[str, object] = {"api-version": api_version}
@@ -854,7 +878,7 @@ def _html_page(
     title: str,
     links: list[str],
     api_version: str,
-    metas: Mapping[str, str],
+    metas: Sequence[tuple[str, str]],
     last_serial: int | str | None,
 ) -> bytes:
     lines = [
@@ -862,10 +886,7 @@ def _html_page(
         "<html>",
         "  <head>",
         f'    <meta name="pypi:repository-version" content="{api_version}">',
-        *(
-            f'    <meta name="{name}" content="{html.escape(value)}">'
-            for name, value in metas.items()
-        ),
+        *(f'    <meta name="{name}" content="{html.escape(value)}">' for name, value in metas),
         f"    <title>{html.escape(title)}</title>",
         "  </head>",
         "  <body>",

@@ -47,6 +47,11 @@ class Project(msgspec.Struct, frozen=True, omit_defaults=True):
     # PEP 792 project status ("active", "archived", "quarantined", "deprecated") and reason.
     status: str | None = None
     status_reason: str | None = None
+    # PEP 708 (provisional), absolute URLs of project pages: those the index says this page
+    # tracks (`meta.tracks`), and those the project's owner says it also lives at
+    # (`alternate-locations`).
+    tracks: list[str] = []
+    alternate_locations: list[str] = []
 
 
 class ProjectList(msgspec.Struct, frozen=True, omit_defaults=True):

@@ -38,6 +38,7 @@ _SERIAL_RE = re.compile(r"[0-9]{1,19}\Z", re.ASCII)
 class _Meta(msgspec.Struct):
     api_version: str = msgspec.field(name="api-version")
     last_serial: int | str | UnsetType = msgspec.field(default=UNSET, name="_last-serial")
+    tracks: list[str] | UnsetType = UNSET
 
 
 class _JsonFile(msgspec.Struct, rename="kebab"):
@@ -64,6 +65,7 @@ class _JsonProject(msgspec.Struct, rename="kebab"):
     files: list[_JsonFile]
     versions: list[str]
     project_status: _JsonStatus | UnsetType = UNSET
+    alternate_locations: list[str] | UnsetType = UNSET
 
 
 class _JsonName(msgspec.Struct):
@@ -82,7 +84,11 @@ def render_project_json(project: Project) -> bytes:
     """PEP 691 page; api-version 1.4 when every file has a size, else 1.0."""
     full = all(file.size is not None for file in project.files)
     page = _JsonProject(
-        meta=_meta(API_VERSION if full else _API_VERSION_WITHOUT_SIZES, project.last_serial),
+        meta=_Meta(
+            API_VERSION if full else _API_VERSION_WITHOUT_SIZES,
+            _unset_if_none(project.last_serial),
+            project.tracks or UNSET,
+        ),
         name=normalize(project.name),
         files=[_json_file(file, full) for file in project.files],
         versions=_versions(project),
@@ -91,6 +97,7 @@ def render_project_json(project: Project) -> bytes:
             if project.status is None
             else _JsonStatus(project.status, _unset_if_none(project.status_reason))
         ),
+        alternate_locations=project.alternate_locations or UNSET,
     )
     return _encoder.encode(page)
 
@@ -99,14 +106,10 @@ def render_project_list_json(plist: ProjectList) -> bytes:
     """PEP 691 root page: every project name as the upstream spelled it. No version after
     1.0 changed the root page, so it satisfies the latest, as the HTML one says."""
     page = _JsonProjectList(
-        meta=_meta(API_VERSION, plist.last_serial),
+        meta=_Meta(API_VERSION, _unset_if_none(plist.last_serial)),
         projects=[_JsonName(name) for name in plist.names],
     )
     return _encoder.encode(page)
-
-
-def _meta(api_version: str, last_serial: int | str | None) -> _Meta:
-    return _Meta(api_version, _unset_if_none(last_serial))
 
 
 def _json_file(file: File, full: bool) -> _JsonFile:
@@ -166,7 +169,7 @@ def _unset_if_none(value: _V | None) -> _V | UnsetType:
 
 
 def render_project_html(project: Project) -> bytes:
-    """PEP 503 page (repository-version 1.4) with PEP 592/658/714/740/792 attributes."""
+    """PEP 503 page (repository-version 1.4) with PEP 592/658/708/714/740/792 attributes."""
     title = f"Links for {escape(normalize(project.name))}"
     lines = [
         "<!DOCTYPE html>",
@@ -174,6 +177,8 @@ def render_project_html(project: Project) -> bytes:
         "  <head>",
         f'    <meta name="pypi:repository-version" content="{API_VERSION}">',
         *_status_meta(project),
+        *_url_metas("pypi:tracks", project.tracks),
+        *_url_metas("pypi:alternate-locations", project.alternate_locations),
         f"    <title>{title}</title>",
         "  </head>",
         "  <body>",
@@ -251,6 +256,11 @@ def _status_meta(project: Project) -> list[str]:
         reason = escape(project.status_reason)
         lines.append(f'    <meta name="pypi:project-status-reason" content="{reason}">')
     return lines
+
+
+def _url_metas(name: str, urls: list[str]) -> list[str]:
+    """PEP 708: one `<meta>` per URL."""
+    return [f'    <meta name="{name}" content="{escape(url)}">' for url in urls]
 
 
 def _html_link(file: File) -> str:
