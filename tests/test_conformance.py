@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any, NamedTuple
+from urllib.parse import quote
 
 import aiohttp
 import pytest
@@ -102,6 +103,7 @@ STYLES = (
 )
 ALL = frozenset(style.id for style in STYLES)
 WITH_STATUS = frozenset(style.id for style in STYLES if style.status)
+WITH_PROVENANCE = frozenset(style.id for style in STYLES if style.provenance)
 
 
 def build_tree(upstream: FakeUpstream, style: Style) -> None:
@@ -371,13 +373,27 @@ def core_metadata_key_only(reply: Reply) -> None:
             assert file.get("core-metadata", False) is False, name
 
 
-def provenance_passed_through(reply: Reply) -> None:
+def proxied_provenance_url(reply: Reply, filename: str) -> str | None:
+    """Where the page must say `filename`'s provenance is: next to the file at the proxy,
+    a fully qualified URL (PEP 740), under the prefix the page was asked for."""
+    if not reply.world.style.provenance:
+        return None
+    page = reply.world.proxy.url + reply.request.path.split("?")[0]
+    return f"{page}{quote(filename, safe='')}.provenance"
+
+
+def provenance_at_the_proxy(reply: Reply) -> None:
     for name, file in files_by_name(reply).items():
-        if reply.world.style.provenance:
-            assert file["provenance"] == reply.world.upstream.provenance_url(name)
-            assert file["provenance"].startswith("https://")
-        else:
-            assert file.get("provenance") is None
+        assert file.get("provenance") == proxied_provenance_url(reply, name)
+
+
+def provenance_object_of(filename: str) -> Check:
+    def check(reply: Reply) -> None:
+        name = reply.world.fill(filename)
+        assert reply.body == reply.world.upstream.provenance_object(name)
+        assert json.loads(reply.body)["version"] == 1
+
+    return check
 
 
 def archived_status(reply: Reply) -> None:
@@ -516,10 +532,7 @@ def html_both_metadata_attributes(reply: Reply) -> None:
 
 def html_provenance(reply: Reply) -> None:
     for name, attrs in links(reply).items():
-        expected = (
-            reply.world.upstream.provenance_url(name) if reply.world.style.provenance else None
-        )
-        assert attrs.get("data-provenance") == expected
+        assert attrs.get("data-provenance") == proxied_provenance_url(reply, name)
 
 
 def html_archived_status(reply: Reply) -> None:
@@ -645,6 +658,10 @@ def no_file_download(reply: Reply) -> None:
     assert reply.world.upstream.count_prefix("/files/") == 0
 
 
+def no_provenance_download(reply: Reply) -> None:
+    assert reply.world.upstream.count_prefix("/integrity/") == 0
+
+
 # -- the table ---------------------------------------------------------------------------------
 
 PAGE = "/index/demo/"
@@ -705,14 +722,47 @@ CASES: list[Case] = [
         200,
         (repository_version_1_4,),
     ),
+    Case("json-provenance-at-the-proxy", req(PAGE, Accept=JSON), 200, (provenance_at_the_proxy,)),
     Case(
-        "json-provenance-passed-through", req(PAGE, Accept=JSON), 200, (provenance_passed_through,)
+        "json-provenance-at-the-proxy-under-the-alias-asked",
+        req("/simple/demo/", Accept=JSON),
+        200,
+        (provenance_at_the_proxy,),
     ),
     Case(
-        "html-data-provenance-passed-through",
+        "html-data-provenance-at-the-proxy",
         req(PAGE, Accept="text/html"),
         200,
         (html_provenance,),
+    ),
+    Case(
+        "provenance-object-fetched-through-the-proxy",
+        req(WHEEL + ".provenance"),
+        200,
+        (provenance_object_of("{wheel}"),),
+        styles=WITH_PROVENANCE,
+    ),
+    Case(
+        "provenance-object-served-from-the-cache-once-fetched",
+        req("/simple/demo/{sdist}.provenance"),
+        200,
+        (provenance_object_of("{sdist}"), upstream_untouched),
+        given=(download("/index/demo/{sdist}.provenance"),),
+        styles=WITH_PROVENANCE,
+    ),
+    Case(
+        "provenance-the-index-does-not-offer-is-404",
+        req(WHEEL + ".provenance"),
+        404,
+        (has_content_type, one_line_reason),
+        styles=ALL - WITH_PROVENANCE,
+    ),
+    Case(
+        "provenance-of-a-quarantined-file-is-403",
+        req("/index/bad-thing/{bad}.provenance"),
+        403,
+        (one_line_reason, no_provenance_download),
+        styles=WITH_STATUS & WITH_PROVENANCE,
     ),
     Case(
         "json-pep-708-tracks-and-alternate-locations-passed-through",
@@ -1340,3 +1390,38 @@ async def test_metadata_learned_from_a_wheel_survives_a_restart(
         reply = await get(session, f"{restarted.index_url}nometa/{wheel.filename}.metadata")
     assert (reply.status, reply.body) == (200, wheel.metadata)
     assert upstream.count(upstream.file_path(wheel.filename + ".metadata")) == 0
+
+
+async def test_provenance_reaches_a_client_that_reaches_only_the_proxy(
+    fake_upstream_factory: FakeUpstreamFactory, proxy_factory: ProxyFactory
+) -> None:
+    upstream = await fake_upstream_factory(format="json", provenance=True)
+    wheel = upstream.add_project("signed", ["1.0"], sdist=False)[0]
+    proxy = await proxy_factory(upstream)
+    async with raw_session() as session:
+        page = await get(session, proxy.index_url + "signed/", Accept=JSON)
+        (listed,) = page.json()["files"]
+        # The page says where, at the proxy; the client goes there and nowhere else.
+        assert listed["provenance"].startswith(proxy.index_url)
+        first = await get(session, listed["provenance"])
+        assert (first.status, first.body) == (200, upstream.provenance_object(wheel.filename))
+        await upstream.stop()  # the upstream is out of reach from now on
+        again = await get(session, listed["provenance"])
+    assert (again.status, again.body) == (200, first.body)
+    assert upstream.count(f"/integrity/{wheel.filename}/provenance") == 1
+
+
+async def test_a_page_with_provenance_refuses_a_host_header_that_is_no_host(
+    fake_upstream_factory: FakeUpstreamFactory, proxy_factory: ProxyFactory
+) -> None:
+    upstream = await fake_upstream_factory(format="json", provenance=True)
+    upstream.add_project("signed", ["1.0"])
+    proxy = await proxy_factory(upstream)
+    url = proxy.index_url + "signed/"
+    async with raw_session() as session:
+        named = await get(session, url, Accept=JSON, Host="cachepi.example:8080")
+        (provenance,) = {f["provenance"] for f in named.json()["files"] if "whl" in f["filename"]}
+        assert provenance.startswith("http://cachepi.example:8080/index/signed/")
+        for host in ("a/b", 'x"><y', "a b", ""):
+            refused = await get(session, url, Accept=JSON, Host=host)
+            assert refused.status == 400, host

@@ -29,7 +29,6 @@ import pytest_asyncio
 from tests.fakeupstream import (
     HTML_V1_TYPE,
     JSON_TYPE,
-    PROVENANCE_ORIGIN,
     Dist,
     FakeUpstream,
     build_sdist,
@@ -241,9 +240,8 @@ async def test_provenance_urls_are_listed_in_both_formats(
 ) -> None:
     upstream = await fake_upstream_factory(provenance=True)
     upstream.add_project("pkg", ["1.0"])
-    expected = f"{PROVENANCE_ORIGIN}/integrity/pkg-1.0.tar.gz/provenance"
+    expected = f"{upstream.origin}/integrity/pkg-1.0.tar.gz/provenance"
     assert upstream.provenance_url("pkg-1.0.tar.gz") == expected
-    assert expected.startswith("https://")
     page = await get_json(session, upstream.url + "pkg/")
     assert page["meta"]["api-version"] == "1.4"
     assert {f["filename"]: f["provenance"] for f in page["files"]} == {
@@ -254,6 +252,20 @@ async def test_provenance_urls_are_listed_in_both_formats(
     assert f'data-provenance="{expected}"' in html_links(body)["pkg-1.0.tar.gz"][1]
     with pytest.raises(ValueError, match="provenance"):
         FakeUpstream(provenance=True, pep700=False)
+    response, body = await fetch(session, expected)
+    assert response.status == 200
+    assert body == upstream.provenance_object("pkg-1.0.tar.gz")
+    provenance = json.loads(body)
+    statement = json.loads(
+        base64.b64decode(
+            provenance["attestation_bundles"][0]["attestations"][0]["envelope"]["statement"]
+        )
+    )
+    assert statement["subject"] == [
+        {"name": "pkg-1.0.tar.gz", "digest": {"sha256": upstream.dist("pkg-1.0.tar.gz").sha256}}
+    ]
+    missing = f"{upstream.origin}/integrity/nope-1.0.tar.gz/provenance"
+    assert (await fetch(session, missing))[0].status == 404
 
 
 async def test_pep_708_urls_in_both_formats(

@@ -59,6 +59,10 @@ class Listing:
     def lacks_metadata(self) -> bool:
         return lacks_metadata(self.project)
 
+    @functools.cached_property
+    def offers_provenance(self) -> bool:
+        return any(file.provenance is not None for file in self.project.files)
+
     def find(self, filename: str) -> tuple[File, Index] | None:
         if not self._by_filename:
             self._by_filename.update((f.filename, i) for i, f in enumerate(self.project.files))

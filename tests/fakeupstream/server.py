@@ -54,8 +54,6 @@ _ALIASES = {
 }
 # api-version by what a page carries: PEP 700 fields (1.1), PEP 740/792 ones (1.4), or neither.
 _API_MINIMAL, _API_PEP700, _API_LATEST = "1.0", "1.1", "1.4"
-# PEP 740 provenance URLs point here: absolute https, like PyPI's, never fetched by the tests.
-PROVENANCE_ORIGIN = "https://integrity.fakeupstream.invalid"
 ProjectStatus = Literal["active", "archived", "quarantined", "deprecated"]
 _NAME_RE = re.compile(r"([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])\Z", re.IGNORECASE | re.ASCII)
 _UPLOAD_EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
@@ -155,9 +153,10 @@ class FakeUpstream:
         from a second port (another origin, like PyPI's file host), open without auth.
         `pep700=False`: JSON pages as a minimal PEP 691 index writes them (api-version 1.0,
         no `versions`, `size` or `upload-time`). `provenance`: give every file a PEP 740
-        provenance URL (`provenance_url()`). `last_serial`: `meta._last-serial` on JSON
-        pages and `<!--SERIAL n-->` in HTML, exactly as given (PyPI sends a string), and
-        in the X-PyPI-Last-Serial header of both; settable later as an attribute.
+        provenance URL (`provenance_url()`), and serve it there. `last_serial`:
+        `meta._last-serial` on JSON pages and `<!--SERIAL n-->` in HTML, exactly as given
+        (PyPI sends a string), and in the X-PyPI-Last-Serial header of both; settable later
+        as an attribute.
         `serial_in`: where the serial goes, the page's body and/or that header."""
         if separate_files_host and links == "relative":
             raise ValueError("files on another origin need absolute links")
@@ -264,10 +263,33 @@ class FakeUpstream:
     def file_url(self, filename: str) -> str:
         return f"{self.files_origin}/files/{quote(filename)}"
 
-    @staticmethod
-    def provenance_url(filename: str) -> str:
-        """The PEP 740 provenance URL listed for `filename` when `provenance` is on."""
-        return f"{PROVENANCE_ORIGIN}/integrity/{quote(filename)}/provenance"
+    def provenance_url(self, filename: str) -> str:
+        """The PEP 740 provenance URL listed for `filename` when `provenance` is on: on the
+        index's origin, not next to the file, as PyPI's integrity API has it (loopback is
+        a secure origin, as the PEP asks)."""
+        return f"{self.origin}/integrity/{quote(filename)}/provenance"
+
+    def provenance_object(self, filename: str) -> bytes:
+        """The PEP 740 provenance object served for `filename`: its shape, an in-toto
+        statement naming the file and its sha256, and a signature that is none."""
+        dist = self._files[filename].dist
+        statement = {
+            "_type": "https://in-toto.io/Statement/v1",
+            "subject": [{"name": filename, "digest": {"sha256": dist.sha256}}],
+            "predicateType": "https://docs.pypi.org/attestations/publish/v1",
+            "predicate": None,
+        }
+        attestation = {
+            "version": 1,
+            "verification_material": {"certificate": "", "transparency_entries": []},
+            "envelope": {
+                "statement": base64.b64encode(_json(statement)).decode(),
+                "signature": base64.b64encode(b"fakeupstream").decode(),
+            },
+        }
+        publisher = {"kind": "fakeupstream", "claims": {}}
+        bundle = {"publisher": publisher, "attestations": [attestation]}
+        return _json({"version": 1, "attestation_bundles": [bundle]})
 
     # -- content -----------------------------------------------------------------------
 
@@ -615,7 +637,23 @@ class FakeUpstream:
             return _not_found() if project is None else self._project_page(request, project)
         if match := re.fullmatch(r"/files/([^/]+)", path):
             return self._file(match[1])
+        if match := re.fullmatch(r"/integrity/([^/]+)/provenance", path):
+            return self._provenance(match[1])
         return _not_found()
+
+    def _provenance(self, filename: str) -> _Resource | web.Response:
+        entry = self._files.get(filename)
+        if not self.provenance or entry is None or entry.project.files_hidden:
+            return _not_found()
+        body = self.provenance_object(filename)
+        return _Resource(
+            body=memoryview(body),
+            content_type="application/vnd.pypi.integrity.v1+json",
+            etag=f'"{hashlib.sha256(body).hexdigest()}"',
+            modified=entry.added,
+            cache_control="max-age=600, public",  # unlike a file's, it may change (PEP 740)
+            is_page=False,
+        )
 
     def _file(self, filename: str) -> _Resource | web.Response:
         entry = self._files.get(filename)

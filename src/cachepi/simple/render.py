@@ -117,7 +117,7 @@ def _json_file(file: File, full: bool) -> _JsonFile:
     metadata = file.core_metadata
     return _JsonFile(
         file.filename,
-        _file_href(file.filename),
+        file_href(file.filename),
         _sorted(file.hashes),
         UNSET if file.requires_python is None else file.requires_python,
         UNSET if metadata is False else _sorted(metadata) if isinstance(metadata, dict) else True,
@@ -129,7 +129,7 @@ def _json_file(file: File, full: bool) -> _JsonFile:
     )
 
 
-def _file_href(filename: str) -> str:
+def file_href(filename: str) -> str:
     """The file's URL relative to the project page; a stray "/" is escaped too."""
     # Most filenames need no quoting, and quote() on each file of a big page adds up.
     if _UNRESERVED_RE.match(filename):
@@ -264,7 +264,7 @@ def _url_metas(name: str, urls: list[str]) -> list[str]:
 
 
 def _html_link(file: File) -> str:
-    href, text = _file_href(file.filename), escape(file.filename)
+    href, text = file_href(file.filename), escape(file.filename)
     fragment = _fragment(file.hashes)
     if fragment:
         href = f"{href}#{escape(fragment)}"
@@ -280,7 +280,7 @@ def _html_link(file: File) -> str:
         attrs += f' data-yanked="{escape(reason)}"'
     if file.provenance is not None:
         attrs += f' data-provenance="{escape(file.provenance)}"'
-    # _file_href output is unreserved characters and %XX only: nothing to escape.
+    # file_href output is unreserved characters and %XX only: nothing to escape.
     return f'    <a href="{href}"{attrs}>{text}</a><br />'
 
 

@@ -3,6 +3,8 @@ bytes of their content version (rendered.py), or with a 304."""
 
 from __future__ import annotations
 
+import re
+
 from aiohttp import web
 
 from cachepi import catalog
@@ -22,6 +24,8 @@ UNAVAILABLE_HEADER = "X-Cachepi-Unavailable"
 
 
 _MAX_REASON = 400
+# A Host header: a name or IPv4 address, or an IPv6 one in brackets, and a port.
+_HOST_RE = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?\Z", re.ASCII)
 _GATEWAY_ERRORS: dict[int, type[web.HTTPException]] = {
     502: web.HTTPBadGateway,
     503: web.HTTPServiceUnavailable,
@@ -110,9 +114,20 @@ async def project_page(request: web.Request) -> web.Response:
     listing = await find_listing(request, name)
     if listing is None:
         raise web.HTTPNotFound(text=f"project {name!r} not found\n")
-    version, project = catalog.page(listing, request.app[FILE_CACHE].extracted)
+    version, project = catalog.page(
+        listing, request.app[FILE_CACHE].extracted, lambda: _absolute_url(request)
+    )
     page = await request.app[RENDERED].project(name, version, fmt, project)
     return with_last_serial(respond(request, page, listing), listing.project.last_serial)
+
+
+def _absolute_url(request: web.Request) -> str:
+    """The request's URL without its query, as the client addressed the proxy (scheme of the
+    connection, Host header); 400 for a Host that is no host: it would end up in a URL
+    on the page (RFC 9112 asks a 400 of an invalid Host anyway)."""
+    if not _HOST_RE.match(request.host):
+        raise web.HTTPBadRequest(text="invalid Host header\n")
+    return str(request.url.with_query(None))
 
 
 async def find_listing(request: web.Request, name: str) -> Listing | None:
