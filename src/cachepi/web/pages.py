@@ -118,7 +118,7 @@ async def project_page(request: web.Request) -> web.Response:
         listing, request.app[FILE_CACHE].extracted, lambda: _absolute_url(request)
     )
     page = await request.app[RENDERED].project(name, version, fmt, project)
-    return with_last_serial(respond(request, page, listing), listing.project.last_serial)
+    return _with_last_serial(respond(request, page, listing), listing.project.last_serial)
 
 
 def _absolute_url(request: web.Request) -> str:
@@ -149,10 +149,10 @@ async def project_list(request: web.Request) -> web.Response:
     except UpstreamError as error:
         raise gateway_error(error) from None
     page = await request.app[RENDERED].project_list(result.version, fmt, result.names)
-    return with_last_serial(respond(request, page, result), result.names.last_serial)
+    return _with_last_serial(respond(request, page, result), result.names.last_serial)
 
 
-def with_last_serial(response: web.Response, last_serial: int | str | None) -> web.Response:
+def _with_last_serial(response: web.Response, last_serial: int | str | None) -> web.Response:
     """The upstream's last serial in PyPI's header, the one place an HTML client looks."""
     if (text := serial_text(last_serial)) is not None:
         response.headers[LAST_SERIAL_HEADER] = text
