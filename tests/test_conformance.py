@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any, NamedTuple
+from urllib.parse import quote
 
 import aiohttp
 import pytest
@@ -36,7 +37,7 @@ from selectolax.lexbor import LexborHTMLParser
 from yarl import URL
 
 from tests.conftest import ProxyFactory
-from tests.fakeupstream import FakeUpstream
+from tests.fakeupstream import FakeUpstream, build_sdist
 from tests.fakeupstream.fixtures import FakeUpstreamFactory
 from tests.proxy import RunningProxy
 
@@ -54,6 +55,8 @@ YANK_REASON = 'broken "wheel" <use 1.1>'  # needs escaping in HTML
 ARCHIVE_REASON = "superseded by demo & friends"
 QUARANTINE_REASON = "malware found"
 SERIAL = "31415926"  # a string, as PyPI sends it
+TRACKS = ["https://pypi.example/simple/extended/", "https://test.example/simple/extended/"]
+ALTERNATE_LOCATIONS = ["https://alt.example/simple/extended/?a=1&b=2"]  # & needs escaping
 FILE_CACHE_CONTROL = "max-age=365000000, immutable"
 STRONG_ETAG = re.compile(r'"[\x21\x23-\x7e]+"')
 
@@ -68,16 +71,25 @@ class Style:
     sizes: bool  # the upstream lists sizes and upload times (PEP 700)
     status: bool  # it states PEP 792 project statuses
     provenance: bool  # it lists PEP 740 provenance URLs
-    serial: str | None = None  # its meta._last-serial
+    # Its last serial, as the proxy's JSON says it: as spelled in the upstream's JSON, a
+    # number when it came in the X-PyPI-Last-Serial header.
+    serial: str | int | None = None
 
 
 STYLES = (
     Style(
         "html-only",
-        {"format": "html", "links": "relative", "provenance": True},
+        {
+            "format": "html",
+            "links": "relative",
+            "provenance": True,
+            "last_serial": SERIAL,
+            "serial_in": ("header",),  # as PyPI's HTML, where the header is what clients read
+        },
         sizes=False,
         status=True,
         provenance=True,
+        serial=int(SERIAL),
     ),
     Style("json-only", {"format": "json"}, sizes=True, status=False, provenance=False),
     Style(
@@ -91,6 +103,7 @@ STYLES = (
 )
 ALL = frozenset(style.id for style in STYLES)
 WITH_STATUS = frozenset(style.id for style in STYLES if style.status)
+WITH_PROVENANCE = frozenset(style.id for style in STYLES if style.provenance)
 
 
 def build_tree(upstream: FakeUpstream, style: Style) -> None:
@@ -104,6 +117,14 @@ def build_tree(upstream: FakeUpstream, style: Style) -> None:
     upstream.add_project("nometa", ["1.0"], core_metadata=False)  # an index without PEP 658
     upstream.add_project("old-thing", ["0.9"])
     upstream.add_project("bad-thing", ["6.6.6"])
+    # An sdist named as a post release that its index files under release 1.0, as PyPI does
+    # numpy-1.10.0.post2.tar.gz.
+    upstream.add_project("renamed", ["1.0"], sdist=False)
+    upstream.add_dist(build_sdist("renamed", "1.0.post2"), release="1.0")
+    # PEP 708: a page that tracks PyPI's, and says where else the project lives.
+    upstream.add_project("extended", ["1.0"])
+    upstream.set_tracks("extended", TRACKS)
+    upstream.set_alternate_locations("extended", ALTERNATE_LOCATIONS)
     if style.status:
         upstream.set_status("old-thing", "archived", ARCHIVE_REASON)
         # An upstream that keeps listing a quarantined project's files (a mirror, a merged
@@ -312,6 +333,14 @@ def versions_list_every_version(reply: Reply) -> None:
     assert sorted(reply.json()["versions"]) == ["1.0", "1.1", "2.0"]
 
 
+def versions_as_the_index_files_them(reply: Reply) -> None:
+    versions = reply.json()["versions"]
+    if reply.world.style.sizes:  # a JSON upstream lists its versions: no second guessing
+        assert versions == ["1.0"]
+    else:  # an HTML upstream lists none: they are read from the filenames
+        assert versions == ["1.0", "1.0.post2"]
+
+
 def upload_times_end_in_z(reply: Reply) -> None:
     for file in reply.json()["files"]:
         if reply.world.style.sizes:
@@ -344,13 +373,27 @@ def core_metadata_key_only(reply: Reply) -> None:
             assert file.get("core-metadata", False) is False, name
 
 
-def provenance_passed_through(reply: Reply) -> None:
+def proxied_provenance_url(reply: Reply, filename: str) -> str | None:
+    """Where the page must say `filename`'s provenance is: next to the file at the proxy,
+    a fully qualified URL (PEP 740), under the prefix the page was asked for."""
+    if not reply.world.style.provenance:
+        return None
+    page = reply.world.proxy.url + reply.request.path.split("?")[0]
+    return f"{page}{quote(filename, safe='')}.provenance"
+
+
+def provenance_at_the_proxy(reply: Reply) -> None:
     for name, file in files_by_name(reply).items():
-        if reply.world.style.provenance:
-            assert file["provenance"] == reply.world.upstream.provenance_url(name)
-            assert file["provenance"].startswith("https://")
-        else:
-            assert file.get("provenance") is None
+        assert file.get("provenance") == proxied_provenance_url(reply, name)
+
+
+def provenance_object_of(filename: str) -> Check:
+    def check(reply: Reply) -> None:
+        name = reply.world.fill(filename)
+        assert reply.body == reply.world.upstream.provenance_object(name)
+        assert json.loads(reply.body)["version"] == 1
+
+    return check
 
 
 def archived_status(reply: Reply) -> None:
@@ -374,6 +417,38 @@ def last_serial_as_spelled(reply: Reply) -> None:
         assert "_last-serial" not in meta
     else:
         assert meta["_last-serial"] == reply.world.style.serial  # a string stays a string
+
+
+def last_serial_header(reply: Reply) -> None:
+    serial = reply.world.style.serial
+    assert reply.headers.get("X-PyPI-Last-Serial") == (None if serial is None else str(serial))
+
+
+def html_serial_comment(reply: Reply) -> None:
+    serial = reply.world.style.serial
+    comments = re.findall(rb"<!--SERIAL (\d+)-->", reply.body)
+    assert comments == ([] if serial is None else [str(serial).encode()])
+
+
+def json_pep_708_passed_through(reply: Reply) -> None:
+    page = reply.json()
+    assert page["meta"]["tracks"] == TRACKS
+    assert page["alternate-locations"] == ALTERNATE_LOCATIONS
+
+
+def html_pep_708_passed_through(reply: Reply) -> None:
+    assert meta_contents(reply, "pypi:tracks") == TRACKS
+    assert meta_contents(reply, "pypi:alternate-locations") == ALTERNATE_LOCATIONS
+    assert "&amp;b=2" in reply.body.decode()
+
+
+def no_pep_708_claims(reply: Reply) -> None:
+    if reply.headers["Content-Type"] == JSON:
+        page = reply.json()
+        assert "tracks" not in page["meta"] and "alternate-locations" not in page
+    else:
+        assert meta_contents(reply, "pypi:tracks") == []
+        assert meta_contents(reply, "pypi:alternate-locations") == []
 
 
 def json_names_project(name: str) -> Check:
@@ -425,6 +500,10 @@ def meta_content(reply: Reply, name: str) -> str | None:
     return None if node is None else node.attributes.get("content")
 
 
+def meta_contents(reply: Reply, name: str) -> list[str | None]:
+    return [node.attributes.get("content") for node in reply.html().css(f'meta[name="{name}"]')]
+
+
 def repository_version_1_4(reply: Reply) -> None:
     assert meta_content(reply, "pypi:repository-version") == "1.4"
 
@@ -453,10 +532,7 @@ def html_both_metadata_attributes(reply: Reply) -> None:
 
 def html_provenance(reply: Reply) -> None:
     for name, attrs in links(reply).items():
-        expected = (
-            reply.world.upstream.provenance_url(name) if reply.world.style.provenance else None
-        )
-        assert attrs.get("data-provenance") == expected
+        assert attrs.get("data-provenance") == proxied_provenance_url(reply, name)
 
 
 def html_archived_status(reply: Reply) -> None:
@@ -582,6 +658,10 @@ def no_file_download(reply: Reply) -> None:
     assert reply.world.upstream.count_prefix("/files/") == 0
 
 
+def no_provenance_download(reply: Reply) -> None:
+    assert reply.world.upstream.count_prefix("/integrity/") == 0
+
+
 # -- the table ---------------------------------------------------------------------------------
 
 PAGE = "/index/demo/"
@@ -602,6 +682,12 @@ CASES: list[Case] = [
         req(PAGE, Accept=JSON),
         200,
         (versions_list_every_version,),
+    ),
+    Case(
+        "json-versions-are-the-upstreams-list-when-it-gives-one",
+        req("/index/renamed/", Accept=JSON),
+        200,
+        (versions_as_the_index_files_them,),
     ),
     Case("json-upload-time-ends-in-z", req(PAGE, Accept=JSON), 200, (upload_times_end_in_z,)),
     Case("json-yanked-keeps-its-reason", req(PAGE, Accept=JSON), 200, (yanked_reason_kept,)),
@@ -636,14 +722,71 @@ CASES: list[Case] = [
         200,
         (repository_version_1_4,),
     ),
+    Case("json-provenance-at-the-proxy", req(PAGE, Accept=JSON), 200, (provenance_at_the_proxy,)),
     Case(
-        "json-provenance-passed-through", req(PAGE, Accept=JSON), 200, (provenance_passed_through,)
+        "json-provenance-at-the-proxy-under-the-alias-asked",
+        req("/simple/demo/", Accept=JSON),
+        200,
+        (provenance_at_the_proxy,),
     ),
     Case(
-        "html-data-provenance-passed-through",
+        "html-data-provenance-at-the-proxy",
         req(PAGE, Accept="text/html"),
         200,
         (html_provenance,),
+    ),
+    Case(
+        "provenance-object-fetched-through-the-proxy",
+        req(WHEEL + ".provenance"),
+        200,
+        (provenance_object_of("{wheel}"),),
+        styles=WITH_PROVENANCE,
+    ),
+    Case(
+        "provenance-object-served-from-the-cache-once-fetched",
+        req("/simple/demo/{sdist}.provenance"),
+        200,
+        (provenance_object_of("{sdist}"), upstream_untouched),
+        given=(download("/index/demo/{sdist}.provenance"),),
+        styles=WITH_PROVENANCE,
+    ),
+    Case(
+        "provenance-the-index-does-not-offer-is-404",
+        req(WHEEL + ".provenance"),
+        404,
+        (has_content_type, one_line_reason),
+        styles=ALL - WITH_PROVENANCE,
+    ),
+    Case(
+        "provenance-of-a-quarantined-file-is-403",
+        req("/index/bad-thing/{bad}.provenance"),
+        403,
+        (one_line_reason, no_provenance_download),
+        styles=WITH_STATUS & WITH_PROVENANCE,
+    ),
+    Case(
+        "json-pep-708-tracks-and-alternate-locations-passed-through",
+        req("/index/extended/", Accept=JSON),
+        200,
+        (json_pep_708_passed_through,),
+    ),
+    Case(
+        "html-pep-708-meta-tags-passed-through",
+        req("/index/extended/", Accept="text/html"),
+        200,
+        (html_pep_708_passed_through,),
+    ),
+    Case(
+        "json-page-without-pep-708-claims-has-no-keys",
+        req(PAGE, Accept=JSON),
+        200,
+        (no_pep_708_claims,),
+    ),
+    Case(
+        "html-page-without-pep-708-claims-has-no-meta-tags",
+        req(PAGE, Accept="text/html"),
+        200,
+        (no_pep_708_claims,),
     ),
     Case(
         "json-project-status-with-reason",
@@ -683,6 +826,31 @@ CASES: list[Case] = [
         req(PAGE, Accept=JSON),
         200,
         (last_serial_as_spelled,),
+    ),
+    Case(
+        "html-last-serial-in-the-header-and-where-pypi-writes-it",
+        req(PAGE, Accept="text/html"),
+        200,
+        (last_serial_header, html_serial_comment),
+    ),
+    Case(
+        "json-last-serial-in-the-header-too",
+        req(PAGE, Accept=JSON),
+        200,
+        (last_serial_header,),
+    ),
+    Case(
+        "project-list-last-serial-in-the-header-and-the-page",
+        req("/index/", Accept=JSON),
+        200,
+        (last_serial_header, last_serial_as_spelled),
+    ),
+    Case(
+        "last-serial-header-repeated-on-a-304",
+        req(PAGE, Accept=JSON, If_None_Match="{etag}"),
+        304,
+        (last_serial_header,),
+        given=(learn_etag(PAGE, Accept=JSON),),
     ),
     Case(
         "json-project-list-names-every-project",
@@ -1007,6 +1175,18 @@ CASES: list[Case] = [
         (location("/index/demo/?x=1"), upstream_untouched),
     ),
     Case(
+        "project-list-without-trailing-slash-redirects-keeping-query",
+        req("/index?format=application/vnd.pypi.simple.v1%2Bjson"),
+        301,
+        (location("/index/?format=application/vnd.pypi.simple.v1%2Bjson"), upstream_untouched),
+    ),
+    Case(
+        "simple-alias-without-trailing-slash-redirects-to-the-alias",
+        req("/simple", Accept=JSON),
+        301,
+        (location("/simple/"), upstream_untouched),
+    ),
+    Case(
         "simple-alias-serves-the-index-page",
         req("/simple/demo/", Accept=JSON),
         200,
@@ -1210,3 +1390,38 @@ async def test_metadata_learned_from_a_wheel_survives_a_restart(
         reply = await get(session, f"{restarted.index_url}nometa/{wheel.filename}.metadata")
     assert (reply.status, reply.body) == (200, wheel.metadata)
     assert upstream.count(upstream.file_path(wheel.filename + ".metadata")) == 0
+
+
+async def test_provenance_reaches_a_client_that_reaches_only_the_proxy(
+    fake_upstream_factory: FakeUpstreamFactory, proxy_factory: ProxyFactory
+) -> None:
+    upstream = await fake_upstream_factory(format="json", provenance=True)
+    wheel = upstream.add_project("signed", ["1.0"], sdist=False)[0]
+    proxy = await proxy_factory(upstream)
+    async with raw_session() as session:
+        page = await get(session, proxy.index_url + "signed/", Accept=JSON)
+        (listed,) = page.json()["files"]
+        # The page says where, at the proxy; the client goes there and nowhere else.
+        assert listed["provenance"].startswith(proxy.index_url)
+        first = await get(session, listed["provenance"])
+        assert (first.status, first.body) == (200, upstream.provenance_object(wheel.filename))
+        await upstream.stop()  # the upstream is out of reach from now on
+        again = await get(session, listed["provenance"])
+    assert (again.status, again.body) == (200, first.body)
+    assert upstream.count(f"/integrity/{wheel.filename}/provenance") == 1
+
+
+async def test_a_page_with_provenance_refuses_a_host_header_that_is_no_host(
+    fake_upstream_factory: FakeUpstreamFactory, proxy_factory: ProxyFactory
+) -> None:
+    upstream = await fake_upstream_factory(format="json", provenance=True)
+    upstream.add_project("signed", ["1.0"])
+    proxy = await proxy_factory(upstream)
+    url = proxy.index_url + "signed/"
+    async with raw_session() as session:
+        named = await get(session, url, Accept=JSON, Host="cachepi.example:8080")
+        (provenance,) = {f["provenance"] for f in named.json()["files"] if "whl" in f["filename"]}
+        assert provenance.startswith("http://cachepi.example:8080/index/signed/")
+        for host in ("a/b", 'x"><y', "a b", ""):
+            refused = await get(session, url, Accept=JSON, Host=host)
+            assert refused.status == 400, host

@@ -29,7 +29,6 @@ import pytest_asyncio
 from tests.fakeupstream import (
     HTML_V1_TYPE,
     JSON_TYPE,
-    PROVENANCE_ORIGIN,
     Dist,
     FakeUpstream,
     build_sdist,
@@ -241,9 +240,8 @@ async def test_provenance_urls_are_listed_in_both_formats(
 ) -> None:
     upstream = await fake_upstream_factory(provenance=True)
     upstream.add_project("pkg", ["1.0"])
-    expected = f"{PROVENANCE_ORIGIN}/integrity/pkg-1.0.tar.gz/provenance"
+    expected = f"{upstream.origin}/integrity/pkg-1.0.tar.gz/provenance"
     assert upstream.provenance_url("pkg-1.0.tar.gz") == expected
-    assert expected.startswith("https://")
     page = await get_json(session, upstream.url + "pkg/")
     assert page["meta"]["api-version"] == "1.4"
     assert {f["filename"]: f["provenance"] for f in page["files"]} == {
@@ -254,6 +252,46 @@ async def test_provenance_urls_are_listed_in_both_formats(
     assert f'data-provenance="{expected}"' in html_links(body)["pkg-1.0.tar.gz"][1]
     with pytest.raises(ValueError, match="provenance"):
         FakeUpstream(provenance=True, pep700=False)
+    response, body = await fetch(session, expected)
+    assert response.status == 200
+    assert body == upstream.provenance_object("pkg-1.0.tar.gz")
+    provenance = json.loads(body)
+    statement = json.loads(
+        base64.b64decode(
+            provenance["attestation_bundles"][0]["attestations"][0]["envelope"]["statement"]
+        )
+    )
+    assert statement["subject"] == [
+        {"name": "pkg-1.0.tar.gz", "digest": {"sha256": upstream.dist("pkg-1.0.tar.gz").sha256}}
+    ]
+    missing = f"{upstream.origin}/integrity/nope-1.0.tar.gz/provenance"
+    assert (await fetch(session, missing))[0].status == 404
+
+
+async def test_pep_708_urls_in_both_formats(
+    fake_upstream_factory: FakeUpstreamFactory, session: aiohttp.ClientSession
+) -> None:
+    upstream = await fake_upstream_factory()
+    upstream.add_project("pkg", ["1.0"])
+    tracks, alternates = (
+        ["https://a.example/simple/pkg/", "https://b.example/simple/pkg/"],
+        ["https://c.example/simple/pkg/?x=1&y=2"],
+    )
+    upstream.set_tracks("pkg", tracks)
+    upstream.set_alternate_locations("pkg", alternates)
+    page = await get_json(session, upstream.url + "pkg/")
+    assert (page["meta"]["tracks"], page["alternate-locations"]) == (tracks, alternates)
+    _, body = await fetch(session, upstream.url + "pkg/", headers={"Accept": "text/html"})
+    metas = re.findall(r'<meta name="(pypi:[a-z-]+)" content="([^"]*)">', body.decode())
+    assert metas[1:] == [
+        ("pypi:tracks", tracks[0]),
+        ("pypi:tracks", tracks[1]),
+        ("pypi:alternate-locations", "https://c.example/simple/pkg/?x=1&amp;y=2"),
+    ]
+    upstream.set_tracks("pkg", [])
+    upstream.set_alternate_locations("pkg", [])
+    page = await get_json(session, upstream.url + "pkg/")
+    assert "tracks" not in page["meta"] and "alternate-locations" not in page
 
 
 @pytest.mark.parametrize("serial", ["7654321", 7654321])
@@ -266,10 +304,17 @@ async def test_last_serial_is_sent_as_given_in_both_formats(
     upstream.add_project("pkg", ["1.0"])
     for url in (upstream.url, upstream.url + "pkg/"):
         assert (await get_json(session, url))["meta"]["_last-serial"] == serial
-        _, body = await fetch(session, url, headers={"Accept": "text/html"})
+        response, body = await fetch(session, url, headers={"Accept": "text/html"})
         assert body.decode().rstrip().endswith("<!--SERIAL 7654321-->")
-    upstream.last_serial = None
+        assert response.headers["X-PyPI-Last-Serial"] == "7654321"
+    upstream.serial_in = ("header",)
+    response, body = await fetch(session, upstream.url + "pkg/", headers={"Accept": "text/html"})
+    assert (response.headers["X-PyPI-Last-Serial"], b"SERIAL" in body) == ("7654321", False)
     assert "_last-serial" not in (await get_json(session, upstream.url + "pkg/"))["meta"]
+    upstream.last_serial = None
+    response, body = await fetch(session, upstream.url + "pkg/", headers={"Accept": JSON_TYPE})
+    assert "X-PyPI-Last-Serial" not in response.headers
+    assert "_last-serial" not in json.loads(body)["meta"]
 
 
 async def test_project_status_in_both_formats_and_quarantine_hides_the_files(

@@ -231,6 +231,97 @@ async def test_merge_hash_conflict_serves_the_first_index_bytes_and_logs_it(
     assert genuine.filename in conflicts[0].getMessage()
 
 
+async def test_a_merged_page_lists_each_upstreams_versions_and_no_last_serial(
+    fake_upstream_factory: FakeUpstreamFactory, proxy_from_toml: ProxyFromToml
+) -> None:
+    pypi = await fake_upstream_factory(format="json", last_serial="100")
+    html = await fake_upstream_factory(format="html", links="relative", last_serial=300)
+    # PyPI files the post-release-named sdist under 1.0; the HTML index, which lists no
+    # versions, has the same sdist (shown from PyPI) and a 3.0 wheel of its own.
+    pypi.add_project("lib", ["1.0"], sdist=False)
+    post = pypi.add_dist(build_sdist("lib", "1.0.post1"), release="1.0")
+    html.add_dist(post)
+    html.add_project("lib", ["3.0"], sdist=False)
+    pypi.add_project("solo", ["1.0"])
+    proxy = await proxy_from_toml(index("pypi", pypi.url) + index("html", html.url))
+
+    merged = await get_json(page_url(proxy, "lib"))
+    assert parsed(merged)["versions"] == ["1.0", "3.0"]  # no 1.0.post1, nor a lost 3.0
+    assert post.filename in filenames(merged)
+    # Two indexes made it: neither one's serial numbers it.
+    assert "_last-serial" not in parsed(merged)["meta"]
+    assert "X-PyPI-Last-Serial" not in merged.headers
+    html_page = await fetch(page_url(proxy, "lib"), headers={"Accept": "text/html"})
+    assert (b"SERIAL" in html_page.body, "X-PyPI-Last-Serial" in html_page.headers) == (
+        False,
+        False,
+    )
+    listing = await get_json(proxy.index_url)
+    assert "_last-serial" not in parsed(listing)["meta"]
+    assert "X-PyPI-Last-Serial" not in listing.headers
+    # One index made it: its serial, as it spelled it.
+    solo = await get_json(page_url(proxy, "solo"))
+    assert (parsed(solo)["meta"]["_last-serial"], solo.headers["X-PyPI-Last-Serial"]) == (
+        "100",
+        "100",
+    )
+
+
+async def test_a_project_list_filtered_from_one_index_keeps_its_last_serial(
+    fake_upstream_factory: FakeUpstreamFactory, proxy_from_toml: ProxyFromToml
+) -> None:
+    pypi = await fake_upstream_factory(format="json", last_serial="100")
+    pypi.add_project("lib", ["1.0"])
+    pypi.add_project("evil", ["1.0"])
+    proxy = await proxy_from_toml(top(deny=["evil"]) + index("pypi", pypi.url))
+    listing = await get_json(proxy.index_url)
+    assert [p["name"] for p in parsed(listing)["projects"]] == ["lib"]
+    assert (parsed(listing)["meta"]["_last-serial"], listing.headers["X-PyPI-Last-Serial"]) == (
+        "100",
+        "100",
+    )
+
+
+PYPI_LIB = "https://pypi.example/simple/lib/"
+TEST_LIB = "https://test.example/simple/lib/"
+ALT_LIB = "https://alt.example/simple/lib/"
+
+
+@pytest.mark.parametrize("accept", ["json", "html"])
+async def test_a_merged_page_claims_the_pep_708_urls_every_upstream_claims(
+    accept: str, fake_upstream_factory: FakeUpstreamFactory, proxy_from_toml: ProxyFromToml
+) -> None:
+    first, second, plain = [await fake_upstream_factory(format=accept) for _ in range(3)]
+    for upstream in (first, second, plain):
+        upstream.add_project("lib", ["1.0"])
+    first.add_project("alone", ["1.0"])
+    for project in ("lib", "alone"):
+        first.set_tracks(project, [TEST_LIB, PYPI_LIB])
+        first.set_alternate_locations(project, [ALT_LIB, TEST_LIB])
+    second.set_tracks("lib", [PYPI_LIB, TEST_LIB])
+    second.set_alternate_locations("lib", [ALT_LIB])
+    both = await proxy_from_toml(index("first", first.url) + index("second", second.url))
+    three = await proxy_from_toml(
+        index("first", first.url) + index("second", second.url) + index("plain", plain.url)
+    )
+
+    async def claims(proxy: RunningProxy, project: str) -> tuple[list[Any], list[Any]]:
+        if accept == "json":
+            page = parsed(await get_json(page_url(proxy, project)))
+            return page["meta"].get("tracks", []), page.get("alternate-locations", [])
+        body = (await fetch(page_url(proxy, project), headers={"Accept": "text/html"})).body
+        metas = re.findall(r'<meta name="pypi:([a-z-]+)" content="([^"]*)">', body.decode())
+        return [url for name, url in metas if name == "tracks"], [
+            url for name, url in metas if name == "alternate-locations"
+        ]
+
+    # One index: what it says. Merged: what every index says, in the first one's order.
+    assert await claims(both, "alone") == ([TEST_LIB, PYPI_LIB], [ALT_LIB, TEST_LIB])
+    assert await claims(both, "lib") == ([TEST_LIB, PYPI_LIB], [ALT_LIB])
+    # An index that claims nothing (it owns its namespace) leaves nothing to claim.
+    assert await claims(three, "lib") == ([], [])
+
+
 # == first ==================================================================================
 
 

@@ -126,6 +126,16 @@ def test_versions_lose_only_those_left_without_files() -> None:
     assert visible_versions(None, kept, refused) is None
 
 
+def test_versions_as_the_index_lists_them_lose_only_those_left_without_files() -> None:
+    # The index's own list, spelled its way, with a release whose sdist is named as a post
+    # release (numpy-1.10.0.post2.tar.gz is a file of 1.10.0): nothing is added, and a
+    # listed version goes only when files read as it were all refused.
+    kept = [wheel("lib", "1.0")]
+    refused = ["lib-1.0.post2.tar.gz", "lib-2.0-py3-none-any.whl", "lib-2.0.tar.gz"]
+    listed = ["1.0.0", "2.0.0", "0.1"]
+    assert visible_versions(listed, kept, refused) == ["1.0.0", "0.1"]
+
+
 @pytest.mark.parametrize(
     ("text", "seconds"),
     [("7d", 7 * DAY), ("12h", 43200), ("30m", 1800), ("45", 45), ("2W", 14 * DAY)],

@@ -17,6 +17,7 @@ from cachepi.simple.parse import (
     parse_project_json,
     parse_project_list_html,
     parse_project_list_json,
+    with_serial_header,
 )
 
 PAGE_URL = "https://index.example/simple/sampleproject/"
@@ -267,6 +268,38 @@ def test_json_duplicate_filename_keeps_the_first_entry() -> None:
     assert [file.hashes for file in parse_project_json(body, PAGE_URL).files] == [{"sha256": first}]
 
 
+def test_json_pep_708_tracks_in_meta_and_alternate_locations_at_the_top() -> None:
+    body = json.dumps(
+        {
+            "meta": {"api-version": "1.2", "tracks": ["https://pypi.example/simple/foo/"]},
+            "name": "foo",
+            "files": [],
+            "alternate-locations": ["https://alt.example/simple/foo/", "../../mirror/foo/"],
+        }
+    ).encode()
+    project = parse_project_json(body, PAGE_URL)
+    assert project.tracks == ["https://pypi.example/simple/foo/"]
+    # A relative URL means what it means on the page: resolved against it.
+    assert project.alternate_locations == [
+        "https://alt.example/simple/foo/",
+        "https://index.example/mirror/foo/",
+    ]
+
+
+def test_pep_708_urls_are_a_set_of_http_urls() -> None:
+    urls = ["https://a.example/x/", "javascript:alert(1)", "https://a.example/x/#f", "", "x:"]
+    body = json_page(
+        **{"alternate-locations": urls, "meta": {"api-version": "1.2", "tracks": urls}}
+    )
+    project = parse_project_json(body, PAGE_URL)
+    assert project.tracks == project.alternate_locations == ["https://a.example/x/"]
+
+
+def test_json_pep_708_keys_of_the_wrong_shape_make_the_page_unreadable() -> None:
+    with pytest.raises(ParseError):
+        parse_project_json(json_page(**{"alternate-locations": "https://a.example/x/"}), PAGE_URL)
+
+
 def test_json_provenance_must_be_an_http_url() -> None:
     body = json_page(json_file(provenance="javascript:alert(1)"))
     assert parse_project_json(body, PAGE_URL).files[0].provenance is None
@@ -439,6 +472,30 @@ def test_html_requires_python_is_unescaped() -> None:
     assert parse_project_html(body, PAGE_URL, "foo").files[0].requires_python == ">=3.8,<4"
 
 
+def test_html_pep_708_metas_each_give_one_url() -> None:
+    head = (
+        '<meta name="pypi:tracks" content="https://pypi.example/simple/foo/">'
+        '<meta name="pypi:tracks" content="https://test.example/simple/foo/">'
+        '<meta name="pypi:tracks">'  # no content: nothing
+        '<meta name="pypi:alternate-locations" content="/other/foo/">'
+        '<meta name="pypi:alternate-locations" content="https://a.example/?x=1&amp;y=2">'
+    )
+    project = parse_project_html(html_page(head=head), PAGE_URL, "foo")
+    assert project.tracks == [
+        "https://pypi.example/simple/foo/",
+        "https://test.example/simple/foo/",
+    ]
+    assert project.alternate_locations == [
+        "https://index.example/other/foo/",
+        "https://a.example/?x=1&y=2",
+    ]
+
+
+def test_html_page_without_pep_708_metas_claims_nothing() -> None:
+    project = parse_project_html(html_page(), PAGE_URL, "foo")
+    assert (project.tracks, project.alternate_locations) == ([], [])
+
+
 def test_html_page_of_a_newer_major_version_is_refused() -> None:
     body = html_page(head='<meta name="pypi:repository-version" content="2.0">')
     with pytest.raises(ParseError):
@@ -462,6 +519,27 @@ def test_json_project_list_parses_names_and_serial() -> None:
     assert parse_project_list_json(body) == ProjectList(
         names=["Django", "zope.interface"], last_serial=987
     )
+
+
+@pytest.mark.parametrize(
+    ("page", "header", "expected"),
+    [
+        (Project(name="six"), "26356948", 26356948),  # PyPI's HTML says it only there
+        (Project(name="six"), " 7 ", 7),
+        (ProjectList(), "12", 12),
+        (Project(name="six", last_serial="5"), "6", "5"),  # the page's own word wins
+        (Project(name="six"), None, None),
+        (Project(name="six"), "", None),
+        (Project(name="six"), "12a", None),
+        (Project(name="six"), "-1", None),
+        (Project(name="six"), "1" * 20, None),
+        (Project(name="six"), "\uff11", None),  # a digit, but not an ASCII one
+    ],
+)
+def test_serial_header_stands_in_for_a_page_without_one(
+    page: Project | ProjectList, header: str | None, expected: object
+) -> None:
+    assert with_serial_header(page, header).last_serial == expected
 
 
 def test_html_project_list_uses_link_texts() -> None:
@@ -742,6 +820,8 @@ _BLOCK = st.one_of(
             "<! x>", "<![CDATA[<a href='cd'>x</a>]]>", "<base href=\"/b/\">", "<base>",
             '<meta name="pypi:project-status" content="a&amp;b">',
             '<meta name="pypi:project-status">',
+            '<meta name="pypi:tracks" content="https://t.example/simple/foo/">',
+            "<meta name='pypi:tracks' content=https://u.example/?a=1&amp;b=2>",
         ]
     ),
     st.builds(
@@ -766,7 +846,7 @@ _DOCUMENTS = st.builds(
     st.lists(_BLOCK, max_size=8),
     st.sampled_from(_ENDINGS),
 )
-_METAS = ("pypi:project-status", "name", "x")
+_METAS = ("pypi:project-status", "pypi:tracks", "name", "x")
 
 
 def _as_lexbor_reads_it(document: str) -> tuple[object, ...]:
@@ -774,9 +854,9 @@ def _as_lexbor_reads_it(document: str) -> tuple[object, ...]:
     base = tree.css_first("base[href]")
     metas = {}
     for name in _METAS:
-        node = tree.css_first(f'meta[name="{name}"]')
-        if node is not None:
-            metas[name] = node.attributes.get("content")
+        nodes = tree.css(f'meta[name="{name}"]')
+        if nodes:
+            metas[name] = [node.attributes.get("content") for node in nodes]
     return (
         [dict(anchor.attributes) for anchor in tree.css("a[href]")],
         [anchor.text() for anchor in tree.css("a")],

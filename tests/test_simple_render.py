@@ -5,11 +5,13 @@ from typing import Any
 from urllib.parse import quote
 
 import msgspec
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from selectolax.lexbor import LexborHTMLParser
 
 from cachepi.simple.model import File, Project, ProjectList
+from cachepi.simple.names import versions_from_filenames
 from cachepi.simple.parse import (
     parse_project_html,
     parse_project_json,
@@ -21,6 +23,7 @@ from cachepi.simple.render import (
     render_project_json,
     render_project_list_html,
     render_project_list_json,
+    serial_text,
 )
 
 PROXY_PAGE = "http://proxy.example/index/sampleproject/"
@@ -121,13 +124,24 @@ def test_json_file_urls_are_relative_and_quoted() -> None:
     assert rendered_json(project)["files"][0]["url"] == "foo-1%211.0%2Blocal.tar.gz"
 
 
-def test_json_versions_are_the_union_of_upstream_and_filenames() -> None:
+def test_json_versions_are_the_upstreams_own_list_when_it_gave_one() -> None:
+    # numpy's case: PyPI files numpy-1.10.0.post2.tar.gz under release 1.10.0, and lists
+    # releases without files; a version read from a filename would be a phantom.
+    project = Project(
+        name="numpy",
+        files=[a_file("numpy-1.10.0.post2.tar.gz", size=1), a_file("numpy-1.9.tar.gz", size=1)],
+        versions=["1.10.0", "1.9", "0.1"],
+    )
+    assert rendered_json(project)["versions"] == ["1.10.0", "1.9", "0.1"]
+    assert rendered_json(msgspec.structs.replace(project, versions=[]))["versions"] == []
+
+
+def test_json_versions_come_from_the_filenames_when_the_upstream_gave_none() -> None:
     project = Project(
         name="foo",
         files=[a_file("foo-1.10.tar.gz", size=1), a_file("foo-1.9-py3-none-any.whl", size=1)],
-        versions=["0.1", "1.9"],
     )
-    assert rendered_json(project)["versions"] == ["0.1", "1.9", "1.10"]
+    assert rendered_json(project)["versions"] == ["1.9", "1.10"]
 
 
 def test_json_upstream_status_without_reason() -> None:
@@ -137,6 +151,21 @@ def test_json_upstream_status_without_reason() -> None:
 
 def test_json_project_without_status_has_no_status_key() -> None:
     assert "project-status" not in rendered_json(Project(name="foo"))
+
+
+TRACKED = ["https://pypi.example/simple/foo/", "https://test.example/simple/foo/"]
+ALTERNATES = ["https://alt.example/simple/foo/"]
+
+
+def test_json_pep_708_tracks_in_meta_and_alternate_locations_at_the_top() -> None:
+    page = rendered_json(Project(name="foo", tracks=TRACKED, alternate_locations=ALTERNATES))
+    assert page["meta"] == {"api-version": "1.4", "tracks": TRACKED}
+    assert page["alternate-locations"] == ALTERNATES
+
+
+def test_json_without_pep_708_urls_has_neither_key() -> None:
+    page = rendered_json(Project(name="foo"))
+    assert "tracks" not in page["meta"] and "alternate-locations" not in page
 
 
 def test_json_empty_project_is_valid_1_4() -> None:
@@ -209,6 +238,16 @@ def test_html_project_status_meta_tags() -> None:
     assert b'<meta name="pypi:project-status-reason" content="a &quot;b&quot;">' in body
 
 
+def test_html_pep_708_metas_one_per_url() -> None:
+    project = Project(name="foo", tracks=TRACKED, alternate_locations=ALTERNATES)
+    tree = LexborHTMLParser(render_project_html(project))
+    for name, urls in (("pypi:tracks", TRACKED), ("pypi:alternate-locations", ALTERNATES)):
+        assert [m.attributes["content"] for m in tree.css(f'meta[name="{name}"]')] == urls
+    assert b'name="pypi:' not in render_project_html(Project(name="foo")).replace(
+        b'name="pypi:repository-version"', b""
+    )
+
+
 def test_html_without_status_has_no_status_meta() -> None:
     assert b"pypi:project-status" not in render_project_html(Project(name="foo"))
 
@@ -224,7 +263,15 @@ def test_html_hostile_model_values_cannot_break_out_of_the_markup() -> None:
         yanked=evil,
         provenance=evil,
     )
-    body = render_project_html(Project(name=evil, files=[file], status=evil, status_reason=evil))
+    project = Project(
+        name=evil,
+        files=[file],
+        status=evil,
+        status_reason=evil,
+        tracks=[evil],
+        alternate_locations=[evil],
+    )
+    body = render_project_html(project)
     assert b"<script>" not in body
     link = anchors(Project(name="foo", files=[file]))[0]
     assert "/" not in link["href"].partition("#")[0]  # stays inside the project's folder
@@ -288,6 +335,9 @@ suffixes = st.sampled_from(
 )
 
 
+page_urls = st.from_regex(r"\Ahttps://[a-z]{1,8}\.example/simple/[a-z0-9-]{1,10}/\Z")
+
+
 def files_of(name: str) -> st.SearchStrategy[File]:
     """Files a page of project `name` may list: its wheels and sdists."""
     return st.builds(
@@ -315,6 +365,9 @@ projects = project_names.flatmap(
         files=st.lists(files_of(name), max_size=5, unique_by=lambda file: file.filename),
         last_serial=st.none() | st.integers(min_value=0, max_value=2**62),
         status=st.none() | st.sampled_from(["active", "archived", "quarantined", "deprecated"]),
+        versions=st.none() | st.lists(versions, unique=True, max_size=4),
+        tracks=st.lists(page_urls, unique=True, max_size=3),
+        alternate_locations=st.lists(page_urls, unique=True, max_size=3),
     )
 )
 
@@ -331,6 +384,14 @@ def test_json_round_trip_keeps_everything_but_the_url(project: Project) -> None:
         project.name,
         project.last_serial,
         project.status,
+    )
+    assert (parsed.tracks, parsed.alternate_locations) == (
+        project.tracks,
+        project.alternate_locations,
+    )
+    filenames = [file.filename for file in project.files]
+    assert parsed.versions == (
+        versions_from_filenames(filenames) if project.versions is None else project.versions
     )
 
 
@@ -350,7 +411,11 @@ def test_html_round_trip_keeps_what_html_can_say(project: Project) -> None:
         for file in project.files
     ]
     assert parsed.files == expected
-    assert parsed.status == project.status
+    assert (parsed.status, parsed.last_serial) == (project.status, project.last_serial)
+    assert (parsed.tracks, parsed.alternate_locations) == (
+        project.tracks,
+        project.alternate_locations,
+    )
 
 
 @given(projects)
@@ -401,6 +466,23 @@ def test_project_lists_round_trip_in_both_formats(names: list[str]) -> None:
     plist = ProjectList(names=names)
     assert parse_project_list_json(render_project_list_json(plist)) == plist
     assert parse_project_list_html(render_project_list_html(plist)) == plist
+
+
+@pytest.mark.parametrize(
+    ("serial", "text"),
+    [(42, "42"), ("26356948", "26356948"), (None, None), ("12a", None), ("1\r\nX: y", None)],
+)
+def test_html_pages_carry_a_serial_made_of_digits_where_pypi_writes_it(
+    serial: int | str | None, text: str | None
+) -> None:
+    assert serial_text(serial) == text
+    for body in (
+        render_project_html(Project(name="six", last_serial=serial)),
+        render_project_list_html(ProjectList(names=["six"], last_serial=serial)),
+    ):
+        comments = re.findall(rb"<!--SERIAL ([^>]*)-->", body)
+        assert comments == ([] if text is None else [text.encode()])
+        assert body.endswith(b"</html>\n" if text is None else b"-->\n")
 
 
 def test_last_serial_passes_through_as_the_upstream_spelled_it() -> None:

@@ -59,6 +59,10 @@ class Listing:
     def lacks_metadata(self) -> bool:
         return lacks_metadata(self.project)
 
+    @functools.cached_property
+    def offers_provenance(self) -> bool:
+        return any(file.provenance is not None for file in self.project.files)
+
     def find(self, filename: str) -> tuple[File, Index] | None:
         if not self._by_filename:
             self._by_filename.update((f.filename, i) for i, f in enumerate(self.project.files))
@@ -163,7 +167,8 @@ class IndexCache:
 
     def _combine_lists(self, lists: Sequence[tuple[int, ProjectList]]) -> ProjectList:
         """Every name once, spelled as the first list that has it, if the index that lists
-        it serves it and the policy does not refuse it."""
+        it serves it and the policy does not refuse it. The last serial of a list only one
+        index gave (combine.py: never one for several indexes)."""
         if len(lists) == 1 and not self._router.routed and not self._policy.active:
             return lists[0][1]
         seen: dict[str, str] = {}
@@ -176,7 +181,8 @@ class IndexCache:
                     and self._policy.project_refusal(name) is None
                 ):
                     seen[name] = spelled
-        return ProjectList(names=list(seen.values()))
+        serial = lists[0][1].last_serial if len(lists) == 1 else None
+        return ProjectList(names=list(seen.values()), last_serial=serial)
 
     def _screen(self, name: str, listing: Listing, now: float) -> Listing:
         """`listing` without the files the policy refuses (they go to `refused`)."""

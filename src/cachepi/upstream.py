@@ -46,6 +46,7 @@ from cachepi.reach import (
     is_public,
 )
 from cachepi.redact import redact
+from cachepi.simple.model import LAST_SERIAL_HEADER
 from cachepi.types import Source
 
 log = logging.getLogger(__name__)
@@ -208,6 +209,7 @@ class PageResponse:
     etag: str | None
     last_modified: str | None
     url: str  # final URL after redirects, redacted, for resolving relative links
+    last_serial: str | None = None  # X-PyPI-Last-Serial, as sent
 
 
 @dataclass
@@ -352,6 +354,7 @@ class Upstream:
                         etag=response.headers.get("ETag") or etag,
                         last_modified=response.headers.get("Last-Modified") or last_modified,
                         url=redact(str(response.url)),
+                        last_serial=response.headers.get(LAST_SERIAL_HEADER),
                     )
             except PageTooBig as error:
                 shown = redact(url)

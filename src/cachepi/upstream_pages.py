@@ -35,6 +35,7 @@ from cachepi.simple.parse import (
     parse_project_json,
     parse_project_list_html,
     parse_project_list_json,
+    with_serial_header,
 )
 from cachepi.store.protocols import (
     LIST_KEY,
@@ -383,4 +384,5 @@ def parse_and_encode(key: str, response: PageResponse) -> tuple[Project | Projec
         page = parse_project_json(body, response.url)
     else:
         page = parse_project_html(body, response.url, key)
+    page = with_serial_header(page, response.last_serial)
     return page, _encode(page)

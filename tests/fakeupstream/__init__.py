@@ -4,7 +4,6 @@ from .dists import Dist, build_sdist, build_wheel, core_metadata, dist_name, nor
 from .server import (
     HTML_V1_TYPE,
     JSON_TYPE,
-    PROVENANCE_ORIGIN,
     TEXT_HTML_TYPE,
     FakeUpstream,
     Format,
@@ -17,7 +16,6 @@ from .server import (
 __all__ = [
     "HTML_V1_TYPE",
     "JSON_TYPE",
-    "PROVENANCE_ORIGIN",
     "TEXT_HTML_TYPE",
     "Dist",
     "FakeUpstream",

@@ -54,8 +54,6 @@ _ALIASES = {
 }
 # api-version by what a page carries: PEP 700 fields (1.1), PEP 740/792 ones (1.4), or neither.
 _API_MINIMAL, _API_PEP700, _API_LATEST = "1.0", "1.1", "1.4"
-# PEP 740 provenance URLs point here: absolute https, like PyPI's, never fetched by the tests.
-PROVENANCE_ORIGIN = "https://integrity.fakeupstream.invalid"
 ProjectStatus = Literal["active", "archived", "quarantined", "deprecated"]
 _NAME_RE = re.compile(r"([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])\Z", re.IGNORECASE | re.ASCII)
 _UPLOAD_EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
@@ -89,6 +87,7 @@ class _Entry:
     yanked: bool | str
     added: int  # Unix seconds, its Last-Modified
     core_metadata: bool  # False: no `.metadata` offered (not listed, and 404)
+    release: str  # the version the index files it under (PEP 700 `versions`)
 
 
 @dataclass(eq=False)
@@ -100,6 +99,8 @@ class _Project:
     status: ProjectStatus | None = None  # PEP 792; None: not stated (means active)
     status_reason: str | None = None
     files_hidden: bool = False  # listed on no page and not downloadable (quarantine)
+    tracks: list[str] = field(default_factory=list)  # PEP 708
+    alternate_locations: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -128,6 +129,7 @@ class _Resource:
     modified: int
     cache_control: str
     is_page: bool
+    headers: Mapping[str, str] = field(default_factory=dict)  # more, sent as they are
 
 
 class FakeUpstream:
@@ -143,6 +145,7 @@ class FakeUpstream:
         pep700: bool = True,
         provenance: bool = False,
         last_serial: int | str | None = None,
+        serial_in: Collection[Literal["body", "header"]] = ("body", "header"),
     ) -> None:
         """`format`: page format unless a project overrides it. `links`: HTML hrefs to files,
         absolute URLs (like PyPI) or relative to the page. `require_auth`: (user, password)
@@ -150,9 +153,11 @@ class FakeUpstream:
         from a second port (another origin, like PyPI's file host), open without auth.
         `pep700=False`: JSON pages as a minimal PEP 691 index writes them (api-version 1.0,
         no `versions`, `size` or `upload-time`). `provenance`: give every file a PEP 740
-        provenance URL (`provenance_url()`). `last_serial`: `meta._last-serial` on JSON
-        pages and `<!--SERIAL n-->` in HTML, exactly as given (PyPI sends a string);
-        settable later as an attribute."""
+        provenance URL (`provenance_url()`), and serve it there. `last_serial`:
+        `meta._last-serial` on JSON pages and `<!--SERIAL n-->` in HTML, exactly as given
+        (PyPI sends a string), and in the X-PyPI-Last-Serial header of both; settable later
+        as an attribute.
+        `serial_in`: where the serial goes, the page's body and/or that header."""
         if separate_files_host and links == "relative":
             raise ValueError("files on another origin need absolute links")
         if provenance and not pep700:
@@ -164,6 +169,7 @@ class FakeUpstream:
         self.pep700 = pep700
         self.provenance = provenance
         self.last_serial = last_serial
+        self.serial_in = serial_in
         self.requests: list[RecordedRequest] = []
         self._projects: dict[str, _Project] = {}
         self._files: dict[str, _Entry] = {}
@@ -257,10 +263,33 @@ class FakeUpstream:
     def file_url(self, filename: str) -> str:
         return f"{self.files_origin}/files/{quote(filename)}"
 
-    @staticmethod
-    def provenance_url(filename: str) -> str:
-        """The PEP 740 provenance URL listed for `filename` when `provenance` is on."""
-        return f"{PROVENANCE_ORIGIN}/integrity/{quote(filename)}/provenance"
+    def provenance_url(self, filename: str) -> str:
+        """The PEP 740 provenance URL listed for `filename` when `provenance` is on: on the
+        index's origin, not next to the file, as PyPI's integrity API has it (loopback is
+        a secure origin, as the PEP asks)."""
+        return f"{self.origin}/integrity/{quote(filename)}/provenance"
+
+    def provenance_object(self, filename: str) -> bytes:
+        """The PEP 740 provenance object served for `filename`: its shape, an in-toto
+        statement naming the file and its sha256, and a signature that is none."""
+        dist = self._files[filename].dist
+        statement = {
+            "_type": "https://in-toto.io/Statement/v1",
+            "subject": [{"name": filename, "digest": {"sha256": dist.sha256}}],
+            "predicateType": "https://docs.pypi.org/attestations/publish/v1",
+            "predicate": None,
+        }
+        attestation = {
+            "version": 1,
+            "verification_material": {"certificate": "", "transparency_entries": []},
+            "envelope": {
+                "statement": base64.b64encode(_json(statement)).decode(),
+                "signature": base64.b64encode(b"fakeupstream").decode(),
+            },
+        }
+        publisher = {"kind": "fakeupstream", "claims": {}}
+        bundle = {"publisher": publisher, "attestations": [attestation]}
+        return _json({"version": 1, "attestation_bundles": [bundle]})
 
     # -- content -----------------------------------------------------------------------
 
@@ -319,10 +348,13 @@ class FakeUpstream:
         yanked: bool | str = False,
         upload_time: datetime | None = None,
         core_metadata: bool = True,
+        release: str | None = None,
     ) -> Dist:
         """List one file (replacing a same-named one) on the page of project `name` (default:
         the dist's own project; another name lists a file that does not belong there).
-        `core_metadata=False`: offer no `.metadata` for it even if it is a wheel."""
+        `core_metadata=False`: offer no `.metadata` for it even if it is a wheel. `release`:
+        the version the index files it under, when not the one in its name (PyPI lists
+        numpy-1.10.0.post2.tar.gz under 1.10.0)."""
         if dist.filename in self._files:
             self.remove_dist(dist.filename)
         project = self._project(name or dist.project)
@@ -331,7 +363,13 @@ class FakeUpstream:
             upload_time = _UPLOAD_EPOCH + timedelta(minutes=self._uploads)
             self._uploads += 1
         entry = _Entry(
-            dist, project, upload_time, yanked, _next_second(project.modified), core_metadata
+            dist,
+            project,
+            upload_time,
+            yanked,
+            _next_second(project.modified),
+            core_metadata,
+            release or dist.version,
         )
         project.entries[dist.filename] = self._files[dist.filename] = entry
         project.modified = entry.added
@@ -352,6 +390,20 @@ class FakeUpstream:
         project = self._projects[normalize(name)]
         project.status, project.status_reason = status, reason
         project.files_hidden = status == "quarantined" if hide_files is None else hide_files
+        project.modified = _next_second(project.modified)
+
+    def set_tracks(self, name: str, urls: Sequence[str]) -> None:
+        """PEP 708: the project pages this index says the project's page tracks (JSON
+        `meta.tracks`, HTML `<meta name="pypi:tracks">`, one per URL)."""
+        project = self._projects[normalize(name)]
+        project.tracks = list(urls)
+        project.modified = _next_second(project.modified)
+
+    def set_alternate_locations(self, name: str, urls: Sequence[str]) -> None:
+        """PEP 708: where the project's owner says it also lives (JSON top-level
+        `alternate-locations`, HTML `<meta name="pypi:alternate-locations">`)."""
+        project = self._projects[normalize(name)]
+        project.alternate_locations = list(urls)
         project.modified = _next_second(project.modified)
 
     def remove_project(self, name: str) -> None:
@@ -585,7 +637,23 @@ class FakeUpstream:
             return _not_found() if project is None else self._project_page(request, project)
         if match := re.fullmatch(r"/files/([^/]+)", path):
             return self._file(match[1])
+        if match := re.fullmatch(r"/integrity/([^/]+)/provenance", path):
+            return self._provenance(match[1])
         return _not_found()
+
+    def _provenance(self, filename: str) -> _Resource | web.Response:
+        entry = self._files.get(filename)
+        if not self.provenance or entry is None or entry.project.files_hidden:
+            return _not_found()
+        body = self.provenance_object(filename)
+        return _Resource(
+            body=memoryview(body),
+            content_type="application/vnd.pypi.integrity.v1+json",
+            etag=f'"{hashlib.sha256(body).hexdigest()}"',
+            modified=entry.added,
+            cache_control="max-age=600, public",  # unlike a file's, it may change (PEP 740)
+            is_page=False,
+        )
 
     def _file(self, filename: str) -> _Resource | web.Response:
         entry = self._files.get(filename)
@@ -626,8 +694,8 @@ class FakeUpstream:
                 _anchor(self._page_href(normalized), project.name, {})
                 for normalized, project in projects
             ]
-            body = _html_page("Simple index", links, api_version, {}, self.last_serial)
-        return _page(body, content_type, self._index_modified)
+            body = _html_page("Simple index", links, api_version, [], self._body_serial)
+        return _page(body, content_type, self._index_modified, self._serial_header())
 
     def _project_page(self, request: web.Request, project: _Project) -> _Resource | web.Response:
         content_type = _negotiate(request.headers.get("Accept"), project.format or self.format)
@@ -637,9 +705,14 @@ class FakeUpstream:
         normalized = normalize(project.name)
         api_version = self._api_version(project)
         if content_type == JSON_TYPE:
-            page: dict[str, object] = {"meta": self._meta(api_version), "name": normalized}
+            meta = self._meta(api_version)
+            if project.tracks:
+                meta["tracks"] = project.tracks
+            page: dict[str, object] = {"meta": meta, "name": normalized}
+            if project.alternate_locations:
+                page["alternate-locations"] = project.alternate_locations
             if self.pep700:
-                page["versions"] = sorted({e.dist.version for e in entries}, key=Version)
+                page["versions"] = sorted({e.release for e in entries}, key=Version)
             page["files"] = [self._json_file(entry) for entry in entries]
             if project.status is not None:
                 status = {"status": project.status}
@@ -651,24 +724,36 @@ class FakeUpstream:
             links = [
                 _anchor(self._file_href(e.dist), e.dist.filename, self._attrs(e)) for e in entries
             ]
-            metas = {}
+            metas = []
             if project.status is not None:
-                metas["pypi:project-status"] = project.status
+                metas.append(("pypi:project-status", project.status))
                 if project.status_reason is not None:
-                    metas["pypi:project-status-reason"] = project.status_reason
+                    metas.append(("pypi:project-status-reason", project.status_reason))
+            metas += [("pypi:tracks", url) for url in project.tracks]
+            metas += [("pypi:alternate-locations", url) for url in project.alternate_locations]
             title = f"Links for {normalized}"
-            body = _html_page(title, links, api_version, metas, self.last_serial)
-        return _page(body, content_type, project.modified)
+            body = _html_page(title, links, api_version, metas, self._body_serial)
+        return _page(body, content_type, project.modified, self._serial_header())
+
+    @property
+    def _body_serial(self) -> int | str | None:
+        return self.last_serial if "body" in self.serial_in else None
+
+    def _serial_header(self) -> dict[str, str]:
+        if self.last_serial is None or "header" not in self.serial_in:
+            return {}
+        return {"X-PyPI-Last-Serial": str(self.last_serial)}
 
     def _api_version(self, project: _Project) -> str:
         if not self.pep700:
             return _API_MINIMAL
-        return _API_LATEST if self.provenance or project.status is not None else _API_PEP700
+        later = project.status is not None or project.tracks or project.alternate_locations
+        return _API_LATEST if self.provenance or later else _API_PEP700
 
     def _meta(self, api_version: str) -> dict[str, object]:
         meta: dict[str, object] = {"api-version": api_version}
-        if self.last_serial is not None:
-            meta["_last-serial"] = self.last_serial
+        if self._body_serial is not None:
+            meta["_last-serial"] = self._body_serial
         return meta
 
     def _json_file(self, entry: _Entry) -> dict[str, object]:
@@ -793,7 +878,7 @@ def _json(obj: object) -> bytes:
     return json.dumps(obj).encode()
 
 
-def _page(body: bytes, content_type: str, modified: int) -> _Resource:
+def _page(body: bytes, content_type: str, modified: int, headers: Mapping[str, str]) -> _Resource:
     if content_type != JSON_TYPE:
         content_type += "; charset=utf-8"
     return _Resource(
@@ -803,6 +888,7 @@ def _page(body: bytes, content_type: str, modified: int) -> _Resource:
         modified=modified,
         cache_control="max-age=600, public",
         is_page=True,
+        headers=headers,
     )
 
 
@@ -830,7 +916,7 @@ def _html_page(
     title: str,
     links: list[str],
     api_version: str,
-    metas: Mapping[str, str],
+    metas: Sequence[tuple[str, str]],
     last_serial: int | str | None,
 ) -> bytes:
     lines = [
@@ -838,10 +924,7 @@ def _html_page(
         "<html>",
         "  <head>",
         f'    <meta name="pypi:repository-version" content="{api_version}">',
-        *(
-            f'    <meta name="{name}" content="{html.escape(value)}">'
-            for name, value in metas.items()
-        ),
+        *(f'    <meta name="{name}" content="{html.escape(value)}">' for name, value in metas),
         f"    <title>{html.escape(title)}</title>",
         "  </head>",
         "  <body>",
@@ -873,6 +956,7 @@ async def _send(
         "ETag": resource.etag,
         "Last-Modified": formatdate(resource.modified, usegmt=True),
         "Cache-Control": resource.cache_control,
+        **resource.headers,
     }
     if resource.is_page:
         headers["Vary"] = "Accept"

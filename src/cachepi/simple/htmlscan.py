@@ -1,7 +1,7 @@
 """What a Simple-API page needs of an HTML document, in one linear pass that builds no tree.
 
-The anchors (their attributes and text), the first `<base href>` and the first `<meta>` of
-each name, read the way an HTML5 parser (WHATWG tokenizer) reads them: comments, doctypes and
+The anchors (their attributes and text), the first `<base href>` and every `<meta>` with a
+name, read the way an HTML5 parser (WHATWG tokenizer) reads them: comments, doctypes and
 bogus comments are skipped, the contents of `<script>`, `<style>`, `<textarea>`, `<title>`
 and the like are text, never tags; `<template>` contents are not part of the document;
 attribute names are lowercased, the first of two equal ones wins, an attribute without a
@@ -34,8 +34,9 @@ class Scan(NamedTuple):
     texts: list[str]
     # The first <base> with an href: its value (None when the attribute has none), or None.
     base_href: str | None
-    # name -> content of the first <meta> with that name (None: no content attribute).
-    metas: dict[str, str | None]
+    # name -> the content of each <meta> with that name, in document order (None: no content
+    # attribute).
+    metas: dict[str, list[str | None]]
 
 
 _NAME = r"[^\t\n\f />][^\t\n\f />=]*+"
@@ -138,7 +139,7 @@ class _Scanner:
         self.texts: list[str] = []
         self.base_href: str | None = None
         self.base_found = False
-        self.metas: dict[str, str | None] = {}
+        self.metas: dict[str, list[str | None]] = {}
         # Whether an anchor's text is being collected, and its text so far.
         self.open = False
         self.text: list[str] = []
@@ -253,8 +254,8 @@ class _Scanner:
                 self.base_found, self.base_href = True, attributes["href"]
         elif name == "meta":
             meta_name = attributes.get("name")
-            if meta_name is not None and meta_name not in self.metas:
-                self.metas[meta_name] = attributes.get("content")
+            if meta_name is not None:
+                self.metas.setdefault(meta_name, []).append(attributes.get("content"))
         if self.foreign:
             return None
         # Elements whose contents are text, not markup.

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import msgspec
 
+# PyPI sends a page's last serial in this header too (and only there, for HTML pages).
+LAST_SERIAL_HEADER = "X-PyPI-Last-Serial"
+
 
 class File(msgspec.Struct, frozen=True, omit_defaults=True):
     """One distribution file listed on a project page."""
@@ -35,13 +38,20 @@ class Project(msgspec.Struct, frozen=True, omit_defaults=True):
 
     name: str
     files: list[File] = []
-    # PEP 700 `versions` as the upstream gave them (None when it gave none).
+    # PEP 700 `versions` as the upstream gave them (None when it gave none: the renderer then
+    # reads them from the filenames).
     versions: list[str] | None = None
-    # `meta._last-serial`, passed through as given (PyPI sends a string of digits).
+    # `meta._last-serial` as given (PyPI sends a string of digits), else the HTML page's
+    # `<!--SERIAL n-->` or the LAST_SERIAL_HEADER; None on a page several upstreams made.
     last_serial: int | str | None = None
     # PEP 792 project status ("active", "archived", "quarantined", "deprecated") and reason.
     status: str | None = None
     status_reason: str | None = None
+    # PEP 708 (provisional), absolute URLs of project pages: those the index says this page
+    # tracks (`meta.tracks`), and those the project's owner says it also lives at
+    # (`alternate-locations`).
+    tracks: list[str] = []
+    alternate_locations: list[str] = []
 
 
 class ProjectList(msgspec.Struct, frozen=True, omit_defaults=True):

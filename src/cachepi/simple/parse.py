@@ -18,7 +18,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 import msgspec
 
-from cachepi.simple.htmlscan import Attributes, scan
+from cachepi.simple.htmlscan import Attributes, Scan, scan
 from cachepi.simple.model import File, Project, ProjectList
 from cachepi.simple.names import belongs_to, is_safe_filename, is_valid_project_name, normalize
 
@@ -43,6 +43,7 @@ _PLAIN_URL_RE = re.compile(
 _SHA256_RE = re.compile(r"sha256=([0-9a-f]{64})\Z")
 # PyPI marks its pages with the serial in a comment: <!--SERIAL 12345-->
 _SERIAL_RE = re.compile(rb"<!--SERIAL (\d{1,19})-->")
+_SERIAL_DIGITS_RE = re.compile(r"\d{1,19}", re.ASCII)
 
 
 class ParseError(ValueError):
@@ -74,6 +75,7 @@ def _unreadable_is_parse_error() -> Iterator[None]:
 class _Meta(msgspec.Struct):
     api_version: str = msgspec.field(default="1.0", name="api-version")
     last_serial: int | str | None = msgspec.field(default=None, name="_last-serial")
+    tracks: list[str] = []  # PEP 708, on project pages
 
 
 class _Status(msgspec.Struct):
@@ -102,6 +104,7 @@ class _JsonProject(msgspec.Struct, rename="kebab"):
     meta: _Meta = msgspec.field(default_factory=_Meta)
     versions: list[str] | None = None
     project_status: _Status | None = None
+    alternate_locations: list[str] = []
 
 
 class _JsonName(msgspec.Struct):
@@ -132,6 +135,8 @@ def parse_project_json(body: bytes, page_url: str) -> Project:
             last_serial=page.meta.last_serial,
             status=status.status,
             status_reason=status.reason,
+            tracks=_urls(page_url, page.meta.tracks),
+            alternate_locations=_urls(page_url, page.alternate_locations),
         )
 
 
@@ -193,15 +198,17 @@ def parse_project_html(body: bytes, page_url: str, name: str) -> Project:
     """A PEP 503 project page; `name` is the project the page was fetched for."""
     with _unreadable_is_parse_error():
         page = scan(_utf8(body))
-        _check_api_version(page.metas.get("pypi:repository-version") or "1.0")
+        _check_api_version(_first_meta(page, "pypi:repository-version") or "1.0")
         base = _base_url(page.base_href, page_url)
         files = (_html_file(anchor, base) for anchor in page.anchors if "href" in anchor)
         return Project(
             name=name,
             files=_own(normalize(name), (file for file in files if file is not None)),
             last_serial=_html_serial(body),
-            status=page.metas.get("pypi:project-status") or None,
-            status_reason=page.metas.get("pypi:project-status-reason") or None,
+            status=_first_meta(page, "pypi:project-status") or None,
+            status_reason=_first_meta(page, "pypi:project-status-reason") or None,
+            tracks=_urls(base, page.metas.get("pypi:tracks", ())),
+            alternate_locations=_urls(base, page.metas.get("pypi:alternate-locations", ())),
         )
 
 
@@ -209,7 +216,7 @@ def parse_project_list_html(body: bytes) -> ProjectList:
     """A PEP 503 root page: the project names are the link texts."""
     with _unreadable_is_parse_error():
         page = scan(_utf8(body), texts=True)
-        _check_api_version(page.metas.get("pypi:repository-version") or "1.0")
+        _check_api_version(_first_meta(page, "pypi:repository-version") or "1.0")
         names = [text.strip() for text in page.texts]
         return ProjectList(names=_valid_names(names), last_serial=_html_serial(body))
 
@@ -240,6 +247,11 @@ def _html_file(attrs: Attributes, base: str) -> File | None:
     )
 
 
+def _first_meta(page: Scan, name: str) -> str | None:
+    """The content of the first `<meta>` named `name` (an HTML5 reader takes the first)."""
+    return page.metas.get(name, [None])[0]
+
+
 def _html_metadata(value: str | None) -> bool | dict[str, str]:
     """PEP 714 attribute: "true", or "<hashname>=<hex>"; anything else means absent."""
     if value is None:
@@ -258,6 +270,19 @@ def _base_url(href: str | None, page_url: str) -> str:
 def _html_serial(body: bytes) -> int | None:
     match = _SERIAL_RE.search(body)
     return int(match.group(1)) if match else None
+
+
+_P = TypeVar("_P", bound=Project | ProjectList)
+
+
+def with_serial_header(page: _P, header: str | None) -> _P:
+    """`page` with the last serial its response's LAST_SERIAL_HEADER gave, when the page
+    itself gave none; a header that is not a serial (digits) is ignored."""
+    if page.last_serial is not None or header is None:
+        return page
+    if (serial := _SERIAL_DIGITS_RE.fullmatch(header.strip())) is None:
+        return page
+    return msgspec.structs.replace(page, last_serial=int(serial[0]))
 
 
 # --- shared -----------------------------------------------------------------------------------
@@ -294,6 +319,12 @@ def _http_link(base: str, href: str | None) -> _Link | None:
 def _http_url(base: str, href: str | None) -> str | None:
     link = _http_link(base, href)
     return link[0] if link is not None else None
+
+
+def _urls(base: str, hrefs: Iterable[str | None]) -> list[str]:
+    """A PEP 708 list, logically a set: each http(s) URL once, resolved against `base`,
+    fragment dropped; anything else (`javascript:`, no host) is left out."""
+    return list(dict.fromkeys(url for href in hrefs if (url := _http_url(base, href))))
 
 
 def _one_hash(text: str) -> dict[str, str]:

@@ -29,6 +29,7 @@ _FRAGMENT_HASHES = ("sha256", "sha512", "sha384", "md5")
 _UNRESERVED_RE = re.compile(r"[A-Za-z0-9._~-]*\Z", re.ASCII)
 # Lines of one or more unreserved characters: relative links that cannot leave their folder.
 _UNRESERVED_LINES_RE = re.compile(r"[A-Za-z0-9._~-]+(?:\n[A-Za-z0-9._~-]+)*\Z", re.ASCII)
+_SERIAL_RE = re.compile(r"[0-9]{1,19}\Z", re.ASCII)
 
 
 # --- PEP 691 JSON -----------------------------------------------------------------------------
@@ -37,6 +38,7 @@ _UNRESERVED_LINES_RE = re.compile(r"[A-Za-z0-9._~-]+(?:\n[A-Za-z0-9._~-]+)*\Z", 
 class _Meta(msgspec.Struct):
     api_version: str = msgspec.field(name="api-version")
     last_serial: int | str | UnsetType = msgspec.field(default=UNSET, name="_last-serial")
+    tracks: list[str] | UnsetType = UNSET
 
 
 class _JsonFile(msgspec.Struct, rename="kebab"):
@@ -63,6 +65,7 @@ class _JsonProject(msgspec.Struct, rename="kebab"):
     files: list[_JsonFile]
     versions: list[str]
     project_status: _JsonStatus | UnsetType = UNSET
+    alternate_locations: list[str] | UnsetType = UNSET
 
 
 class _JsonName(msgspec.Struct):
@@ -81,7 +84,11 @@ def render_project_json(project: Project) -> bytes:
     """PEP 691 page; api-version 1.4 when every file has a size, else 1.0."""
     full = all(file.size is not None for file in project.files)
     page = _JsonProject(
-        meta=_meta(API_VERSION if full else _API_VERSION_WITHOUT_SIZES, project.last_serial),
+        meta=_Meta(
+            API_VERSION if full else _API_VERSION_WITHOUT_SIZES,
+            _unset_if_none(project.last_serial),
+            project.tracks or UNSET,
+        ),
         name=normalize(project.name),
         files=[_json_file(file, full) for file in project.files],
         versions=_versions(project),
@@ -90,6 +97,7 @@ def render_project_json(project: Project) -> bytes:
             if project.status is None
             else _JsonStatus(project.status, _unset_if_none(project.status_reason))
         ),
+        alternate_locations=project.alternate_locations or UNSET,
     )
     return _encoder.encode(page)
 
@@ -98,14 +106,10 @@ def render_project_list_json(plist: ProjectList) -> bytes:
     """PEP 691 root page: every project name as the upstream spelled it. No version after
     1.0 changed the root page, so it satisfies the latest, as the HTML one says."""
     page = _JsonProjectList(
-        meta=_meta(API_VERSION, plist.last_serial),
+        meta=_Meta(API_VERSION, _unset_if_none(plist.last_serial)),
         projects=[_JsonName(name) for name in plist.names],
     )
     return _encoder.encode(page)
-
-
-def _meta(api_version: str, last_serial: int | str | None) -> _Meta:
-    return _Meta(api_version, _unset_if_none(last_serial))
 
 
 def _json_file(file: File, full: bool) -> _JsonFile:
@@ -113,7 +117,7 @@ def _json_file(file: File, full: bool) -> _JsonFile:
     metadata = file.core_metadata
     return _JsonFile(
         file.filename,
-        _file_href(file.filename),
+        file_href(file.filename),
         _sorted(file.hashes),
         UNSET if file.requires_python is None else file.requires_python,
         UNSET if metadata is False else _sorted(metadata) if isinstance(metadata, dict) else True,
@@ -125,7 +129,7 @@ def _json_file(file: File, full: bool) -> _JsonFile:
     )
 
 
-def _file_href(filename: str) -> str:
+def file_href(filename: str) -> str:
     """The file's URL relative to the project page; a stray "/" is escaped too."""
     # Most filenames need no quoting, and quote() on each file of a big page adds up.
     if _UNRESERVED_RE.match(filename):
@@ -134,9 +138,12 @@ def _file_href(filename: str) -> str:
 
 
 def _versions(project: Project) -> list[str]:
-    return versions_from_filenames(
-        (file.filename for file in project.files), project.versions or ()
-    )
+    """The upstream's own list when it gave one: it knows which release each file belongs
+    to, and a filename may say otherwise (`numpy-1.10.0.post2.tar.gz` is a file of numpy
+    1.10.0). Read from the filenames only for an upstream that gave none."""
+    if project.versions is not None:
+        return project.versions
+    return versions_from_filenames(file.filename for file in project.files)
 
 
 def _zulu(timestamp: str) -> str:
@@ -162,7 +169,7 @@ def _unset_if_none(value: _V | None) -> _V | UnsetType:
 
 
 def render_project_html(project: Project) -> bytes:
-    """PEP 503 page (repository-version 1.4) with PEP 592/658/714/740/792 attributes."""
+    """PEP 503 page (repository-version 1.4) with PEP 592/658/708/714/740/792 attributes."""
     title = f"Links for {escape(normalize(project.name))}"
     lines = [
         "<!DOCTYPE html>",
@@ -170,6 +177,8 @@ def render_project_html(project: Project) -> bytes:
         "  <head>",
         f'    <meta name="pypi:repository-version" content="{API_VERSION}">',
         *_status_meta(project),
+        *_url_metas("pypi:tracks", project.tracks),
+        *_url_metas("pypi:alternate-locations", project.alternate_locations),
         f"    <title>{title}</title>",
         "  </head>",
         "  <body>",
@@ -177,6 +186,7 @@ def render_project_html(project: Project) -> bytes:
         *(_html_link(file) for file in project.files),
         "  </body>",
         "</html>",
+        *_serial_comment(project.last_serial),
         "",
     ]
     return "\n".join(lines).encode()
@@ -207,9 +217,22 @@ def render_project_list_html(plist: ProjectList) -> bytes:
         ),
         "  </body>",
         "</html>",
+        *_serial_comment(plist.last_serial),
         "",
     ]
     return "\n".join(lines).encode()
+
+
+def serial_text(last_serial: int | str | None) -> str | None:
+    """The last serial as the HTTP header and the HTML comment say it (`<!--SERIAL n-->`,
+    where PyPI puts it), or None: only digits, whatever an upstream spelled in its JSON."""
+    text = str(last_serial)
+    return text if last_serial is not None and _SERIAL_RE.match(text) else None
+
+
+def _serial_comment(last_serial: int | str | None) -> list[str]:
+    text = serial_text(last_serial)
+    return [] if text is None else [f"<!--SERIAL {text}-->"]
 
 
 def _map_lines(transform: Callable[[str], str], texts: list[str]) -> list[str]:
@@ -235,8 +258,13 @@ def _status_meta(project: Project) -> list[str]:
     return lines
 
 
+def _url_metas(name: str, urls: list[str]) -> list[str]:
+    """PEP 708: one `<meta>` per URL."""
+    return [f'    <meta name="{name}" content="{escape(url)}">' for url in urls]
+
+
 def _html_link(file: File) -> str:
-    href, text = _file_href(file.filename), escape(file.filename)
+    href, text = file_href(file.filename), escape(file.filename)
     fragment = _fragment(file.hashes)
     if fragment:
         href = f"{href}#{escape(fragment)}"
@@ -252,7 +280,7 @@ def _html_link(file: File) -> str:
         attrs += f' data-yanked="{escape(reason)}"'
     if file.provenance is not None:
         attrs += f' data-provenance="{escape(file.provenance)}"'
-    # _file_href output is unreserved characters and %XX only: nothing to escape.
+    # file_href output is unreserved characters and %XX only: nothing to escape.
     return f'    <a href="{href}"{attrs}>{text}</a><br />'
 
 

@@ -50,6 +50,7 @@ def create_app(settings: Settings, reconcile: bool = True) -> web.Application:
     app[RENDERED] = RenderCache()
     app[ROUTE_NAMES] = {
         pages.project_list: "project_list",
+        pages.project_list_without_slash: "project_list",
         pages.project_page: "project_page",
         distfiles.dist_file: "file",
         dashboard.home: "home",
@@ -60,6 +61,7 @@ def create_app(settings: Settings, reconcile: bool = True) -> web.Application:
         admin.invalidate_form: "admin",
     }
     for prefix in ("/index", "/simple"):  # /simple/ is an alias many configs use
+        app.router.add_get(prefix, pages.project_list_without_slash)
         app.router.add_get(prefix + "/", pages.project_list)
         app.router.add_get(prefix + "/{project}", pages.project_page)
         app.router.add_get(prefix + "/{project}/", pages.project_page)

@@ -3,13 +3,17 @@ bytes of their content version (rendered.py), or with a 304."""
 
 from __future__ import annotations
 
+import re
+
 from aiohttp import web
 
 from cachepi import catalog
 from cachepi.index import IndexCache, Listing, ListResult, Refused
 from cachepi.rendered import Representation
+from cachepi.simple.model import LAST_SERIAL_HEADER
 from cachepi.simple.names import is_valid_project_name, normalize
 from cachepi.simple.negotiate import Format, choose_encoding, choose_format
+from cachepi.simple.render import serial_text
 from cachepi.upstream import UpstreamError
 from cachepi.web.conditional import etag_matches
 from cachepi.web.keys import CACHE_RESULT, FILE_CACHE, INDEX_CACHE, METRICS, RENDERED, SETTINGS
@@ -20,6 +24,8 @@ UNAVAILABLE_HEADER = "X-Cachepi-Unavailable"
 
 
 _MAX_REASON = 400
+# A Host header: a name or IPv4 address, or an IPv6 one in brackets, and a port.
+_HOST_RE = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?\Z", re.ASCII)
 _GATEWAY_ERRORS: dict[int, type[web.HTTPException]] = {
     502: web.HTTPBadGateway,
     503: web.HTTPServiceUnavailable,
@@ -87,11 +93,19 @@ def checked_name(request: web.Request, rest: str = "") -> str:
     canonical = normalize(name)
     if canonical != name or not request.path.endswith("/" + rest):
         prefix = request.path.split("/", 2)[1]  # "index" or its alias "simple"
-        location = f"/{prefix}/{canonical}/{rest}"
-        if request.query_string:
-            location += "?" + request.query_string
-        raise web.HTTPMovedPermanently(location)
+        raise _moved(request, f"/{prefix}/{canonical}/{rest}")
     return canonical
+
+
+async def project_list_without_slash(request: web.Request) -> web.Response:
+    """`/index` and `/simple`: a 301 to the page, whose URL ends in "/" (PEP 503)."""
+    raise _moved(request, request.path + "/")
+
+
+def _moved(request: web.Request, path: str) -> web.HTTPMovedPermanently:
+    """A 301 to `path`, keeping the request's query."""
+    location = f"{path}?{request.query_string}" if request.query_string else path
+    return web.HTTPMovedPermanently(location)
 
 
 async def project_page(request: web.Request) -> web.Response:
@@ -100,9 +114,20 @@ async def project_page(request: web.Request) -> web.Response:
     listing = await find_listing(request, name)
     if listing is None:
         raise web.HTTPNotFound(text=f"project {name!r} not found\n")
-    version, project = catalog.page(listing, request.app[FILE_CACHE].extracted)
+    version, project = catalog.page(
+        listing, request.app[FILE_CACHE].extracted, lambda: _absolute_url(request)
+    )
     page = await request.app[RENDERED].project(name, version, fmt, project)
-    return respond(request, page, listing)
+    return _with_last_serial(respond(request, page, listing), listing.project.last_serial)
+
+
+def _absolute_url(request: web.Request) -> str:
+    """The request's URL without its query, as the client addressed the proxy (scheme of the
+    connection, Host header); 400 for a Host that is no host: it would end up in a URL
+    on the page (RFC 9112 asks a 400 of an invalid Host anyway)."""
+    if not _HOST_RE.match(request.host):
+        raise web.HTTPBadRequest(text="invalid Host header\n")
+    return str(request.url.with_query(None))
 
 
 async def find_listing(request: web.Request, name: str) -> Listing | None:
@@ -124,4 +149,11 @@ async def project_list(request: web.Request) -> web.Response:
     except UpstreamError as error:
         raise gateway_error(error) from None
     page = await request.app[RENDERED].project_list(result.version, fmt, result.names)
-    return respond(request, page, result)
+    return _with_last_serial(respond(request, page, result), result.names.last_serial)
+
+
+def _with_last_serial(response: web.Response, last_serial: int | str | None) -> web.Response:
+    """The upstream's last serial in PyPI's header, the one place an HTML client looks."""
+    if (text := serial_text(last_serial)) is not None:
+        response.headers[LAST_SERIAL_HEADER] = text
+    return response
