@@ -1,7 +1,7 @@
 """Where a download's bytes go for its readers (transfer.Sink): the leader's part file, room
 reserved in the cache before it grows; a follower's copy; or nothing at all, when the bytes
 are in a file on this machine already (another worker's part file, a stored blob). Room is
-asked for on the event loop; bytes are written on the transfer's thread."""
+asked for on the event loop; bytes are written on the transfer's writing thread."""
 
 from __future__ import annotations
 

@@ -2,10 +2,11 @@
 the way, and check the length and hashes the index gave. A transfer that fails before its
 first byte is retried.
 
-The event loop only receives: a thread of the transfer's own hashes and writes the bytes,
-a batch at a time (whatever arrived while it did the previous batch), and readers learn of
-bytes once they are written. A batch is bounded: the source waits while the thread is
-behind, so a transfer holds a few batches of memory however fast its upstream.
+The event loop only receives: two threads of the transfer's own hash and write the bytes
+side by side, a batch at a time (whatever arrived while they did the previous batch), and
+readers learn of bytes once they are written (the last one stays theirs until the whole file
+verified). A batch is bounded: the source waits while the threads are behind, so a transfer
+holds a few batches of memory however fast its upstream.
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ class Sink(Protocol):
         """Whether the file may grow to `end` bytes; False: no more bytes go to the disk."""
 
     def write(self, chunks: Sequence[bytes]) -> int:
-        """On the transfer's thread: put `chunks` after what was written; returns the bytes
-        written, fewer than given when the disk refused them (then no more go to it)."""
+        """On the transfer's writing thread: put `chunks` after what was written; returns
+        the bytes written, fewer than given when the disk refused them (then no more go to
+        it)."""
 
 
 async def transfer(download: Download, source: SourceOpener, sink: Sink) -> str:
@@ -113,17 +115,23 @@ class _Copier:
         for name in expected:
             if name not in self._hashers and name in hashlib.algorithms_available:
                 self._hashers[name] = hashlib.new(name)
-        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="transfer")
+        # hashlib and os.write let go of the GIL while they work.
+        self._hashing = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="hash")
+        self._writing = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="write")
         self._gathered: list[bytes] = []
         self._gathered_bytes = 0
-        self._busy: tuple[_Batch, asyncio.Future[None]] | None = None
+        self._busy: tuple[_Batch, list[asyncio.Future[None]]] | None = None
 
     async def add(self, chunk: bytes) -> None:
         self._gathered.append(chunk)
         self._gathered_bytes += len(chunk)
-        # An idle thread takes what there is at once (readers get bytes soon); a busy one
-        # gets a bigger batch next.
-        if self._busy is None or self._busy[1].done() or self._gathered_bytes >= _BATCH_BYTES:
+        # Idle threads take what there is at once (readers get bytes soon); busy ones get a
+        # bigger batch next.
+        if (
+            self._busy is None
+            or all(work.done() for work in self._busy[1])
+            or self._gathered_bytes >= _BATCH_BYTES
+        ):
             await self._hand_on()
 
     async def finish(self) -> dict[str, str]:
@@ -133,11 +141,12 @@ class _Copier:
         return {name: hasher.hexdigest() for name, hasher in self._hashers.items()}
 
     def close(self) -> None:
-        self._thread.shutdown(wait=True, cancel_futures=True)
+        self._hashing.shutdown(wait=True, cancel_futures=True)
+        self._writing.shutdown(wait=True, cancel_futures=True)
 
     async def _hand_on(self) -> None:
-        """The gathered bytes to the thread, once it is done with the previous batch; to the
-        readers from memory too, when the disk takes no more."""
+        """The gathered bytes to the threads, once they are done with the previous batch; to
+        the readers from memory too, when the disk takes no more."""
         await self._settle()
         if not self._gathered:
             return
@@ -147,19 +156,21 @@ class _Copier:
         if batch.to_disk and not await self._sink.room(download.written + batch.size):
             download.spill()
             batch.to_disk = False
-        work = asyncio.wrap_future(self._thread.submit(self._work, batch))
-        work.add_done_callback(lambda _: self._tell(batch))
+        work = [asyncio.wrap_future(self._hashing.submit(self._hash, batch))]
+        if batch.to_disk:
+            work.append(asyncio.wrap_future(self._writing.submit(self._write, batch)))
+            work[-1].add_done_callback(lambda _: self._tell(batch))
         self._busy = batch, work
-        if not batch.to_disk:  # while the thread hashes it
+        if not batch.to_disk:  # while it is hashed
             await self._relay(batch.chunks, 0)
 
-    def _work(self, batch: _Batch) -> None:
-        """On the thread: hashlib and os.write let go of the GIL while they work."""
+    def _hash(self, batch: _Batch) -> None:
         for chunk in batch.chunks:
             for hasher in self._hashers.values():
                 hasher.update(chunk)
-        if batch.to_disk:
-            batch.written = self._sink.write(batch.chunks)
+
+    def _write(self, batch: _Batch) -> None:
+        batch.written = self._sink.write(batch.chunks)
 
     def _tell(self, batch: _Batch) -> None:
         """Readers learn of the bytes written as soon as they are, once."""
@@ -168,12 +179,13 @@ class _Copier:
             self._download.progressed(batch.written)
 
     async def _settle(self) -> None:
-        """Wait for the thread's batch; what the disk refused of it goes on from memory."""
+        """Wait for the threads' batch; what the disk refused of it goes on from memory."""
         if self._busy is None:
             return
         batch, work = self._busy
         self._busy = None
-        await work
+        for done in work:
+            await done
         self._tell(batch)
         if batch.to_disk and batch.written < batch.size:
             self._download.spill()
