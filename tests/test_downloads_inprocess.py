@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import os
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -204,6 +206,36 @@ async def test_a_download_of_unknown_size_reserves_as_it_grows_and_streams_on_pa
     assert body == big.read_bytes()
     assert 0 < peak <= 200_000  # it started on disk, and stopped growing there
     assert await stored(stores) == {} and leftovers(stores) == []
+
+
+async def test_a_part_file_goes_to_the_disk_as_it_grows_and_one_that_cannot_is_not_kept(
+    stores: Stores, make_file_cache: FileCacheFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Synced in steps, so that little is left to sync before the last byte; a sync that
+    fails (the disk gave up on the bytes written) is a disk that refuses them: the rest goes
+    on from memory, whole, and the file is not kept."""
+    monkeypatch.setattr(sinks, "SYNC_BYTES", 64 * 1024)
+    synced: list[int] = []
+    monkeypatch.setattr(sinks.os, "fdatasync", lambda fd: synced.append(os.fstat(fd).st_size))
+    index = PacedIndex(pace=0.001)
+    cache = await make_file_cache()
+    kept, refused = sdist(1_000_000, "kept"), sdist(1_000_000, "refused")
+    async with cache.serve(spec_for(index, kept), None) as claim:
+        assert isinstance(claim, Claim)
+        assert b"".join([c async for c in claim.chunks()]) == kept.read_bytes()
+    assert len(synced) >= 4 and synced == sorted(synced) and synced[-1] < kept.size
+
+    def fails(fd: int) -> None:
+        if os.fstat(fd).st_size > 300_000:
+            raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(sinks.os, "fdatasync", fails)
+    async with cache.serve(spec_for(index, refused), None) as claim:
+        assert isinstance(claim, Claim)
+        assert b"".join([c async for c in claim.chunks()]) == refused.read_bytes()
+        assert claim.download.spilled
+    await until(lambda: cache.downloading == 0)
+    assert await stored(stores) == {kept.sha256: kept.size} and leftovers(stores) == []
 
 
 async def test_an_unknown_size_that_fits_is_stored(

@@ -19,6 +19,9 @@ log = logging.getLogger(__name__)
 
 # A download of unknown size reserves room in the cache in steps of this many bytes.
 GROWTH_BYTES = 16 * 1024 * 1024
+# The holder's part file goes to the disk in steps of this many bytes as it grows, so that
+# the sync before the clients' last byte has little left to do.
+SYNC_BYTES = 64 * 1024 * 1024
 
 
 class PartFile:
@@ -49,6 +52,7 @@ class PartFile:
         self.path: Path | None = None
         self._reserved = 0
         self._written = 0
+        self._synced = 0
         self._early: tuple[int, asyncio.Task[bool]] | None = None
         if listed_size is not None:
             reserving = asyncio.ensure_future(accounting.reserve(lock, listed_size))
@@ -85,6 +89,12 @@ class PartFile:
     def write(self, chunks: Sequence[bytes]) -> int:
         written, error = write_chunks(self.fd, chunks)
         self._written += written
+        if error is None and self._written - self._synced >= SYNC_BYTES:
+            try:
+                os.fdatasync(self.fd)
+            except OSError as failure:  # this batch then goes on from memory too
+                error, written = failure, 0
+            self._synced = self._written
         if error is not None:
             log.error(
                 "cannot store %s (%s): disk full or unwritable; relaying it from memory, it "
