@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import errno
 import os
+import time
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -21,6 +22,8 @@ from cachepi.filecache import Busy, Claim, Download, DownloadLimits, sinks
 from cachepi.filecache.limits import Slots
 from cachepi.store import Stores
 from cachepi.store.protocols import StoredBlob
+from cachepi.types import DownloadFailed
+from cachepi.upstream import UpstreamError
 from tests.fakeupstream.dists import Dist
 from tests.inprocess import FakeIndex, settle
 from tests.inprocess_fixtures import FileCacheFactory, clock, make_file_cache, stores
@@ -236,6 +239,63 @@ async def test_a_part_file_goes_to_the_disk_as_it_grows_and_one_that_cannot_is_n
         assert claim.download.spilled
     await until(lambda: cache.downloading == 0)
     assert await stored(stores) == {kept.sha256: kept.size} and leftovers(stores) == []
+
+
+class BreakingIndex(PacedIndex):
+    """A PacedIndex whose bodies break off after `after` bytes."""
+
+    def __init__(self, after: int) -> None:
+        super().__init__(pace=0.001)
+        self.after = after
+
+    @contextlib.asynccontextmanager
+    async def open_file(self, url: str) -> AsyncIterator[tuple[int | None, AsyncIterator[bytes]]]:
+        async with super().open_file(url) as (length, body):
+
+            async def breaking() -> AsyncIterator[bytes]:
+                async for chunk in body:
+                    if self.handed[url] > self.after:
+                        raise UpstreamError(f"{url}: upstream broke off the transfer")
+                    yield chunk
+
+            yield length, breaking()
+
+
+async def test_a_transfer_that_fails_while_its_part_file_syncs_never_holds_up_the_loop(
+    stores: Stores, make_file_cache: FileCacheFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sync runs on the transfer's writing thread; a transfer that fails meanwhile waits
+    for it to end (its file is the thread's until then) without holding up other work."""
+    monkeypatch.setattr(sinks, "SYNC_BYTES", 64 * 1024)
+    monkeypatch.setattr(sinks.os, "fdatasync", lambda fd: time.sleep(0.5))
+    index = BreakingIndex(after=300_000)
+    cache = await make_file_cache()
+    longest = 0.0
+
+    async def tick() -> None:
+        nonlocal longest
+        began = time.monotonic()
+        try:
+            while True:
+                await asyncio.sleep(0.01)
+                longest = max(longest, time.monotonic() - began)
+                began = time.monotonic()
+        finally:  # also a wait it was cancelled in
+            longest = max(longest, time.monotonic() - began)
+
+    ticking = asyncio.create_task(tick())
+    try:
+        async with cache.serve(spec_for(index, sdist(1_000_000)), None) as claim:
+            assert isinstance(claim, Claim)
+            with pytest.raises(DownloadFailed):
+                async for _ in claim.chunks():
+                    pass
+        await until(lambda: cache.downloading == 0)
+    finally:
+        ticking.cancel()
+        await asyncio.gather(ticking, return_exceptions=True)
+    assert longest < 0.25, longest
+    assert await stored(stores) == {} and leftovers(stores) == []
 
 
 async def test_an_unknown_size_that_fits_is_stored(

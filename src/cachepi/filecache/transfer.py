@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import hashlib
 import logging
 import os
@@ -74,7 +75,7 @@ async def _transfer_once(
                 await copier.add(chunk)
         digests = await copier.finish()
     finally:
-        copier.close()
+        await copier.close()
     for expected in (spec.size, download.size):
         if expected is not None and expected != download.written:
             raise DownloadFailed(
@@ -94,7 +95,7 @@ def _expected_size(listed: int | None, length: int | None) -> int | None:
 
 
 class _Batch:
-    """Bytes handed to the thread at once, and what became of them."""
+    """Bytes handed to the threads at once, and what became of them."""
 
     def __init__(self, chunks: list[bytes], size: int, to_disk: bool) -> None:
         self.chunks = chunks
@@ -105,8 +106,8 @@ class _Batch:
 
 
 class _Copier:
-    """A download's bytes, hashed and (unless it relays from memory) written in order on a
-    thread of their own, one batch at a time, while the loop gathers the next batch."""
+    """A download's bytes, hashed and (unless it relays from memory) written in order on two
+    threads of their own, one batch at a time, while the loop gathers the next batch."""
 
     def __init__(self, download: Download, sink: Sink, expected: dict[str, str]) -> None:
         self._download = download
@@ -121,6 +122,7 @@ class _Copier:
         self._gathered: list[bytes] = []
         self._gathered_bytes = 0
         self._busy: tuple[_Batch, list[asyncio.Future[None]]] | None = None
+        self._running: list[concurrent.futures.Future[None]] = []  # the last batch's work
 
     async def add(self, chunk: bytes) -> None:
         self._gathered.append(chunk)
@@ -140,9 +142,16 @@ class _Copier:
         await self._settle()
         return {name: hasher.hexdigest() for name, hasher in self._hashers.items()}
 
-    def close(self) -> None:
-        self._hashing.shutdown(wait=True, cancel_futures=True)
-        self._writing.shutdown(wait=True, cancel_futures=True)
+    async def close(self) -> None:
+        """Once the threads are done with the batch they have: the sink's file is theirs
+        until then. Waited for off the loop (a write may be syncing), unless cancelled."""
+        try:
+            for running in self._running:
+                with contextlib.suppress(Exception):  # raised where it was awaited, if at all
+                    await asyncio.wrap_future(running)
+        finally:
+            for threads in (self._hashing, self._writing):
+                threads.shutdown(wait=True, cancel_futures=True)
 
     async def _hand_on(self) -> None:
         """The gathered bytes to the threads, once they are done with the previous batch; to
@@ -156,9 +165,11 @@ class _Copier:
         if batch.to_disk and not await self._sink.room(download.written + batch.size):
             download.spill()
             batch.to_disk = False
-        work = [asyncio.wrap_future(self._hashing.submit(self._hash, batch))]
+        self._running = [self._hashing.submit(self._hash, batch)]
         if batch.to_disk:
-            work.append(asyncio.wrap_future(self._writing.submit(self._write, batch)))
+            self._running.append(self._writing.submit(self._write, batch))
+        work = [asyncio.wrap_future(running) for running in self._running]
+        if batch.to_disk:
             work[-1].add_done_callback(lambda _: self._tell(batch))
         self._busy = batch, work
         if not batch.to_disk:  # while it is hashed
