@@ -281,10 +281,10 @@ class Download:
         """`pieces`, all as bytes."""
         async with contextlib.aclosing(self.pieces(start, end, me)) as pieces:
             async for piece in pieces:
-                yield piece if isinstance(piece, bytes) else read_span(piece)
+                yield piece if isinstance(piece, bytes) else _read_span(piece)
 
 
-def read_span(span: Span) -> bytes:
+def _read_span(span: Span) -> bytes:
     data = os.pread(span.file.fileno(), span.size, span.offset)
     if len(data) != span.size:  # a part file is never cut short: never send less than said
         raise DownloadFailed(f"the part file ended at {span.offset + len(data)} bytes")

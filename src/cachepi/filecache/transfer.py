@@ -2,11 +2,11 @@
 the way, and check the length and hashes the index gave. A transfer that fails before its
 first byte is retried.
 
-The event loop only receives: two threads of the transfer's own hash and write the bytes
+The event loop only takes bytes in: two threads of the transfer's own hash and write them
 side by side, a batch at a time (whatever arrived while they did the previous batch), and
-readers learn of bytes once they are written (the last one stays theirs until the whole file
-verified). A batch is bounded: the source waits while the threads are behind, so a transfer
-holds a few batches of memory however fast its upstream.
+readers learn of bytes once they are written (all but the last, which waits until the whole
+file verified). A batch is bounded: the source waits while the threads are behind, so a
+transfer holds a few batches of memory however fast its upstream.
 """
 
 from __future__ import annotations
