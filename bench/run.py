@@ -8,7 +8,8 @@ gunicorn, as its image runs it), with a fake upstream index, all on 127.0.0.1.
     python -m bench.run --cluster  # also the cluster section (~2 more minutes), see below
     python -m bench.run --cluster-only  # only that section, spliced into latest.md
 
-from the repository root; `python bench/run.py ...` runs itself again that way.
+from the repository root; `python bench/run.py ...` runs itself again that way. Misses of
+a big file, one client and many, before and after a change: `python -m bench.misses`.
 
 The cluster section (bench/scaleout.py) runs cachepi nodes sharing SeaweedFS's S3 gateway
 (`.venv/bin/weed`, from the test extra) and a redis-server, on this same machine: a cached

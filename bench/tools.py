@@ -66,6 +66,9 @@ def uv_binary() -> str:
 
 
 def py_spy_binary() -> Path:
+    """py-spy on PATH, else installed into the project's virtualenv."""
+    if found := shutil.which("py-spy"):
+        return Path(found)
     _ensure_in_venv("py-spy")
     return Path(sys.executable).parent / "py-spy"
 

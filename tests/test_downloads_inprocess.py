@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import os
+import time
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -19,6 +22,8 @@ from cachepi.filecache import Busy, Claim, Download, DownloadLimits, sinks
 from cachepi.filecache.limits import Slots
 from cachepi.store import Stores
 from cachepi.store.protocols import StoredBlob
+from cachepi.types import DownloadFailed
+from cachepi.upstream import UpstreamError
 from tests.fakeupstream.dists import Dist
 from tests.inprocess import FakeIndex, settle
 from tests.inprocess_fixtures import FileCacheFactory, clock, make_file_cache, stores
@@ -203,6 +208,93 @@ async def test_a_download_of_unknown_size_reserves_as_it_grows_and_streams_on_pa
             peak = max(peak, temp_bytes(stores))
     assert body == big.read_bytes()
     assert 0 < peak <= 200_000  # it started on disk, and stopped growing there
+    assert await stored(stores) == {} and leftovers(stores) == []
+
+
+async def test_a_part_file_goes_to_the_disk_as_it_grows_and_one_that_cannot_is_not_kept(
+    stores: Stores, make_file_cache: FileCacheFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Synced in steps, so that little is left to sync before the last byte; a sync that
+    fails (the disk gave up on the bytes written) is a disk that refuses them: the rest goes
+    on from memory, whole, and the file is not kept."""
+    monkeypatch.setattr(sinks, "SYNC_BYTES", 64 * 1024)
+    synced: list[int] = []
+    monkeypatch.setattr(sinks.os, "fdatasync", lambda fd: synced.append(os.fstat(fd).st_size))
+    index = PacedIndex(pace=0.001)
+    cache = await make_file_cache()
+    kept, refused = sdist(1_000_000, "kept"), sdist(1_000_000, "refused")
+    async with cache.serve(spec_for(index, kept), None) as claim:
+        assert isinstance(claim, Claim)
+        assert b"".join([c async for c in claim.chunks()]) == kept.read_bytes()
+    assert len(synced) >= 4 and synced == sorted(synced) and synced[-1] < kept.size
+
+    def fails(fd: int) -> None:
+        if os.fstat(fd).st_size > 300_000:
+            raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(sinks.os, "fdatasync", fails)
+    async with cache.serve(spec_for(index, refused), None) as claim:
+        assert isinstance(claim, Claim)
+        assert b"".join([c async for c in claim.chunks()]) == refused.read_bytes()
+        assert claim.download.spilled
+    await until(lambda: cache.downloading == 0)
+    assert await stored(stores) == {kept.sha256: kept.size} and leftovers(stores) == []
+
+
+class BreakingIndex(PacedIndex):
+    """A PacedIndex whose bodies break off after `after` bytes."""
+
+    def __init__(self, after: int) -> None:
+        super().__init__(pace=0.001)
+        self.after = after
+
+    @contextlib.asynccontextmanager
+    async def open_file(self, url: str) -> AsyncIterator[tuple[int | None, AsyncIterator[bytes]]]:
+        async with super().open_file(url) as (length, body):
+
+            async def breaking() -> AsyncIterator[bytes]:
+                async for chunk in body:
+                    if self.handed[url] > self.after:
+                        raise UpstreamError(f"{url}: upstream broke off the transfer")
+                    yield chunk
+
+            yield length, breaking()
+
+
+async def test_a_transfer_that_fails_while_its_part_file_syncs_never_holds_up_the_loop(
+    stores: Stores, make_file_cache: FileCacheFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sync runs on the transfer's writing thread; a transfer that fails meanwhile waits
+    for it to end (its file is the thread's until then) without holding up other work."""
+    monkeypatch.setattr(sinks, "SYNC_BYTES", 64 * 1024)
+    monkeypatch.setattr(sinks.os, "fdatasync", lambda fd: time.sleep(0.5))
+    index = BreakingIndex(after=300_000)
+    cache = await make_file_cache()
+    longest = 0.0
+
+    async def tick() -> None:
+        nonlocal longest
+        began = time.monotonic()
+        try:
+            while True:
+                await asyncio.sleep(0.01)
+                longest = max(longest, time.monotonic() - began)
+                began = time.monotonic()
+        finally:  # also a wait it was cancelled in
+            longest = max(longest, time.monotonic() - began)
+
+    ticking = asyncio.create_task(tick())
+    try:
+        async with cache.serve(spec_for(index, sdist(1_000_000)), None) as claim:
+            assert isinstance(claim, Claim)
+            with pytest.raises(DownloadFailed):
+                async for _ in claim.chunks():
+                    pass
+        await until(lambda: cache.downloading == 0)
+    finally:
+        ticking.cancel()
+        await asyncio.gather(ticking, return_exceptions=True)
+    assert longest < 0.25, longest
     assert await stored(stores) == {} and leftovers(stores) == []
 
 

@@ -1,6 +1,7 @@
 """Bounded memory: the server's resident memory (a real `cachepi serve` process, read from
-/proc) while it serves a 1 GiB file (miss, then hit), a page of 20,000 files and 50,000
-distinct projects. The figures are printed (run with -s to see them)."""
+/proc) while it serves a 1 GiB file (miss, then hit; and a miss 8 clients of two workers
+share), a page of 20,000 files and 50,000 distinct projects. The figures are printed (run
+with -s to see them)."""
 
 from __future__ import annotations
 
@@ -58,8 +59,10 @@ class RssWatch:
             self.peak_kib = max(self.peak_kib, self.served.rss_kib())
 
 
-async def started(upstream: FakeUpstream, tmp_path: Path, port: int) -> ServedProxy:
-    served = ServedProxy(upstream.url, tmp_path / "cache", port, workers=1)
+async def started(
+    upstream: FakeUpstream, tmp_path: Path, port: int, workers: int = 1
+) -> ServedProxy:
+    served = ServedProxy(upstream.url, tmp_path / "cache", port, workers=workers)
     await served.start()
     return served
 
@@ -113,6 +116,42 @@ async def test_a_1_gib_file_miss_then_hit_keeps_memory_flat(
                 report(label, base, watch.peak_kib, time.monotonic() - began)
                 assert watch.peak_kib - base < GROWTH_LIMIT_MIB * 1024
         assert served.peak_kib() - base < GROWTH_LIMIT_MIB * 1024
+    finally:
+        await served.stop()
+
+
+async def test_a_1_gib_miss_of_8_clients_over_two_workers_keeps_memory_flat(
+    fake_upstream_factory: FakeUpstreamFactory, tmp_path: Path, unused_tcp_port: int
+) -> None:
+    """One worker downloads, the other follows its part file; each sends from it to its
+    clients with sendfile."""
+    upstream = await fake_upstream_factory()
+    (huge,) = upstream.add_project("huge", ["1.0"], big_mb=1024, sdist=False)
+    (small,) = upstream.add_project("small", ["1.0"], big_mb=1, sdist=False)
+    served = await started(upstream, tmp_path, unused_tcp_port, workers=2)
+    try:
+
+        async def each(url: str, clients: int) -> list[str]:
+            # A session each: new connections, spread over both workers.
+            async def one() -> str:
+                async with aiohttp.ClientSession() as session:
+                    return await download_sha256(session, url)
+
+            return await asyncio.gather(*(one() for _ in range(clients)))
+
+        async def warm() -> None:
+            url = f"{served.index_url}small/{small.filename}"
+            assert await each(url, 8) == [small.sha256] * 8
+
+        base = await baseline_kib(served, warm)
+        watch = RssWatch(served)
+        began = time.monotonic()
+        digests = await watch.during(each(f"{served.index_url}huge/{huge.filename}", 8))
+        assert digests == [huge.sha256] * 8
+        report("1 GiB file, miss of 8 clients, 2 workers", base, watch.peak_kib,
+               time.monotonic() - began)  # fmt: skip
+        assert watch.peak_kib - base < GROWTH_LIMIT_MIB * 1024
+        assert upstream.count(upstream.file_path(huge.filename)) == 1
     finally:
         await served.stop()
 

@@ -1,6 +1,7 @@
 """One download, fanned out: any number of readers follow the part file it writes.
 
-A reader's last byte is withheld until the whole file verified, so no client ever completes
+Readers get the bytes written so far as spans of that file (for sendfile), or as bytes. A
+reader's last byte is withheld until the whole file verified, so no client ever completes
 a transfer of wrong bytes. A download that may not use the disk (the file will not be kept:
 it cannot fit in the cache, or the disk refuses its bytes) goes on from a bounded window in
 memory instead, paced by the slowest reader.
@@ -13,11 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import enum
 import os
 import weakref
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from cachepi.types import DownloadFailed
 from cachepi.upstream import Index
@@ -29,6 +32,17 @@ _CHUNK = 256 * 1024
 _WINDOW_BYTES = 8 * 1024 * 1024
 _MEMORY_BYTES = 64 * 1024 * 1024
 _MIN_WINDOW_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """Bytes a reader may send straight from the file they were written to: `size` bytes
+    from `offset` of `file` (the download's, open while the download is referenced; its
+    position is every reader's, so read it only at an offset)."""
+
+    file: BinaryIO
+    offset: int
+    size: int
 
 
 @dataclass(frozen=True)
@@ -74,7 +88,7 @@ class Download:
         self._changed = asyncio.Event()
         self._headers = asyncio.Event()
         self._started = False
-        self._read_fd = -1
+        self._file: BinaryIO | None = None
         # Without the disk (from the start, or once it refused the part file), bytes from
         # `_disk_end` on are relayed from a bounded window in memory, paced by the slowest
         # reader.
@@ -109,8 +123,8 @@ class Download:
         if read_fd is None:
             self.spill()
         else:
-            self._read_fd = read_fd
-            weakref.finalize(self, os.close, read_fd)
+            self._file = open(read_fd, "rb", buffering=0)  # noqa: SIM115 - closed below
+            weakref.finalize(self, self._file.close)
         self.size = size if size is not None else self.size
         self._headers.set()
 
@@ -163,17 +177,19 @@ class Download:
             self._window.clear()
             self._window_bytes = 0
 
-    def _read(self, position: int, available: int) -> bytes:
-        """Bytes from `position` on, up to `available`: from the part file or the window."""
+    def _piece(self, position: int, available: int, largest: int) -> bytes | Span:
+        """What comes from `position` on, up to `available` and at most `largest` bytes: a
+        span of the part file, or bytes from the window."""
         if self._disk_end is None or position < self._disk_end:
             limit = available if self._disk_end is None else min(available, self._disk_end)
-            return os.pread(self._read_fd, min(limit - position, _CHUNK), position)
+            assert self._file is not None
+            return Span(self._file, position, min(limit - position, largest))
         if position < self._window_start:
             raise DownloadFailed("these bytes are gone from memory (the file is not on disk)")
         offset = self._window_start
         for data in self._window:
             if offset + len(data) > position:
-                return data[position - offset : available - offset]
+                return data[position - offset : min(available, position + largest) - offset]
             offset += len(data)
         raise AssertionError("a position below `available` is always in the window")
 
@@ -220,10 +236,12 @@ class Download:
                 raise self._error
             raise DownloadFailed("download cancelled")
 
-    async def chunks(
-        self, start: int = 0, end: int | None = None, me: object | None = None
-    ) -> AsyncGenerator[bytes, None]:
-        """The bytes [start, end) as they arrive.
+    async def pieces(
+        self, start: int = 0, end: int | None = None, me: object | None = None,
+        largest: int = _CHUNK,
+    ) -> AsyncGenerator[bytes | Span, None]:  # fmt: skip
+        """The bytes [start, end) as they arrive, as spans of the part file where they are
+        on the disk, each at most `largest` bytes.
 
         A reader's final byte is withheld until the whole file verified, and DownloadFailed
         is raised if it does not: no client ever completes a transfer of unverified bytes,
@@ -241,13 +259,13 @@ class Download:
                 if not done:
                     available = min(available, self.written - 1, (end or self.written) - 1)
                 if position < available:
-                    data = self._read(position, available)
-                    position += len(data)
+                    piece = self._piece(position, available, largest)
+                    position += len(piece) if isinstance(piece, bytes) else piece.size
                     self._positions[me] = position
                     if self._window:
                         self._trim()
                     self._consumed.set()
-                    yield data
+                    yield piece
                 elif done:
                     return
                 else:
@@ -256,6 +274,21 @@ class Download:
             self._positions.pop(me, None)
             self._consumed.set()
             self._free_window()
+
+    async def chunks(
+        self, start: int = 0, end: int | None = None, me: object | None = None
+    ) -> AsyncGenerator[bytes, None]:
+        """`pieces`, all as bytes."""
+        async with contextlib.aclosing(self.pieces(start, end, me)) as pieces:
+            async for piece in pieces:
+                yield piece if isinstance(piece, bytes) else _read_span(piece)
+
+
+def _read_span(span: Span) -> bytes:
+    data = os.pread(span.file.fileno(), span.size, span.offset)
+    if len(data) != span.size:  # a part file is never cut short: never send less than said
+        raise DownloadFailed(f"the part file ended at {span.offset + len(data)} bytes")
+    return data
 
 
 class Claim:
@@ -274,6 +307,11 @@ class Claim:
 
     def chunks(self, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes, None]:
         return self.download.chunks(start, end, self)
+
+    def pieces(
+        self, start: int = 0, end: int | None = None, largest: int = _CHUNK
+    ) -> AsyncGenerator[bytes | Span, None]:
+        return self.download.pieces(start, end, self, largest)
 
     def close(self) -> None:
         if self._open:

@@ -1,23 +1,27 @@
 """Where a download's bytes go for its readers (transfer.Sink): the leader's part file, room
 reserved in the cache before it grows; a follower's copy; or nothing at all, when the bytes
-are in a file on this machine already (another worker's part file, a stored blob)."""
+are in a file on this machine already (another worker's part file, a stored blob). Room is
+asked for on the event loop; bytes are written on the transfer's writing thread."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cachepi.filecache.accounting import Accounting
-from cachepi.filecache.transfer import write_all
+from cachepi.filecache.transfer import write_chunks
 from cachepi.store.protocols import BlobStore, Lock
 
 log = logging.getLogger(__name__)
 
 # A download of unknown size reserves room in the cache in steps of this many bytes.
 GROWTH_BYTES = 16 * 1024 * 1024
+# The holder's part file goes to the disk in steps of this many bytes as it grows, so that
+# the sync before the clients' last byte has little left to do.
+SYNC_BYTES = 64 * 1024 * 1024
 
 
 class PartFile:
@@ -48,6 +52,7 @@ class PartFile:
         self.path: Path | None = None
         self._reserved = 0
         self._written = 0
+        self._synced = 0
         self._early: tuple[int, asyncio.Task[bool]] | None = None
         if listed_size is not None:
             reserving = asyncio.ensure_future(accounting.reserve(lock, listed_size))
@@ -69,8 +74,7 @@ class PartFile:
         self._on_open()
         return os.open(self.path, os.O_RDONLY)
 
-    async def write(self, data: bytes) -> bool:
-        end = self._written + len(data)
+    async def room(self, end: int) -> bool:
         if end > self._reserved:
             grown = end + GROWTH_BYTES
             if not await self._accounting.reserve(self._lock, grown):
@@ -80,16 +84,23 @@ class PartFile:
                 )  # fmt: skip
                 return False
             self._reserved = grown
-        try:
-            write_all(self.fd, data)
-        except OSError as error:
+        return True
+
+    def write(self, chunks: Sequence[bytes]) -> int:
+        written, error = write_chunks(self.fd, chunks)
+        self._written += written
+        if error is None and self._written - self._synced >= SYNC_BYTES:
+            try:
+                os.fdatasync(self.fd)
+            except OSError as failure:  # this batch then goes on from memory too
+                error, written = failure, 0
+            self._synced = self._written
+        if error is not None:
             log.error(
                 "cannot store %s (%s): disk full or unwritable; relaying it from memory, it "
                 "will not be cached", self._url, error.strerror or error,
             )  # fmt: skip
-            return False
-        self._written = end
-        return True
+        return written
 
     def close(self, blobs: BlobStore) -> None:
         if self._early is not None:
@@ -115,16 +126,17 @@ class TempCopy:
     async def open(self, size: int | None) -> int | None:
         return os.open(self.path, os.O_RDONLY)
 
-    async def write(self, data: bytes) -> bool:
-        try:
-            write_all(self.fd, data)
-        except OSError as error:
+    async def room(self, end: int) -> bool:
+        return True
+
+    def write(self, chunks: Sequence[bytes]) -> int:
+        written, error = write_chunks(self.fd, chunks)
+        if error is not None:
             log.error(
                 "cannot copy %s (%s): disk full or unwritable; relaying it from memory",
                 self._url, error.strerror or error,
             )  # fmt: skip
-            return False
-        return True
+        return written
 
     def close(self, blobs: BlobStore) -> None:
         if self.fd >= 0:
@@ -148,8 +160,11 @@ class InPlace:
     async def open(self, size: int | None) -> int | None:
         return os.dup(self._file)
 
-    async def write(self, data: bytes) -> bool:
+    async def room(self, end: int) -> bool:
         return True
+
+    def write(self, chunks: Sequence[bytes]) -> int:
+        return sum(len(chunk) for chunk in chunks)
 
     def close(self, blobs: BlobStore) -> None:
         """The file is not ours."""

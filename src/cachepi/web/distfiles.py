@@ -2,7 +2,8 @@
 
 Stored files and files still downloading are answered the same way (ETag from sha256, HEAD,
 Range, If-Range, If-None-Match); only the body differs: a stored blob goes out with sendfile,
-a download is relayed from the shared temp file as it grows.
+a download with sendfile from its part file as it grows (bytes it relays from memory, and
+every byte over TLS or without a Content-Length, are written instead).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 import mimetypes
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import BinaryIO
 
 from aiohttp import web
 
@@ -196,29 +198,51 @@ def _sendfile(blob: StoredBlob, patience: float) -> BodySender:
         request: web.Request, response: web.StreamResponse, start: int, stop: int | None,
         sent: Sent,
     ) -> None:  # fmt: skip
-        transport = request.transport
-        if transport is None:  # the client is gone
-            return
-        loop = asyncio.get_running_loop()
         end = blob.size if stop is None else stop
-        # In pieces, each with the client's deadline: what a client reading at the slowest
-        # rate we wait for gets in that time. A stalled client is let go, a slow one is not.
-        piece = int(min(max(_SLOWEST_CLIENT * patience, _MIN_PIECE), _MAX_PIECE))
-        fd = file.fileno()
-        for offset in range(start, end, piece):
-            # sendfile leaves the file's position past what it sent, also when it fails.
-            os.lseek(fd, offset, os.SEEK_SET)
-            try:
-                async with _client_deadline(request, patience):
-                    sent.count += await loop.sendfile(
-                        transport, file, offset, min(piece, end - offset)
-                    )
-            except BaseException:
-                sent.count += max(0, os.lseek(fd, 0, os.SEEK_CUR) - offset)
-                raise
+        await _send_file(request, file, start, end - start, sent, patience)
         await response.write_eof()
 
     return send
+
+
+async def _send_file(
+    request: web.Request,
+    file: BinaryIO,
+    offset: int,
+    size: int,
+    sent: Sent,
+    patience: float,
+    fallback: bool = True,
+) -> None:
+    """`size` bytes of `file` from `offset` with sendfile: in pieces, each with the client's
+    deadline, so that what a client reading at the slowest rate we wait for gets in that
+    time. A stalled client is let go, a slow one is not. Bytes that cannot go out (with
+    `fallback` False, a socket sendfile does not work on) cut the connection off."""
+    transport = request.transport
+    if transport is None:  # the client is gone
+        raise ConnectionResetError("the client is gone")
+    loop = asyncio.get_running_loop()
+    piece = int(min(max(_SLOWEST_CLIENT * patience, _MIN_PIECE), _MAX_PIECE))
+    fd = file.fileno()
+    end = offset + size
+    for start in range(offset, end, piece):
+        # sendfile leaves the file's position past what it sent, also when it fails.
+        os.lseek(fd, start, os.SEEK_SET)
+        count = min(piece, end - start)
+        try:
+            async with _client_deadline(request, patience):
+                done = await loop.sendfile(transport, file, start, count, fallback=fallback)
+        except asyncio.SendfileNotAvailableError as error:
+            _cut_off(request)
+            raise ConnectionResetError(f"sendfile failed: {error}") from error
+        except BaseException:
+            # Only what the transport took (as far as the file's position tells).
+            sent.count += min(max(0, os.lseek(fd, 0, os.SEEK_CUR) - start), count)
+            raise
+        sent.count += done
+        if done < count:  # the file ended short of what it should hold
+            _cut_off(request)
+            raise ConnectionResetError(f"{done} of {count} bytes of the file sent")
 
 
 @contextlib.asynccontextmanager
@@ -247,8 +271,7 @@ def _stream(blob: StoredBlob, patience: float) -> BodySender:
                 sent.count += len(data)
         except StoreUnavailable as error:  # cut short: the client must not take it as done
             log.warning("%s: %s", request.path, error)
-            if request.transport is not None:
-                request.transport.close()
+            _cut_off(request)
             return
         await response.write_eof()
 
@@ -260,18 +283,44 @@ def _relay(download: Claim, patience: float) -> BodySender:
         request: web.Request, response: web.StreamResponse, start: int, stop: int | None,
         sent: Sent,
     ) -> None:  # fmt: skip
+        pieces = download.pieces(start, stop, _MAX_PIECE) if _spans(request, response) else (
+            download.chunks(start, stop)
+        )  # fmt: skip
         try:
-            async with contextlib.aclosing(download.chunks(start, stop)) as chunks:
-                async for data in chunks:
-                    async with _client_deadline(request, patience):
-                        await response.write(data)
-                    sent.count += len(data)
+            async with contextlib.aclosing(pieces):
+                async for piece in pieces:
+                    if isinstance(piece, bytes):
+                        async with _client_deadline(request, patience):
+                            await response.write(piece)
+                        sent.count += len(piece)
+                        continue
+                    # No fallback: it would read at the file's position, every reader's.
+                    await _send_file(request, piece.file, piece.offset, piece.size, sent,
+                                     patience, fallback=False)  # fmt: skip
         except DownloadFailed:
             # The bytes were wrong or incomplete: end the connection before the response is
             # complete, so the client sees a failed transfer rather than a finished file.
-            if request.transport is not None:
-                request.transport.close()
+            _cut_off(request)
             return
         await response.write_eof()
 
     return send
+
+
+def _cut_off(request: web.Request) -> None:
+    """End the connection short of the response: the client must not take it as done."""
+    if request.transport is not None:
+        request.transport.close()
+
+
+def _spans(request: web.Request, response: web.StreamResponse) -> bool:
+    """Whether a download's bytes may go out with sendfile, which bypasses aiohttp's
+    framing: only as a body of a known length (without one aiohttp sends it chunked), not
+    compressed, and not over TLS."""
+    transport = request.transport
+    return (
+        transport is not None
+        and transport.get_extra_info("sslcontext") is None
+        and response.content_length is not None
+        and not response.compression
+    )
