@@ -21,7 +21,14 @@ import pytest
 from cachepi.overview import BIGGEST, MAX_AGE, RECENT, Overviews
 from cachepi.store import DATABASE
 from cachepi.store import sqlite as sqlite_store
-from cachepi.store.protocols import PAGES, NewBlob, Overview, PageRecord, StoreUnavailable
+from cachepi.store.protocols import (
+    JOBS_KEPT,
+    PAGES,
+    NewBlob,
+    Overview,
+    PageRecord,
+    StoreUnavailable,
+)
 from cachepi.store.sqlite import SqliteMetadata
 from cachepi.web.dashboard import human
 from tests.conftest import ProxyFactory
@@ -132,11 +139,16 @@ def test_what_the_dashboard_and_eviction_ask_sqlite_reads_through_indexes(
         store.add_blobs(synthetic(i) for i in range(5 * PROJECTS))
         store.put_page("https://pypi.test/simple/", "proj-1", PageRecord(T0, None, None, b""))
         store.put_extracted_metadata(synthetic(1).sha256, synthetic(2).sha256)
+        for i in range(JOBS_KEPT + 1):
+            store.put_job(f"job-{i}", T0 + i, b"{}")
+        store.add_counts([("file_hit", 1)], 480_000)
         del statements[:]  # what serving asks, not what setting up did
-        overview = store.overview(RECENT, BIGGEST)
-        assert (overview.files, len(overview.recent), len(overview.biggest)) == (
-            5 * PROJECTS, RECENT, BIGGEST,
-        )  # fmt: skip
+        overview = store.overview(RECENT, BIGGEST, 5)
+        shown = (len(overview.recent), len(overview.biggest), len(overview.jobs))
+        assert (overview.files, *shown) == (5 * PROJECTS, RECENT, BIGGEST, 5)
+        store.put_job("job-1", T0 + 1, b"{}")
+        store.get_job("job-1")
+        store.add_counts([("file_hit", 1)], 480_001)
         store.blob_stats()
         store.blobs_of("proj-1")
         store.page_keys("proj-1", 20)
@@ -152,8 +164,9 @@ def test_what_the_dashboard_and_eviction_ask_sqlite_reads_through_indexes(
         s
         for s in statements
         if s.split()[0].upper() in ("SELECT", "DELETE", "UPDATE")
-        # One row per traffic total (TOTALS in metrics.py): read whole, it is tiny.
-        and s != "SELECT name, value FROM counters"
+        # One row per traffic total (TOTALS in metrics.py), for life and for each of the
+        # HOURS_KEPT latest hours: read whole, they are tiny.
+        and s not in ("SELECT name, value FROM counters", "SELECT hour, name, value FROM hourly")
     ]
     assert len(asked) >= 12
     db = sqlite3.connect(path)
