@@ -35,7 +35,7 @@ from cachepi import maintenance, workers
 from cachepi.config import SETTING, SETTINGS, ConfigError, Setting, Settings, load_settings
 from cachepi.redact import redact
 from cachepi.simple.names import is_valid_project_name, normalize
-from cachepi.warm import reachable, targets, warm_target
+from cachepi.warm.pip import reachable, targets, warm_target
 from cachepi.web.dashboard import human
 
 DEFAULT_PROXY = "http://127.0.0.1:5000/index/"

@@ -1,0 +1,12 @@
+"""Warming: filling the cache with what a lock file or a requirements file names, before
+the clients that need it ask.
+
+- `lockfiles`: which distribution files a lock names (uv.lock, pylock.toml, poetry.lock,
+  pdm.lock, Pipfile.lock, requirements with hashes); pure.
+- `narrowing`: which of them a set of targets (platforms, Pythons, implementations) needs;
+  pure.
+- `matching`: the files of the index's page that a lock's entry names; pure.
+- `report`: what a warm job did, as the CLI, `GET /warm/{id}` and the dashboard show it;
+  pure.
+- `pip`: plain requirements, resolved by pip downloading through the proxy.
+"""
