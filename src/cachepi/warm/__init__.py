@@ -8,5 +8,7 @@ the clients that need it ask.
 - `matching`: the files of the index's page that a lock's entry names; pure.
 - `report`: what a warm job did, as the CLI, `GET /warm/{id}` and the dashboard show it;
   pure.
+- `run`: one job's work, through the proxy's own index and file caches.
+- `jobs`: jobs running in a process, their reports kept in the metadata store.
 - `pip`: plain requirements, resolved by pip downloading through the proxy.
 """
