@@ -326,6 +326,10 @@ def test_a_file_of_another_project_is_refused() -> None:
 
 def test_a_named_lock_that_is_something_else_says_so() -> None:
     assert error_of("uv.lock", "app==1.0\n").startswith("uv.lock, line 1: not valid TOML")
+    assert error_of("uv.lock", PYLOCK) == "uv.lock: not a uv.lock: it reads as a pylock.toml"
+    assert error_of("pdm.lock", "[tool]\nx = 1\n") == (
+        "pdm.lock: not a pdm.lock: no lock cachepi knows"
+    )
     assert error_of("Pipfile.lock", "{}") == "Pipfile.lock: not a Pipfile.lock: no `_meta`"
 
 

@@ -85,13 +85,30 @@ def decode(source: str, data: bytes) -> str:
 
 def read_lock(source: str, text: str) -> Lock:
     """The files `text` names. `source` is the file's name: a known one (uv.lock, ...)
-    decides the format; any other leaves it to the content."""
-    fmt = format_of_name(source) or _format_of_content(source, text)
-    if fmt in (Format.HASHED, Format.REQUIREMENTS):
-        return _requirements(source, text)
-    if fmt is Format.PIPFILE:
+    says what the content must be; any other leaves it to the content."""
+    named = format_of_name(source)
+    if named is None:  # told by the content: JSON, TOML, or else requirements
+        if text.lstrip().startswith("{"):
+            named = Format.PIPFILE
+        elif not any(map(_TOML_LINE.match, text.splitlines())):
+            named = Format.REQUIREMENTS
+    if named is Format.PIPFILE:
         return _pipfile(source, text, _json(source, text))
-    return _READERS[fmt](_Packages(source, text), _toml(source, text))
+    if named is Format.REQUIREMENTS:
+        return _requirements(source, text)
+    doc = _toml(source, text)
+    shaped = next((fmt for fmt, shape in _SHAPES.items() if shape(doc)), None)
+    if named not in (None, shaped):
+        found = f"it reads as a {shaped.value}" if shaped else "no lock cachepi knows"
+        raise LockError(source, None, f"not a {named}: {found}")
+    if shaped is None:
+        raise LockError(
+            source,
+            None,
+            "not a lock cachepi knows (uv.lock, pylock.toml, poetry.lock, pdm.lock,"
+            " Pipfile.lock) nor a requirements file",
+        )
+    return _READERS[shaped](_Packages(source, text), doc)
 
 
 def format_of_name(source: str) -> Format | None:
@@ -112,29 +129,6 @@ def format_of_name(source: str) -> Format | None:
 _TOML_LINE = re.compile(
     r"\s*(\[\[?[A-Za-z0-9_.\"' -]+\]\]?\s*$|[A-Za-z0-9_\"'][A-Za-z0-9_\"'.-]*\s*=\s*[^=\s])"
 )
-
-
-def _format_of_content(source: str, text: str) -> Format:
-    if text.lstrip().startswith("{"):
-        return Format.PIPFILE
-    if not any(_TOML_LINE.match(line) for line in text.splitlines()):
-        return Format.REQUIREMENTS
-    doc = _toml(source, text)
-    metadata = doc.get("metadata")
-    if "lock-version" in doc:
-        return Format.PYLOCK
-    if isinstance(metadata, dict) and "lock_version" in metadata:
-        return Format.PDM
-    if isinstance(metadata, dict) and ("content-hash" in metadata or "files" in metadata):
-        return Format.POETRY
-    if "version" in doc and "package" in doc:
-        return Format.UV
-    raise LockError(
-        source,
-        None,
-        "not a lock cachepi knows (uv.lock, pylock.toml, poetry.lock, pdm.lock, Pipfile.lock)"
-        " nor a requirements file",
-    )
 
 
 # -- TOML locks -----------------------------------------------------------------------------
@@ -306,9 +300,8 @@ def _file_entries(name: str, entries: list[Any], *keys: str) -> list[LockedFile]
 
 
 def _poetry(packages: _Packages, doc: dict[str, Any]) -> Lock:
-    metadata = doc.get("metadata", {})
     # Lock version 1 kept every package's files in one table under [metadata].
-    legacy = metadata.get("files", {}) if isinstance(metadata, dict) else {}
+    legacy = _metadata(doc).get("files", {})
     files: list[LockedFile] = []
     skipped: list[str] = []
 
@@ -340,6 +333,20 @@ def _pdm(packages: _Packages, doc: dict[str, Any]) -> Lock:
 
 
 _READERS = {Format.UV: _uv, Format.PYLOCK: _pylock, Format.POETRY: _poetry, Format.PDM: _pdm}
+
+
+def _metadata(doc: dict[str, Any]) -> dict[str, Any]:
+    metadata = doc.get("metadata")
+    return metadata if isinstance(metadata, dict) else {}
+
+
+# What each TOML lock has at its top, in the order they are told apart.
+_SHAPES: dict[Format, Callable[[dict[str, Any]], bool]] = {
+    Format.PYLOCK: lambda doc: "lock-version" in doc,
+    Format.PDM: lambda doc: "lock_version" in _metadata(doc),
+    Format.POETRY: lambda doc: bool({"content-hash", "lock-version"} & set(_metadata(doc))),
+    Format.UV: lambda doc: isinstance(doc.get("version"), int) and "package" in doc,
+}
 
 
 # -- Pipfile.lock ----------------------------------------------------------------------------
