@@ -10,5 +10,6 @@ the clients that need it ask.
   pure.
 - `run`: one job's work, through the proxy's own index and file caches.
 - `jobs`: jobs running in a process, their reports kept in the metadata store.
+- `client`: `cachepi warm` against a running proxy, over `POST /warm`.
 - `pip`: plain requirements, resolved by pip downloading through the proxy.
 """
