@@ -28,7 +28,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
-from cachepi.store.protocols import MetadataStore
+from cachepi.store.protocols import MetadataStore, StoreUnavailable
 from cachepi.types import CacheResult
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -168,7 +168,11 @@ class Metrics:
         for this hour."""
         if self._unflushed:
             deltas, self._unflushed = self._unflushed, Tally()
-            store.add_counts(deltas.items(), hour_of(self._clock()))
+            try:
+                store.add_counts(deltas.items(), hour_of(self._clock()))
+            except StoreUnavailable:
+                self._unflushed.update(deltas)  # added with the next flush
+                raise
 
     def totals(self, stored: Mapping[str, int]) -> dict[str, int]:
         """Lifetime totals: the `stored` ones plus what this process has not flushed yet."""
