@@ -1,9 +1,12 @@
 """`POST /warm` and `GET /warm/{id}` (web/warmjobs.py) against cachepi in front of the fake
 upstream: a lock's files fetched once into the cache, progress as JSON from any process on
 the cache, the admin token, malformed locks, files the index lacks, the body cap, the bound
-on jobs, and a job the server stopped."""
+on jobs, a job the server stopped, and the README's CI recipe with curl and jq."""
 
 from __future__ import annotations
+
+import re
+from pathlib import Path
 
 import aiohttp
 
@@ -11,9 +14,11 @@ from cachepi.policy import Policy, parse_rule
 from cachepi.warm.jobs import RUNNING_AT_ONCE
 from cachepi.web.keys import METADATA
 from cachepi.web.warmjobs import BODY_LIMIT
+from tests.clients import run
 from tests.conftest import ProxyFactory
 from tests.fakeupstream import Dist, FakeUpstream
 from tests.proxy import RunningProxy
+from tests.system import ensure_debian_package
 from tests.warming import add_native, blob_path, finished_job, pylock
 
 TOKEN = "warm-admin-token-0123456789"
@@ -245,3 +250,45 @@ async def test_a_job_the_server_stopped_says_so(
         report = await finished_job(session, f"{later.url}/warm/{job}")
     assert report["status"] == "failed"
     assert report["error"] == "the server stopped before the job was done"
+
+
+def readme_recipe() -> str:
+    """The README's `ci/warm.sh`, as it is written there."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    match = re.search(r"```sh\n(# ci/warm.sh .*?)```", readme, re.DOTALL)
+    assert match, "the README has no ci/warm.sh"
+    return match[1]
+
+
+async def test_the_readmes_ci_recipe_warms_with_curl_and_jq(
+    fake_upstream: FakeUpstream, proxy_factory: ProxyFactory, tmp_path: Path
+) -> None:
+    ensure_debian_package("curl", "curl")
+    ensure_debian_package("jq", "jq")
+    proxy = await proxy_factory(fake_upstream, admin_token=TOKEN)
+    script = tmp_path / "warm.sh"
+    script.write_text(readme_recipe())
+    good, bad = tmp_path / "good" / "pylock.toml", tmp_path / "bad" / "pylock.toml"
+    for path in (good, bad):
+        path.parent.mkdir()
+    good.write_text(pylock(locked(fake_upstream)))
+    bad.write_text(pylock([Dist.from_bytes("lib-7.0.tar.gz", b"not on the index")]))
+    env = {"PATH": "/usr/bin:/bin", "CACHEPI": proxy.url, "CACHEPI_ADMIN_TOKEN": TOKEN}
+
+    warmed = await run("sh", script, good, "only-wheels=1", env=env)
+    assert warmed.returncode == 0, warmed.output
+    assert '"cached": 3' in warmed.output and '"failed": 0' in warmed.output, warmed.output
+    wheels = [d for d in locked(fake_upstream) if d.is_wheel]
+    assert all(blob_path(proxy.settings.cache_dir, d.sha256).is_file() for d in wheels)
+
+    failed = await run("sh", script, bad, env=env)
+    assert failed.returncode == 1, failed.output
+    assert "the index lists no such file of lib" in failed.output
+    refused = await run("sh", script, good, env=env | {"CACHEPI_ADMIN_TOKEN": "wrong" * 4})
+    assert refused.returncode == 2, refused.output
+    assert "this needs the admin token" in refused.output
+    broken = tmp_path / "uv.lock"
+    broken.write_text('version = 1\n\n[[package]\nname = "lib"\n')
+    malformed = await run("sh", script, broken, env=env)
+    assert malformed.returncode == 2, malformed.output
+    assert "uv.lock, line 3: not valid TOML" in malformed.output, malformed.output
