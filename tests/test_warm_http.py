@@ -53,6 +53,7 @@ async def test_a_posted_lock_is_warmed_once_and_reported(
         assert response.status == 202, await response.text()
         started = await response.json()
         assert response.headers["Location"] == started["url"]
+        assert response.headers["Cache-Control"] == "no-store"
         assert started["url"] == f"{proxy.url}/warm/{started['id']}"
         assert (started["source"], started["format"]) == ("pylock.toml", "pylock.toml")
         report = await finished_job(session, started["url"])

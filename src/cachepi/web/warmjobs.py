@@ -27,6 +27,8 @@ from cachepi.web.keys import FILE_CACHE, INDEX_CACHE, METADATA, SETTINGS
 BODY_LIMIT = 16 * 1024 * 1024  # a lock of thousands of packages is a few MiB
 JOBS = web.AppKey("warm_jobs", Jobs)
 _RETRY_SECONDS = 10
+# A report changes every second while its job runs: no cache in front may keep one.
+_NOT_KEPT = {"Cache-Control": "no-store"}
 _JOB_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
@@ -79,7 +81,8 @@ async def start(request: web.Request) -> web.Response:
     except StoreUnavailable as error:
         raise web.HTTPServiceUnavailable(text=f"cannot start a job now: {error}\n") from None
     url = str(request.url.with_path(f"/warm/{report.id}").with_query(None))
-    return web.json_response(_shown(report, url), status=202, headers={"Location": url})
+    headers = {"Location": url, **_NOT_KEPT}
+    return web.json_response(_shown(report, url), status=202, headers=headers)
 
 
 async def progress(request: web.Request) -> web.Response:
@@ -92,7 +95,7 @@ async def progress(request: web.Request) -> web.Response:
         raise web.HTTPServiceUnavailable(text=f"{error}\n") from None
     if report is None:
         raise web.HTTPNotFound(text="no such warm job (or one forgotten: the latest are kept)\n")
-    return web.json_response(_shown(report, str(request.url.with_query(None))))
+    return web.json_response(_shown(report, str(request.url.with_query(None))), headers=_NOT_KEPT)
 
 
 def _shown(report: Report, url: str) -> dict[str, Any]:
