@@ -28,7 +28,7 @@ from tests.warming import add_native, pylock
 
 COMMANDS = ("serve", "warm", "stats", "purge", "verify", "gc")
 LOCK_SUMMARY_RE = re.compile(
-    r"(\S+): (\d+) files \(.*\): (\d+) cached, (\d+) already there, (\d+) failed in [\d.]+ s"
+    r"(\S+): (\d+) files? \(.*\): (\d+) cached, (\d+) already there, (\d+) failed in [\d.]+ s"
 )
 TOKEN = "warm-admin-token-0123456789"
 TWO_PLATFORMS = ("--platform", "manylinux_2_17_x86_64", "--platform", "macosx_11_0_arm64")

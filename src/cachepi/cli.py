@@ -337,7 +337,8 @@ async def _show_job(
 def _summarize(report: Report) -> None:
     took = (report.finished or report.updated) - report.created
     click.echo(
-        f"{report.source}: {report.files} files ({human(report.bytes)}): {report.cached} cached,"
+        f"{report.source}: {report.files} file{'' if report.files == 1 else 's'}"
+        f" ({human(report.bytes)}): {report.cached} cached,"
         f" {report.already} already there, {report.failed} failed in {took:.1f} s"
     )
     for failure in report.failures:
