@@ -20,12 +20,12 @@ from cachepi.web.app import create_app
 
 
 def settings_for(cache_dir: Path, *upstreams: tuple[str, int], **options: Any) -> Settings:
-    """Settings for a test proxy: the given (url, ttl) upstreams, a free port."""
+    """Settings for a test proxy: the given (url, ttl) upstreams, a free port (or `port`)."""
     return Settings(
         upstreams=tuple(IndexSettings(url, ttl) for url, ttl in upstreams),
         cache_dir=cache_dir,
         cache_size=options.pop("cache_size", 1024**3),
-        port=0,
+        port=options.pop("port", 0),
         **options,
     )
 

@@ -10,13 +10,16 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import aiohttp
 import pytest
 from playwright.async_api import Page, async_playwright
 
+from cachepi.web.keys import METADATA, METRICS
 from tests.conftest import ProxyFactory
 from tests.fakeupstream import FakeUpstream
 from tests.fetching import fetch, get_json
 from tests.system import ensure_debian_package
+from tests.warming import finished_job, pylock
 
 pytestmark = pytest.mark.slow  # drives chromium
 
@@ -62,6 +65,13 @@ async def test_dashboard_shows_the_cache_and_its_forms_work(
     assert (await get_json(proxy.index_url + "app/")).status == 200
     assert (await fetch(file_url)).sha256 == wheel.sha256  # a miss
     assert (await fetch(file_url)).sha256 == wheel.sha256  # a hit
+    proxy.app[METRICS].flush(proxy.app[METADATA])  # this hour's traffic, for the chart
+    async with aiohttp.ClientSession() as session:
+        lock = pylock([wheel])  # already cached: the meter below stays as it is
+        headers = {"X-Cachepi-Admin-Token": TOKEN}
+        async with session.post(f"{proxy.url}/warm", data=lock, headers=headers) as response:
+            assert response.status == 202
+            await finished_job(session, (await response.json())["url"])
 
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(
@@ -84,6 +94,8 @@ async def test_dashboard_shows_the_cache_and_its_forms_work(
             maximum = float(await meter.get_attribute("max") or "1")
             assert value / maximum == pytest.approx(wheel.size / (10 * 1024**2), rel=0.01)
             assert wheel.filename in await page.locator("#recent").inner_text()
+            assert await page.locator("#traffic svg rect.cache").count() == 24
+            assert "done" in await page.locator("#warm").inner_text()
             assert "app" in await page.locator("#biggest").inner_text()
 
             # Search an exact cached project: its pages and its cached file.

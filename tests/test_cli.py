@@ -24,8 +24,13 @@ from tests.fakeupstream import Dist, FakeUpstream
 from tests.fetching import fetch, get_json
 from tests.proxy import RunningProxy
 from tests.served import ServedProxy
+from tests.warming import add_native, pylock
 
 COMMANDS = ("serve", "warm", "stats", "purge", "verify", "gc")
+LOCK_SUMMARY_RE = re.compile(
+    r"(\S+): (\d+) files? \(.*\): (\d+) cached, (\d+) already there, (\d+) failed in [\d.]+ s"
+)
+TOKEN = "warm-admin-token-0123456789"
 TWO_PLATFORMS = ("--platform", "manylinux_2_17_x86_64", "--platform", "macosx_11_0_arm64")
 SUMMARY_RE = re.compile(r"warmed (\d+) files \((\d+) bytes\) for (\d+) target(?:\(s\)|s)?")
 
@@ -222,6 +227,134 @@ async def test_warm_of_an_unknown_project_fails_with_pips_error(
     ran = await cachepi("warm", "-r", requirements, "--index-url", proxy.index_url, home=home)
     assert ran.returncode == 1, ran.output
     assert "no-such-project-here" in ran.output  # pip's error is shown
+
+
+# -- warm: locks --------------------------------------------------------------------------
+
+
+def app_lock(upstream: FakeUpstream) -> list[Dist]:
+    """What a lock of `app` names, for every platform: the tree's files and native's."""
+    tree = [d for d in upstream.dists("app") + upstream.dists("util-pkg")]
+    return tree + [d for d in upstream.dists("lib") if d.version == "1.1"] + add_native(upstream)
+
+
+def summary(ran: Ran) -> tuple[str, ...]:
+    match = LOCK_SUMMARY_RE.fullmatch(last_line(ran.stdout.split("  failed:")[0]))
+    assert match, ran.output
+    return match.groups()
+
+
+async def test_warm_of_a_lock_through_a_running_proxy(
+    fake_upstream: FakeUpstream, proxy: RunningProxy, home: Path, tmp_path: Path
+) -> None:
+    dists = app_lock(fake_upstream)
+    lock = tmp_path / "pylock.toml"
+    lock.write_text(pylock(dists))
+    ran = await cachepi("warm", lock, "--index-url", proxy.index_url, home=home)
+    assert ran.returncode == 0, ran.output
+    assert summary(ran) == ("pylock.toml", "10", "10", "0", "0")
+    for dist in dists:
+        assert blob_path(proxy.settings.cache_dir, dist.sha256).is_file(), dist.filename
+    # The proxy did the work, as a job: the files never came to this command.
+    assert [s.status for s in proxy.seen if s.path == "/warm"] == [202]
+    assert not [s for s in proxy.seen if s.path.startswith("/index/")]
+
+    narrowed = await cachepi(
+        "warm", lock, "--index-url", proxy.index_url, "--platform", "win_amd64",
+        "--python-version", "3.12", "--only-wheels", home=home,
+    )  # fmt: skip
+    assert narrowed.returncode == 0, narrowed.output
+    assert summary(narrowed) == ("pylock.toml", "4", "0", "4", "0")  # 3 pure, 1 for Windows
+
+
+async def test_warm_of_a_lock_on_a_cache_directory_without_a_server(
+    fake_upstream: FakeUpstream, home: Path, tmp_path: Path, proxy_factory: ProxyFactory
+) -> None:
+    dists = app_lock(fake_upstream)
+    lock = tmp_path / "uv-made" / "pylock.toml"
+    lock.parent.mkdir()
+    lock.write_text(pylock(dists))
+    cache = tmp_path / "cache"
+    env = {"CACHEPI_INDEX_URL": fake_upstream.url}  # the upstream, as the server's settings
+    ran = await cachepi("warm", lock, "--cache-dir", cache, home=home, env=env)
+    assert ran.returncode == 0, ran.output
+    assert summary(ran) == ("pylock.toml", "10", "10", "0", "0")
+    for dist in dists:
+        assert blob_path(cache, dist.sha256).is_file(), dist.filename
+    # A server on that cache later shows the job on its dashboard.
+    proxy = await proxy_factory(fake_upstream, cache_dir=cache)
+    page = await fetch(proxy.url + "/")
+    assert "pylock.toml" in re.search(r'<div id="warm">(.*?)</div>', page.body.decode(), re.S)[1]
+
+
+async def test_warm_reports_what_it_could_not_have_and_exits_1(
+    fake_upstream: FakeUpstream, proxy: RunningProxy, home: Path, tmp_path: Path
+) -> None:
+    ghost = Dist.from_bytes("app-9.9-py3-none-any.whl", b"never listed")
+    lock = tmp_path / "pylock.toml"
+    lock.write_text(pylock([*fake_upstream.dists("app"), ghost]))
+    ran = await cachepi("warm", lock, "--index-url", proxy.index_url, home=home)
+    assert ran.returncode == 1, ran.output
+    assert summary(ran) == ("pylock.toml", "3", "2", "0", "1")
+    assert f"  failed: {ghost.filename}: the index lists no such file of app" in ran.stdout
+
+
+async def test_warm_of_a_malformed_lock_is_a_usage_error_naming_its_line(
+    proxy: RunningProxy, home: Path, tmp_path: Path
+) -> None:
+    lock = tmp_path / "uv.lock"
+    lock.write_text('version = 1\n\n[[package]]\nname = "app"\nversion = 1.0.0\n')
+    ran = await cachepi("warm", lock, "--index-url", proxy.index_url, home=home)
+    assert ran.returncode == 2, ran.output
+    assert ran.error_line().startswith("cachepi: error: uv.lock, line 5: not valid TOML: ")
+    assert not proxy.seen  # nothing was asked of the proxy
+
+
+async def test_warm_needs_the_proxys_admin_token_when_it_has_one(
+    fake_upstream: FakeUpstream, proxy_factory: ProxyFactory, home: Path, tmp_path: Path
+) -> None:
+    proxy = await proxy_factory(fake_upstream, admin_token=TOKEN)
+    lock = tmp_path / "pylock.toml"
+    lock.write_text(pylock(fake_upstream.dists("util-pkg")))
+    ran = await cachepi("warm", lock, "--index-url", proxy.index_url, home=home)
+    assert ran.returncode == 2, ran.output
+    assert "wants the admin token: set CACHEPI_ADMIN_TOKEN" in ran.error_line()
+    env = {"CACHEPI_ADMIN_TOKEN": TOKEN}
+    ran = await cachepi("warm", lock, "--index-url", proxy.index_url, home=home, env=env)
+    assert ran.returncode == 0, ran.output
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        (["--index-url", "http://127.0.0.1:9/index/", "--cache-dir", "x"], "give one or the other"),
+        (["--python-version", "three"], "'three' is not a Python version"),
+        ([], "name a lock or requirements file"),
+    ],
+    ids=["proxy-and-cache", "bad-python", "nothing"],
+)
+async def test_warm_usage_errors(
+    options: list[str], error: str, home: Path, tmp_path: Path
+) -> None:
+    lock = tmp_path / "pylock.toml"
+    lock.write_text(pylock([]))
+    files = [lock] if options else []
+    ran = await cachepi("warm", *files, *options, home=home)
+    assert ran.returncode == 2, ran.output
+    assert error in ran.error_line()
+
+
+@pytest.mark.slow  # a real pip run
+async def test_warm_of_plain_requirements_on_a_cache_directory_resolves_with_pip(
+    fake_upstream: FakeUpstream, requirements: Path, home: Path, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    env = {"CACHEPI_INDEX_URL": fake_upstream.url}
+    ran = await cachepi("warm", "-r", requirements, "--cache-dir", cache, home=home, env=env)
+    assert ran.returncode == 0, ran.output
+    assert SUMMARY_RE.fullmatch(last_line(ran.stdout)), ran.output
+    for wheel in app_tree(fake_upstream):
+        assert blob_path(cache, wheel.sha256).is_file(), wheel
 
 
 # -- stats -------------------------------------------------------------------------------

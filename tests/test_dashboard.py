@@ -21,9 +21,17 @@ import pytest
 from cachepi.overview import BIGGEST, MAX_AGE, RECENT, Overviews
 from cachepi.store import DATABASE
 from cachepi.store import sqlite as sqlite_store
-from cachepi.store.protocols import PAGES, NewBlob, Overview, PageRecord, StoreUnavailable
+from cachepi.store.protocols import (
+    JOBS_KEPT,
+    PAGES,
+    NewBlob,
+    Overview,
+    PageRecord,
+    StoreUnavailable,
+)
 from cachepi.store.sqlite import SqliteMetadata
-from cachepi.web.dashboard import human
+from cachepi.warm.report import LOST_AFTER, Report
+from cachepi.web.dashboard import CHART_HOURS, human, traffic_chart, warm_jobs
 from tests.conftest import ProxyFactory
 from tests.fakeupstream import FakeUpstream
 from tests.fetching import fetch
@@ -132,11 +140,16 @@ def test_what_the_dashboard_and_eviction_ask_sqlite_reads_through_indexes(
         store.add_blobs(synthetic(i) for i in range(5 * PROJECTS))
         store.put_page("https://pypi.test/simple/", "proj-1", PageRecord(T0, None, None, b""))
         store.put_extracted_metadata(synthetic(1).sha256, synthetic(2).sha256)
+        for i in range(JOBS_KEPT + 1):
+            store.put_job(f"job-{i}", T0 + i, b"{}")
+        store.add_counts([("file_hit", 1)], 480_000)
         del statements[:]  # what serving asks, not what setting up did
-        overview = store.overview(RECENT, BIGGEST)
-        assert (overview.files, len(overview.recent), len(overview.biggest)) == (
-            5 * PROJECTS, RECENT, BIGGEST,
-        )  # fmt: skip
+        overview = store.overview(RECENT, BIGGEST, 5)
+        shown = (len(overview.recent), len(overview.biggest), len(overview.jobs))
+        assert (overview.files, *shown) == (5 * PROJECTS, RECENT, BIGGEST, 5)
+        store.put_job("job-1", T0 + 1, b"{}")
+        store.get_job("job-1")
+        store.add_counts([("file_hit", 1)], 480_001)
         store.blob_stats()
         store.blobs_of("proj-1")
         store.page_keys("proj-1", 20)
@@ -152,8 +165,9 @@ def test_what_the_dashboard_and_eviction_ask_sqlite_reads_through_indexes(
         s
         for s in statements
         if s.split()[0].upper() in ("SELECT", "DELETE", "UPDATE")
-        # One row per traffic total (TOTALS in metrics.py): read whole, it is tiny.
-        and s != "SELECT name, value FROM counters"
+        # One row per traffic total (TOTALS in metrics.py), for life and for each of the
+        # HOURS_KEPT latest hours: read whole, they are tiny.
+        and s not in ("SELECT name, value FROM counters", "SELECT hour, name, value FROM hourly")
     ]
     assert len(asked) >= 12
     db = sqlite3.connect(path)
@@ -196,10 +210,10 @@ async def test_health_answers_while_the_dashboard_figures_are_read_once_for_all(
     reads: list[str] = []
     real = SqliteMetadata.overview
 
-    def held(self: SqliteMetadata, recent: int, biggest: int) -> Overview:
+    def held(self: SqliteMetadata, recent: int, biggest: int, jobs: int = 0) -> Overview:
         reads.append(threading.current_thread().name)
         gate.wait(30)
-        return real(self, recent, biggest)
+        return real(self, recent, biggest, jobs)
 
     monkeypatch.setattr(SqliteMetadata, "overview", held)
     proxy = await proxy_factory(fake_upstream)
@@ -227,10 +241,10 @@ async def test_health_stays_quick_while_four_clients_reload_the_dashboard_of_200
     reads = 0
     real = SqliteMetadata.overview
 
-    def counted(self: SqliteMetadata, recent: int, biggest: int) -> Overview:
+    def counted(self: SqliteMetadata, recent: int, biggest: int, jobs: int = 0) -> Overview:
         nonlocal reads
         reads += 1
-        return real(self, recent, biggest)
+        return real(self, recent, biggest, jobs)
 
     monkeypatch.setattr(SqliteMetadata, "overview", counted)
     proxy = await proxy_factory(fake_upstream, cache_dir=big_cache, reconcile=False)
@@ -267,7 +281,7 @@ class Store:
         self.reads = 0
         self.failure: StoreUnavailable | None = None
 
-    def overview(self, recent: int, biggest: int) -> Overview:
+    def overview(self, recent: int, biggest: int, jobs: int) -> Overview:
         self.reads += 1
         if self.failure is not None:
             raise self.failure
@@ -302,3 +316,68 @@ async def test_concurrent_askers_share_one_read_and_a_failure_is_not_kept() -> N
     assert all(isinstance(r, StoreUnavailable) for r in results) and store.reads == 2
     store.failure = None
     assert (await kept.get()).files == 3  # asked again at once, not after MAX_AGE
+
+
+# -- the traffic chart and the warm jobs -------------------------------------------------
+
+HOUR = 480_000  # hours since the epoch: 2024-10-03 00:00 UTC
+MIB = 1024**2
+
+
+def test_the_chart_shows_each_hour_of_the_last_day() -> None:
+    hourly = {
+        HOUR: {"bytes_cache": 3 * MIB, "bytes_upstream": MIB, "file_hit": 3, "file_miss": 1},
+        HOUR - 1: {"bytes_cache": MIB, "file_hit": 1},
+        HOUR - 10: {"bytes_upstream": 2 * MIB, "page_miss": 2},
+        HOUR - CHART_HOURS: {"bytes_cache": 100 * MIB},  # a day before: not shown
+    }
+    svg = traffic_chart(hourly, HOUR * 3600 + 1800.0)
+    hours = re.findall(r"<title>(\d\d):00 UTC: ([^<]*)</title>", svg)
+    assert [int(h) for h, _ in hours] == [(h + 1) % 24 for h in range(24)]  # 01:00 .. 00:00
+    assert hours[-1][1] == "3.0 MiB from the cache, 1.0 MiB from upstream, hit ratio 75.0%"
+    assert hours[-2][1] == "1.0 MiB from the cache, 0 B from upstream, hit ratio 100.0%"
+    assert hours[-11][1] == "0 B from the cache, 2.0 MiB from upstream, hit ratio 0.0%"
+    assert hours[0][1] == "0 B from the cache, 0 B from upstream, no hits or misses"
+    assert ">4.0 MiB</text>" in svg  # the scale: the busiest hour's bytes
+    # Bars in proportion (the busiest hour fills the plot); the ratio's line joins the two
+    # last hours, and the hour ten before stands alone.
+    cache = [float(h) for h in re.findall(r'class="cache" [^>]*height="([\d.]+)"', svg)]
+    upstream = [float(h) for h in re.findall(r'class="upstream" [^>]*height="([\d.]+)"', svg)]
+    full = cache[-1] + upstream[-1]
+    assert full > 100 and (cache[-1], cache[-2]) == (0.75 * full, 0.25 * full)
+    assert upstream[-11] == 0.5 * full and sum(cache[:-2]) == 0
+    assert svg.count('<polyline class="ratio"') == 1 and svg.count('<circle class="point"') == 1
+
+
+def test_no_traffic_in_the_last_day_is_said() -> None:
+    old = {HOUR - CHART_HOURS: {"bytes_cache": MIB}}
+    assert traffic_chart(old, HOUR * 3600.0) == "<p>No traffic in the last 24 hours.</p>"
+
+
+def test_warm_jobs_are_listed_with_how_they_went() -> None:
+    def job(name: str, **fields: Any) -> bytes:
+        defaults: dict[str, Any] = {
+            "id": name, "source": f"{name}.lock", "format": "uv.lock",
+            "narrowing": "every target", "node": "node-1", "created": T0, "updated": T0,
+        }  # fmt: skip
+        return Report(**(defaults | fields)).encode()
+
+    html = warm_jobs(
+        [
+            job("running", files=10, cached=3, already=2, done_bytes=5 * MIB),
+            job("ended", status="done", files=2, cached=2, finished=T0),
+            job("failing", status="done", files=2, cached=1, failed=1, finished=T0),
+            job("lost", updated=T0 - LOST_AFTER - 1),
+            b"not a report",
+        ],
+        T0,
+    )
+    rows = re.findall(r"<tr><td>.*?</tr>", html)
+    assert len(rows) == 4
+    assert '<a href="/warm/running">running.lock</a>' in rows[0]
+    assert "<td >running</td>" not in rows[0] and ">running</td>" in rows[0]
+    assert '<td class="n">5/10</td>' in rows[0] and "5.0 MiB" in rows[0]
+    assert '<td class="ok" title="">done</td>' in rows[1]
+    assert ">done, with failures</td>" in rows[2] and 'class="bad"' in rows[2]
+    assert "node-1 stopped running it" in rows[3] and ">lost</td>" in rows[3]
+    assert "No warm job yet" in warm_jobs([], T0)

@@ -21,6 +21,7 @@ from tests.fakeupstream import FakeUpstream
 from tests.fetching import fetch
 from tests.rawclient import close_all, closed_by_server_within, open_silent
 from tests.served import ServedProxy
+from tests.warming import pylock
 
 pytestmark = pytest.mark.slow  # real servers and clients over https
 
@@ -183,6 +184,25 @@ async def test_warm_cert_wins_over_a_ca_bundle_in_the_environment(
     result = await warm(https_proxy, certs, tmp_path, env)
     result.check()
     assert wheel_downloads(fake_upstream) == 3
+
+
+async def test_warm_of_a_lock_through_https_with_the_ca(
+    https_proxy: HttpsProxy, certs: Certs, fake_upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """A lock goes to the proxy as a warm job (POST /warm): over https, with the CA given."""
+    lock = tmp_path / "pylock.toml"
+    lock.write_text(pylock(d for d in fake_upstream.dists("app") if d.is_wheel))
+    result = await run(
+        sys.executable, "-m", "cachepi", "warm", lock, "--index-url", https_proxy.index_url,
+        "--cert", certs.ca, env=client_env(tmp_path),
+    )  # fmt: skip
+    result.check()
+    assert "pylock.toml: 1 file (933 B): 1 cached" in result.output, result.output
+    untrusted = await run(
+        sys.executable, "-m", "cachepi", "warm", lock, "--index-url", https_proxy.index_url,
+        env=client_env(tmp_path),
+    )  # fmt: skip
+    assert untrusted.returncode == 2 and "CERTIFICATE_VERIFY_FAILED" in untrusted.output
 
 
 async def test_certificate_settings_from_the_environment(

@@ -13,6 +13,8 @@ import pytest
 import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
+from cachepi.metrics import Metrics
+from cachepi.store.protocols import StoreUnavailable
 from tests.conftest import ProxyFactory
 from tests.fakeupstream import Dist, FakeUpstream
 from tests.fetching import fetch, get_json
@@ -20,7 +22,9 @@ from tests.proxy import RunningProxy
 from tests.served import ServedProxy
 
 Key = tuple[str, frozenset[tuple[str, str]]]
-ROUTES = {"project_list", "project_page", "file", "home", "health", "metrics", "admin", "other"}
+ROUTES = {
+    "project_list", "project_page", "file", "home", "health", "metrics", "admin", "warm", "other",
+}  # fmt: skip
 ACCESS_KEYS = {"time", "client", "pid", "method", "path", "status", "bytes", "seconds", "cache"}
 TEXT_LINE = re.compile(
     r'^\S+ (?P<client>\S+) pid=(?P<pid>\d+) "(?P<method>[A-Z]+) (?P<path>\S+) HTTP/1\.[01]" '
@@ -110,6 +114,33 @@ async def test_metrics_parse_with_the_documented_names_and_types(proxy: RunningP
     counts = [v for _, v in sorted(buckets)]
     assert counts == sorted(counts), "histogram buckets are cumulative"
     assert max(buckets)[1] == metrics.value("cachepi_upstream_request_seconds_count", index=index)
+
+
+class FlakyStore:
+    """Takes traffic totals, or fails to while told to."""
+
+    def __init__(self) -> None:
+        self.down = True
+        self.added: list[tuple[dict[str, int], int]] = []
+
+    def add_counts(self, deltas: Iterable[tuple[str, int]], hour: int) -> None:
+        if self.down:
+            raise StoreUnavailable("redis: down")
+        self.added.append((dict(deltas), hour))
+
+
+def test_totals_a_failing_store_did_not_take_go_with_the_next_flush() -> None:
+    metrics = Metrics(clock=lambda: 480_000 * 3600 + 59.0)
+    store = FlakyStore()
+    metrics.served("cache", 10)
+    with pytest.raises(StoreUnavailable):
+        metrics.flush(store)  # type: ignore[arg-type]  # all a flush needs of a store
+    assert metrics.totals({})["bytes_cache"] == 10  # still counted here
+    store.down = False
+    metrics.served("cache", 5)
+    metrics.flush(store)  # type: ignore[arg-type]
+    assert store.added == [({"bytes_cache": 15}, 480_000)]
+    assert metrics.totals({})["bytes_cache"] == 0  # all in the store now
 
 
 # -- counters after known traffic -----------------------------------------------------------

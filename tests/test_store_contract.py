@@ -32,6 +32,8 @@ from cachepi.store.flock import FileLocks
 from cachepi.store.protocols import (
     DONE,
     EXTRACTED,
+    HOURS_KEPT,
+    JOBS_KEPT,
     LIST_KEY,
     PAGES,
     BlobStore,
@@ -349,12 +351,44 @@ def test_refs_and_extracted_pairs_go_with_their_blobs(backend: Backend) -> None:
         assert store.extracted_metadata() == {}
 
 
-def test_counts_add_up(backend: Backend) -> None:
+HOUR = 480_000  # an hour since the epoch (in 2024)
+
+
+def test_counts_add_up_for_life_and_per_hour(backend: Backend) -> None:
     store = backend.metadata
-    assert store.overview(1, 1).counts == {}
-    store.add_counts([("hits", 3), ("misses", 1)])
-    store.add_counts([("hits", 2)])
-    assert store.overview(1, 1).counts == {"hits": 5, "misses": 1}
+    assert store.overview(1, 1).counts == {} and store.overview(1, 1).hourly == {}
+    store.add_counts([("hits", 3), ("misses", 1)], HOUR)
+    store.add_counts([("hits", 2)], HOUR)
+    store.add_counts([("hits", 7)], HOUR + 1)
+    overview = store.overview(1, 1)
+    assert overview.counts == {"hits": 12, "misses": 1}
+    assert overview.hourly == {HOUR: {"hits": 5, "misses": 1}, HOUR + 1: {"hits": 7}}
+
+
+def test_the_hours_kept_are_the_latest(backend: Backend) -> None:
+    store = backend.metadata
+    store.add_counts([("hits", 1)], HOUR)
+    store.add_counts([("hits", 2)], HOUR + HOURS_KEPT - 1)
+    assert set(store.overview(0, 0).hourly) == {HOUR, HOUR + HOURS_KEPT - 1}
+    store.add_counts([("hits", 4)], HOUR + HOURS_KEPT)  # HOUR is HOURS_KEPT hours before it
+    overview = store.overview(0, 0)
+    assert overview.hourly == {HOUR + HOURS_KEPT - 1: {"hits": 2}, HOUR + HOURS_KEPT: {"hits": 4}}
+    assert overview.counts == {"hits": 7}  # the lifetime totals keep everything
+
+
+def test_job_reports_are_kept_for_the_latest_jobs(backend: Backend) -> None:
+    store = backend.metadata
+    assert store.get_job("nope") is None and store.overview(0, 0, 5).jobs == []
+    for i in range(JOBS_KEPT + 3):
+        store.put_job(f"job-{i}", 1000.0 + i, f"report {i}".encode())
+    store.put_job("job-5", 1005.0, b"report 5, later")  # saved again while it runs
+    assert store.get_job("job-5") == b"report 5, later"
+    assert store.get_job("job-2") is None  # one of the three oldest: forgotten
+    assert store.get_job(f"job-{JOBS_KEPT + 2}") == f"report {JOBS_KEPT + 2}".encode()
+    latest = [f"report {i}".encode() for i in range(JOBS_KEPT + 2, JOBS_KEPT - 1, -1)]
+    assert store.overview(0, 0, 3).jobs == latest
+    assert len(store.overview(0, 0, 2 * JOBS_KEPT).jobs) == JOBS_KEPT
+    assert store.overview(0, 0).jobs == []
 
 
 def test_changes_name_what_changed_since_a_generation(backend: Backend) -> None:

@@ -1,19 +1,21 @@
 """Command line: `cachepi serve|warm|stats|purge|verify|gc` (and `python -m cachepi`).
 
 Exit codes, for scripts: 0 done; 1 done, but something was wrong (corrupt files removed, a
-warm target failed); 2 the command could not run (bad option, no cache, no proxy), with one
-line on stderr.
+file to warm could not be had); 2 the command could not run (bad option, no cache, no
+proxy, a malformed lock), with one line on stderr.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import re
 import ssl
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -35,7 +37,13 @@ from cachepi import maintenance, workers
 from cachepi.config import SETTING, SETTINGS, ConfigError, Setting, Settings, load_settings
 from cachepi.redact import redact
 from cachepi.simple.names import is_valid_project_name, normalize
-from cachepi.warm import reachable, targets, warm_target
+from cachepi.store.protocols import StoreUnavailable
+from cachepi.warm.client import Unusable, warm_remotely
+from cachepi.warm.local import local_proxy, warm_locally
+from cachepi.warm.lockfiles import Format, Lock, LockError, decode, read_lock
+from cachepi.warm.narrowing import Narrowing, NarrowingError
+from cachepi.warm.pip import reachable, targets, warm_target
+from cachepi.warm.report import Report
 from cachepi.web.dashboard import human
 
 DEFAULT_PROXY = "http://127.0.0.1:5000/index/"
@@ -154,36 +162,205 @@ def run(settings: Settings) -> None:
 
 
 @main.command()
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
-    "-r", "--requirement", "requirements", required=True,
+    "-r", "--requirement", "requirements", multiple=True,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="A requirements file, as pip takes it.",
+    help="A requirements file, as pip takes it (the same as naming it).",
 )  # fmt: skip
+@click.option("--index-url", help=f"The running proxy's index.  [default: {DEFAULT_PROXY}]")
+@cache_options
+@click.option("--python-version", multiple=True, help="Only for this Python (repeatable): 3.12")
 @click.option(
-    "--index-url", default=DEFAULT_PROXY, show_default=True, help="The running proxy's index."
+    "--platform", multiple=True, help="Only for this platform (repeatable): manylinux_2_17_x86_64"
 )
-@click.option("--python-version", multiple=True, help="Also for this Python (repeatable): 3.12")
 @click.option(
-    "--platform", multiple=True, help="Also for this platform (repeatable): manylinux_2_17_x86_64"
+    "--implementation", multiple=True, help="Only for this implementation (repeatable): cp, pp"
 )
+@click.option("--only-wheels", is_flag=True, help="No sdists.")
 @click.option("--cert", help="CA bundle to trust the proxy's HTTPS certificate with.")
+@click.option(
+    "--admin-token", envvar="CACHEPI_ADMIN_TOKEN", show_envvar=True,
+    help="The proxy's admin token, when it has one (for locks).",
+)  # fmt: skip
 def warm(
-    requirements: Path,
-    index_url: str,
+    paths: tuple[Path, ...],
+    requirements: tuple[Path, ...],
+    index_url: str | None,
     python_version: tuple[str, ...],
     platform: tuple[str, ...],
+    implementation: tuple[str, ...],
+    only_wheels: bool,
     cert: str | None,
+    admin_token: str | None,
+    **flags: Any,
 ) -> None:
-    """Fill the proxy's cache with every file REQUIREMENTS need.
+    """Fill the cache with the files PATHS name: uv.lock, pylock.toml, poetry.lock,
+    pdm.lock, Pipfile.lock, requirements files.
 
-    pip resolves and downloads through the proxy (once per Python version x platform given;
-    none given: for this interpreter); the downloads are thrown away, the proxy keeps them.
-    Exit code 1 if pip failed for some target.
+    A lock's files are fetched as it lists them, every platform's unless --platform,
+    --python-version, --implementation or --only-wheels narrow it; requirements without
+    hashes are resolved by pip, downloading through the proxy for each Python x platform x
+    implementation given (none: this interpreter). By default a running proxy does it
+    (--index-url); with --cache-dir (or --config) this command does it on that cache, with
+    the upstreams of the server's settings (environment, --config).
+
+    Exit code 1 if some file could not be had, 2 if nothing could be done.
     """
-    if not asyncio.run(reachable(index_url, cert)):
-        fail(f"no proxy answers at {redact(index_url)}")
+    named = [*paths, *requirements]
+    if not named:
+        fail("name a lock or requirements file to warm")
+    try:
+        narrowing = Narrowing(platform, python_version, implementation, only_wheels)
+    except NarrowingError as error:
+        fail(str(error))
+    locks = [_read_lock(path) for path in named]  # every file checked before any work
+    on_cache = any(value not in (None, ()) for value in flags.values())
+    if on_cache and index_url is not None:
+        fail("--index-url names a running proxy, --cache-dir a cache: give one or the other")
     console = Console(stderr=True)
-    planned = targets(python_version, platform)
+    if on_cache:
+        ok = asyncio.run(_warm_cache(settings_from(flags), locks, narrowing, console))
+    else:
+        proxy = _Proxy(index_url or DEFAULT_PROXY, cert, admin_token)
+        ok = asyncio.run(_warm_proxy(proxy, locks, narrowing, console))
+    sys.exit(0 if ok else 1)
+
+
+@dataclass(frozen=True)
+class _Named:
+    """A file to warm, read and recognised."""
+
+    path: Path
+    data: bytes
+    lock: Lock
+
+    @property
+    def resolved(self) -> bool:
+        """Whether it names files (a lock), not projects (plain requirements)."""
+        return self.lock.format is not Format.REQUIREMENTS
+
+
+@dataclass(frozen=True)
+class _Proxy:
+    index_url: str
+    cafile: str | None
+    token: str | None
+
+
+def _read_lock(path: Path) -> _Named:
+    try:
+        data = path.read_bytes()
+        return _Named(path, data, read_lock(path.name, decode(path.name, data)))
+    except OSError as error:
+        fail(f"cannot read {path}: {error.strerror}")
+    except LockError as error:
+        fail(str(error))
+
+
+async def _warm_proxy(
+    proxy: _Proxy, named: list[_Named], narrowing: Narrowing, console: Console
+) -> bool:
+    if not all(n.resolved for n in named) and not await reachable(proxy.index_url, proxy.cafile):
+        fail(f"no proxy answers at {redact(proxy.index_url)}")
+    ok = True
+    for one in named:
+        if not one.resolved:
+            ok &= await _pip_downloads(one.path, proxy.index_url, proxy.cafile, narrowing, console)
+            continue
+        job = functools.partial(
+            warm_remotely, proxy.index_url, one.path.name, one.data, narrowing, proxy.token,
+            proxy.cafile,
+        )  # fmt: skip
+        try:
+            ok &= (await _show_job(one.path.name, console, job)).ok
+        except Unusable as error:
+            fail(str(error))
+    return ok
+
+
+async def _warm_cache(
+    settings: Settings, named: list[_Named], narrowing: Narrowing, console: Console
+) -> bool:
+    ok = True
+    try:
+        async with local_proxy(settings, listen=not all(n.resolved for n in named)) as proxy:
+            for one in named:
+                if not one.resolved:
+                    assert proxy.index_url is not None
+                    ok &= await _pip_downloads(one.path, proxy.index_url, None, narrowing, console)
+                    continue
+                job = functools.partial(
+                    warm_locally, proxy.jobs, one.lock, narrowing, one.path.name
+                )
+                ok &= (await _show_job(one.path.name, console, job)).ok
+    except (OSError, StoreUnavailable) as error:
+        fail(f"cannot warm {settings.cache_dir}: {error}")
+    return ok
+
+
+async def _show_job(
+    source: str,
+    console: Console,
+    run: Callable[[Callable[[Report], None]], Awaitable[Report]],
+) -> Report:
+    """Run a lock's job with a progress display, then print what it did."""
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[files]}"),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task(source, total=None, files="")
+
+        def show(report: Report) -> None:
+            reading = report.pages_read < report.projects
+            bar.update(
+                task,
+                description=f"{source}: pages {report.pages_read}/{report.projects}"
+                if reading
+                else source,
+                completed=report.done_bytes,
+                total=report.bytes or None,
+                files=f"{report.done_files}/{report.files} files",
+            )
+
+        report = await run(show)
+    _summarize(report)
+    return report
+
+
+def _summarize(report: Report) -> None:
+    took = (report.finished or report.updated) - report.created
+    click.echo(
+        f"{report.source}: {report.files} file{'' if report.files == 1 else 's'}"
+        f" ({human(report.bytes)}): {report.cached} cached,"
+        f" {report.already} already there, {report.failed} failed in {took:.1f} s"
+    )
+    for failure in report.failures:
+        click.echo(f"  failed: {failure.file}: {failure.reason}")
+    if report.failed > len(report.failures):
+        click.echo(f"  and {report.failed - len(report.failures)} more failed")
+    if report.skipped:
+        click.echo(f"  not from an index, skipped: {', '.join(report.skipped)}")
+    if report.error is not None:
+        click.echo(f"  the job failed: {report.error}")
+
+
+async def _pip_downloads(
+    path: Path, index_url: str, cafile: str | None, narrowing: Narrowing, console: Console
+) -> bool:
+    """pip downloads `path`'s requirements through the proxy, once per target."""
+    planned = targets(
+        narrowing.python_versions,
+        narrowing.platforms,
+        narrowing.implementations,
+        narrowing.only_wheels,
+    )
     results = []
     with Progress(
         SpinnerColumn(),
@@ -197,11 +374,13 @@ def warm(
         task = bar.add_task("warming", total=len(planned), line="")
         for target in planned:
             bar.update(task, description=f"warming for {target}")
-            result = warm_target(
-                requirements,
+            # On a thread: the proxy may be this process's (--cache-dir).
+            result = await asyncio.to_thread(
+                warm_target,
+                path,
                 index_url,
                 target,
-                cert,
+                cafile,
                 lambda line: bar.update(task, line=line.strip()[:60]),
             )
             results.append(result)
@@ -212,7 +391,7 @@ def warm(
     files = sum(r.files for r in results)
     size = sum(r.bytes for r in results)
     click.echo(f"warmed {files} files ({size} bytes) for {len(results)} target(s)")
-    sys.exit(1 if any(r.error is not None for r in results) else 0)
+    return not any(r.error is not None for r in results)
 
 
 @main.command()

@@ -3,14 +3,16 @@ metadata store for the dashboard and `cachepi stats`.
 
 One call records an event in both. With several worker processes, Prometheus values live in
 files under PROMETHEUS_MULTIPROC_DIR (set by workers.py) and a scrape sums them; the totals
-are added to the store by every worker every few seconds.
+are added to the store by every worker every few seconds, to the lifetime ones and to those
+of the hour they are added in (the dashboard charts the last day).
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter as Tally
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +28,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
-from cachepi.store.protocols import MetadataStore
+from cachepi.store.protocols import MetadataStore, StoreUnavailable
 from cachepi.types import CacheResult
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -68,7 +70,8 @@ class _Gauges(Collector):
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
         self._multiprocess = bool(os.environ.get(MULTIPROC_ENV))
         if self._multiprocess:
             # Chosen when prometheus_client is imported, which may be before workers.py set
@@ -161,10 +164,15 @@ class Metrics:
         self._child(self._connections_closed, reason).inc()
 
     def flush(self, store: MetadataStore) -> None:
-        """Add what was counted since the last flush to the store's lifetime totals."""
+        """Add what was counted since the last flush to the store's totals, for life and
+        for this hour."""
         if self._unflushed:
             deltas, self._unflushed = self._unflushed, Tally()
-            store.add_counts(deltas.items())
+            try:
+                store.add_counts(deltas.items(), hour_of(self._clock()))
+            except StoreUnavailable:
+                self._unflushed.update(deltas)  # added with the next flush
+                raise
 
     def totals(self, stored: Mapping[str, int]) -> dict[str, int]:
         """Lifetime totals: the `stored` ones plus what this process has not flushed yet."""
@@ -188,6 +196,11 @@ class Metrics:
 def forget(pid: int) -> None:
     """Drop the values of a worker process that died from the sums of the live ones."""
     mark_process_dead(pid)
+
+
+def hour_of(timestamp: float) -> int:
+    """The hour since the epoch `timestamp` is in (the store's hourly totals' key)."""
+    return int(timestamp // 3600)
 
 
 def hit_ratio(totals: Mapping[str, int]) -> float | None:

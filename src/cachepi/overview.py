@@ -1,7 +1,7 @@
-"""The cache's overview (files, bytes, traffic totals, the latest files, the biggest
-projects) as the dashboard and /metrics show it: read from the metadata store on a thread,
-never on the event loop, kept for a few seconds, and read once for however many requests
-ask meanwhile."""
+"""The cache's overview (files, bytes, traffic totals for life and per hour, the latest
+files, the biggest projects, the latest warm jobs) as the dashboard and /metrics show it:
+read from the metadata store on a thread, never on the event loop, kept for a few seconds,
+and read once for however many requests ask meanwhile."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from cachepi.store.protocols import MetadataStore, Overview
 
 RECENT = 20  # the latest stored files shown
 BIGGEST = 10  # the biggest projects shown
+JOBS = 10  # the latest warm jobs shown
 MAX_AGE = 2.0  # seconds an overview is shown before it is read again
 
 
@@ -45,7 +46,7 @@ class Overviews:
     async def _read(self) -> Overview:
         started = self._clock()
         try:
-            overview = await asyncio.to_thread(self._store.overview, RECENT, BIGGEST)
+            overview = await asyncio.to_thread(self._store.overview, RECENT, BIGGEST, JOBS)
         finally:
             self._reading = None
         self._held, self._read_at = overview, started

@@ -8,12 +8,13 @@ one exception, `StoreUnavailable`; callers treat it as "nothing stored" and carr
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple, Protocol
 
@@ -30,6 +31,10 @@ PAGES = "pages"  # keys of pages expired or deleted
 EXTRACTED = "extracted"  # sha256s of wheels whose pair of extracted METADATA came or went
 # Changes kept per topic: a process that missed more (it checks every second) drops all.
 CHANGES_KEPT = 10_000
+# Hours whose traffic totals are kept, besides the lifetime ones (the dashboard charts a day).
+HOURS_KEPT = 48
+# Warm jobs' reports kept: the latest started.
+JOBS_KEPT = 50
 
 
 class StoreUnavailable(Exception):
@@ -82,6 +87,10 @@ class Overview:
     counts: Mapping[str, int]  # lifetime traffic totals, as flushed by every process
     recent: Sequence[tuple[float, str, str, int]]  # (added at, project, filename, size)
     biggest: Sequence[tuple[str, int, int]]  # (project, files, bytes), the biggest first
+    # hour (since the epoch) -> the traffic totals added in it, for the HOURS_KEPT latest
+    hourly: Mapping[int, Mapping[str, int]] = field(default_factory=dict)
+    # the latest warm jobs' reports, the latest started first (`bytes` is a field here)
+    jobs: Sequence[builtins.bytes] = ()
 
 
 class NewBlob(NamedTuple):
@@ -328,9 +337,10 @@ class MetadataStore(Protocol):
     def blob_stats(self) -> tuple[int, int]:
         """(number of blobs, total bytes)."""
 
-    def overview(self, recent: int, biggest: int) -> Overview:
-        """The totals, the `recent` latest stored files and the `biggest` projects; safe
-        to call from another thread (while this one goes on using the store)."""
+    def overview(self, recent: int, biggest: int, jobs: int = 0) -> Overview:
+        """The totals, the `recent` latest stored files, the `biggest` projects and the
+        `jobs` latest warm jobs; safe to call from another thread (while this one goes on
+        using the store)."""
 
     def blobs_of(self, project: str) -> list[tuple[str, str, int, float]]:
         """A project's stored files as (sha256, filename, size, last access)."""
@@ -353,8 +363,16 @@ class MetadataStore(Protocol):
     def changes(self, topic: str, since: int) -> Changes:
         """What changed in `topic` after generation `since`."""
 
-    # -- lifetime traffic totals, added to by every process (read in `overview`)
-    def add_counts(self, deltas: Iterable[tuple[str, int]]) -> None: ...
+    # -- traffic totals, added to by every process (read in `overview`)
+    def add_counts(self, deltas: Iterable[tuple[str, int]], hour: int) -> None:
+        """Add to the lifetime totals and to those of `hour` (since the epoch); forget the
+        hours HOURS_KEPT and more before it."""
+
+    # -- warm jobs' reports, for whichever process (or node) is asked about them
+    def put_job(self, job_id: str, started: float, report: bytes) -> None:
+        """Keep a job's report (anew); forget all but the JOBS_KEPT latest started."""
+
+    def get_job(self, job_id: str) -> bytes | None: ...
 
     # -- refs: the sha256 of files whose index gave none
     def get_ref(self, url: str) -> str | None: ...

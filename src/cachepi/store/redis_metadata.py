@@ -24,6 +24,8 @@ from cachepi.store.breaker import Breaker
 from cachepi.store.protocols import (
     CHANGES_KEPT,
     EXTRACTED,
+    HOURS_KEPT,
+    JOBS_KEPT,
     LIST_KEY,
     PAGES,
     Changes,
@@ -168,6 +170,19 @@ end
 return #members
 """
 
+# A job's report in the hash `jobs`, its start in the sorted set `jobstarts`; all but the
+# latest ARGV[5] started are forgotten.
+_PUT_JOB = """
+local p, id, started, report, kept = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+redis.call('HSET', p .. 'jobs', id, report)
+redis.call('ZADD', p .. 'jobstarts', started, id)
+local old = redis.call('ZREVRANGE', p .. 'jobstarts', kept, -1)
+if #old > 0 then
+  redis.call('HDEL', p .. 'jobs', unpack(old))
+  redis.call('ZREM', p .. 'jobstarts', unpack(old))
+end
+"""
+
 
 def connect(url: str) -> redis.Redis:
     return redis.Redis.from_url(
@@ -189,6 +204,7 @@ class RedisMetadata:
         self._delete_missing = client.register_script(_DELETE_MISSING)
         self._announce_script = client.register_script(_ANNOUNCE)
         self._pair = client.register_script(_PAIR)
+        self._put_job = client.register_script(_PUT_JOB)
         rank = client.register_script(_RANK_PROJECTS)
         try:
             self._call(lambda: rank(args=[self._p]))
@@ -330,7 +346,7 @@ class RedisMetadata:
 
         return self._call(fields)
 
-    def overview(self, recent: int, biggest: int) -> Overview:
+    def overview(self, recent: int, biggest: int, jobs: int = 0) -> Overview:
         def read() -> Overview:
             with self._r.pipeline() as pipe:  # one snapshot (MULTI)
                 pipe.hmget(f"{self._p}totals", "files", "bytes")
@@ -338,8 +354,10 @@ class RedisMetadata:
                 # At least one each: a stop of -1 would be the whole set.
                 pipe.zrevrange(f"{self._p}recent", 0, max(recent, 1) - 1, withscores=True)
                 pipe.zrevrange(f"{self._p}projsize", 0, max(biggest, 1) - 1, withscores=True)
-                (files, size), counters, latest, ranked = pipe.execute()
-            latest, ranked = latest[:recent], ranked[:biggest]
+                pipe.zrange(f"{self._p}hours", 0, -1)
+                pipe.zrevrange(f"{self._p}jobstarts", 0, max(jobs, 1) - 1)
+                (files, size), counters, latest, ranked, hours, job_ids = pipe.execute()
+            latest, ranked, job_ids = latest[:recent], ranked[:biggest], job_ids[:jobs]
             shas = [sha.decode() for sha, _ in latest]
             names = [name for name, _ in ranked]
             with self._r.pipeline() as pipe:
@@ -347,8 +365,19 @@ class RedisMetadata:
                     pipe.hmget(f"{self._p}blob:{sha256}", "project", "filename", "size")
                 if names:
                     pipe.hmget(f"{self._p}projfiles", *names)
+                for hour in hours:
+                    pipe.hgetall(f"{self._p}hourly:{hour.decode()}")
+                if job_ids:
+                    pipe.hmget(f"{self._p}jobs", *job_ids)
                 fields = pipe.execute()
             project_files = fields[len(shas)] if names else []
+            after = len(shas) + bool(names)
+            hourly = {
+                int(hour): {k.decode(): int(v) for k, v in counts.items()}
+                for hour, counts in zip(hours, fields[after : after + len(hours)], strict=True)
+                if counts  # expired with its hour, before the set forgot the hour
+            }
+            reports = [r for r in (fields[-1] if job_ids else []) if r is not None]
             return Overview(
                 int(files or 0),
                 int(size or 0),
@@ -363,6 +392,8 @@ class RedisMetadata:
                     (name.decode(), int(count or 0), int(total))
                     for (name, total), count in zip(ranked, project_files, strict=True)
                 ],
+                hourly,
+                reports,
             )
 
         return self._call(read)
@@ -422,14 +453,31 @@ class RedisMetadata:
             logged.append((int(number), key if space else None))
         return changes_since(since, int(generation or 0), logged)
 
-    def add_counts(self, deltas: Iterable[tuple[str, int]]) -> None:
+    def add_counts(self, deltas: Iterable[tuple[str, int]], hour: int) -> None:
+        hourly = f"{self._p}hourly:{hour}"
+
         def add() -> None:
             with self._r.pipeline(transaction=False) as pipe:
                 for name, value in deltas:
                     pipe.hincrby(f"{self._p}counters", name, value)
+                    pipe.hincrby(hourly, name, value)
+                # The set names the hours kept; each hour's hash also expires on its own.
+                pipe.expire(hourly, HOURS_KEPT * 3600)
+                pipe.zadd(f"{self._p}hours", {str(hour): hour})
+                pipe.zremrangebyscore(f"{self._p}hours", "-inf", hour - HOURS_KEPT)
                 pipe.execute()
 
         self._call(add)
+
+    # -- warm jobs' reports ----------------------------------------------------------------
+
+    def put_job(self, job_id: str, started: float, report: bytes) -> None:
+        args: list[str | float | bytes | int] = [self._p, job_id, started, report, JOBS_KEPT]
+        self._call(lambda: self._put_job(args=args))
+
+    def get_job(self, job_id: str) -> bytes | None:
+        raw = self._call(lambda: self._r.hget(f"{self._p}jobs", job_id))
+        return bytes(raw) if raw is not None else None
 
     # -- refs ----------------------------------------------------------------------------
 

@@ -22,6 +22,8 @@ from typing import Any, Literal, TypeVar
 from cachepi.store.protocols import (
     CHANGES_KEPT,
     EXTRACTED,
+    HOURS_KEPT,
+    JOBS_KEPT,
     PAGES,
     Changes,
     NewBlob,
@@ -89,6 +91,18 @@ CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS hourly (
+    hour INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    value INTEGER NOT NULL,
+    PRIMARY KEY (hour, name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    started REAL NOT NULL,
+    report BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS jobs_by_started ON jobs (started);
 """
 # Columns added after the first release, for caches made before them.
 _ADDED_COLUMNS = {"blobs": ("project TEXT", "filename TEXT", "added_at REAL")}
@@ -328,7 +342,7 @@ class SqliteMetadata:
         return _totals(self._db)
 
     @_mapped
-    def overview(self, recent: int, biggest: int) -> Overview:
+    def overview(self, recent: int, biggest: int, jobs: int = 0) -> Overview:
         with self._reading:
             if self._reader is None:
                 self._reader = _connect(self._path)
@@ -344,7 +358,13 @@ class SqliteMetadata:
                     "SELECT project, files, bytes FROM project_totals ORDER BY bytes DESC LIMIT ?",
                     (biggest,),
                 ).fetchall()
-        return Overview(files, size, counts, latest, ranked)
+                hourly: dict[int, dict[str, int]] = {}
+                for hour, name, value in db.execute("SELECT hour, name, value FROM hourly"):
+                    hourly.setdefault(hour, {})[name] = value
+                reports = db.execute(
+                    "SELECT report FROM jobs ORDER BY started DESC LIMIT ?", (jobs,)
+                ).fetchall()
+        return Overview(files, size, counts, latest, ranked, hourly, [r for (r,) in reports])
 
     @_mapped
     def blobs_of(self, project: str) -> list[tuple[str, str, int, float]]:
@@ -401,16 +421,40 @@ class SqliteMetadata:
             ).fetchall()
         return changes_since(since, generation, logged)
 
-    # -- counters: lifetime traffic totals, added to by every worker --------------------
+    # -- counters: traffic totals, for life and per hour, added to by every worker -----
 
     @_mapped
-    def add_counts(self, deltas: Iterable[tuple[str, int]]) -> None:
+    def add_counts(self, deltas: Iterable[tuple[str, int]], hour: int) -> None:
+        added = list(deltas)
         with self._transaction() as db:
             db.executemany(
                 "INSERT INTO counters VALUES (?, ?)"
                 " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
-                deltas,
+                added,
             )
+            db.executemany(
+                "INSERT INTO hourly VALUES (?, ?, ?)"
+                " ON CONFLICT (hour, name) DO UPDATE SET value = value + excluded.value",
+                ((hour, name, value) for name, value in added),
+            )
+            db.execute("DELETE FROM hourly WHERE hour <= ?", (hour - HOURS_KEPT,))
+
+    # -- warm jobs' reports ----------------------------------------------------------------
+
+    @_mapped
+    def put_job(self, job_id: str, started: float, report: bytes) -> None:
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO jobs VALUES (?, ?, ?)", (job_id, started, report))
+            oldest_kept = db.execute(
+                "SELECT started FROM jobs ORDER BY started DESC LIMIT 1 OFFSET ?", (JOBS_KEPT - 1,)
+            ).fetchone()
+            if oldest_kept is not None:
+                db.execute("DELETE FROM jobs WHERE started < ?", oldest_kept)
+
+    @_mapped
+    def get_job(self, job_id: str) -> bytes | None:
+        row = self._db.execute("SELECT report FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return bytes(row[0]) if row else None
 
     # -- refs: the sha256 of files whose index gave no sha256 ----------------------------
 

@@ -24,7 +24,7 @@ from cachepi.store.flock import hold_cache
 from cachepi.store.protocols import MetadataStore, StoreUnavailable
 from cachepi.upstream import Connections, PageLimits, Upstream
 from cachepi.upstream_pages import UpstreamPages
-from cachepi.web import admin, auth, dashboard, distfiles, monitoring, pages
+from cachepi.web import admin, auth, dashboard, distfiles, monitoring, pages, warmjobs
 from cachepi.web.keys import (
     FILE_CACHE,
     INDEX_CACHE,
@@ -59,6 +59,8 @@ def create_app(settings: Settings, reconcile: bool = True) -> web.Application:
         admin.invalidate_list: "admin",
         admin.invalidate_project: "admin",
         admin.invalidate_form: "admin",
+        warmjobs.start: "warm",
+        warmjobs.progress: "warm",
     }
     for prefix in ("/index", "/simple"):  # /simple/ is an alias many configs use
         app.router.add_get(prefix, pages.project_list_without_slash)
@@ -72,9 +74,12 @@ def create_app(settings: Settings, reconcile: bool = True) -> web.Application:
     app.router.add_delete("/cache/list", admin.invalidate_list)
     app.router.add_delete("/cache/{project}", admin.invalidate_project)
     app.router.add_post("/cache/invalidate", admin.invalidate_form)
+    app.router.add_post("/warm", warmjobs.start)  # its own body cap: warmjobs.BODY_LIMIT
+    app.router.add_get("/warm/{job}", warmjobs.progress)
     if settings.htpasswd is not None:
         auth.protect(app, settings.htpasswd)
     app.cleanup_ctx.append(functools.partial(_components, reconcile=reconcile))
+    app.cleanup_ctx.append(warmjobs.jobs)  # after the caches it uses, stopped before them
     return app
 
 

@@ -1,28 +1,37 @@
-"""The dashboard at `/`: indexes and their health, cache use, traffic, recent misses, the
-biggest projects, a project search, and invalidation forms.
+"""The dashboard at `/`: indexes and their health, cache use, traffic (with a chart of the
+last day, hour by hour), warm jobs, recent misses, the biggest projects, a project search,
+and invalidation forms.
 
 Rendered on the server from the metadata store (so every worker shows the same numbers,
-a few seconds old at most: overview.py); plain HTML forms, no JavaScript.
+a few seconds old at most: overview.py); plain HTML forms and inline SVG, no JavaScript.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping, Sequence
 from html import escape
 
+import msgspec
 from aiohttp import web
 
-from cachepi.metrics import hit_ratio
+from cachepi.metrics import hit_ratio, hour_of
 from cachepi.simple.names import is_valid_project_name, normalize
 from cachepi.store.protocols import Overview, StoreUnavailable
+from cachepi.warm import report
 from cachepi.web.keys import INDEX_CACHE, METADATA, METRICS, OVERVIEWS, SETTINGS
 
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:64rem;margin:2rem auto;padding:0 1rem;
 color:#222}table{border-collapse:collapse;margin:.5rem 0}td,th{padding:.25rem .8rem;
 text-align:left;border-bottom:1px solid #ddd}td.n{text-align:right;font-variant-numeric:
 tabular-nums}.bad{color:#b00}.ok{color:#070}meter{width:16rem}form{margin:.5rem 0}
-section{margin-bottom:1.5rem}"""
+section{margin-bottom:1.5rem}.cache{fill:#2a7}.upstream{fill:#e80}.ratio{stroke:#25c;
+fill:none;stroke-width:2}.point{fill:#25c}.axis{font-size:11px;fill:#555}.key{display:inline-block;width:.8em;
+height:.8em;margin:0 .3em 0 1em}"""
+CHART_HOURS = 24
+_W, _H = 640, 160  # the chart's size, and its plot's margins: left, right, top, bottom
+_LEFT, _RIGHT, _TOP, _BOTTOM = 64, 40, 8, 20
 
 
 def human(size: float) -> str:
@@ -79,6 +88,96 @@ def _cache(request: web.Request, overview: Overview) -> str:
         f"<p>Served {human(totals['bytes_cache'])} from the cache and "
         f"{human(totals['bytes_upstream'])} from upstream.</p>"
     )
+
+
+def traffic_chart(hourly: Mapping[int, Mapping[str, int]], now: float) -> str:
+    """The last CHART_HOURS hours up to `now`: bytes served from the cache and from upstream
+    (stacked bars, to the left scale) and the hit ratio (a line, to the right one), as SVG;
+    each hour says its figures when pointed at."""
+    last = hour_of(now)
+    hours = [(hour, hourly.get(hour, {})) for hour in range(last - CHART_HOURS + 1, last + 1)]
+    if not any(counts for _, counts in hours):
+        return f"<p>No traffic in the last {CHART_HOURS} hours.</p>"
+    width, height = _W - _LEFT - _RIGHT, _H - _TOP - _BOTTOM
+    most = max(c.get("bytes_cache", 0) + c.get("bytes_upstream", 0) for _, c in hours) or 1
+    step = width / CHART_HOURS
+    columns: list[str] = []
+    lines: list[list[tuple[float, float]]] = [[]]  # the ratio's, broken where it is unknown
+    for i, (hour, counts) in enumerate(hours):
+        x = _LEFT + i * step
+        cached, relayed = counts.get("bytes_cache", 0), counts.get("bytes_upstream", 0)
+        ratio = hit_ratio(counts)
+        low = height * cached / most
+        high = height * relayed / most
+        clock = time.strftime("%H:00", time.gmtime(hour * 3600))
+        said = f"{'no hits or misses' if ratio is None else f'hit ratio {ratio:.1%}'}"
+        columns.append(
+            f"<g><title>{clock} UTC: {human(cached)} from the cache, {human(relayed)} from"
+            f" upstream, {said}</title>"
+            f'<rect x="{x:.1f}" y="{_TOP}" width="{step:.1f}" height="{height}" fill="none"'
+            ' pointer-events="all"/>'
+            f'<rect class="cache" x="{x + 1:.1f}" y="{_TOP + height - low:.1f}"'
+            f' width="{step - 2:.1f}" height="{low:.1f}"/>'
+            f'<rect class="upstream" x="{x + 1:.1f}" y="{_TOP + height - low - high:.1f}"'
+            f' width="{step - 2:.1f}" height="{high:.1f}"/></g>'
+        )
+        if ratio is not None:
+            lines[-1].append((x + step / 2, _TOP + height * (1 - ratio)))
+        elif lines[-1]:
+            lines.append([])
+        if i % 6 == 0:
+            columns.append(f'<text class="axis" x="{x:.1f}" y="{_H - 6}">{clock}</text>')
+    right = _W - _RIGHT + 4
+    drawn = "".join(
+        f'<polyline class="ratio" points="{" ".join(f"{x:.1f},{y:.1f}" for x, y in line)}"/>'
+        if len(line) > 1
+        else f'<circle class="point" cx="{line[0][0]:.1f}" cy="{line[0][1]:.1f}" r="2.5"/>'
+        for line in lines
+        if line
+    )
+    return (
+        f'<svg role="img" viewBox="0 0 {_W} {_H}" width="{_W}" height="{_H}">'
+        f"<title>Bytes served from the cache and from upstream, and the hit ratio, per hour"
+        f" over the last {CHART_HOURS} hours</title>"
+        f'<text class="axis" x="0" y="{_TOP + 10}">{human(most)}</text>'
+        f'<text class="axis" x="0" y="{_TOP + height}">0</text>'
+        f'<text class="axis" x="{right}" y="{_TOP + 10}">100%</text>'
+        f'<text class="axis" x="{right}" y="{_TOP + height}">0%</text>'
+        f'<line x1="{_LEFT}" y1="{_TOP + height}" x2="{_W - _RIGHT}" y2="{_TOP + height}"'
+        ' stroke="#999"/>'
+        f"{''.join(columns)}{drawn}</svg>"
+        '<p><span class="key" style="background:#2a7"></span>from the cache'
+        '<span class="key" style="background:#e80"></span>from upstream'
+        '<span class="key" style="background:#25c;height:.2em"></span>hit ratio (pages and'
+        " files), per hour, UTC</p>"
+    )
+
+
+def warm_jobs(reports: Sequence[bytes], now: float) -> str:
+    rows = []
+    for data in reports:
+        try:
+            job = report.decode(data).seen(now)
+        except msgspec.DecodeError:
+            continue  # an unreadable report: nothing to show
+        status = job.status if job.status != "done" or job.ok else "done, with failures"
+        css = "ok" if job.ok else "bad" if job.status != "running" else ""
+        rows.append(
+            f"<tr><td>{_when(job.created)}</td>"
+            f'<td><a href="/warm/{escape(job.id)}">{escape(job.source)}</a></td>'
+            f"<td>{escape(job.narrowing)}</td>"
+            f'<td class="{css}" title="{escape(job.error or "")}">{escape(status)}</td>'
+            f'<td class="n">{job.done_files}/{job.files}</td><td class="n">{job.cached}</td>'
+            f'<td class="n">{job.already}</td><td class="n">{job.failed}</td>'
+            f'<td class="n">{human(job.done_bytes)}</td></tr>'
+        )
+    return _table(
+        ("Started", "Lock", "Targets", "Status", "Files", "Cached", "Already there", "Failed",
+         "Bytes"),
+        rows,
+        "No warm job yet: <code>cachepi warm LOCKFILE</code>, or POST one to"
+        " <code>/warm</code>.",
+    )  # fmt: skip
 
 
 def _recent(overview: Overview) -> str:
@@ -169,6 +268,10 @@ async def home(request: web.Request) -> web.Response:
 {result}
 <section><h2>Upstream indexes</h2><div id="indexes">{_indexes(request)}</div></section>
 <section><h2>Cache</h2><div id="cache">{_cache(request, overview)}</div></section>
+<section><h2>Traffic, hour by hour</h2><div id="traffic">{
+        traffic_chart(overview.hourly, time.time())
+    }</div></section>
+<section><h2>Warm jobs</h2><div id="warm">{warm_jobs(overview.jobs, time.time())}</div></section>
 <section><h2>Recent misses</h2><div id="recent">{_recent(overview)}</div></section>
 <section><h2>Biggest projects</h2><div id="biggest">{_biggest(overview)}</div></section>
 <section><h2>Invalidate the index cache</h2>{

@@ -1,8 +1,8 @@
-"""`cachepi warm`: fill a running proxy's cache with what a requirements file needs.
+"""`cachepi warm` of plain requirements (without hashes: projects, not files).
 
 cachepi resolves nothing itself: pip does, downloading through the proxy once per target
-(Python version x platform), into a temp directory that is thrown away. What stays is what
-the proxy stored on the way.
+(Python version x platform x implementation), into a temp directory that is thrown away.
+What stays is what the proxy stored on the way.
 """
 
 from __future__ import annotations
@@ -25,9 +25,15 @@ import aiohttp
 class Target:
     python_version: str | None = None
     platform: str | None = None
+    implementation: str | None = None
+    only_wheels: bool = False
 
     def __str__(self) -> str:
-        parts = [f"python {self.python_version}" if self.python_version else "", self.platform]
+        parts = [
+            f"python {self.python_version}" if self.python_version else "",
+            self.platform,
+            f"implementation {self.implementation}" if self.implementation else "",
+        ]
         return ", ".join(p for p in parts if p) or "this interpreter"
 
     def pip_options(self) -> list[str]:
@@ -36,7 +42,9 @@ class Target:
             options += ["--python-version", self.python_version]
         if self.platform:
             options += ["--platform", self.platform]
-        if options:  # pip can only pick wheels for another interpreter or platform
+        if self.implementation:
+            options += ["--implementation", self.implementation]
+        if options or self.only_wheels:  # pip picks only wheels for another interpreter
             options += ["--only-binary=:all:"]
         return options
 
@@ -46,10 +54,17 @@ def _or_none(values: Sequence[str]) -> list[str | None]:
     return [*values] or [None]
 
 
-def targets(python_versions: Sequence[str], platforms: Sequence[str]) -> list[Target]:
+def targets(
+    python_versions: Sequence[str],
+    platforms: Sequence[str],
+    implementations: Sequence[str],
+    only_wheels: bool,
+) -> list[Target]:
     return [
-        Target(version, platform)
-        for version, platform in itertools.product(_or_none(python_versions), _or_none(platforms))
+        Target(version, platform, implementation, only_wheels)
+        for version, platform, implementation in itertools.product(
+            _or_none(python_versions), _or_none(platforms), _or_none(implementations)
+        )
     ]
 
 
