@@ -13,6 +13,7 @@ import pytest
 
 from cachepi.simple.model import File, Project
 from cachepi.wheelmeta import (
+    END_READ,
     MAX_ENTRIES,
     MAX_METADATA_BYTES,
     lacks_metadata,
@@ -98,6 +99,18 @@ def test_odd_but_valid_archives_read_as_zipfile_reads_them(
         Member.of("demo-1.0.dist-info/WHEEL", b"Wheel-Version: 1.0\n", method),
     ]
     data = zip_archive(members, prefix=prefix, zip64=zip64, comment=b"a comment")
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        assert archive.read("demo-1.0.dist-info/METADATA") == metadata
+    assert read_wheel_metadata(io.BytesIO(data), WHEEL) == metadata
+
+
+@pytest.mark.parametrize("comment_length", [0, END_READ - 30, END_READ, 40_000, 0xFFFF])
+def test_the_end_record_is_found_behind_a_comment_of_any_length(comment_length: int) -> None:
+    """The end of an archive is read in two steps (the last END_READ bytes, then as much as
+    a comment can take): a comment either side of the first step's bytes is read past."""
+    metadata = core_metadata("demo", "1.0", [], None)
+    members = [Member.of("demo-1.0.dist-info/METADATA", metadata, 8)]
+    data = zip_archive(members, comment=b"PK\x05" * (comment_length // 3))
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         assert archive.read("demo-1.0.dist-info/METADATA") == metadata
     assert read_wheel_metadata(io.BytesIO(data), WHEEL) == metadata
