@@ -61,6 +61,8 @@ _CHUNK = 1024 * 1024
 _WRONG_LENGTH_EXTRA = 1024  # how many bytes `wrong_length` promises but never sends
 _GARBAGE_JSON = b'{"meta": {"api-version": "1.1"}, "files": [{"filename": '
 _GARBAGE_HTML = b'<!DOCTYPE html><html><body><a href="\x00\xff">\xfe\xfe</a'
+# The streamed response of a request, once it has one (MeteredUpstream counts its bytes).
+BODY_RESPONSE = web.RequestKey("body_response", web.StreamResponse)
 _FAULT_KINDS = ("hang", "delay", "fail", "garbage", "throttle", "reset", "corrupt", "wrong_length")
 
 
@@ -994,6 +996,7 @@ async def _send(
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
     headers["Content-Type"] = resource.content_type
     response = web.StreamResponse(status=206 if span else 200, headers=headers)
+    request[BODY_RESPONSE] = response  # what went out counts also if the client hangs up
     response.content_length = end - start + (_WRONG_LENGTH_EXTRA if "wrong_length" in faults else 0)
     await response.prepare(request)
     if request.method == "HEAD":
