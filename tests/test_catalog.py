@@ -73,7 +73,7 @@ def test_extracted_metadata_and_provenance_both_shown() -> None:
 
 
 def test_a_provenance_request_names_the_upstreams_provenance_object() -> None:
-    spec = file_spec(listing(WHEEL, SDIST), "demo", SDIST.filename + ".provenance", {})
+    spec = file_spec(listing(WHEEL, SDIST), "demo", SDIST.filename + ".provenance")
     assert (spec.url, spec.hashes, spec.size, spec.upstream) == (
         UPSTREAM_PROVENANCE,
         {},
@@ -86,14 +86,14 @@ def test_a_provenance_request_names_the_upstreams_provenance_object() -> None:
 
 def test_provenance_the_index_does_not_offer_is_not_served() -> None:
     with pytest.raises(NotServed, match="no provenance") as refusal:
-        file_spec(listing(WHEEL, SDIST), "demo", WHEEL.filename + ".provenance", {})
+        file_spec(listing(WHEEL, SDIST), "demo", WHEEL.filename + ".provenance")
     assert not refusal.value.forbidden
     with pytest.raises(NotServed, match="no file"):
-        file_spec(listing(WHEEL), "demo", "demo-9.0.tar.gz.provenance", {})
+        file_spec(listing(WHEEL), "demo", "demo-9.0.tar.gz.provenance")
 
 
 def test_provenance_of_a_refused_file_is_refused() -> None:
     refused = listing(WHEEL, refused={SDIST.filename: "denied by the policy"})
     with pytest.raises(NotServed, match="denied") as refusal:
-        file_spec(refused, "demo", SDIST.filename + ".provenance", {})
+        file_spec(refused, "demo", SDIST.filename + ".provenance")
     assert refusal.value.forbidden

@@ -18,7 +18,7 @@ from cachepi.wheelmeta import (
     MAX_METADATA_BYTES,
     lacks_metadata,
     read_wheel_metadata,
-    with_extracted_metadata,
+    with_wheel_metadata,
 )
 from tests.fakeupstream import build_wheel, core_metadata
 from tests.hostile_wheels import (
@@ -78,7 +78,7 @@ def test_only_wheels_without_metadata_are_enriched() -> None:
     project = Project("demo", files)
     assert lacks_metadata(project)
     extracted = {"a" * 64: "d" * 64, "b" * 64: "e" * 64, "c" * 64: "f" * 64}
-    enriched = with_extracted_metadata(project, extracted)
+    enriched = with_wheel_metadata(project, extracted)
     assert [f.core_metadata for f in enriched.files] == [{"sha256": "d" * 64}, False, True]
     assert not lacks_metadata(enriched)
 

@@ -1,8 +1,8 @@
-"""PEP 658 for indexes that lack it: a cached wheel's own METADATA, extracted and advertised.
+"""PEP 658 for indexes that lack it: a wheel's own METADATA, read and advertised.
 
 Resolvers fetch `{wheel}.metadata` instead of the whole wheel when the index advertises it.
-Once a wheel is in our cache we can offer that for any index, byte-identical to the
-`*.dist-info/METADATA` inside the wheel.
+The proxy offers that for any index, byte-identical to the `*.dist-info/METADATA` inside
+the wheel, read from the cached wheel or from a few ranges of the upstream's.
 
 A wheel is whatever the upstream served, so it is read as hostile input: only its central
 directory and the one member are read (not `zipfile`, which parses every entry into objects
@@ -52,6 +52,9 @@ _METADATA_SUFFIX = b".dist-info/METADATA"
 _STORED, _DEFLATED = 0, 8
 _ENCRYPTED = 0x1 | 0x40  # traditional and strong encryption
 _UTF8 = 0x800
+# What a wheel that holds no readable METADATA (broken, hostile) is paired with instead of
+# its METADATA's sha256: advertised as none, and not read again while the pair lasts.
+UNREADABLE = ""
 
 
 class NotReadable(Exception):
@@ -247,12 +250,19 @@ def lacks_metadata(project: Project) -> bool:
     return any(map(_wheel_without_metadata, project.files))
 
 
-def with_extracted_metadata(project: Project, extracted: Mapping[str, str]) -> Project:
-    """`project` with `core-metadata` advertised for every wheel whose index offers none but
-    whose METADATA we extracted (`extracted`: wheel sha256 -> METADATA sha256)."""
+def with_wheel_metadata(project: Project, extracted: Mapping[str, str]) -> Project:
+    """`project` with `core-metadata` advertised for every wheel whose index offers none
+    (and gives its sha256, which names the wheel the METADATA is read from): with the
+    METADATA's hash once it was read (`extracted`: wheel sha256 -> METADATA sha256), `true`
+    before (the proxy reads it when asked: filecache/wheel_metadata.py); none for a wheel
+    found to hold no readable METADATA (paired with UNREADABLE)."""
     files = [
-        msgspec.structs.replace(file, core_metadata={"sha256": extracted[sha256]})
-        if _wheel_without_metadata(file) and (sha256 := file.hashes.get("sha256", "")) in extracted
+        msgspec.structs.replace(
+            file, core_metadata={"sha256": extracted[sha256]} if sha256 in extracted else True
+        )
+        if _wheel_without_metadata(file)
+        and (sha256 := file.hashes.get("sha256"))
+        and extracted.get(sha256) != UNREADABLE
         else file
         for file in project.files
     ]

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -13,6 +14,8 @@ from aiohttp import web
 from cachepi.combine import Combine
 from cachepi.config import Settings
 from cachepi.filecache import DownloadLimits, FileCache
+from cachepi.filecache.range_support import RangeSupport
+from cachepi.filecache.wheel_metadata import WheelMetadata
 from cachepi.index import IndexCache
 from cachepi.metrics import Metrics
 from cachepi.overview import Overviews
@@ -31,10 +34,12 @@ from cachepi.web.keys import (
     METADATA,
     METRICS,
     OVERVIEWS,
+    RANGES,
     RENDERED,
     ROUTE_NAMES,
     SETTINGS,
     STORES,
+    WHEEL_METADATA,
 )
 
 log = logging.getLogger(__name__)
@@ -148,6 +153,8 @@ async def _components(app: web.Application, reconcile: bool) -> AsyncIterator[No
     await file_cache.open(reconcile and sole_server(settings))
     file_cache.sweep_periodically()
     app[FILE_CACHE] = file_cache
+    ranges = app[RANGES] = RangeSupport(time.time)
+    wheel_metadata = app[WHEEL_METADATA] = WheelMetadata(file_cache, stores.locks, metadata, ranges)
     log.info(
         "serving %s from %s (%s blobs, %s metadata)",
         ", ".join(f"{up.url} ({up.name})" for up in upstreams),
@@ -160,6 +167,7 @@ async def _components(app: web.Application, reconcile: bool) -> AsyncIterator[No
         yield
     finally:
         flusher.cancel()
+        await wheel_metadata.close()
         await file_cache.close()
         await connections.close()
         with contextlib.suppress(StoreUnavailable):
