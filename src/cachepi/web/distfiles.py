@@ -2,7 +2,8 @@
 
 Stored files and files still downloading are answered the same way (ETag from sha256, HEAD,
 Range, If-Range, If-None-Match); only the body differs: a stored blob goes out with sendfile,
-a download is relayed from the shared temp file as it grows.
+a download is relayed from the shared temp file as it grows. A range of a file neither
+holds may come from the upstream's range instead (upstream_ranges.py).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from cachepi.web.keys import (
     WHEEL_METADATA,
 )
 from cachepi.web.pages import checked_name, find_listing, gateway_error
+from cachepi.web.upstream_ranges import Passed, passed_through
 from cachepi.wheelmeta import NotReadable
 
 # Files never change in an index: a client may keep them forever.
@@ -89,6 +91,11 @@ async def dist_file(request: web.Request) -> web.StreamResponse:
     if request.method == "HEAD" or _not_modified(request, spec.sha256):
         return await _head(request, spec, headers)
     with _gateway_errors():
+        async with passed_through(request, spec) as passed:
+            if passed is not None:
+                _count(request, CacheResult.MISS)
+                send = _relay(passed, settings.client_timeout)
+                return await _answer(request, headers, passed.size, spec.sha256, send, "upstream")
         async with file_cache.serve(spec, request.remote, lambda: _gone(request)) as found:
             if isinstance(found, Claim):
                 _count(request, CacheResult.MISS)
@@ -311,7 +318,7 @@ def _stream(blob: StoredBlob, patience: float) -> BodySender:
     return send
 
 
-def _relay(download: Claim, patience: float) -> BodySender:
+def _relay(download: Claim | Passed, patience: float) -> BodySender:
     async def send(
         request: web.Request, response: web.StreamResponse, start: int, stop: int | None,
         sent: Sent,
