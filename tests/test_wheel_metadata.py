@@ -50,6 +50,13 @@ async def advertised(proxy: RunningProxy, project: str) -> dict[str, object]:
     return {f["filename"]: f.get("core-metadata") for f in json.loads(page.body)["files"]}
 
 
+async def stored(proxy: RunningProxy, wheel: Dist) -> None:
+    """Until the METADATA the first client got is stored and paired (after its answer)."""
+    async with asyncio.timeout(5):
+        while (await advertised(proxy, wheel.project)).get(wheel.filename) is True:  # noqa: ASYNC110 - nothing to await instead
+            await asyncio.sleep(0.01)
+
+
 async def test_a_big_wheels_metadata_costs_a_few_ranges_and_is_then_advertised(
     upstream: MeteredUpstream, proxy_factory: ProxyFactory
 ) -> None:
@@ -64,6 +71,7 @@ async def test_a_big_wheels_metadata_costs_a_few_ranges_and_is_then_advertised(
     # The wheel's last 16 KiB hold its end record, directory and METADATA: one range.
     assert file_requests(upstream) == [("GET", "bytes=-16384", 206)]
     assert upstream.sent("/files/*") < 20 * KIB
+    await stored(proxy, big)
     assert await advertised(proxy, "big") == {
         big.filename: {"sha256": big.metadata_sha256}, sdist.filename: None,
     }  # fmt: skip
@@ -113,6 +121,7 @@ async def test_another_proxy_on_the_cache_serves_what_one_read_at_once(
     assert await advertised(second, "lib") == {wheel.filename: True}  # before: nothing known
     reply = await fetch(metadata_url(first, wheel))
     assert (reply.status, reply.body) == (200, wheel.metadata)
+    await stored(first, wheel)
     assert await advertised(first, "lib") == {wheel.filename: {"sha256": wheel.metadata_sha256}}
     upstream.reset_counts()
     reply = await fetch(metadata_url(second, wheel))
@@ -180,6 +189,7 @@ async def test_head_reads_nothing_and_a_wheel_without_sha256_is_not_advertised(
     assert head.status == 200 and "Content-Length" not in head.headers
     assert file_requests(upstream) == []
     await fetch(metadata_url(proxy, wheel))
+    await stored(proxy, wheel)
     head = await fetch(metadata_url(proxy, wheel), method="HEAD")
     assert head.headers["Content-Length"] == str(len(wheel.metadata or b""))
     assert head.headers["ETag"] == f'"{wheel.metadata_sha256}"'

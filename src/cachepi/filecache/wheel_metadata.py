@@ -21,7 +21,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
+from typing import NamedTuple
 
 from cachepi.filecache.cache import FileCache
 from cachepi.filecache.download import Download, FileSpec
@@ -46,6 +48,25 @@ log = logging.getLogger(__name__)
 _LOCK_PREFIX = "metadata of "
 
 
+class Found(NamedTuple):
+    """A wheel's METADATA as found: read by this process (`data`), or stored by another
+    (`sha256`)."""
+
+    sha256: str | None
+    data: bytes | None
+
+
+class _Reading:
+    """This process's work on one wheel's METADATA: `found` as soon as it is known (before
+    it is stored: the first clients need not wait for that), `task` until it is stored."""
+
+    def __init__(self) -> None:
+        self.found: asyncio.Future[Found] = asyncio.get_running_loop().create_future()
+        # Retrieved here, so that an outcome nobody awaits any more is not reported.
+        self.found.add_done_callback(lambda done: done.cancelled() or done.exception())
+        self.task: asyncio.Task[None] | None = None
+
+
 class WheelMetadata:
     def __init__(
         self, files: FileCache, locks: Locks, store: MetadataStore, ranges: RangeSupport
@@ -55,43 +76,41 @@ class WheelMetadata:
         self._locks = locks
         self._store = store
         self._ranges = ranges
-        # Work under way in this process, by wheel sha256: (the stored METADATA's sha256,
-        # or None when the cache would not keep it; its bytes when this process read them).
-        self._running: dict[str, asyncio.Task[tuple[str | None, bytes | None]]] = {}
+        self._running: dict[str, _Reading] = {}  # by wheel sha256
 
     async def get(self, wheel: FileSpec, client: str | None) -> StoredBlob | bytes:
         """The METADATA of `wheel` (whose sha256 the index gives): its stored blob, which the
-        caller closes, or its bytes when the cache would not keep them. `client`: the
-        address that asked, whose bound on downloads the work counts against. Raises
-        NotReadable, and as a download does: UpstreamError, UpstreamNotFound, DownloadFailed
-        (also when another process failed at it), Busy."""
+        caller closes, or its bytes when read just now (or the cache would not keep them).
+        `client`: the address that asked, whose bound on downloads the work counts against.
+        Raises NotReadable, and as a download does: UpstreamError, UpstreamNotFound,
+        DownloadFailed (also when another process failed at it), Busy."""
         assert wheel.sha256 is not None, "only a wheel the index gives a sha256 is paired"
         for _ in range(2):  # the blob stored may be gone by the time it is opened: once more
             if (blob := await self.stored(wheel)) is not None:
                 return blob
-            task = self._running.get(wheel.sha256)
-            if task is None:
-                task = asyncio.create_task(self._obtain(wheel, client))
-                self._running[wheel.sha256] = task
-                task.add_done_callback(lambda done: self._ended(wheel.sha256 or "", done))
-            metadata_sha256, data = await asyncio.shield(task)  # a client leaving stops no one
-            if metadata_sha256 is not None and (blob := await self._open(wheel, metadata_sha256)):
+            reading = self._running.get(wheel.sha256) or self._start(wheel, wheel.sha256, client)
+            found = await asyncio.shield(reading.found)  # a client leaving stops no one
+            if found.data is not None:
+                return found.data
+            if found.sha256 is not None and (blob := await self._open(wheel, found.sha256)):
                 return blob
-            if data is not None:
-                return data
         raise DownloadFailed(f"the METADATA of {wheel.filename} was stored and is gone again")
 
-    def _ended(
-        self, wheel_sha256: str, task: asyncio.Task[tuple[str | None, bytes | None]]
-    ) -> None:
-        if self._running.get(wheel_sha256) is task:
+    def _start(self, wheel: FileSpec, wheel_sha256: str, client: str | None) -> _Reading:
+        reading = self._running[wheel_sha256] = _Reading()
+        reading.task = asyncio.create_task(self._obtain(wheel, client, reading.found))
+        reading.task.add_done_callback(functools.partial(self._ended, wheel_sha256, reading))
+        return reading
+
+    def _ended(self, wheel_sha256: str, reading: _Reading, task: asyncio.Task[None]) -> None:
+        if self._running.get(wheel_sha256) is reading:
             del self._running[wheel_sha256]
         if not task.cancelled():
-            task.exception()  # told to whoever awaited it; retrieved if nobody is left
+            task.exception()  # told to whoever awaited `found`
 
     async def close(self) -> None:
         """Cancel the work under way."""
-        tasks = list(self._running.values())
+        tasks = [reading.task for reading in self._running.values() if reading.task]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -117,9 +136,11 @@ class WheelMetadata:
             dataclasses.replace(wheel, hashes={"sha256": metadata_sha256})
         )
 
-    async def _obtain(self, wheel: FileSpec, client: str | None) -> tuple[str | None, bytes | None]:
+    async def _obtain(
+        self, wheel: FileSpec, client: str | None, found: asyncio.Future[Found]
+    ) -> None:
         """Read and store the METADATA under the wheel's lock, or wait for the process that
-        does: (the stored blob's sha256, or None; the bytes, if read here)."""
+        does; `found` is told as soon as it is known."""
         lock = self._locks.lock(_LOCK_PREFIX + wheel.url)
         try:
             while not lock.try_acquire():
@@ -127,23 +148,28 @@ class WheelMetadata:
                 if outcome is not None and not outcome.ok:
                     raise DownloadFailed(outcome.reason)
                 if outcome is not None and outcome.sha256 is not None:
-                    return outcome.sha256, None
+                    found.set_result(Found(outcome.sha256, None))
+                    return
                 # The holder died, or stored nothing: try again, maybe as the holder.
-            return await self._lead(wheel, client, lock)
+            await self._lead(wheel, client, lock, found)
+        except BaseException as failure:
+            if not found.done():
+                found.set_exception(failure)
+            raise
         finally:
             lock.close()
 
     async def _lead(
-        self, wheel: FileSpec, client: str | None, lock: Lock
-    ) -> tuple[str | None, bytes | None]:
+        self, wheel: FileSpec, client: str | None, lock: Lock, found: asyncio.Future[Found]
+    ) -> None:
         assert wheel.sha256 is not None
         try:
             if (blob := await self.stored(wheel)) is not None:  # done meanwhile
                 blob.close()
+                found.set_result(Found(blob.sha256, None))
                 lock.release(Outcome(True, sha256=blob.sha256, size=blob.size))
-                return blob.sha256, None
+                return
             data = await self._read(wheel, client)
-            metadata_sha256 = await self._keep(wheel, data)
         except NotReadable as failure:
             log.warning("%s: %s", redact(wheel.url), failure)
             with contextlib.suppress(StoreUnavailable):  # else read again when asked
@@ -153,8 +179,9 @@ class WheelMetadata:
         except BaseException as failure:
             lock.release(Outcome(False, str(failure) or type(failure).__name__))
             raise
+        found.set_result(Found(None, data))  # served now; stored after
+        metadata_sha256 = await self._keep(wheel, data)
         lock.release(Outcome(True, sha256=metadata_sha256, size=len(data)))
-        return metadata_sha256, data
 
     async def _read(self, wheel: FileSpec, client: str | None) -> bytes:
         """The wheel's METADATA: from the cached wheel, from ranges, or from the whole."""
