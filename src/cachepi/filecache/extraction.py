@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 
 from cachepi.filecache.accounting import Accounting
 from cachepi.filecache.transfer import write_all
 from cachepi.store.protocols import EXTRACTED, BlobStore, MetadataStore, StoreUnavailable
+from cachepi.store.shared_map import SharedMap
 from cachepi.wheelmeta import UNREADABLE, Archive, NotReadable, read_wheel_metadata
 
 log = logging.getLogger(__name__)
@@ -44,18 +44,8 @@ class Extractions:
         self._blobs = blobs
         self._store = store
         self._accounting = accounting
-        self._clock = clock
-        # wheel sha256 -> METADATA sha256 (or UNREADABLE), never changed in place (renderers
-        # read it from threads), and a counter that changes with it so pages are rendered
-        # again.
-        self._pairs: dict[str, str] = {}
-        self._generation = 0
-        self._wheel_of: dict[str, str] = {}  # METADATA sha256 -> wheel sha256
-        # Wheels whose pair went with a removed blob, out of `_pairs` at the next `known`
-        # (eviction removes blobs by the hundred: one copy of `_pairs` for all of them).
-        self._dropped: set[str] = set()
-        self._stored_generation = -1  # of the store's EXTRACTED changes, as last followed
-        self._checked = clock()
+        # wheel sha256 -> METADATA sha256 (or UNREADABLE), in every process.
+        self._pairs = SharedMap(store, EXTRACTED, lambda k: store.extracted_metadata(k), clock)
         # Wheels being read now: a cache hit does not start another reading (a big wheel
         # is costly to open, more so from S3).
         self._working: set[str] = set()
@@ -65,16 +55,12 @@ class Extractions:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def load(self) -> None:
-        try:
-            self._stored_generation = self._store.generation(EXTRACTED)
-            self._update(self._pairs, self._store.extracted_metadata())
-        except StoreUnavailable as failure:  # a shared store that is down: picked up later
-            log.warning("cannot load the extracted METADATA records: %s", failure)
+        self._pairs.load()
 
     def wanted(self, wheel_sha256: str) -> bool:
         """Whether extracting from this wheel is worth starting now."""
         return not (
-            wheel_sha256 in self._pairs
+            wheel_sha256 in self._pairs.current
             or wheel_sha256 in self._working
             or len(self._working) >= QUEUED
         )
@@ -82,37 +68,7 @@ class Extractions:
     def known(self) -> tuple[int, Mapping[str, str]]:
         """(generation, wheel sha256 -> METADATA sha256, or UNREADABLE) of what may be
         advertised."""
-        now = self._clock()
-        if now - self._checked >= 1.0:
-            self._checked = now
-            with contextlib.suppress(StoreUnavailable):  # keep what we know
-                self._follow_store()
-        if self._dropped:
-            dropped, self._dropped = self._dropped, set()
-            self._update(dropped, {})
-        return self._generation, self._pairs
-
-    def _follow_store(self) -> None:
-        """Take in the pairs other processes (and nodes) added or removed."""
-        changed = self._store.changes(EXTRACTED, self._stored_generation)
-        if changed.generation == self._stored_generation:
-            return
-        if changed.keys is None:  # too much to tell: read them all
-            self._update(self._pairs, self._store.extracted_metadata())
-        else:
-            self._update(changed.keys, self._store.extracted_metadata(changed.keys))
-        self._stored_generation = changed.generation
-
-    def _update(self, drop: Collection[str], add: Mapping[str, str]) -> None:
-        """Without the pairs of the wheels `drop`, with those of `add`: a new `_pairs`."""
-        pairs = dict(self._pairs)
-        for wheel in drop:
-            if (metadata := pairs.pop(wheel, None)) is not None and metadata != UNREADABLE:
-                self._wheel_of.pop(metadata, None)
-        pairs.update(add)
-        self._wheel_of.update((m, wheel) for wheel, m in add.items() if m != UNREADABLE)
-        self._pairs = pairs
-        self._generation += 1
+        return self._pairs.known()
 
     def schedule(self, wheel_sha256: str, filename: str, project: str | None) -> None:
         """Extract in the background, if wanted; returns at once. The task is ours: `close`
@@ -180,7 +136,7 @@ class Extractions:
             log.warning("%s", failure)
             self.unreadable(wheel_sha256)
             return
-        if data is not None and wheel_sha256 not in self._pairs:
+        if data is not None and wheel_sha256 not in self._pairs.current:
             await self.keep(wheel_sha256, data, project, filename)
 
     async def read_cached(self, wheel_sha256: str, filename: str) -> bytes | None:
@@ -220,20 +176,17 @@ class Extractions:
             return None
         # The blob first: a pair any process sees names a stored blob.
         self._store.put_extracted_metadata(wheel_sha256, metadata_sha256)
-        self._dropped.discard(wheel_sha256)  # evicted and stored again meanwhile
-        self._update((), {wheel_sha256: metadata_sha256})
+        self._pairs.add({wheel_sha256: metadata_sha256})
         return metadata_sha256
 
     def unreadable(self, wheel_sha256: str) -> None:
         """The wheel `wheel_sha256` holds no readable METADATA: remembered by every process
         (as long as its blob, if it has one). Raises StoreUnavailable."""
         self._store.put_extracted_metadata(wheel_sha256, UNREADABLE)
-        self._dropped.discard(wheel_sha256)
-        self._update((), {wheel_sha256: UNREADABLE})
+        self._pairs.add({wheel_sha256: UNREADABLE})
 
     def forget(self, sha256: str) -> None:
-        """A removed blob takes its pairing with it (either side); the store told the
-        other processes when it removed the blob."""
-        wheel = sha256 if sha256 in self._pairs else self._wheel_of.get(sha256)
-        if wheel is not None:
-            self._dropped.add(wheel)
+        """A removed blob took its pairing with it (either side) in the store, which logged
+        that for every process: this one too takes it in at its next look (for all the blobs
+        an eviction removes at once)."""
+        self._pairs.stale()
