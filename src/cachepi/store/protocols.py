@@ -28,6 +28,7 @@ LIST_KEY = ""
 # Topics of `MetadataStore.changes`: what processes hold in memory and drop when told.
 PAGES = "pages"  # keys of pages expired or deleted
 EXTRACTED = "extracted"  # sha256s of wheels whose pair of extracted METADATA came or went
+UPLOAD_TIMES = "upload-times"  # URLs of files whose upload time was recorded
 # Changes kept per topic: a process that missed more (it checks every second) drops all.
 CHANGES_KEPT = 10_000
 
@@ -345,6 +346,14 @@ class MetadataStore(Protocol):
 
     def put_extracted_metadata(self, wheel_sha256: str, metadata_sha256: str) -> None:
         """A change of EXTRACTED."""
+
+    # -- upload times of files whose index gives none (the upstream's Last-Modified)
+    def upload_times(self, urls: Iterable[str] | None = None) -> dict[str, str]:
+        """File URL -> its upload time (ISO 8601, UTC), for `urls` (None: every URL)."""
+
+    def put_upload_time(self, url: str, time: str) -> None:
+        """Record `url`'s upload time, unless it has one (the first one stays): then a
+        change of UPLOAD_TIMES."""
 
     # -- changes: what one process changed that others may hold in memory, by topic
     def generation(self, topic: str) -> int:
