@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,14 +71,16 @@ class Resolution:
     output: str
 
 
-async def uv_compile(index_url: str, home: Path, *options: str) -> Resolution:
-    """`uv pip compile` of REQUIREMENTS from `index_url` alone, with a cold uv cache of its
-    own under `home` (made fresh for each call)."""
-    requirements = _requirements_file(home)
+async def uv_compile(
+    index_url: str, home: Path, *options: str, requirements: Sequence[str] = REQUIREMENTS
+) -> Resolution:
+    """`uv pip compile` of `requirements` from `index_url` alone, with a cold uv cache of
+    its own under `home` (made fresh for each call)."""
+    path = _requirements_file(home, requirements)
     started = time.perf_counter()
     result = await run(
         find_uv_bin(), "pip", "compile", "--index-url", index_url, "--cache-dir",
-        home / "uv-cache", "--no-header", "--no-annotate", *options, requirements,
+        home / "uv-cache", "--no-header", "--no-annotate", *options, path,
         env=isolated_env(home),
     )  # fmt: skip
     seconds = time.perf_counter() - started
@@ -85,8 +88,8 @@ async def uv_compile(index_url: str, home: Path, *options: str) -> Resolution:
     return Resolution({name.lower(): v for name, v in pins.items()}, seconds, result.output)
 
 
-def _requirements_file(home: Path) -> Path:
+def _requirements_file(home: Path, requirements: Sequence[str]) -> Path:
     home.mkdir(parents=True, exist_ok=True)
-    requirements = home / "requirements.in"
-    requirements.write_text("\n".join(REQUIREMENTS) + "\n")
-    return requirements
+    path = home / "requirements.in"
+    path.write_text("\n".join(requirements) + "\n")
+    return path

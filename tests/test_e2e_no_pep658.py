@@ -11,6 +11,7 @@ import json
 import re
 import sys
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ import pytest_asyncio
 
 from tests.clients import isolated_env, run
 from tests.conftest import ProxyFactory
+from tests.fakeupstream import FakeUpstream
 from tests.fakeupstream.metered import MeteredUpstream
 from tests.resolving import PINS, populate, uv_compile
 from tests.served import ServedProxy
@@ -116,3 +118,29 @@ async def test_two_workers_serve_every_metadata_either_of_them_advertised(
     answers = metadata_answers(served)
     assert answers and {status for _, status in answers} == {"200"}, answers
     assert len(set(re.findall(r"pid=(\d+)", served.log_text()))) == 2  # both workers answered
+
+
+async def test_uv_exclude_newer_uses_the_upload_times_learned_from_last_modified(
+    proxy_factory: ProxyFactory, tmp_path: Path
+) -> None:
+    """An index without upload times: uv's --exclude-newer excludes every file it cannot
+    date. Through the proxy, the files resolutions touched are dated by their
+    Last-Modified; then a cutoff between lib 1.0 and 1.1 picks lib 1.0."""
+    async with FakeUpstream(format="html", pep700=False) as upstream:
+        upstream.add_project("app", ["1.0"], deps=["lib>=1.0"], core_metadata=False)
+        upstream.add_project("lib", ["1.0"], core_metadata=False)
+        for dist in upstream.add_project("lib", ["1.1"], core_metadata=False):
+            upstream.add_dist(
+                dist, upload_time=datetime(2025, 6, 1, tzinfo=UTC), core_metadata=False
+            )
+        proxy = await proxy_factory(upstream)
+        for requirement in ("app", "lib==1.0"):  # touches the wheels of both versions
+            touched = await uv_compile(
+                proxy.index_url, tmp_path / requirement, requirements=[requirement]
+            )
+            assert touched.pins, touched.output
+        cutoff = ["--exclude-newer", "2025-01-01T00:00:00Z"]
+        resolved = await uv_compile(proxy.index_url, tmp_path / "cutoff", *cutoff)
+        assert resolved.pins == {"app": "1.0", "lib": "1.0"}, resolved.output
+        direct = await uv_compile(upstream.url, tmp_path / "direct", *cutoff)
+        assert direct.pins == {}, direct.output  # directly, nothing can be dated

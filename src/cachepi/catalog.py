@@ -41,32 +41,53 @@ class MetadataOfWheel:
 def page(
     listing: Listing,
     extracted: Callable[[], tuple[int, Mapping[str, str]]],
+    upload_times: Callable[[], tuple[int, Mapping[str, str]]],
     page_url: Callable[[], str],
 ) -> tuple[str, Callable[[], Project]]:
     """The project page's content version, and how to make the project it shows.
     `extracted()`: (generation, wheel sha256 -> METADATA sha256) from the file cache, asked
-    only for pages that lack metadata. `page_url()`: the page's absolute URL at the proxy,
-    asked only for pages that list provenance (PEP 740 wants a fully qualified URL, so
-    those pages differ by the address the proxy was reached at)."""
+    only for pages that lack metadata. `upload_times()`: (generation, file URL -> upload
+    time) recorded from upstreams (upload_times.py), asked only for pages that lack some.
+    `page_url()`: the page's absolute URL at the proxy, asked only for pages that list
+    provenance (PEP 740 wants a fully qualified URL, so those pages differ by the address
+    the proxy was reached at)."""
     version = listing.version
     pairs: Mapping[str, str] | None = None
+    times: Mapping[str, str] | None = None
     url: str | None = None
     if listing.lacks_metadata:
         generation, pairs = extracted()
         version += f"~{generation}"
+    if listing.lacks_upload_times:
+        generation, times = upload_times()
+        version += f"^{generation}"
     if listing.offers_provenance:
         url = page_url()
         version += f"@{digest(url.encode())}"
-    if pairs is None and url is None:
+    if pairs is None and times is None and url is None:
         return version, lambda: listing.project
 
     def shown() -> Project:
         project = listing.project
         if pairs is not None:
             project = with_wheel_metadata(project, pairs)
+        if times:
+            project = with_upload_times(project, times)
         return project if url is None else with_proxied_provenance(project, url)
 
     return version, shown
+
+
+def with_upload_times(project: Project, times: Mapping[str, str]) -> Project:
+    """`project` with the upload time recorded for each file whose index gave none
+    (`times`: file URL -> upload time)."""
+    files = [
+        msgspec.structs.replace(file, upload_time=time)
+        if file.upload_time is None and (time := times.get(file.url)) is not None
+        else file
+        for file in project.files
+    ]
+    return msgspec.structs.replace(project, files=files)
 
 
 def with_proxied_provenance(project: Project, page_url: str) -> Project:

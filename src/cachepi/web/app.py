@@ -25,6 +25,7 @@ from cachepi.routing import Router
 from cachepi.store import open_stores
 from cachepi.store.flock import hold_cache
 from cachepi.store.protocols import MetadataStore, StoreUnavailable
+from cachepi.upload_times import UploadTimes
 from cachepi.upstream import Connections, PageLimits, Upstream
 from cachepi.upstream_pages import UpstreamPages
 from cachepi.web import admin, auth, dashboard, distfiles, monitoring, pages
@@ -39,6 +40,7 @@ from cachepi.web.keys import (
     ROUTE_NAMES,
     SETTINGS,
     STORES,
+    UPLOAD_TIME_RECORDS,
     WHEEL_METADATA,
 )
 
@@ -115,6 +117,10 @@ async def _components(app: web.Application, reconcile: bool) -> AsyncIterator[No
         settings.verify_ssl,
         limit=settings.upstream_connections,
     )
+    upload_times = app[UPLOAD_TIME_RECORDS] = UploadTimes(
+        metadata, time.time, settings.upload_times == "last-modified"
+    )
+    upload_times.load()
     reach = Reach(settings.file_hosts, settings.upstream_private_addresses == "allow")
     page_limits = PageLimits(settings.page_timeout, settings.max_page_bytes)
     upstreams = [
@@ -128,6 +134,7 @@ async def _components(app: web.Application, reconcile: bool) -> AsyncIterator[No
             reach=reach,
             limits=page_limits,
             metrics=metrics,
+            last_modified=upload_times.saw if upload_times.enabled else None,
         )
         for up in settings.upstreams
     ]

@@ -15,6 +15,7 @@ from cachepi.rendered import RenderCache
 from cachepi.store import Stores
 from cachepi.store.protocols import MetadataStore
 from cachepi.types import CacheResult
+from cachepi.upload_times import UploadTimes
 from cachepi.web.passwords import PasswordChecks
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -22,6 +23,7 @@ INDEX_CACHE = web.AppKey("index_cache", IndexCache)
 FILE_CACHE = web.AppKey("file_cache", FileCache)
 WHEEL_METADATA = web.AppKey("wheel_metadata", WheelMetadata)
 RANGES = web.AppKey("ranges", RangeSupport)
+UPLOAD_TIME_RECORDS = web.AppKey("upload_time_records", UploadTimes)
 METRICS = web.AppKey("metrics", Metrics)
 RENDERED = web.AppKey("rendered", RenderCache)
 METADATA = web.AppKey("metadata", MetadataStore)
