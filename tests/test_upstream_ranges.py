@@ -74,6 +74,22 @@ async def test_a_server_without_ranges_is_told_apart_and_its_file_not_read(
         assert fake.sent(fake.file_path(big.filename)) < 16 * 1024**2
 
 
+async def test_a_whole_small_file_is_the_range_that_covers_it(connections: Connections) -> None:
+    async with MeteredUpstream(ranges=False) as fake:
+        small = fake.add_dist(build_wheel("small", "1.0"))
+        upstream = Upstream(fake.url, 600, connections, name="up")
+        url = fake.file_url(small.filename)
+        for start, stop in [(-(small.size + 1), None), (0, None), (0, small.size + 5)]:
+            async with upstream.open_range(url, start, stop) as span:
+                data = b"".join([chunk async for chunk in span.chunks])
+            assert (span.start, span.stop, span.total, data) == (
+                0, small.size, small.size, small.read_bytes()
+            )  # fmt: skip
+        with pytest.raises(NoRanges):
+            async with upstream.open_range(url, -(small.size - 1), None):
+                pass
+
+
 @pytest.mark.parametrize(
     ("content_range", "body"),
     [

@@ -613,8 +613,15 @@ class Upstream:
 
 def _span(response: aiohttp.ClientResponse, start: int, stop: int | None) -> tuple[int, int, int]:
     """(start, stop, total) of the range `response` holds, if it is the one asked for (see
-    `open_range`); else NoRanges."""
+    `open_range`); else NoRanges. A whole file is that range when the range asked for
+    covers it all (a server may answer so for a small file)."""
     if response.status != 206:
+        length = response.content_length
+        whole = length is not None and (
+            (start < 0 and length <= -start) or (start == 0 and (stop is None or stop >= length))
+        )
+        if whole and length is not None:
+            return 0, length, length
         raise NoRanges(f"the upstream answered {response.status} to a range request")
     match = _CONTENT_RANGE_RE.fullmatch(response.headers.get("Content-Range", "").strip())
     if match is None:
