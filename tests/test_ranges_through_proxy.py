@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import aiohttp
 import pytest
 import pytest_asyncio
 
@@ -139,3 +140,18 @@ async def test_from_a_host_without_ranges_a_range_comes_from_the_whole_file(
         assert gets(upstream, one) == [f"bytes={one.size - 100}-{one.size - 1}", None]
         assert gets(upstream, two) == [None]
         assert set(blobs_on_disk(proxy.settings.cache_dir)) == {one.sha256, two.sha256}
+
+
+async def test_an_upstream_that_breaks_off_a_range_breaks_off_the_clients(
+    upstream: MeteredUpstream, proxy_factory: ProxyFactory
+) -> None:
+    (big,) = upstream.add_project("big", ["1.0"], big_mb=4, sdist=False)
+    proxy = await proxy_factory(upstream)
+    await fetch(url(proxy, big), method="HEAD")  # the length, where the index gives none
+    upstream.reset(upstream.file_path(big.filename), after_bytes=1000, times=1)
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await ranged(proxy, big, "bytes=0-99999")
+    reply = await ranged(proxy, big, "bytes=0-99999")  # the next one is whole
+    assert (reply.status, reply.body) == (206, big.read_bytes()[:100_000])
+    # The first answer ended as a 206 cut short, not as an error raised mid-body.
+    assert [s.status for s in proxy.seen if s.method == "GET"] == [206, 206]

@@ -10,10 +10,12 @@ on a 404 for one, so it is always found, by whichever process (or node) is asked
    (kept, as if a client had asked for it), and read.
 
 Only a wheel that holds no readable METADATA (broken, hostile: wheelmeta.py's bounds) fails,
-with NotReadable. Steps 2 to 4 run once per wheel: once in this process (every request
-waits for the same task), and once across processes and nodes, under the store's lock for
-the wheel's METADATA (a process that finds it held waits for the holder's outcome). What is
-read is stored as extraction.py stores any METADATA: the blob, then the pair.
+with NotReadable, and is paired as UNREADABLE so that no process advertises or reads it
+again. Steps 2 to 4 run once per wheel: once in this process (every request waits for the
+same task), and once across processes and nodes, under the store's lock for the wheel's
+METADATA (a process that finds it held waits for the holder's outcome). The clients of this
+process get the bytes as soon as they are read; then they are stored as extraction.py
+stores any METADATA (the blob, then the pair), and the lock let go.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
 
+import aiohttp
 from aiohttp import web
 
 from cachepi.catalog import METADATA_SUFFIX, PROVENANCE_SUFFIX
@@ -26,7 +27,7 @@ from cachepi.filecache import Download, FileSpec
 from cachepi.filecache.range_support import RangeSupport
 from cachepi.redact import redact
 from cachepi.types import DownloadFailed
-from cachepi.upstream import NoRanges, Span, UpstreamError
+from cachepi.upstream import NoRanges, Span, UpstreamError, describe
 from cachepi.web.conditional import plan_response
 from cachepi.web.keys import FILE_CACHE, RANGES
 
@@ -45,8 +46,9 @@ class Passed:
         try:
             async for data in self._span.chunks:
                 yield data
-        except UpstreamError as failure:  # cut short: the client must not take it as whole
-            raise DownloadFailed(f"{redact(self._url)}: {failure}") from None
+        except (aiohttp.ClientError, OSError, TimeoutError) as failure:
+            # Cut short: the client must not take it as whole.
+            raise DownloadFailed(f"{redact(self._url)}: {describe(failure)}") from None
 
 
 @contextlib.asynccontextmanager
