@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import random
 
@@ -10,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cachepi.filecache.ranged_metadata import MAX_RANGES, read_metadata
+from cachepi.filecache.ranged_metadata import MAX_RANGES, SMALL, read_metadata
 from cachepi.rangedzip import FETCH_AT_LEAST, Fetched, Missing
 from cachepi.upstream import NoRanges, UpstreamError
 from cachepi.wheelmeta import END_READ, Archive, NotReadable, read_wheel_metadata
@@ -143,14 +144,17 @@ async def test_ranges_are_asked_of_the_index_and_checked() -> None:
     index = FakeIndex()
     wheel = build_wheel("lib", "1.0", big_mb=1, modules=3000)
     url = index.add(wheel, metadata=False)
-    assert await read_metadata(index, url, wheel.filename, wheel.size, parse) == wheel.metadata
+    assert (
+        await read_metadata(index, url, wheel.filename, wheel.size, parse, asyncio.Lock())
+        == wheel.metadata
+    )
     assert index.count(f"lib/{wheel.filename}") <= 3
     assert index.sent < 400_000
     with pytest.raises(UpstreamError, match="the index says"):
-        await read_metadata(index, url, wheel.filename, wheel.size + 1, parse)
+        await read_metadata(index, url, wheel.filename, wheel.size + 1, parse, asyncio.Lock())
     index.ranges = False
     with pytest.raises(NoRanges):
-        await read_metadata(index, url, wheel.filename, wheel.size, parse)
+        await read_metadata(index, url, wheel.filename, wheel.size, parse, asyncio.Lock())
 
 
 async def test_a_wheel_needing_too_many_ranges_is_not_readable() -> None:
@@ -169,8 +173,39 @@ async def test_a_wheel_needing_too_many_ranges_is_not_readable() -> None:
 
     index.files[url] = bytes(4 * 1024**2)
     with pytest.raises(NotReadable, match="ranges"):
-        await read_metadata(index, url, wheel.filename, None, never_enough)
+        await read_metadata(index, url, wheel.filename, None, never_enough, asyncio.Lock())
     assert index.count(f"lib/{wheel.filename}") == MAX_RANGES
+
+
+async def test_readings_that_hold_much_take_turns() -> None:
+    """Wheels whose central directories take megabytes (hostile, or huge), read at once:
+    only one reading at a time holds more than SMALL bytes."""
+    index = FakeIndex()
+    crowds = [many_entries_wheel(f"crowd{i}", "1.0", 40_000) for i in range(4)]
+    urls = [index.add(crowd, metadata=False) for crowd in crowds]
+    held: dict[str, int] = {}  # by the readings under way
+    peaks: dict[str, int] = {}
+    most_big = 0
+
+    async def watched(archive: Archive, filename: str) -> bytes | None:
+        nonlocal most_big
+        assert isinstance(archive, Fetched)
+        held[filename] = peaks[filename] = archive.held
+        most_big = max(most_big, sum(1 for size in held.values() if size > SMALL))
+        await asyncio.sleep(0.01)  # the others run meanwhile
+        metadata = read_wheel_metadata(archive, filename)  # Missing: it goes on
+        del held[filename]  # done: what it holds goes
+        return metadata
+
+    big = asyncio.Lock()
+    readings = [
+        read_metadata(index, url, crowd.filename, crowd.size, watched, big)
+        for url, crowd in zip(urls, crowds, strict=True)
+    ]
+    read = await asyncio.gather(*readings)
+    assert read == [crowd.metadata for crowd in crowds]
+    assert min(peaks.values()) > SMALL  # a directory of 40,000 entries: 1.6 MB
+    assert most_big == 1
 
 
 def test_fetched_reads_like_a_file() -> None:

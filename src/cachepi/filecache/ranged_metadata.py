@@ -9,6 +9,7 @@ what was asked), and the member, as wheelmeta.py reads any wheel (size, CRC, bou
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 from cachepi.rangedzip import Fetched, Missing
@@ -18,39 +19,54 @@ from cachepi.wheelmeta import END_READ, Archive, NotReadable
 
 # Ranges a wheel may take: a hostile one that makes the reader ask for more is refused.
 MAX_RANGES = 16
+# Bytes a reading may hold without its turn: the end and the directory of nearly every
+# wheel. Beyond, readings take turns (`big`): a hostile wheel's directory may be 32 MiB,
+# and many readings run at once.
+SMALL = 1024 * 1024
 
 # Reads a wheel's METADATA out of an Archive (wheelmeta.read_wheel_metadata, on a thread).
 Parse = Callable[[Archive, str], Awaitable[bytes | None]]
 
 
 async def read_metadata(
-    index: Index, url: str, filename: str, size: int | None, parse: Parse
+    index: Index, url: str, filename: str, size: int | None, parse: Parse, big: asyncio.Lock
 ) -> bytes:
     """The METADATA of the wheel `filename` at `url` (`size`: its length as the index says,
-    if it does). Raises NoRanges when the upstream sends no ranges, NotReadable when what it
-    sent holds no readable METADATA, UpstreamError (or UpstreamNotFound) when it fails."""
+    if it does); `big`: the turn of readings that hold more than SMALL bytes. Raises
+    NoRanges when the upstream sends no ranges, NotReadable when what it sent holds no
+    readable METADATA, UpstreamError (or UpstreamNotFound) when it fails."""
     fetched: Fetched | None = None
     start, stop = -END_READ, None
-    for _ in range(MAX_RANGES):
-        first, data, total = await _fetch(index, url, start, stop)
-        if fetched is None:
-            if size is not None and total != size:
-                raise UpstreamError(
-                    f"{redact(url)}: the upstream's file is {total} bytes, the index says {size}"
-                )
-            fetched = Fetched(total)
-        elif total != fetched.size:
-            raise NoRanges(f"the file was {fetched.size} bytes, now {total}")
-        fetched.add(first, data)
-        try:
-            metadata = await parse(fetched, filename)
-        except Missing as missing:
-            start, stop = fetched.to_fetch(missing)
-            continue
-        if metadata is None:
-            raise NotReadable(f"{filename} holds no readable METADATA")
-        return metadata
-    raise NotReadable(f"{filename}: more than {MAX_RANGES} ranges to read its METADATA")
+    holding = False  # the turn
+    try:
+        for _ in range(MAX_RANGES):
+            more = 0 if fetched is None or stop is None else fetched.held + stop - start
+            if more > SMALL and not holding:
+                await big.acquire()
+                holding = True
+            first, data, total = await _fetch(index, url, start, stop)
+            if fetched is None:
+                if size is not None and total != size:
+                    raise UpstreamError(
+                        f"{redact(url)}: the upstream's file is {total} bytes, the index says"
+                        f" {size}"
+                    )
+                fetched = Fetched(total)
+            elif total != fetched.size:
+                raise NoRanges(f"the file was {fetched.size} bytes, now {total}")
+            fetched.add(first, data)
+            try:
+                metadata = await parse(fetched, filename)
+            except Missing as missing:
+                start, stop = fetched.to_fetch(missing)
+                continue
+            if metadata is None:
+                raise NotReadable(f"{filename} holds no readable METADATA")
+            return metadata
+        raise NotReadable(f"{filename}: more than {MAX_RANGES} ranges to read its METADATA")
+    finally:
+        if holding:
+            big.release()
 
 
 async def _fetch(index: Index, url: str, start: int, stop: int | None) -> tuple[int, bytes, int]:

@@ -79,6 +79,7 @@ class WheelMetadata:
         self._store = store
         self._ranges = ranges
         self._running: dict[str, _Reading] = {}  # by wheel sha256
+        self._big = asyncio.Lock()  # the turn of readings that hold much (ranged_metadata.py)
 
     async def get(self, wheel: FileSpec, client: str | None) -> StoredBlob | bytes:
         """The METADATA of `wheel` (whose sha256 the index gives): its stored blob, which the
@@ -196,8 +197,9 @@ class WheelMetadata:
             ticket = await self._files.slots.take(wheel.upstream.name, client)
             try:
                 return await read_metadata(
-                    wheel.upstream, wheel.url, filename, wheel.size, self._extractions.read
-                )
+                    wheel.upstream, wheel.url, filename, wheel.size, self._extractions.read,
+                    self._big,
+                )  # fmt: skip
             except NoRanges as refusal:
                 self._ranges.refused(wheel.url, str(refusal))
             finally:
