@@ -348,6 +348,13 @@ def test_refs_and_extracted_pairs_go_with_their_blobs(backend: Backend) -> None:
         assert store.extracted_metadata() == {SHA["b"]: SHA["m"]}
         store.remove_blob(SHA[removed])
         assert store.extracted_metadata() == {}
+    # A wheel that holds no readable METADATA is paired with nothing (""), as long as its blob.
+    store.add_blob(SHA["b"], 10, 1.0)
+    store.put_extracted_metadata(SHA["b"], "")
+    store.put_extracted_metadata(SHA["a"], "")  # a wheel not stored (read from ranges)
+    assert store.extracted_metadata([SHA["a"], SHA["b"]]) == {SHA["a"]: "", SHA["b"]: ""}
+    store.remove_blob(SHA["b"])
+    assert store.extracted_metadata() == {SHA["a"]: ""}
 
 
 def test_the_first_upload_time_recorded_stays_and_is_a_change(backend: Backend) -> None:
