@@ -339,10 +339,10 @@ class MetadataStore(Protocol):
     def least_recently_used(self, limit: int = 256) -> list[tuple[str, int]]:
         """The `limit` blobs used longest ago, oldest first, as (sha256, size)."""
 
-    # -- METADATA extracted from cached wheels
+    # -- METADATA extracted from wheels (cached, or read in ranges)
     def extracted_metadata(self, wheels: Iterable[str] | None = None) -> dict[str, str]:
-        """wheel sha256 -> sha256 of the METADATA blob extracted from it, for `wheels`
-        (None: every wheel)."""
+        """wheel sha256 -> sha256 of the METADATA blob extracted from it ("" when it holds
+        none readable), for `wheels` (None: every wheel)."""
 
     def put_extracted_metadata(self, wheel_sha256: str, metadata_sha256: str) -> None:
         """A change of EXTRACTED."""
