@@ -155,7 +155,10 @@ class WheelMetadata:
                     return
                 # The holder died, or stored nothing: try again, maybe as the holder.
             await self._lead(wheel, client, lock, found)
-        except BaseException as failure:
+        except asyncio.CancelledError:
+            found.cancel()  # shutdown
+            raise
+        except Exception as failure:
             if not found.done():
                 found.set_exception(failure)
             raise
