@@ -7,6 +7,8 @@ its pages and files in memory, a settable clock, and the embedded stores in a di
     cache = IndexCache(pages)
     index.count("lib/")            # requests per path, relative to index.url ("" is the root)
     index.fail(); index.hold()     # raise UpstreamError / hang until index.release()
+    index.ranges = False           # a server without Range support
+    index.sent                     # file bytes it handed out, whole files and ranges
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from cachepi.store import Stores
 from cachepi.store.directory import DirectoryBlobs
 from cachepi.store.flock import FileLocks
 from cachepi.store.sqlite import SqliteMetadata
-from cachepi.upstream import Health, PageResponse, UpstreamError, UpstreamNotFound
+from cachepi.upstream import Health, NoRanges, PageResponse, Span, UpstreamError, UpstreamNotFound
 from tests.fakeupstream.dists import Dist, normalize
 
 T = TypeVar("T")
@@ -72,6 +74,8 @@ class FakeIndex:
         self.requests: Counter[str] = Counter()  # path relative to `url` -> requests
         self.answers: list[tuple[str, int]] = []  # (path, status) of every answered request
         self.failure: UpstreamError | None = None
+        self.ranges = True
+        self.sent = 0
         self._gate = asyncio.Event()
         self._gate.set()
         self._chunk = chunk
@@ -158,13 +162,30 @@ class FakeIndex:
             self._answer(path, 404)
             raise UpstreamNotFound(url)
         self._answer(path, 200)
+        yield len(data), self._chunks(data)
 
-        async def chunks() -> AsyncIterator[bytes]:
-            for start in range(0, len(data), self._chunk):
-                yield data[start : start + self._chunk]
-                await asyncio.sleep(0)  # like a socket: other readers run meanwhile
+    async def _chunks(self, data: bytes) -> AsyncIterator[bytes]:
+        for start in range(0, len(data), self._chunk):
+            self.sent += len(data[start : start + self._chunk])
+            yield data[start : start + self._chunk]
+            await asyncio.sleep(0)  # like a socket: other readers run meanwhile
 
-        yield len(data), chunks()
+    @contextlib.asynccontextmanager
+    async def open_range(self, url: str, start: int, stop: int | None) -> AsyncIterator[Span]:
+        path = url.removeprefix(self.url)
+        self.requests[path] += 1
+        data = self.files.get(url)
+        await self._transit()
+        if data is None:
+            self._answer(path, 404)
+            raise UpstreamNotFound(url)
+        if not self.ranges:
+            self._answer(path, 200)
+            raise NoRanges("the upstream answered 200 to a range request")
+        self._answer(path, 206)
+        first = max(0, len(data) + start) if start < 0 else start
+        end = len(data) if stop is None else min(stop, len(data))
+        yield Span(first, end, len(data), self._chunks(data[first:end]))
 
     async def head_file(self, url: str) -> int | None:
         path = url.removeprefix(self.url)

@@ -154,6 +154,28 @@ async def test_a_page_and_a_file_fetched_by_one_node_are_served_by_the_others(
         assert document["node"] == f"node-{number}"
 
 
+async def test_metadata_of_a_wheel_nobody_downloaded_is_read_once_for_the_cluster(
+    fake_upstream: FakeUpstream, cluster_factory: ClusterFactory
+) -> None:
+    """An index without PEP 658: every node advertises METADATA for the wheel, and clients
+    asking both nodes at once get it, read from ranges of the upstream's wheel once (under
+    the Redis lock), the wheel never downloaded."""
+    (wheel,) = fake_upstream.add_project(
+        "ranged", ["1.0"], core_metadata=False, sdist=False, big_mb=2
+    )
+    fake_upstream.delay(fake_upstream.file_path(wheel.filename), 0.3)  # the others wait
+    cluster = await cluster_factory(fake_upstream, nodes=2)
+    for node in cluster.nodes:
+        page = json.loads((await get_json(cluster.page_url(node, "ranged"))).body)
+        assert page["files"][0]["core-metadata"] is True
+    replies = await asyncio.gather(
+        *(fetch(cluster.file_url(node, wheel) + ".metadata") for node in cluster.nodes * 3)
+    )
+    assert {(reply.status, reply.body) for reply in replies} == {(200, wheel.metadata)}
+    asked = fake_upstream.requests_to(fake_upstream.file_path(wheel.filename))
+    assert [(r.headers.get("Range"), r.status) for r in asked] == [("bytes=-16384", 206)]
+
+
 async def test_metadata_is_extracted_from_wheels_in_s3_and_verify_checks_the_bucket(
     fake_upstream: FakeUpstream, cluster_factory: ClusterFactory, tmp_path: Path
 ) -> None:
@@ -173,9 +195,14 @@ async def test_metadata_is_extracted_from_wheels_in_s3_and_verify_checks_the_buc
         await asyncio.sleep(0.05)
         reply = await fetch(metadata_url)
     assert (reply.status, reply.body) == (200, wheel.metadata)
-    page = json.loads((await get_json(cluster.page_url(b, "nometa"))).body)
-    advertised = {f["filename"]: f.get("core-metadata") for f in page["files"]}
-    assert advertised[wheel.filename] == {"sha256": hashlib.sha256(wheel.metadata).hexdigest()}
+    expected = {"sha256": hashlib.sha256(wheel.metadata).hexdigest()}
+    for _ in range(100):  # stored and paired just after a client got it
+        page = json.loads((await get_json(cluster.page_url(b, "nometa"))).body)
+        advertised = {f["filename"]: f.get("core-metadata") for f in page["files"]}
+        if advertised[wheel.filename] == expected:
+            break
+        await asyncio.sleep(0.05)
+    assert advertised[wheel.filename] == expected
     assert fake_upstream.count(fake_upstream.file_path(wheel.filename + ".metadata")) == 0
 
     result = await asyncio.to_thread(

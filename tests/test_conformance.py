@@ -246,17 +246,29 @@ def download(path: str) -> Step:
 
 
 async def download_wheel_without_metadata(world: World) -> None:
-    """Download the `nometa` wheel through the proxy, then give the proxy a moment (at most
-    5 s) until its page offers core-metadata: reading METADATA out of the stored wheel may
-    finish just after the client has the last byte. Never offered: the case fails here."""
+    """Download the `nometa` wheel through the proxy, then wait for its METADATA's hash."""
     await download("/index/nometa/{nometa}")(world)
+    await metadata_hash_offered(world)
+
+
+async def read_metadata_of_wheel(world: World) -> None:
+    """Ask the proxy for the `nometa` wheel's METADATA (read from ranges of the upstream's
+    wheel), then wait for its hash."""
+    await download("/index/nometa/{nometa}.metadata")(world)
+    await metadata_hash_offered(world)
+
+
+async def metadata_hash_offered(world: World) -> None:
+    """Give the proxy a moment (at most 5 s) until the `nometa` page offers the hash of the
+    wheel's METADATA: it is stored and paired just after a client got it. Never offered:
+    the case fails here."""
     page = req("/index/nometa/", Accept=JSON)
     for _ in range(100):
         listed = files_by_name(await send(world, page))["nometa-1.0-py3-none-any.whl"]
-        if listed.get("core-metadata"):
+        if isinstance(listed.get("core-metadata"), dict):
             return
         await asyncio.sleep(0.05)
-    pytest.fail("5 s after the wheel was downloaded, its page still offers no core-metadata")
+    pytest.fail("after 5 s the page still offers no hash of the wheel's METADATA")
 
 
 # -- checks: headers ---------------------------------------------------------------------------
@@ -474,10 +486,23 @@ def metadata_of_wheel(page_file: Callable[[Reply, str], str | dict[str, str] | N
     return check
 
 
-def no_metadata_offered(reply: Reply) -> None:
+def metadata_offered_without_hash(reply: Reply) -> None:
+    """PEP 714's `true` (JSON): METADATA is there, its hash not known yet."""
     file = files_by_name(reply)["nometa-1.0-py3-none-any.whl"]
-    assert file.get("core-metadata", False) is False
+    assert file.get("core-metadata") is True
     assert "dist-info-metadata" not in file
+
+
+def html_metadata_offered_without_hash(reply: Reply) -> None:
+    attributes = links(reply)["nometa-1.0-py3-none-any.whl"]
+    assert attributes.get("data-core-metadata") == "true"
+    assert attributes.get("data-dist-info-metadata") == "true"
+
+
+def nometa_wheel_read_in_ranges_only(reply: Reply) -> None:
+    """The upstream was asked for ranges of the wheel (its end, maybe more), never all."""
+    asked = reply.world.upstream.requests_to(reply.world.fill("/files/{nometa}"))
+    assert asked and all(r.status == 206 for r in asked), [(r.method, r.status) for r in asked]
 
 
 def wheel_metadata(world: World, filename: str) -> bytes:
@@ -1126,16 +1151,29 @@ CASES: list[Case] = [
     ),
     # -- 6. PEP 658 metadata for an index that has none ------------------------------------
     Case(
-        "no-core-metadata-offered-before-the-wheel-was-downloaded",
+        "json-offers-core-metadata-true-before-it-was-read",
         req("/index/nometa/", Accept=JSON),
         200,
-        (no_metadata_offered,),
+        (metadata_offered_without_hash,),
     ),
     Case(
-        "metadata-file-is-404-before-the-wheel-was-downloaded",
+        "html-offers-core-metadata-true-before-it-was-read",
+        req("/index/nometa/", Accept="text/html"),
+        200,
+        (html_metadata_offered_without_hash,),
+    ),
+    Case(
+        "metadata-file-is-read-from-ranges-of-a-wheel-never-downloaded",
         req("/index/nometa/{nometa}.metadata"),
-        404,
-        (has_content_type,),
+        200,
+        (metadata_bytes_of_nometa_wheel, nometa_wheel_read_in_ranges_only),
+    ),
+    Case(
+        "json-offers-core-metadata-hash-once-it-was-read",
+        req("/index/nometa/", Accept=JSON),
+        200,
+        (metadata_of_wheel(lambda r, n: files_by_name(r)[n].get("core-metadata")),),
+        given=(read_metadata_of_wheel,),
     ),
     Case(
         "json-offers-core-metadata-once-the-wheel-was-downloaded",

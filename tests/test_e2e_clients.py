@@ -113,32 +113,35 @@ async def test_installer_installs_newest_tree_through_proxy(
     assert_clean_run(proxy, egress_trap)
 
 
-async def test_pip_fast_deps_reads_wheel_metadata_with_range_requests(
+async def test_pip_fast_deps_reads_ranges_of_a_wheel_url_through_the_proxy(
     fake_upstream: FakeUpstream,
     proxy_factory: ProxyFactory,
     egress_trap: EgressTrap,
     tmp_path: Path,
 ) -> None:
-    # With PEP 658 metadata listed, pip never uses fast-deps; without it, pip reads each
-    # wheel's METADATA through HEAD + Range requests (its "lazy wheel", 10 KiB at a time
-    # from the end).
-    unlist_core_metadata(fake_upstream)
+    # pip's fast-deps ("lazy wheel") reads a wheel's METADATA with HEAD and Range requests
+    # (10 KiB at a time from the end) when it has no PEP 658 metadata, as for a wheel URL
+    # given on its command line. Through the proxy, those ranges are the upstream's: the
+    # whole wheel is fetched once, for the install.
+    (wheel,) = fake_upstream.add_project(
+        "lazy", ["1.0"], deps=["lib>=1.0"], big_mb=0.25, sdist=False
+    )
     proxy = await proxy_factory(fake_upstream)
+    path = f"/index/lazy/{wheel.filename}"
     result = await pip_install(
-        proxy.index_url, tmp_path / "t", "app",
+        proxy.index_url, tmp_path / "t", proxy.url + path,
         home=tmp_path, options=["--use-feature=fast-deps"], egress=egress_trap.url,
     )  # fmt: skip
-    assert installed(tmp_path / "t") == NEWEST, result.check().output
-    assert not [s for s in proxy.seen if s.path.endswith(".metadata")]
-    wheels = newest_wheel_paths(fake_upstream)
-    assert {s.path for s in proxy.seen if s.method == "HEAD"} == set(wheels)
-    ranged = [s for s in proxy.seen if "Range" in s.headers]
-    assert {s.path for s in ranged} == set(wheels) and {s.status for s in ranged} == {206}
-    # pip's first read of the padded app wheel is its tail, not the whole file.
-    app_wheel = next(path for path in wheels if path.startswith("/index/app/"))
-    first = next(s.headers["Range"] for s in ranged if s.path == app_wheel)
-    start, end = map(int, first.removeprefix("bytes=").split("-"))
-    assert start > 0 and end == wheels[app_wheel].size - 1, first
+    assert installed(tmp_path / "t") == {"lazy": "1.0", "lib": "1.1"}, result.check().output
+    asked = [(s.method, s.headers.get("Range"), s.status) for s in proxy.seen if s.path == path]
+    assert asked[0] == ("HEAD", None, 200) and asked[-1] == ("GET", None, 200), asked
+    ranges = [r for _, r, status in asked[1:-1] if status == 206 and r and r.startswith("bytes=")]
+    assert len(ranges) == len(asked) - 2 >= 1, asked
+    upstream = [
+        r.headers.get("Range")
+        for r in fake_upstream.requests_to(fake_upstream.file_path(wheel.filename))
+    ]
+    assert upstream == [*ranges, None]  # each range passed through, then the whole wheel
     assert_clean_run(proxy, egress_trap)
 
 
@@ -186,14 +189,14 @@ async def test_locker_locks_tree_with_upstream_hashes_from_proxy_alone(
     assert_clean_run(proxy, egress_trap)
 
 
-async def test_poetry_reads_wheel_tails_with_suffix_ranges_when_no_metadata_is_listed(
+async def test_poetry_locks_an_index_without_pep_658_from_ranges_of_its_wheels(
     fake_upstream: FakeUpstream,
     proxy_factory: ProxyFactory,
     egress_trap: EgressTrap,
     tmp_path: Path,
 ) -> None:
-    # Poetry's lazy wheel opens with a suffix range (`bytes=-N`) on a file the proxy has not
-    # cached yet: the proxy must answer 206 with the tail, not the whole file or an error.
+    # The index offers no PEP 658 metadata; the proxy advertises it for every wheel and
+    # reads it from a few ranges of each: locking fetches no wheel whole.
     unlist_core_metadata(fake_upstream)
     proxy = await proxy_factory(fake_upstream)
     project = tmp_path / "project"
@@ -201,9 +204,10 @@ async def test_poetry_reads_wheel_tails_with_suffix_ranges_when_no_metadata_is_l
     result = await lock(POETRY, project, home=tmp_path / "home", egress=egress_trap.url)
     assert (project / POETRY.lock_file).is_file(), result.check().output
     assert locked_packages(project / POETRY.lock_file) == expected_lock(fake_upstream)
-    ranged = [s for s in proxy.seen if "Range" in s.headers]
-    assert {s.path for s in ranged} == set(newest_wheel_paths(fake_upstream))
-    assert all(s.headers["Range"].startswith("bytes=-") and s.status == 206 for s in ranged)
+    metadata = {s.path for s in proxy.seen if s.path.endswith(".metadata") and s.status == 200}
+    assert metadata == {path + ".metadata" for path in newest_wheel_paths(fake_upstream)}
+    wheels = [r for r in fake_upstream.requests if r.path.endswith(".whl")]
+    assert wheels and all(r.status == 206 and "Range" in r.headers for r in wheels), wheels
     assert_clean_run(proxy, egress_trap)
 
 

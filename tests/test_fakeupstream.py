@@ -18,6 +18,7 @@ import time
 import zipfile
 import zlib
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
@@ -531,6 +532,42 @@ async def test_files_download_with_length_head_and_ranges(
     assert response.status == 416
     response, body = await fetch(session, url, headers={"Range": "bytes=0-1,5-6"})
     assert (response.status, body) == (200, whole)  # multi-range: the whole file instead
+
+
+async def test_a_server_without_ranges_sends_the_whole_file_and_no_accept_ranges(
+    fake_upstream: FakeUpstream, session: aiohttp.ClientSession
+) -> None:
+    fake_upstream.ranges = False
+    dist, url = fake_upstream.dist(WHEEL), fake_upstream.file_url(WHEEL)
+    response, body = await fetch(session, url, headers={"Range": "bytes=-7"})
+    assert (response.status, body) == (200, dist.read_bytes())
+    assert "Accept-Ranges" not in response.headers
+    assert "Content-Range" not in response.headers
+    fake_upstream.ranges = True
+    response, body = await fetch(session, url, headers={"Range": "bytes=-7"})
+    assert (response.status, body) == (206, dist.read_bytes()[-7:])
+
+
+async def test_a_files_last_modified_is_its_upload_time(
+    fake_upstream: FakeUpstream, session: aiohttp.ClientSession
+) -> None:
+    uploaded = datetime(2023, 5, 6, 7, 8, 9, tzinfo=UTC)
+    dist = fake_upstream.add_dist(build_wheel("dated", "1.0"), upload_time=uploaded)
+    response, _ = await fetch(session, fake_upstream.file_url(dist.filename))
+    assert response.headers["Last-Modified"] == "Sat, 06 May 2023 07:08:09 GMT"
+    page = await get_json(session, fake_upstream.url + "dated/")
+    assert page["files"][0]["upload-time"] == "2023-05-06T07:08:09.000000Z"
+
+
+def test_a_wheel_with_many_modules_has_a_big_central_directory() -> None:
+    dist = build_wheel("manyfiles", "1.0", modules=2000)
+    with zipfile.ZipFile(io.BytesIO(dist.read_bytes())) as archive:
+        assert len(archive.namelist()) == 2004
+        assert_record_verifies(archive)
+        assert archive.read("manyfiles-1.0.dist-info/METADATA") == dist.metadata
+    end = dist.read_bytes()[-22:]
+    directory_size = int.from_bytes(end[12:16], "little")
+    assert directory_size > 100_000  # far more than a client's first read of the tail
 
 
 async def test_pages_answer_304_to_etag_and_date_until_they_change(

@@ -36,6 +36,7 @@ from cachepi.store.protocols import (
     JOBS_KEPT,
     LIST_KEY,
     PAGES,
+    UPLOAD_TIMES,
     BlobStore,
     Changes,
     Lock,
@@ -349,6 +350,30 @@ def test_refs_and_extracted_pairs_go_with_their_blobs(backend: Backend) -> None:
         assert store.extracted_metadata() == {SHA["b"]: SHA["m"]}
         store.remove_blob(SHA[removed])
         assert store.extracted_metadata() == {}
+    # A wheel that holds no readable METADATA is paired with nothing (""), as long as its blob.
+    store.add_blob(SHA["b"], 10, 1.0)
+    store.put_extracted_metadata(SHA["b"], "")
+    store.put_extracted_metadata(SHA["a"], "")  # a wheel not stored (read from ranges)
+    assert store.extracted_metadata([SHA["a"], SHA["b"]]) == {SHA["a"]: "", SHA["b"]: ""}
+    store.remove_blob(SHA["b"])
+    assert store.extracted_metadata() == {SHA["a"]: ""}
+
+
+def test_the_first_upload_time_recorded_stays_and_is_a_change(backend: Backend) -> None:
+    store = backend.metadata
+    wheel, sdist = "https://files.test/a-1.0-py3-none-any.whl", "https://files.test/a-1.0.tar.gz"
+    assert store.upload_times() == {} and store.generation(UPLOAD_TIMES) == 0
+    store.put_upload_time(wheel, "2024-01-02T03:04:05Z")
+    store.put_upload_time(wheel, "2025-01-01T00:00:00Z")  # a later touch changes nothing
+    store.put_upload_time(sdist, "2024-02-01T00:00:00Z")
+    assert store.upload_times() == {wheel: "2024-01-02T03:04:05Z", sdist: "2024-02-01T00:00:00Z"}
+    assert store.upload_times([wheel, "https://files.test/other"]) == {
+        wheel: "2024-01-02T03:04:05Z"
+    }
+    assert store.changes(UPLOAD_TIMES, 0) == Changes(2, frozenset({wheel, sdist}))
+    store.add_blob(SHA["a"], 10, 1.0)
+    store.remove_blob(SHA["a"])  # times are facts about the upstream's files: they stay
+    assert len(store.upload_times()) == 2
 
 
 HOUR = 480_000  # an hour since the epoch (in 2024)

@@ -13,11 +13,12 @@ import pytest
 
 from cachepi.simple.model import File, Project
 from cachepi.wheelmeta import (
+    END_READ,
     MAX_ENTRIES,
     MAX_METADATA_BYTES,
     lacks_metadata,
     read_wheel_metadata,
-    with_extracted_metadata,
+    with_wheel_metadata,
 )
 from tests.fakeupstream import build_wheel, core_metadata
 from tests.hostile_wheels import (
@@ -77,7 +78,7 @@ def test_only_wheels_without_metadata_are_enriched() -> None:
     project = Project("demo", files)
     assert lacks_metadata(project)
     extracted = {"a" * 64: "d" * 64, "b" * 64: "e" * 64, "c" * 64: "f" * 64}
-    enriched = with_extracted_metadata(project, extracted)
+    enriched = with_wheel_metadata(project, extracted)
     assert [f.core_metadata for f in enriched.files] == [{"sha256": "d" * 64}, False, True]
     assert not lacks_metadata(enriched)
 
@@ -98,6 +99,18 @@ def test_odd_but_valid_archives_read_as_zipfile_reads_them(
         Member.of("demo-1.0.dist-info/WHEEL", b"Wheel-Version: 1.0\n", method),
     ]
     data = zip_archive(members, prefix=prefix, zip64=zip64, comment=b"a comment")
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        assert archive.read("demo-1.0.dist-info/METADATA") == metadata
+    assert read_wheel_metadata(io.BytesIO(data), WHEEL) == metadata
+
+
+@pytest.mark.parametrize("comment_length", [0, END_READ - 30, END_READ, 40_000, 0xFFFF])
+def test_the_end_record_is_found_behind_a_comment_of_any_length(comment_length: int) -> None:
+    """The end of an archive is read in two steps (the last END_READ bytes, then as much as
+    a comment can take): a comment either side of the first step's bytes is read past."""
+    metadata = core_metadata("demo", "1.0", [], None)
+    members = [Member.of("demo-1.0.dist-info/METADATA", metadata, 8)]
+    data = zip_archive(members, comment=b"PK\x05" * (comment_length // 3))
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         assert archive.read("demo-1.0.dist-info/METADATA") == metadata
     assert read_wheel_metadata(io.BytesIO(data), WHEEL) == metadata

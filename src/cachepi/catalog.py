@@ -1,10 +1,11 @@
-"""What a client may see and fetch of a project: its page as rendered (with the METADATA
-extracted from cached wheels advertised, and PEP 740 provenance at the proxy), and the file a
-request names. Pure."""
+"""What a client may see and fetch of a project: its page as rendered (with METADATA
+advertised for every wheel whose index offers none, and PEP 740 provenance at the proxy),
+and the file a request names. Pure."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import msgspec
 
@@ -13,7 +14,7 @@ from cachepi.index import Listing
 from cachepi.simple.model import Project
 from cachepi.simple.render import file_href
 from cachepi.upstream_pages import digest
-from cachepi.wheelmeta import with_extracted_metadata
+from cachepi.wheelmeta import with_wheel_metadata
 
 METADATA_SUFFIX = ".metadata"
 # PEP 740's name for a file's provenance object, next to the file: how the proxy serves it.
@@ -29,35 +30,64 @@ class NotServed(Exception):
         self.forbidden = forbidden
 
 
+@dataclass(frozen=True)
+class MetadataOfWheel:
+    """A request for the METADATA of `wheel`, whose index offers none: read from the wheel
+    (filecache/wheel_metadata.py)."""
+
+    wheel: FileSpec
+
+
 def page(
     listing: Listing,
     extracted: Callable[[], tuple[int, Mapping[str, str]]],
+    upload_times: Callable[[], tuple[int, Mapping[str, str]]],
     page_url: Callable[[], str],
 ) -> tuple[str, Callable[[], Project]]:
     """The project page's content version, and how to make the project it shows.
     `extracted()`: (generation, wheel sha256 -> METADATA sha256) from the file cache, asked
-    only for pages that lack metadata. `page_url()`: the page's absolute URL at the proxy,
-    asked only for pages that list provenance (PEP 740 wants a fully qualified URL, so
-    those pages differ by the address the proxy was reached at)."""
+    only for pages that lack metadata. `upload_times()`: (generation, file URL -> upload
+    time) recorded from upstreams (upload_times.py), asked only for pages that lack some.
+    `page_url()`: the page's absolute URL at the proxy, asked only for pages that list
+    provenance (PEP 740 wants a fully qualified URL, so those pages differ by the address
+    the proxy was reached at)."""
     version = listing.version
     pairs: Mapping[str, str] | None = None
+    times: Mapping[str, str] | None = None
     url: str | None = None
     if listing.lacks_metadata:
         generation, pairs = extracted()
         version += f"~{generation}"
+    if listing.lacks_upload_times:
+        generation, times = upload_times()
+        version += f"^{generation}"
     if listing.offers_provenance:
         url = page_url()
         version += f"@{digest(url.encode())}"
-    if pairs is None and url is None:
+    if pairs is None and times is None and url is None:
         return version, lambda: listing.project
 
     def shown() -> Project:
         project = listing.project
         if pairs is not None:
-            project = with_extracted_metadata(project, pairs)
+            project = with_wheel_metadata(project, pairs)
+        if times:
+            project = with_upload_times(project, times)
         return project if url is None else with_proxied_provenance(project, url)
 
     return version, shown
+
+
+def with_upload_times(project: Project, times: Mapping[str, str]) -> Project:
+    """`project` with the upload time recorded for each file whose index gave none
+    (`times`: file URL -> upload time)."""
+    files = [
+        msgspec.structs.replace(file, upload_time=time)
+        if file.upload_time is None and (time := times.get(file.url)) is not None
+        else file
+        for file in project.files
+    ]
+    return msgspec.structs.replace(project, files=files)
 
 
 def with_proxied_provenance(project: Project, page_url: str) -> Project:
@@ -75,9 +105,7 @@ def with_proxied_provenance(project: Project, page_url: str) -> Project:
     return msgspec.structs.replace(project, files=files)
 
 
-def file_spec(
-    listing: Listing | None, name: str, filename: str, extracted: Mapping[str, str]
-) -> FileSpec:
+def file_spec(listing: Listing | None, name: str, filename: str) -> FileSpec | MetadataOfWheel:
     """What to fetch for `filename` (or for the file whose `.metadata` or `.provenance` it
     is), and how to check it. Raises NotServed."""
     provenance = filename.endswith(PROVENANCE_SUFFIX)
@@ -96,17 +124,14 @@ def file_spec(
         # Neither hash nor size is known: kept by its URL, like a file without a hash.
         return FileSpec(file.provenance, {}, None, upstream, None, name, filename)
     extract = base.endswith(".whl") and not file.core_metadata
+    spec = FileSpec(
+        file.url, file.hashes, file.size, upstream, base if extract else None, name, base
+    )
     if base == filename:
-        return FileSpec(
-            file.url, file.hashes, file.size, upstream, base if extract else None, name, base
-        )
-    if extract:  # the index has none, but we may have extracted it from the cached wheel
-        metadata_sha256 = extracted.get(file.hashes.get("sha256", ""))
-        if metadata_sha256 is None:
-            raise NotServed(f"no metadata file is known for {base!r}")
-        hashes = {"sha256": metadata_sha256}
-    elif not file.core_metadata:
+        return spec
+    if extract and spec.sha256 is not None:  # the index has none: read from the wheel
+        return MetadataOfWheel(spec)
+    if not file.core_metadata:  # nor is any advertised (wheel_metadata.py)
         raise NotServed(f"the index offers no metadata file for {base!r}")
-    else:
-        hashes = file.core_metadata if isinstance(file.core_metadata, dict) else {}
+    hashes = file.core_metadata if isinstance(file.core_metadata, dict) else {}
     return FileSpec(file.url + METADATA_SUFFIX, hashes, None, upstream, None, name, filename)

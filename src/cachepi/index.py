@@ -60,6 +60,10 @@ class Listing:
         return lacks_metadata(self.project)
 
     @functools.cached_property
+    def lacks_upload_times(self) -> bool:
+        return any(file.upload_time is None for file in self.project.files)
+
+    @functools.cached_property
     def offers_provenance(self) -> bool:
         return any(file.provenance is not None for file in self.project.files)
 

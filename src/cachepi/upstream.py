@@ -22,10 +22,12 @@ import base64
 import contextlib
 import ipaddress
 import logging
+import re
 import time
 import urllib.request
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 from urllib.parse import unquote, urljoin, urlsplit
@@ -55,6 +57,11 @@ T = TypeVar("T")
 # Worth asking again: the upstream is overloaded or briefly failing.
 _RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+# What a GET may answer: a page (or a 304 to a conditional one), a file, a file's range (or,
+# from a server without ranges, the whole file).
+_ANSWERS = frozenset({200, 304})
+_RANGE_ANSWERS = frozenset({200, 206})
+_CONTENT_RANGE_RE = re.compile(r"bytes ([0-9]{1,18})-([0-9]{1,18})/([0-9]{1,18})", re.ASCII)
 # Redirects followed per request; each hop is checked like the first URL.
 MAX_REDIRECTS = 8
 
@@ -86,6 +93,21 @@ class UpstreamError(Exception):
 
 class UpstreamNotFound(Exception):
     """The upstream answered 404 (or 410): it does not have this."""
+
+
+class NoRanges(Exception):
+    """The upstream sent no usable range: the whole file (a server without Range support),
+    or a 206 other than the one asked for. The message says which, for the log."""
+
+
+@dataclass(frozen=True)
+class Span:
+    """Bytes [start, stop) of a file of `total` bytes, as the upstream sends them."""
+
+    start: int
+    stop: int
+    total: int
+    chunks: AsyncIterator[bytes]
 
 
 def _basic_auth(user: str, password: str) -> str:
@@ -258,6 +280,13 @@ class Index(Protocol):
         """A distribution file's length as the upstream says it (None: it did not say),
         never its body. Failures as `open_file`'s."""
 
+    def open_range(
+        self, url: str, start: int, stop: int | None
+    ) -> AbstractAsyncContextManager[Span]:
+        """Bytes [start, stop) of a distribution file, sliced as Python slices (`start` < 0
+        and `stop` None: the last -start bytes), as the upstream stores them. Raises NoRanges
+        when it sends anything but that range; failures as `open_file`'s."""
+
     async def retrying(
         self, attempt: Callable[[], Awaitable[T]], safe: Callable[[], bool] = lambda: True
     ) -> T:
@@ -293,7 +322,10 @@ class Upstream:
         limits: PageLimits = PageLimits(),
         retry_delays: tuple[float, ...] = (0.25, 1.0),
         metrics: Metrics | None = None,
+        last_modified: Callable[[str, str], None] | None = None,
     ) -> None:
+        """`last_modified(url, value)` is told the Last-Modified header of every answer
+        about a file (GET, range or HEAD), `url` as asked."""
         parts = urlsplit(url)
         self._metrics = metrics
         self.url = redact(url)
@@ -312,6 +344,7 @@ class Upstream:
         self._reach = reach
         self._limits = limits
         self._retry_delays = retry_delays
+        self._last_modified = last_modified
 
     def __repr__(self) -> str:
         return f"Upstream({self.url!r}, ttl={self.ttl})"
@@ -421,6 +454,27 @@ class Upstream:
             raise _failure(url, error, progress) from error
 
     @contextlib.asynccontextmanager
+    async def open_range(self, url: str, start: int, stop: int | None) -> AsyncIterator[Span]:
+        """Bytes [start, stop) of a distribution file (`start` < 0, `stop` None: the last
+        -start bytes), exactly as stored upstream, checked against what was asked. Raises
+        NoRanges when the upstream sends anything else (it closes the connection: the rest
+        of a whole file is not read); every other failure is an UpstreamError."""
+        if start < 0:
+            wanted = f"bytes={start}"
+        elif stop is None:
+            wanted = f"bytes={start}-"
+        else:
+            wanted = f"bytes={start}-{stop - 1}"
+        progress = _Progress()
+        headers = {"Accept-Encoding": "identity", "Range": wanted}
+        try:
+            async with self._get(url, headers, True, progress, answers=_RANGE_ANSWERS) as response:
+                span = _span(response, start, stop)
+                yield Span(*span, response.content.iter_any())
+        except (aiohttp.ClientError, OSError, ValueError) as error:
+            raise _failure(url, error, progress) from error
+
+    @contextlib.asynccontextmanager
     async def _get(
         self,
         url: str,
@@ -428,8 +482,9 @@ class Upstream:
         for_file: bool,
         progress: _Progress,
         method: str = "GET",
+        answers: frozenset[int] = _ANSWERS,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """A GET whose response is 200 or 304, following redirects, each hop checked;
+        """A GET whose response is one of `answers`, following redirects, each hop checked;
         anything else raises."""
         if self._offline:
             raise UpstreamError(f"{redact(url)}: offline, and not in the cache", status=503)
@@ -456,7 +511,7 @@ class Upstream:
                     f"{redact(url)}: {UNREACHABLE}",
                     detail=f"{redact(url)}: upstream answered {response.status}",
                 )
-            if response.status not in (200, 304):
+            if response.status not in answers:
                 text = f"upstream answered {response.status}" if own else UNREACHABLE
                 refusal = UpstreamError(
                     f"{redact(url)}: {text}",
@@ -465,6 +520,9 @@ class Upstream:
                 )
                 self.health.failed(str(refusal))
                 raise refusal
+            last_modified = response.headers.get("Last-Modified") if for_file else None
+            if last_modified is not None and self._last_modified is not None:
+                self._last_modified(url, last_modified)
             try:
                 yield response
             except (aiohttp.ClientError, OSError, ValueError) as error:
@@ -551,6 +609,30 @@ class Upstream:
         return (own_scheme, own_port, scheme, port) == ("http", 80, "https", 443) and (
             host == own_host
         )
+
+
+def _span(response: aiohttp.ClientResponse, start: int, stop: int | None) -> tuple[int, int, int]:
+    """(start, stop, total) of the range `response` holds, if it is the one asked for (see
+    `open_range`); else NoRanges. A whole file is that range when the range asked for
+    covers it all (a server may answer so for a small file)."""
+    if response.status != 206:
+        length = response.content_length
+        whole = length is not None and (
+            (start < 0 and length <= -start) or (start == 0 and (stop is None or stop >= length))
+        )
+        if whole and length is not None:
+            return 0, length, length
+        raise NoRanges(f"the upstream answered {response.status} to a range request")
+    match = _CONTENT_RANGE_RE.fullmatch(response.headers.get("Content-Range", "").strip())
+    if match is None:
+        raise NoRanges("a 206 without a Content-Range of one range")
+    first, last, total = map(int, match.groups())
+    if start < 0:
+        start = max(0, total + start)
+    expected = total if stop is None else min(stop, total)
+    if (first, last + 1) != (start, expected) or response.content_length != expected - start:
+        raise NoRanges(f"a 206 of bytes {first}-{last}/{total}, not the range asked for")
+    return first, last + 1, total
 
 
 def _failure(url: str, error: BaseException, progress: _Progress | None = None) -> UpstreamError:

@@ -1,8 +1,8 @@
-"""PEP 658 for indexes that lack it: a cached wheel's own METADATA, extracted and advertised.
+"""PEP 658 for indexes that lack it: a wheel's own METADATA, read and advertised.
 
 Resolvers fetch `{wheel}.metadata` instead of the whole wheel when the index advertises it.
-Once a wheel is in our cache we can offer that for any index, byte-identical to the
-`*.dist-info/METADATA` inside the wheel.
+The proxy offers that for any index, byte-identical to the `*.dist-info/METADATA` inside
+the wheel, read from the cached wheel or from a few ranges of the upstream's.
 
 A wheel is whatever the upstream served, so it is read as hostile input: only its central
 directory and the one member are read (not `zipfile`, which parses every entry into objects
@@ -17,7 +17,7 @@ import struct
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import NamedTuple, Protocol
 
 import msgspec
 
@@ -32,6 +32,10 @@ MAX_ENTRIES = 100_000
 # Bytes of central directory read into memory (100,000 entries with names of ~280 bytes).
 MAX_DIRECTORY_BYTES = 32 * 1024**2
 _CHUNK = 64 * 1024  # compressed bytes read at a time
+# Bytes read first from an archive's end: the end record of one without a comment (nearly
+# every wheel), and often its whole central directory. A reader over HTTP ranges fetches
+# this much first.
+END_READ = 16 * 1024
 
 _EOCD = struct.Struct("<4s4H2LH")  # end of central directory
 _EOCD_SIGNATURE = b"PK\x05\x06"
@@ -48,10 +52,21 @@ _METADATA_SUFFIX = b".dist-info/METADATA"
 _STORED, _DEFLATED = 0, 8
 _ENCRYPTED = 0x1 | 0x40  # traditional and strong encryption
 _UTF8 = 0x800
+# What a wheel that holds no readable METADATA (broken, hostile) is paired with instead of
+# its METADATA's sha256: advertised as none, and not read again while the pair lasts.
+UNREADABLE = ""
 
 
 class NotReadable(Exception):
     """The archive is not a wheel we can read METADATA from (malformed, hostile, too big)."""
+
+
+class Archive(Protocol):
+    """What is read of an archive: a file, or the spans of one fetched so far."""
+
+    def seek(self, offset: int, whence: int = 0, /) -> int: ...
+
+    def read(self, size: int = -1, /) -> bytes: ...
 
 
 class _Member(NamedTuple):
@@ -65,7 +80,7 @@ class _Member(NamedTuple):
     offset: int  # of its local header, from the archive's start
 
 
-def read_wheel_metadata(wheel: Path | BinaryIO, filename: str) -> bytes | None:
+def read_wheel_metadata(wheel: Path | Archive, filename: str) -> bytes | None:
     """The bytes of the wheel's `{name}-{version}.dist-info/METADATA`, or None if the file is
     not a readable wheel with exactly one such member, or one past the bounds above."""
     try:
@@ -77,7 +92,7 @@ def read_wheel_metadata(wheel: Path | BinaryIO, filename: str) -> bytes | None:
         return None
 
 
-def _read_metadata(file: BinaryIO, filename: str) -> bytes:
+def _read_metadata(file: Archive, filename: str) -> bytes:
     expected_prefix = "-".join(filename.split("-", 2)[:2]).lower() + ".dist-info/"
     members = _metadata_members(file)
     # Prefer the dist-info named after the wheel; accept a lone one spelled otherwise.
@@ -88,14 +103,19 @@ def _read_metadata(file: BinaryIO, filename: str) -> bytes:
     return _inflate(file, chosen[0])
 
 
-def _metadata_members(file: BinaryIO) -> list[_Member]:
+def _metadata_members(file: Archive) -> list[_Member]:
     """Every `{dir}.dist-info/METADATA` entry at the archive's top level, scanning the
     central directory's entries (at most MAX_ENTRIES) without making objects of the rest."""
     file_size = file.seek(0, 2)
-    tail_start = max(0, file_size - _EOCD.size - 0xFFFF)  # the record, and a comment
-    file.seek(tail_start)
-    tail = file.read()
-    at = tail.rfind(_EOCD_SIGNATURE)
+    # The last end record signature of the bytes that may hold the record and its comment,
+    # looked for in the last END_READ bytes first: if it is there, it is the last of all.
+    for tail_length in (END_READ, _EOCD.size + 0xFFFF):
+        tail_start = max(0, file_size - tail_length)
+        file.seek(tail_start)
+        tail = file.read()
+        at = tail.rfind(_EOCD_SIGNATURE)
+        if at >= 0 or tail_start == 0:
+            break
     if at < 0 or len(tail) - at < _EOCD.size:
         raise NotReadable("no end of central directory")
     eocd_offset = tail_start + at
@@ -184,7 +204,7 @@ def _zip64_values(extra: bytes, size: int, compressed: int, offset: int) -> tupl
     raise NotReadable("no zip64 extra field")
 
 
-def _inflate(file: BinaryIO, member: _Member) -> bytes:
+def _inflate(file: Archive, member: _Member) -> bytes:
     """The member's bytes; never inflates more than it claims, nor past the bound."""
     if member.size > MAX_METADATA_BYTES or member.compressed > MAX_METADATA_BYTES + _CHUNK:
         raise NotReadable(f"{member.name} claims {member.size} bytes")
@@ -230,12 +250,19 @@ def lacks_metadata(project: Project) -> bool:
     return any(map(_wheel_without_metadata, project.files))
 
 
-def with_extracted_metadata(project: Project, extracted: Mapping[str, str]) -> Project:
-    """`project` with `core-metadata` advertised for every wheel whose index offers none but
-    whose METADATA we extracted (`extracted`: wheel sha256 -> METADATA sha256)."""
+def with_wheel_metadata(project: Project, extracted: Mapping[str, str]) -> Project:
+    """`project` with `core-metadata` advertised for every wheel whose index offers none
+    (and gives its sha256, which names the wheel the METADATA is read from): with the
+    METADATA's hash once it was read (`extracted`: wheel sha256 -> METADATA sha256), `true`
+    before (the proxy reads it when asked: filecache/wheel_metadata.py); none for a wheel
+    found to hold no readable METADATA (paired with UNREADABLE)."""
     files = [
-        msgspec.structs.replace(file, core_metadata={"sha256": extracted[sha256]})
-        if _wheel_without_metadata(file) and (sha256 := file.hashes.get("sha256", "")) in extracted
+        msgspec.structs.replace(
+            file, core_metadata={"sha256": extracted[sha256]} if sha256 in extracted else True
+        )
+        if _wheel_without_metadata(file)
+        and (sha256 := file.hashes.get("sha256"))
+        and extracted.get(sha256) != UNREADABLE
         else file
         for file in project.files
     ]

@@ -114,12 +114,16 @@ def build_wheel(
     requires: Sequence[str] = (),
     requires_python: str | None = None,
     big_mb: float | None = None,
+    modules: int = 0,
 ) -> Dist:
     """A py3-none-any wheel with METADATA, WHEEL, RECORD and an importable module.
 
     `big_mb` pads it with that many MiB of seeded random (incompressible) data, on disk.
+    `modules` adds that many small modules: a central directory (and RECORD) as big as
+    those of wheels with thousands of files (scipy's, jaxlib's).
     """
-    return _wheel(name, version, tuple(requires), requires_python, int((big_mb or 0) * _MIB))
+    pad = int((big_mb or 0) * _MIB)
+    return _wheel(name, version, tuple(requires), requires_python, pad, modules)
 
 
 def build_sdist(
@@ -154,21 +158,26 @@ def _module_source(version: str) -> bytes:
 
 @cache
 def _wheel(
-    name: str, version: str, requires: tuple[str, ...], requires_python: str | None, pad: int
+    name: str,
+    version: str,
+    requires: tuple[str, ...],
+    requires_python: str | None,
+    pad: int,
+    modules: int,
 ) -> Dist:
     filename = f"{dist_name(name)}-{version}-py3-none-any.whl"
     metadata = core_metadata(name, version, requires, requires_python)
     if pad:
-        # Keyed by everything that shapes the content: size and metadata (name, version, deps).
+        # Keyed by everything that shapes the content: sizes and metadata (name, version, deps).
         key = hashlib.sha256(metadata).hexdigest()[:16]
-        path = _big_dir() / f"{pad}-{key}" / filename
+        path = _big_dir() / f"{pad}-{modules}-{key}" / filename
         path.parent.mkdir(exist_ok=True)
         with path.open("wb") as out:
-            _write_wheel(out, name, version, metadata, pad)
+            _write_wheel(out, name, version, metadata, pad, modules)
         data, digest, size = None, _sha256_file(path), path.stat().st_size
     else:
         buf = io.BytesIO()
-        _write_wheel(buf, name, version, metadata, 0)
+        _write_wheel(buf, name, version, metadata, 0, modules)
         data, path = buf.getvalue(), None
         digest, size = hashlib.sha256(data).hexdigest(), len(data)
     return Dist(
@@ -184,7 +193,9 @@ def _wheel(
     )
 
 
-def _write_wheel(out: IO[bytes], name: str, version: str, metadata: bytes, pad: int) -> None:
+def _write_wheel(
+    out: IO[bytes], name: str, version: str, metadata: bytes, pad: int, modules: int
+) -> None:
     module = dist_name(name)
     info = f"{module}-{version}.dist-info"
     record: list[tuple[str, str, str]] = []
@@ -195,6 +206,8 @@ def _write_wheel(out: IO[bytes], name: str, version: str, metadata: bytes, pad: 
             record.append((arcname, _record_hash(hashlib.sha256(data).digest()), str(len(data))))
 
         add(f"{module}/__init__.py", _module_source(version))
+        for number in range(modules):
+            add(f"{module}/_generated/module_{number:05d}.py", f"N = {number}\n".encode())
         if pad:
             record.append(_write_padding(zf, f"{module}/_padding.bin", pad, f"{info}:{pad}"))
         add(f"{info}/METADATA", metadata)

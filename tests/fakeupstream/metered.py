@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .server import FakeUpstream
+from .server import BODY_RESPONSE, FakeUpstream
 
 
 class MeteredUpstream(FakeUpstream):
@@ -27,12 +27,17 @@ class MeteredUpstream(FakeUpstream):
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         index = len(self.requests)  # the record super() appends before its first await
-        response = await super()._handle(request)
-        self._sent[index] = _written(response)
-        return response
+        response: web.StreamResponse | None = None
+        try:
+            response = await super()._handle(request)
+            return response
+        finally:  # also when the handler is cancelled: the client hung up mid-body
+            response = response if response is not None else request.get(BODY_RESPONSE)
+            self._sent[index] = 0 if response is None else _written(response)
 
     def sent(self, path: str, method: str | None = "GET") -> int:
-        """Bytes sent in answers to `path` (a trailing `*`: a prefix) that have ended."""
+        """Bytes sent in answers to `path` (a trailing `*`: a prefix) that have ended (or
+        were cut off)."""
         return sum(
             self._sent.get(index, 0)
             for index, record in enumerate(self.requests)

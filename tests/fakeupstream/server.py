@@ -61,6 +61,8 @@ _CHUNK = 1024 * 1024
 _WRONG_LENGTH_EXTRA = 1024  # how many bytes `wrong_length` promises but never sends
 _GARBAGE_JSON = b'{"meta": {"api-version": "1.1"}, "files": [{"filename": '
 _GARBAGE_HTML = b'<!DOCTYPE html><html><body><a href="\x00\xff">\xfe\xfe</a'
+# The streamed response of a request, once it has one (MeteredUpstream counts its bytes).
+BODY_RESPONSE = web.RequestKey("body_response", web.StreamResponse)
 _FAULT_KINDS = ("hang", "delay", "fail", "garbage", "throttle", "reset", "corrupt", "wrong_length")
 
 
@@ -85,7 +87,7 @@ class _Entry:
     project: _Project
     upload_time: datetime
     yanked: bool | str
-    added: int  # Unix seconds, its Last-Modified
+    added: int  # Unix seconds it was listed: its page's Last-Modified
     core_metadata: bool  # False: no `.metadata` offered (not listed, and 404)
     release: str  # the version the index files it under (PEP 700 `versions`)
 
@@ -130,6 +132,7 @@ class _Resource:
     cache_control: str
     is_page: bool
     headers: Mapping[str, str] = field(default_factory=dict)  # more, sent as they are
+    ranges: bool = True  # whether Range is honoured
 
 
 class FakeUpstream:
@@ -146,6 +149,7 @@ class FakeUpstream:
         provenance: bool = False,
         last_serial: int | str | None = None,
         serial_in: Collection[Literal["body", "header"]] = ("body", "header"),
+        ranges: bool = True,
     ) -> None:
         """`format`: page format unless a project overrides it. `links`: HTML hrefs to files,
         absolute URLs (like PyPI) or relative to the page. `require_auth`: (user, password)
@@ -157,7 +161,13 @@ class FakeUpstream:
         `meta._last-serial` on JSON pages and `<!--SERIAL n-->` in HTML, exactly as given
         (PyPI sends a string), and in the X-PyPI-Last-Serial header of both; settable later
         as an attribute.
-        `serial_in`: where the serial goes, the page's body and/or that header."""
+        `serial_in`: where the serial goes, the page's body and/or that header.
+        `ranges=False`: a file server without Range support (many a private registry's),
+        which sends the whole file with a 200 whatever the Range header asks, and no
+        Accept-Ranges; settable later as an attribute.
+
+        A file's Last-Modified is its upload time, as a static file server sends the mtime
+        of what was uploaded (PEP 700 pages say the same time as `upload-time`)."""
         if separate_files_host and links == "relative":
             raise ValueError("files on another origin need absolute links")
         if provenance and not pep700:
@@ -170,6 +180,7 @@ class FakeUpstream:
         self.provenance = provenance
         self.last_serial = last_serial
         self.serial_in = serial_in
+        self.ranges = ranges
         self.requests: list[RecordedRequest] = []
         self._projects: dict[str, _Project] = {}
         self._files: dict[str, _Entry] = {}
@@ -303,6 +314,7 @@ class FakeUpstream:
         sdist: bool = True,
         wheel: bool = True,
         big_mb: float | None = None,
+        modules: int = 0,
         yanked: Mapping[str, bool | str] | Collection[str] = (),
         format: Format | None = None,
         core_metadata: bool = True,
@@ -310,7 +322,8 @@ class FakeUpstream:
         """Build and list a wheel and/or sdist per version; returns them, wheels first.
 
         `deps` and `requires_python` apply to every version, or per version as a mapping.
-        `big_mb` pads the wheels. `yanked`: versions, or version -> reason (or True).
+        `big_mb` pads the wheels, `modules` adds that many small modules to each (a big
+        central directory). `yanked`: versions, or version -> reason (or True).
         `format` overrides the server's page format for this project. `core_metadata=False`:
         an index without PEP 658, whose pages offer no `.metadata` for the wheels.
         """
@@ -327,7 +340,12 @@ class FakeUpstream:
             if wheel:
                 built.append(
                     build_wheel(
-                        name, version, requires=requires, requires_python=python, big_mb=big_mb
+                        name,
+                        version,
+                        requires=requires,
+                        requires_python=python,
+                        big_mb=big_mb,
+                        modules=modules,
                     )
                 )
             if sdist:
@@ -660,7 +678,9 @@ class FakeUpstream:
         if entry is not None:
             if entry.project.files_hidden:
                 return _not_found()
-            return _file_resource(entry.dist.view, entry.dist.sha256, entry.added)
+            return _file_resource(
+                entry.dist.view, entry.dist.sha256, int(entry.upload_time.timestamp()), self.ranges
+            )
         # PEP 658: `<wheel>.metadata` is the wheel's METADATA, byte for byte.
         wheel = self._files.get(filename.removesuffix(".metadata"))
         metadata = None if wheel is None else wheel.dist.metadata
@@ -672,7 +692,9 @@ class FakeUpstream:
         ):
             return _not_found()
         digest = hashlib.sha256(metadata).hexdigest()
-        return _file_resource(memoryview(metadata), digest, wheel.added)
+        return _file_resource(
+            memoryview(metadata), digest, int(wheel.upload_time.timestamp()), self.ranges
+        )
 
     # -- pages -------------------------------------------------------------------------
 
@@ -892,7 +914,7 @@ def _page(body: bytes, content_type: str, modified: int, headers: Mapping[str, s
     )
 
 
-def _file_resource(body: memoryview, sha256: str, modified: int) -> _Resource:
+def _file_resource(body: memoryview, sha256: str, modified: int, ranges: bool) -> _Resource:
     return _Resource(
         body=body,
         content_type="application/octet-stream",
@@ -900,6 +922,7 @@ def _file_resource(body: memoryview, sha256: str, modified: int) -> _Resource:
         modified=modified,
         cache_control="max-age=365000000, immutable, public",
         is_page=False,
+        ranges=ranges,
     )
 
 
@@ -960,12 +983,12 @@ async def _send(
     }
     if resource.is_page:
         headers["Vary"] = "Accept"
-    else:
+    elif resource.ranges:
         headers["Accept-Ranges"] = "bytes"
     if _not_modified(request, resource):
         return web.Response(status=304, headers=headers)
     size = len(resource.body)
-    span = _parse_range(request.headers.get("Range"), size)
+    span = _parse_range(request.headers.get("Range") if resource.ranges else None, size)
     if span == "unsatisfiable":
         return web.Response(status=416, headers={"Content-Range": f"bytes */{size}"})
     start, end = span or (0, size)
@@ -973,6 +996,7 @@ async def _send(
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
     headers["Content-Type"] = resource.content_type
     response = web.StreamResponse(status=206 if span else 200, headers=headers)
+    request[BODY_RESPONSE] = response  # what went out counts also if the client hangs up
     response.content_length = end - start + (_WRONG_LENGTH_EXTRA if "wrong_length" in faults else 0)
     await response.prepare(request)
     if request.method == "HEAD":

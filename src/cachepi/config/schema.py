@@ -314,6 +314,15 @@ SETTINGS: tuple[Setting, ...] = (
         "UNKNOWN_UPLOAD_TIME", ("show", "hide"),
         "With a cooldown, files whose index gives no upload time: `show` or `hide`.",
     ),
+    _choice(
+        "UPLOAD_TIMES", ("last-modified", "index"),
+        "Upload times of files whose index gives none: the upstream's Last-Modified when a"
+        " file is first fetched (`last-modified`, best effort) or none (`index`).",
+        meaning="Upload times of files whose index gives none (PEP 700, for uv's"
+        " `--exclude-newer`): the upstream's Last-Modified when cachepi first fetches the"
+        " file (`last-modified`, best effort: see [docs/simple-api.md](docs/simple-api.md))"
+        " or none (`index`). The cooldown uses the index's own times only.",
+    ),
     Setting(
         "DENY", parse_rules,
         "Policy rules, `;`-separated: projects, `project<specifier>` or files to refuse.",

@@ -74,6 +74,7 @@ class Settings:
     keepalive_timeout: float = _default("KEEPALIVE_TIMEOUT")
     client_connections: int | None = _default("CLIENT_CONNECTIONS")
     combine: str = _default("COMBINE")
+    upload_times: str = _default("UPLOAD_TIMES")
     # Projects pinned to some indexes; the first route that names a project applies.
     routes: tuple[Route, ...] = ()
     policy: Policy = dataclasses.field(

@@ -1,5 +1,6 @@
 """PEP 658 for indexes without it: the METADATA of cached wheels, extracted once, stored as
-a blob of its own, and paired with its wheel so that pages can advertise it.
+a blob of its own, and paired with its wheel so that pages can advertise it (so is the
+METADATA of wheels not cached, read with range requests: wheel_metadata.py).
 
 Every process (and node) sees the pairs through the metadata store, picked up at most a
 second late, pair by pair (the store's log of EXTRACTED changes names the wheels whose pair
@@ -15,22 +16,19 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Collection, Mapping
-from typing import BinaryIO
+from collections.abc import Callable, Mapping
 
 from cachepi.filecache.accounting import Accounting
 from cachepi.filecache.transfer import write_all
 from cachepi.store.protocols import EXTRACTED, BlobStore, MetadataStore, StoreUnavailable
-from cachepi.wheelmeta import read_wheel_metadata
+from cachepi.store.shared_map import SharedMap
+from cachepi.wheelmeta import UNREADABLE, Archive, NotReadable, read_wheel_metadata
 
 log = logging.getLogger(__name__)
 
-# How many unreadable wheels are remembered (then forgotten all at once: tried again).
-_UNREADABLE_KEPT = 4096
 # Attempts running or waiting for their turn; more are not started (a later hit asks again).
 QUEUED = 32
 
@@ -46,75 +44,31 @@ class Extractions:
         self._blobs = blobs
         self._store = store
         self._accounting = accounting
-        self._clock = clock
-        # wheel sha256 -> METADATA sha256, never changed in place (renderers read it from
-        # threads), and a counter that changes with it so pages are rendered again.
-        self._pairs: dict[str, str] = {}
-        self._generation = 0
-        self._wheel_of: dict[str, str] = {}  # METADATA sha256 -> wheel sha256
-        # Wheels whose pair went with a removed blob, out of `_pairs` at the next `known`
-        # (eviction removes blobs by the hundred: one copy of `_pairs` for all of them).
-        self._dropped: set[str] = set()
-        self._stored_generation = -1  # of the store's EXTRACTED changes, as last followed
-        self._checked = clock()
-        # Wheels being read now, and those that held no readable METADATA: a cache hit
-        # starts neither again (a big wheel is costly to open, more so from S3).
+        # wheel sha256 -> METADATA sha256 (or UNREADABLE), in every process.
+        self._pairs = SharedMap(store, EXTRACTED, lambda k: store.extracted_metadata(k), clock)
+        # Wheels being read now: a cache hit does not start another reading (a big wheel
+        # is costly to open, more so from S3).
         self._working: set[str] = set()
-        self._unreadable: set[str] = set()
         # One attempt at a time (opening a wheel from S3 copies it whole), on one thread.
         self._turn = asyncio.Lock()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def load(self) -> None:
-        try:
-            self._stored_generation = self._store.generation(EXTRACTED)
-            self._update(self._pairs, self._store.extracted_metadata())
-        except StoreUnavailable as failure:  # a shared store that is down: picked up later
-            log.warning("cannot load the extracted METADATA records: %s", failure)
+        self._pairs.load()
 
     def wanted(self, wheel_sha256: str) -> bool:
         """Whether extracting from this wheel is worth starting now."""
         return not (
-            wheel_sha256 in self._pairs
+            wheel_sha256 in self._pairs.current
             or wheel_sha256 in self._working
-            or wheel_sha256 in self._unreadable
             or len(self._working) >= QUEUED
         )
 
     def known(self) -> tuple[int, Mapping[str, str]]:
-        """(generation, wheel sha256 -> METADATA sha256) of what may be advertised."""
-        now = self._clock()
-        if now - self._checked >= 1.0:
-            self._checked = now
-            with contextlib.suppress(StoreUnavailable):  # keep what we know
-                self._follow_store()
-        if self._dropped:
-            dropped, self._dropped = self._dropped, set()
-            self._update(dropped, {})
-        return self._generation, self._pairs
-
-    def _follow_store(self) -> None:
-        """Take in the pairs other processes (and nodes) added or removed."""
-        changed = self._store.changes(EXTRACTED, self._stored_generation)
-        if changed.generation == self._stored_generation:
-            return
-        if changed.keys is None:  # too much to tell: read them all
-            self._update(self._pairs, self._store.extracted_metadata())
-        else:
-            self._update(changed.keys, self._store.extracted_metadata(changed.keys))
-        self._stored_generation = changed.generation
-
-    def _update(self, drop: Collection[str], add: Mapping[str, str]) -> None:
-        """Without the pairs of the wheels `drop`, with those of `add`: a new `_pairs`."""
-        pairs = dict(self._pairs)
-        for wheel in drop:
-            if (metadata := pairs.pop(wheel, None)) is not None:
-                self._wheel_of.pop(metadata, None)
-        pairs.update(add)
-        self._wheel_of.update((metadata, wheel) for wheel, metadata in add.items())
-        self._pairs = pairs
-        self._generation += 1
+        """(generation, wheel sha256 -> METADATA sha256, or UNREADABLE) of what may be
+        advertised."""
+        return self._pairs.known()
 
     def schedule(self, wheel_sha256: str, filename: str, project: str | None) -> None:
         """Extract in the background, if wanted; returns at once. The task is ours: `close`
@@ -158,8 +112,9 @@ class Extractions:
         finally:
             self._working.discard(wheel_sha256)
 
-    async def _read(self, file: BinaryIO, filename: str) -> bytes | None:
-        """`read_wheel_metadata` on the extraction thread."""
+    async def read(self, file: Archive, filename: str) -> bytes | None:
+        """`read_wheel_metadata` on the extraction thread (what it raises, such as a read
+        over ranges asking for more, passes through)."""
         if self._executor is None:
             self._executor = concurrent.futures.ThreadPoolExecutor(
                 1, thread_name_prefix="cachepi-extract"
@@ -175,22 +130,38 @@ class Extractions:
             raise
 
     async def _extract(self, wheel_sha256: str, filename: str, project: str | None) -> None:
+        try:
+            data = await self.read_cached(wheel_sha256, filename)
+        except NotReadable as failure:
+            log.warning("%s", failure)
+            self.unreadable(wheel_sha256)
+            return
+        if data is not None and wheel_sha256 not in self._pairs.current:
+            await self.keep(wheel_sha256, data, project, filename)
+
+    async def read_cached(self, wheel_sha256: str, filename: str) -> bytes | None:
+        """The METADATA of the cached wheel `wheel_sha256`, None when it is not cached.
+        Raises NotReadable when it holds none readable."""
         async with self._turn:
             wheel = await self._blobs.open(wheel_sha256)
             if wheel is None:
-                return
+                return None
             try:
                 async with wheel.seekable() as file:
-                    data = await self._read(file, filename)
+                    data = await self.read(file, filename)
             finally:
                 wheel.close()
         if data is None:
-            if len(self._unreadable) >= _UNREADABLE_KEPT:
-                self._unreadable.clear()
-            self._unreadable.add(wheel_sha256)
-            return
-        if wheel_sha256 in self._pairs:
-            return
+            raise NotReadable(f"{filename} holds no readable METADATA")
+        return data
+
+    async def keep(
+        self, wheel_sha256: str, data: bytes, project: str | None, filename: str
+    ) -> str | None:
+        """Store `data`, the METADATA of the wheel `wheel_sha256` (named `filename`), as a
+        blob of its own and pair them for every process: its sha256, or None when the cache
+        would not keep it. The wheel need not be cached: its sha256 names its bytes, so the
+        pair holds whether or not they are here. Raises OSError and StoreUnavailable."""
         metadata_sha256 = hashlib.sha256(data).hexdigest()
         fd, temp = self._blobs.new_temp()
         try:
@@ -201,15 +172,21 @@ class Extractions:
         finally:
             os.close(fd)
             self._blobs.discard(temp)
-        # The wheel may have been evicted meanwhile.
-        if stored and await self._blobs.contains(wheel_sha256):
-            self._store.put_extracted_metadata(wheel_sha256, metadata_sha256)
-            self._dropped.discard(wheel_sha256)  # evicted and fetched again meanwhile
-            self._update((), {wheel_sha256: metadata_sha256})
+        if not stored:
+            return None
+        # The blob first: a pair any process sees names a stored blob.
+        self._store.put_extracted_metadata(wheel_sha256, metadata_sha256)
+        self._pairs.add({wheel_sha256: metadata_sha256})
+        return metadata_sha256
+
+    def unreadable(self, wheel_sha256: str) -> None:
+        """The wheel `wheel_sha256` holds no readable METADATA: remembered by every process
+        (as long as its blob, if it has one). Raises StoreUnavailable."""
+        self._store.put_extracted_metadata(wheel_sha256, UNREADABLE)
+        self._pairs.add({wheel_sha256: UNREADABLE})
 
     def forget(self, sha256: str) -> None:
-        """A removed blob takes its pairing with it (either side); the store told the
-        other processes when it removed the blob."""
-        wheel = sha256 if sha256 in self._pairs else self._wheel_of.get(sha256)
-        if wheel is not None:
-            self._dropped.add(wheel)
+        """A removed blob took its pairing with it (either side) in the store, which logged
+        that for every process: this one too takes it in at its next look (for all the blobs
+        an eviction removes at once)."""
+        self._pairs.stale()

@@ -29,6 +29,7 @@ LIST_KEY = ""
 # Topics of `MetadataStore.changes`: what processes hold in memory and drop when told.
 PAGES = "pages"  # keys of pages expired or deleted
 EXTRACTED = "extracted"  # sha256s of wheels whose pair of extracted METADATA came or went
+UPLOAD_TIMES = "upload-times"  # URLs of files whose upload time was recorded
 # Changes kept per topic: a process that missed more (it checks every second) drops all.
 CHANGES_KEPT = 10_000
 # Hours whose traffic totals are kept, besides the lifetime ones (the dashboard charts a day).
@@ -348,13 +349,21 @@ class MetadataStore(Protocol):
     def least_recently_used(self, limit: int = 256) -> list[tuple[str, int]]:
         """The `limit` blobs used longest ago, oldest first, as (sha256, size)."""
 
-    # -- METADATA extracted from cached wheels
+    # -- METADATA extracted from wheels (cached, or read in ranges)
     def extracted_metadata(self, wheels: Iterable[str] | None = None) -> dict[str, str]:
-        """wheel sha256 -> sha256 of the METADATA blob extracted from it, for `wheels`
-        (None: every wheel)."""
+        """wheel sha256 -> sha256 of the METADATA blob extracted from it ("" when it holds
+        none readable), for `wheels` (None: every wheel)."""
 
     def put_extracted_metadata(self, wheel_sha256: str, metadata_sha256: str) -> None:
         """A change of EXTRACTED."""
+
+    # -- upload times of files whose index gives none (the upstream's Last-Modified)
+    def upload_times(self, urls: Iterable[str] | None = None) -> dict[str, str]:
+        """File URL -> its upload time (ISO 8601, UTC), for `urls` (None: every URL)."""
+
+    def put_upload_time(self, url: str, time: str) -> None:
+        """Record `url`'s upload time, unless it has one (the first one stays): then a
+        change of UPLOAD_TIMES."""
 
     # -- changes: what one process changed that others may hold in memory, by topic
     def generation(self, topic: str) -> int:

@@ -4,7 +4,7 @@ The same operations as the SQLite store, on Redis structures under one key prefi
 Multi-key updates that must stay consistent (adding and removing a blob with its totals and
 indexes, a change with its log) are Lua scripts, so they are atomic. Totals are kept as
 blobs come and go, overall and per project (a sorted set ranks projects by size), so no call
-reads a whole structure but `blobs` and `extracted_metadata()`.
+reads a whole structure but `blobs`, `extracted_metadata()` and `upload_times()`.
 
 Calls are synchronous, like SQLite's: on loopback or a LAN they are as quick. When Redis
 does not answer, calls fail fast for a while (store/breaker.py) instead of stalling the
@@ -28,6 +28,7 @@ from cachepi.store.protocols import (
     JOBS_KEPT,
     LIST_KEY,
     PAGES,
+    UPLOAD_TIMES,
     Changes,
     NewBlob,
     Overview,
@@ -67,6 +68,17 @@ local p, wheel, meta = ARGV[1], ARGV[3], ARGV[4]
 redis.call('HSET', p .. 'wheelmeta', wheel, meta)
 redis.call('HSET', p .. 'metaof', meta, wheel)
 announce(p, '{EXTRACTED}', wheel)
+"""
+)
+
+# An upload time, recorded unless one is (the first one stays).
+_UPLOAD_TIME = (
+    _ANNOUNCE_FUNCTION
+    + f"""
+local p, url, time = ARGV[1], ARGV[3], ARGV[4]
+if redis.call('HSETNX', p .. 'uploadtimes', url, time) == 1 then
+  announce(p, '{UPLOAD_TIMES}', url)
+end
 """
 )
 
@@ -205,6 +217,7 @@ class RedisMetadata:
         self._announce_script = client.register_script(_ANNOUNCE)
         self._pair = client.register_script(_PAIR)
         self._put_job = client.register_script(_PUT_JOB)
+        self._upload_time = client.register_script(_UPLOAD_TIME)
         rank = client.register_script(_RANK_PROJECTS)
         try:
             self._call(lambda: rank(args=[self._p]))
@@ -432,6 +445,22 @@ class RedisMetadata:
     def put_extracted_metadata(self, wheel_sha256: str, metadata_sha256: str) -> None:
         args: list[str | int] = [self._p, CHANGES_KEPT, wheel_sha256, metadata_sha256]
         self._call(lambda: self._pair(args=args))
+
+    # -- upload times of files whose index gives none -----------------------------------
+
+    def upload_times(self, urls: Iterable[str] | None = None) -> dict[str, str]:
+        if urls is None:
+            rows = self._call(lambda: self._r.hgetall(f"{self._p}uploadtimes"))
+            return {k.decode(): v.decode() for k, v in rows.items()}
+        asked = list(urls)
+        if not asked:
+            return {}
+        found = self._call(lambda: self._r.hmget(f"{self._p}uploadtimes", asked))
+        return {k: v.decode() for k, v in zip(asked, found, strict=True) if v is not None}
+
+    def put_upload_time(self, url: str, time: str) -> None:
+        args: list[str | int] = [self._p, CHANGES_KEPT, url, time]
+        self._call(lambda: self._upload_time(args=args))
 
     # -- changes and counters ------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from cachepi.store.protocols import (
     HOURS_KEPT,
     JOBS_KEPT,
     PAGES,
+    UPLOAD_TIMES,
     Changes,
     NewBlob,
     Overview,
@@ -103,6 +104,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     report BLOB NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS jobs_by_started ON jobs (started);
+CREATE TABLE IF NOT EXISTS upload_times (
+    url TEXT PRIMARY KEY,
+    time TEXT NOT NULL
+) WITHOUT ROWID;
 """
 # Columns added after the first release, for caches made before them.
 _ADDED_COLUMNS = {"blobs": ("project TEXT", "filename TEXT", "added_at REAL")}
@@ -404,6 +409,26 @@ class SqliteMetadata:
                 (wheel_sha256, metadata_sha256),
             )
             self._announce(EXTRACTED, wheel_sha256)
+
+    # -- upload times of files whose index gives none -----------------------------------
+
+    @_mapped
+    def upload_times(self, urls: Iterable[str] | None = None) -> dict[str, str]:
+        query = "SELECT url, time FROM upload_times"
+        if urls is None:
+            return dict(self._db.execute(query))
+        return {
+            url: time
+            for asked in urls
+            for url, time in self._db.execute(query + " WHERE url = ?", (asked,))
+        }
+
+    @_mapped
+    def put_upload_time(self, url: str, time: str) -> None:
+        with self._transaction() as db:
+            added = db.execute("INSERT OR IGNORE INTO upload_times VALUES (?, ?)", (url, time))
+            if added.rowcount:
+                self._announce(UPLOAD_TIMES, url)
 
     # -- changes: what one process changed that others hold in memory -----------------------
 

@@ -139,9 +139,12 @@ async def _bounded(at_once: int, work: Callable[[U], Awaitable[T]], items: Itera
 async def _fetch(files: FileCache, listing: Listing, item: _Wanted, report: Report) -> None:
     filename = item.file.filename
     try:
-        spec = file_spec(listing, item.project, filename, files.extracted()[1])
+        spec = file_spec(listing, item.project, filename)
     except NotServed as refusal:
         report.fail(filename, str(refusal))
+        return
+    if not isinstance(spec, FileSpec):  # a lock naming a `.metadata` file: not a distribution
+        report.fail(filename, "not a distribution file")
         return
     for attempt in range(1, _BUSY_ATTEMPTS + 1):
         try:

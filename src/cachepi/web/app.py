@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -13,6 +14,8 @@ from aiohttp import web
 from cachepi.combine import Combine
 from cachepi.config import Settings
 from cachepi.filecache import DownloadLimits, FileCache
+from cachepi.filecache.range_support import RangeSupport
+from cachepi.filecache.wheel_metadata import WheelMetadata
 from cachepi.index import IndexCache
 from cachepi.metrics import Metrics
 from cachepi.overview import Overviews
@@ -22,6 +25,7 @@ from cachepi.routing import Router
 from cachepi.store import open_stores
 from cachepi.store.flock import hold_cache
 from cachepi.store.protocols import MetadataStore, StoreUnavailable
+from cachepi.upload_times import UploadTimes
 from cachepi.upstream import Connections, PageLimits, Upstream
 from cachepi.upstream_pages import UpstreamPages
 from cachepi.web import admin, auth, dashboard, distfiles, monitoring, pages, warmjobs
@@ -31,10 +35,13 @@ from cachepi.web.keys import (
     METADATA,
     METRICS,
     OVERVIEWS,
+    RANGES,
     RENDERED,
     ROUTE_NAMES,
     SETTINGS,
     STORES,
+    UPLOAD_TIME_RECORDS,
+    WHEEL_METADATA,
 )
 
 log = logging.getLogger(__name__)
@@ -115,6 +122,10 @@ async def _components(app: web.Application, reconcile: bool) -> AsyncIterator[No
         settings.verify_ssl,
         limit=settings.upstream_connections,
     )
+    upload_times = app[UPLOAD_TIME_RECORDS] = UploadTimes(
+        metadata, time.time, settings.upload_times == "last-modified"
+    )
+    upload_times.load()
     reach = Reach(settings.file_hosts, settings.upstream_private_addresses == "allow")
     page_limits = PageLimits(settings.page_timeout, settings.max_page_bytes)
     upstreams = [
@@ -128,6 +139,7 @@ async def _components(app: web.Application, reconcile: bool) -> AsyncIterator[No
             reach=reach,
             limits=page_limits,
             metrics=metrics,
+            last_modified=upload_times.saw if upload_times.enabled else None,
         )
         for up in settings.upstreams
     ]
@@ -153,6 +165,8 @@ async def _components(app: web.Application, reconcile: bool) -> AsyncIterator[No
     await file_cache.open(reconcile and sole_server(settings))
     file_cache.sweep_periodically()
     app[FILE_CACHE] = file_cache
+    ranges = app[RANGES] = RangeSupport(time.time)
+    wheel_metadata = app[WHEEL_METADATA] = WheelMetadata(file_cache, stores.locks, metadata, ranges)
     log.info(
         "serving %s from %s (%s blobs, %s metadata)",
         ", ".join(f"{up.url} ({up.name})" for up in upstreams),
@@ -165,6 +179,7 @@ async def _components(app: web.Application, reconcile: bool) -> AsyncIterator[No
         yield
     finally:
         flusher.cancel()
+        await wheel_metadata.close()
         await file_cache.close()
         await connections.close()
         with contextlib.suppress(StoreUnavailable):

@@ -3,30 +3,41 @@
 Stored files and files still downloading are answered the same way (ETag from sha256, HEAD,
 Range, If-Range, If-None-Match); only the body differs: a stored blob goes out with sendfile,
 a download with sendfile from its part file as it grows (bytes it relays from memory, and
-every byte over TLS or without a Content-Length, are written instead).
+every byte over TLS or without a Content-Length, are written instead). A range of a file neither
+holds may come from the upstream's range instead (upstream_ranges.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import mimetypes
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import BinaryIO
 
 from aiohttp import web
 
-from cachepi.catalog import NotServed, file_spec
+from cachepi.catalog import MetadataOfWheel, NotServed, file_spec
 from cachepi.filecache import Busy, Claim, Download, FileSpec
 from cachepi.simple.names import is_safe_filename
 from cachepi.store.protocols import StoredBlob, StoreUnavailable
 from cachepi.types import CacheResult, DownloadFailed
 from cachepi.upstream import UpstreamError, UpstreamNotFound
 from cachepi.web.conditional import etag_matches, plan_response
-from cachepi.web.keys import BODY_BYTES, CACHE_RESULT, FILE_CACHE, METRICS, SETTINGS
+from cachepi.web.keys import (
+    BODY_BYTES,
+    CACHE_RESULT,
+    FILE_CACHE,
+    METRICS,
+    SETTINGS,
+    WHEEL_METADATA,
+)
 from cachepi.web.pages import checked_name, find_listing, gateway_error
+from cachepi.web.upstream_ranges import Passed, passed_through
+from cachepi.wheelmeta import NotReadable
 
 # Files never change in an index: a client may keep them forever.
 FILE_CACHE_CONTROL = "max-age=365000000, immutable"
@@ -67,7 +78,7 @@ async def dist_file(request: web.Request) -> web.StreamResponse:
     listing = await find_listing(request, name)
     file_cache = request.app[FILE_CACHE]
     try:
-        spec = file_spec(listing, name, filename, file_cache.extracted()[1])
+        spec = file_spec(listing, name, filename)
     except NotServed as refusal:
         error = web.HTTPForbidden if refusal.forbidden else web.HTTPNotFound
         raise error(text=f"{refusal}\n") from None
@@ -76,9 +87,17 @@ async def dist_file(request: web.Request) -> web.StreamResponse:
         "Content-Type": file_type(filename, settings.binary_file_mime_type),
         "Cache-Control": FILE_CACHE_CONTROL,
     }
+    if isinstance(spec, MetadataOfWheel):
+        with _gateway_errors():
+            return await _metadata_of_wheel(request, spec.wheel, headers)
     if request.method == "HEAD" or _not_modified(request, spec.sha256):
         return await _head(request, spec, headers)
-    try:
+    with _gateway_errors():
+        async with passed_through(request, spec) as passed:
+            if passed is not None:
+                _count(request, CacheResult.MISS)
+                send = _relay(passed, settings.client_timeout)
+                return await _answer(request, headers, passed.size, spec.sha256, send, "upstream")
         async with file_cache.serve(spec, request.remote, lambda: _gone(request)) as found:
             if isinstance(found, Claim):
                 _count(request, CacheResult.MISS)
@@ -93,16 +112,46 @@ async def dist_file(request: web.Request) -> web.StreamResponse:
                 raise web.HTTPTemporaryRedirect(location, headers={"Cache-Control": "no-store"})
             send = _sendfile(found, settings.client_timeout)
             return await _answer(request, headers, found.size, found.sha256, send, "cache")
+
+
+@contextlib.contextmanager
+def _gateway_errors() -> Iterator[None]:
+    """A file that could not be had, as the status a client should see."""
+    try:
+        yield
     except UpstreamNotFound as error:
         raise web.HTTPBadGateway(text=f"the index lists it but upstream has no {error}\n") from None
     except UpstreamError as error:
         raise gateway_error(error) from None
-    except DownloadFailed as error:
+    except (DownloadFailed, NotReadable) as error:
         raise web.HTTPBadGateway(text=f"{error}\n") from None
     except Busy as busy:
         raise web.HTTPServiceUnavailable(
             text=f"{busy}\n", headers={"Retry-After": str(busy.retry_after)}
         ) from None
+
+
+async def _metadata_of_wheel(
+    request: web.Request, wheel: FileSpec, headers: dict[str, str]
+) -> web.StreamResponse:
+    """The METADATA of a wheel whose index offers none: stored, or read now (never a 404:
+    filecache/wheel_metadata.py). HEAD reads nothing: without it stored, no length."""
+    reader = request.app[WHEEL_METADATA]
+    found: StoredBlob | bytes | None = await reader.stored(wheel)
+    result = CacheResult.HIT
+    if found is None:
+        result = CacheResult.MISS
+        if request.method == "HEAD":
+            _count(request, result)
+            return await _answer(request, headers, None, None, _nothing, "upstream")
+        found = await reader.get(wheel, request.remote)
+    _count(request, result)
+    if isinstance(found, bytes):  # the cache would not keep it
+        sha256 = hashlib.sha256(found).hexdigest()
+        return await _answer(request, headers, len(found), sha256, _bytes(found), "upstream")
+    with contextlib.closing(found):
+        send = _sendfile(found, request.app[SETTINGS].client_timeout)
+        return await _answer(request, headers, found.size, found.sha256, send, "cache")
 
 
 def _gone(request: web.Request) -> bool:
@@ -146,6 +195,20 @@ async def _nothing(
     request: web.Request, response: web.StreamResponse, start: int, stop: int | None, sent: Sent
 ) -> None:
     """No body to send (HEAD, 304)."""
+
+
+def _bytes(data: bytes) -> BodySender:
+    """Bytes in memory (a small file the cache would not keep)."""
+
+    async def send(
+        request: web.Request, response: web.StreamResponse, start: int, stop: int | None,
+        sent: Sent,
+    ) -> None:  # fmt: skip
+        await response.write(data[start:stop])
+        sent.count += len(data[start:stop])
+        await response.write_eof()
+
+    return send
 
 
 def _count(request: web.Request, result: CacheResult) -> None:
@@ -278,14 +341,17 @@ def _stream(blob: StoredBlob, patience: float) -> BodySender:
     return send
 
 
-def _relay(download: Claim, patience: float) -> BodySender:
+def _relay(download: Claim | Passed, patience: float) -> BodySender:
     async def send(
         request: web.Request, response: web.StreamResponse, start: int, stop: int | None,
         sent: Sent,
     ) -> None:  # fmt: skip
-        pieces = download.pieces(start, stop, _MAX_PIECE) if _spans(request, response) else (
-            download.chunks(start, stop)
-        )  # fmt: skip
+        # Spans of a part file, to send with sendfile; an upstream's range has only bytes.
+        pieces = (
+            download.pieces(start, stop, _MAX_PIECE)
+            if isinstance(download, Claim) and _spans(request, response)
+            else download.chunks(start, stop)
+        )
         try:
             async with contextlib.aclosing(pieces):
                 async for piece in pieces:

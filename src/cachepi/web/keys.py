@@ -6,6 +6,8 @@ from aiohttp import web
 
 from cachepi.config import Settings
 from cachepi.filecache import FileCache
+from cachepi.filecache.range_support import RangeSupport
+from cachepi.filecache.wheel_metadata import WheelMetadata
 from cachepi.index import IndexCache
 from cachepi.metrics import Metrics
 from cachepi.overview import Overviews
@@ -13,11 +15,15 @@ from cachepi.rendered import RenderCache
 from cachepi.store import Stores
 from cachepi.store.protocols import MetadataStore
 from cachepi.types import CacheResult
+from cachepi.upload_times import UploadTimes
 from cachepi.web.passwords import PasswordChecks
 
 SETTINGS = web.AppKey("settings", Settings)
 INDEX_CACHE = web.AppKey("index_cache", IndexCache)
 FILE_CACHE = web.AppKey("file_cache", FileCache)
+WHEEL_METADATA = web.AppKey("wheel_metadata", WheelMetadata)
+RANGES = web.AppKey("ranges", RangeSupport)
+UPLOAD_TIME_RECORDS = web.AppKey("upload_time_records", UploadTimes)
 METRICS = web.AppKey("metrics", Metrics)
 RENDERED = web.AppKey("rendered", RenderCache)
 METADATA = web.AppKey("metadata", MetadataStore)

@@ -16,7 +16,15 @@ from cachepi.simple.negotiate import Format, choose_encoding, choose_format
 from cachepi.simple.render import serial_text
 from cachepi.upstream import UpstreamError
 from cachepi.web.conditional import etag_matches
-from cachepi.web.keys import CACHE_RESULT, FILE_CACHE, INDEX_CACHE, METRICS, RENDERED, SETTINGS
+from cachepi.web.keys import (
+    CACHE_RESULT,
+    FILE_CACHE,
+    INDEX_CACHE,
+    METRICS,
+    RENDERED,
+    SETTINGS,
+    UPLOAD_TIME_RECORDS,
+)
 
 _VARY = "Accept, Accept-Encoding"
 STALE_HEADER = "X-Cachepi-Stale"
@@ -115,7 +123,10 @@ async def project_page(request: web.Request) -> web.Response:
     if listing is None:
         raise web.HTTPNotFound(text=f"project {name!r} not found\n")
     version, project = catalog.page(
-        listing, request.app[FILE_CACHE].extracted, lambda: _absolute_url(request)
+        listing,
+        request.app[FILE_CACHE].extracted,
+        request.app[UPLOAD_TIME_RECORDS].known,
+        lambda: _absolute_url(request),
     )
     page = await request.app[RENDERED].project(name, version, fmt, project)
     return _with_last_serial(respond(request, page, listing), listing.project.last_serial)
