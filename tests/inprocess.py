@@ -152,8 +152,9 @@ class FakeIndex:
             status, body if status == 200 else None, JSON_TYPE, tag, None, self.url + path
         )
 
-    @contextlib.asynccontextmanager
-    async def open_file(self, url: str) -> AsyncIterator[tuple[int | None, AsyncIterator[bytes]]]:
+    async def _requested(self, url: str) -> tuple[str, bytes]:
+        """A file request's path and the file's bytes, counted; UpstreamNotFound (answered
+        404) if there is no such file."""
         path = url.removeprefix(self.url)
         self.requests[path] += 1
         data = self.files.get(url)
@@ -161,6 +162,11 @@ class FakeIndex:
         if data is None:
             self._answer(path, 404)
             raise UpstreamNotFound(url)
+        return path, data
+
+    @contextlib.asynccontextmanager
+    async def open_file(self, url: str) -> AsyncIterator[tuple[int | None, AsyncIterator[bytes]]]:
+        path, data = await self._requested(url)
         self._answer(path, 200)
         yield len(data), self._chunks(data)
 
@@ -172,13 +178,7 @@ class FakeIndex:
 
     @contextlib.asynccontextmanager
     async def open_range(self, url: str, start: int, stop: int | None) -> AsyncIterator[Span]:
-        path = url.removeprefix(self.url)
-        self.requests[path] += 1
-        data = self.files.get(url)
-        await self._transit()
-        if data is None:
-            self._answer(path, 404)
-            raise UpstreamNotFound(url)
+        path, data = await self._requested(url)
         if not self.ranges:
             self._answer(path, 200)
             raise NoRanges("the upstream answered 200 to a range request")
