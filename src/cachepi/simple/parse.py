@@ -43,6 +43,8 @@ _PLAIN_URL_RE = re.compile(
 _SHA256_RE = re.compile(r"sha256=([0-9a-f]{64})\Z")
 # PyPI marks its pages with the serial in a comment: <!--SERIAL 12345-->
 _SERIAL_RE = re.compile(rb"<!--SERIAL (\d{1,19})-->")
+# Names of a project list joined into its lines this many at a time.
+_NAMES_BATCH = 10_000
 
 
 class ParseError(ValueError):
@@ -140,8 +142,11 @@ def parse_project_list_json(body: bytes) -> ProjectList:
     with _unreadable_is_parse_error():
         page = _decode(_list_decoder, body)
         _check_api_version(page.meta.api_version)
-        names = [entry.name for entry in page.projects]
-        return ProjectList(names=_valid_names(names), last_serial=page.meta.last_serial)
+        projects, pieces = page.projects, []
+        for start in range(0, len(projects), _NAMES_BATCH):
+            batch = _valid_names([entry.name for entry in projects[start : start + _NAMES_BATCH]])
+            pieces.append("\n".join(batch))
+        return ProjectList.of((piece for piece in pieces if piece), page.meta.last_serial)
 
 
 _T = TypeVar("_T")
@@ -208,10 +213,15 @@ def parse_project_html(body: bytes, page_url: str, name: str) -> Project:
 def parse_project_list_html(body: bytes) -> ProjectList:
     """A PEP 503 root page: the project names are the link texts."""
     with _unreadable_is_parse_error():
-        page = scan(_utf8(body), texts=True)
+        pieces: list[str] = []
+
+        def take(texts: list[str]) -> None:
+            if names := _valid_names([text.strip() for text in texts]):
+                pieces.append("\n".join(names))
+
+        page = scan(_utf8(body), texts=True, on_texts=take)
         _check_api_version(page.metas.get("pypi:repository-version") or "1.0")
-        names = [text.strip() for text in page.texts]
-        return ProjectList(names=_valid_names(names), last_serial=_html_serial(body))
+        return ProjectList.of(pieces, _html_serial(body))
 
 
 def _html_file(attrs: Attributes, base: str) -> File | None:
