@@ -3,12 +3,13 @@ extracted from cached wheels advertised), and the file a request names. Pure."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping
 
 from cachepi.filecache import FileSpec
 from cachepi.index import Listing
 from cachepi.simple.model import Project
-from cachepi.wheelmeta import with_extracted_metadata
+from cachepi.wheelmeta import extracted_for, with_extracted_metadata
 
 METADATA_SUFFIX = ".metadata"
 
@@ -22,18 +23,17 @@ class NotServed(Exception):
         self.forbidden = forbidden
 
 
-def page(
-    listing: Listing, extracted: Callable[[], tuple[int, Mapping[str, str]]]
-) -> tuple[str, Callable[[], Project]]:
-    """The project page's content version, and how to make the project it shows.
-    `extracted()`: (generation, wheel sha256 -> METADATA sha256) from the file cache, asked
-    only for pages that lack metadata."""
-    if not listing.lacks_metadata:
+def page(listing: Listing, extracted: Mapping[str, str]) -> tuple[str, Callable[[], Project]]:
+    """The project page's content version, and how to make the project it shows: with the
+    METADATA extracted from cached wheels advertised (`extracted`: wheel sha256 ->
+    METADATA sha256, from the file cache) where the index offers none. The version changes
+    with the pairs of this page's own wheels only."""
+    own = extracted_for(listing.project, extracted) if listing.lacks_metadata else {}
+    if not own:
         return listing.version, lambda: listing.project
-    generation, pairs = extracted()
-    return f"{listing.version}~{generation}", lambda: with_extracted_metadata(
-        listing.project, pairs
-    )
+    pairs = "/".join(f"{wheel}:{metadata}" for wheel, metadata in sorted(own.items()))
+    version = f"{listing.version}~{hashlib.blake2b(pairs.encode(), digest_size=8).hexdigest()}"
+    return version, lambda: with_extracted_metadata(listing.project, own)
 
 
 def file_spec(

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from aiohttp import web
 
@@ -14,10 +16,12 @@ from cachepi.combine import Combine
 from cachepi.config import Settings
 from cachepi.filecache import DownloadLimits, FileCache
 from cachepi.index import IndexCache
+from cachepi.malloc import give_back_big_blocks
 from cachepi.metrics import Metrics
 from cachepi.overview import Overviews
+from cachepi.pagefiles import PageFiles
 from cachepi.reach import Reach
-from cachepi.rendered import RenderCache
+from cachepi.rendered import RenderedPages
 from cachepi.routing import Router
 from cachepi.store import open_stores
 from cachepi.store.flock import hold_cache
@@ -39,6 +43,12 @@ from cachepi.web.keys import (
 
 log = logging.getLogger(__name__)
 _FLUSH_SECONDS = 5.0
+# The part of CACHE_SIZE rendered pages may take; the blobs have the rest, and what the
+# pages leave of it.
+PAGE_FILES_SHARE = 0.25
+# How often each process counts the rendered pages, evicts beyond their room and removes
+# leftovers.
+_MAINTAIN_SECONDS = 30.0
 
 
 def create_app(settings: Settings, reconcile: bool = True) -> web.Application:
@@ -47,7 +57,6 @@ def create_app(settings: Settings, reconcile: bool = True) -> web.Application:
     app = web.Application(client_max_size=64 * 1024)
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
-    app[RENDERED] = RenderCache()
     app[ROUTE_NAMES] = {
         pages.project_list: "project_list",
         pages.project_page: "project_page",
@@ -79,10 +88,31 @@ def create_app(settings: Settings, reconcile: bool = True) -> web.Application:
 def reconcile_cache(settings: Settings) -> None:
     """Make the cache's records agree with its disk, before any worker serves from it."""
     stores = open_stores(settings)
+    sole = sole_server(settings)
+    if sole:
+        PageFiles.clear(pages_dir(settings))
     try:
-        asyncio.run(FileCache(stores, settings.cache_size).open(sole_server(settings)))
+        asyncio.run(FileCache(stores, settings.cache_size).open(sole))
     finally:
         stores.close()
+
+
+def pages_dir(settings: Settings) -> Path:
+    """Where this machine's rendered pages go (on each node of a cluster, its own)."""
+    return settings.cache_dir / "pages"
+
+
+def page_files(settings: Settings) -> PageFiles:
+    """The rendered pages: they may take a share of the cache's size."""
+    return PageFiles(pages_dir(settings), int(settings.cache_size * PAGE_FILES_SHARE))
+
+
+def page_salt(settings: Settings) -> str:
+    """What shapes pages besides their upstream contents, for the rendered files' names:
+    a server started with other routes or another policy never sends a file rendered by
+    the one before."""
+    shaping = repr((settings.combine, settings.routes, settings.policy))
+    return hashlib.blake2b(shaping.encode(), digest_size=8).hexdigest()
 
 
 def sole_server(settings: Settings) -> bool:
@@ -97,6 +127,7 @@ def sole_server(settings: Settings) -> bool:
 
 async def _components(app: web.Application, reconcile: bool) -> AsyncIterator[None]:
     """Open the stores and the upstream session at startup; close them at shutdown."""
+    give_back_big_blocks()
     settings = app[SETTINGS]
     metrics = app[METRICS]
     stores = app[STORES] = open_stores(settings)
@@ -125,27 +156,44 @@ async def _components(app: web.Application, reconcile: bool) -> AsyncIterator[No
         for up in settings.upstreams
     ]
     unrouted = tuple(i for i, up in enumerate(settings.upstreams) if not up.explicit)
+    memory = settings.page_memory
     pages = UpstreamPages(
         upstreams,
         metadata,
         stores.locks,
         settings.negative_ttl,
+        memory=memory // 4,
         offline=settings.offline,
         metrics=metrics,
     )
-    app[INDEX_CACHE] = IndexCache(
+    index = app[INDEX_CACHE] = IndexCache(
         pages,
         combine=Combine(settings.combine),
         router=Router(settings.routes, unrouted),
         policy=settings.policy,
+        memory=memory // 2,
     )
     download_limits = DownloadLimits(
         settings.downloads_per_index, settings.downloads_per_client, settings.download_wait
     )
-    file_cache = FileCache(stores, settings.cache_size, metrics=metrics, limits=download_limits)
-    await file_cache.open(reconcile and sole_server(settings))
+    sole = reconcile and sole_server(settings)
+    if sole:
+        PageFiles.clear(pages_dir(settings))
+    files = page_files(settings)
+    file_cache = FileCache(
+        stores,
+        settings.cache_size,
+        metrics=metrics,
+        limits=download_limits,
+        # In a cluster the blobs are elsewhere: this node's pages take no room from them.
+        beside=(lambda: files.usage) if settings.storage is None else (lambda: 0),
+    )
+    await file_cache.open(sole)
     file_cache.sweep_periodically()
     app[FILE_CACHE] = file_cache
+    rendered = app[RENDERED] = RenderedPages(
+        files, page_salt(settings), index, file_cache.extracted, memory // 16, memory // 4
+    )
     log.info(
         "serving %s from %s (%s blobs, %s metadata)",
         ", ".join(f"{up.url} ({up.name})" for up in upstreams),
@@ -154,10 +202,12 @@ async def _components(app: web.Application, reconcile: bool) -> AsyncIterator[No
         metadata.kind,
     )
     flusher = asyncio.create_task(_flush_totals(metrics, metadata))
+    maintainer = asyncio.create_task(_maintain_pages(rendered))
     try:
         yield
     finally:
         flusher.cancel()
+        maintainer.cancel()
         await file_cache.close()
         await connections.close()
         with contextlib.suppress(StoreUnavailable):
@@ -173,3 +223,16 @@ async def _flush_totals(metrics: Metrics, metadata: MetadataStore) -> None:
             metrics.flush(metadata)
         except StoreUnavailable as failure:  # counted again at the next flush
             log.warning("cannot record traffic totals: %s", failure)
+
+
+async def _maintain_pages(rendered: RenderedPages) -> None:
+    """Count the rendered pages, evict beyond their room, remove leftovers: soon after
+    the start, then every so often."""
+    await asyncio.sleep(2.0)
+    while True:
+        try:
+            if removed := await rendered.maintain():
+                log.info("removed %d rendered page files (evicted or left over)", removed)
+        except OSError as failure:
+            log.warning("cannot look after the rendered pages: %s", failure)
+        await asyncio.sleep(_MAINTAIN_SECONDS)

@@ -7,12 +7,9 @@ a download is relayed from the shared temp file as it grows.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import mimetypes
-import os
-from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
@@ -25,27 +22,11 @@ from cachepi.upstream import UpstreamError, UpstreamNotFound
 from cachepi.web.conditional import etag_matches, plan_response
 from cachepi.web.keys import BODY_BYTES, CACHE_RESULT, FILE_CACHE, METRICS, SETTINGS
 from cachepi.web.pages import checked_name, find_listing, gateway_error
+from cachepi.web.sending import BodySender, Sent, client_deadline, sendfile
 
 # Files never change in an index: a client may keep them forever.
 FILE_CACHE_CONTROL = "max-age=365000000, immutable"
-# sendfile goes out in pieces (see _sendfile), between these sizes; a client slower than
-# _SLOWEST_CLIENT bytes a second over a whole client_timeout is disconnected.
-_SLOWEST_CLIENT = 64 * 1024
-_MIN_PIECE = 64 * 1024
-_MAX_PIECE = 16 * 1024 * 1024
 log = logging.getLogger(__name__)
-
-
-class Sent:
-    """Body bytes that went out: only what the transport took, also when the transfer ended
-    early (the client hung up, or the download failed and the connection was cut)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-
-# Sends the body bytes [start, stop) of a prepared response, counting them in Sent.
-BodySender = Callable[[web.Request, web.StreamResponse, int, int | None, Sent], Awaitable[None]]
 
 
 def file_type(filename: str, binary: bool) -> str:
@@ -190,49 +171,7 @@ def _sendfile(blob: StoredBlob, patience: float) -> BodySender:
     streamed from its store."""
     if blob.file is None:
         return _stream(blob, patience)
-    file = blob.file
-
-    async def send(
-        request: web.Request, response: web.StreamResponse, start: int, stop: int | None,
-        sent: Sent,
-    ) -> None:  # fmt: skip
-        transport = request.transport
-        if transport is None:  # the client is gone
-            return
-        loop = asyncio.get_running_loop()
-        end = blob.size if stop is None else stop
-        # In pieces, each with the client's deadline: what a client reading at the slowest
-        # rate we wait for gets in that time. A stalled client is let go, a slow one is not.
-        piece = int(min(max(_SLOWEST_CLIENT * patience, _MIN_PIECE), _MAX_PIECE))
-        fd = file.fileno()
-        for offset in range(start, end, piece):
-            # sendfile leaves the file's position past what it sent, also when it fails.
-            os.lseek(fd, offset, os.SEEK_SET)
-            try:
-                async with _client_deadline(request, patience):
-                    sent.count += await loop.sendfile(
-                        transport, file, offset, min(piece, end - offset)
-                    )
-            except BaseException:
-                sent.count += max(0, os.lseek(fd, 0, os.SEEK_CUR) - offset)
-                raise
-        await response.write_eof()
-
-    return send
-
-
-@contextlib.asynccontextmanager
-async def _client_deadline(request: web.Request, patience: float) -> AsyncIterator[None]:
-    """Drop the connection of a client that takes more than `patience` seconds to accept
-    what is being sent: a stalled client must not hold a file and a connection forever."""
-    try:
-        async with asyncio.timeout(patience):
-            yield
-    except TimeoutError:
-        log.info("%s stopped reading %s: disconnected", request.remote, request.path)
-        if request.transport is not None:
-            request.transport.abort()
-        raise ConnectionResetError("client stalled") from None
+    return sendfile(blob.file, blob.size, patience)
 
 
 def _stream(blob: StoredBlob, patience: float) -> BodySender:
@@ -242,7 +181,7 @@ def _stream(blob: StoredBlob, patience: float) -> BodySender:
     ) -> None:  # fmt: skip
         try:
             async for data in blob.chunks(start, blob.size if stop is None else stop):
-                async with _client_deadline(request, patience):
+                async with client_deadline(request, patience):
                     await response.write(data)
                 sent.count += len(data)
         except StoreUnavailable as error:  # cut short: the client must not take it as done
@@ -263,7 +202,7 @@ def _relay(download: Claim, patience: float) -> BodySender:
         try:
             async with contextlib.aclosing(download.chunks(start, stop)) as chunks:
                 async for data in chunks:
-                    async with _client_deadline(request, patience):
+                    async with client_deadline(request, patience):
                         await response.write(data)
                     sent.count += len(data)
         except DownloadFailed:

@@ -9,7 +9,7 @@ from cachepi.filecache import FileCache
 from cachepi.index import IndexCache
 from cachepi.metrics import Metrics
 from cachepi.overview import Overviews
-from cachepi.rendered import RenderCache
+from cachepi.rendered import RenderedPages
 from cachepi.store import Stores
 from cachepi.store.protocols import MetadataStore
 from cachepi.types import CacheResult
@@ -19,7 +19,7 @@ SETTINGS = web.AppKey("settings", Settings)
 INDEX_CACHE = web.AppKey("index_cache", IndexCache)
 FILE_CACHE = web.AppKey("file_cache", FileCache)
 METRICS = web.AppKey("metrics", Metrics)
-RENDERED = web.AppKey("rendered", RenderCache)
+RENDERED = web.AppKey("rendered", RenderedPages)
 METADATA = web.AppKey("metadata", MetadataStore)
 OVERVIEWS = web.AppKey("overviews", Overviews)
 STORES = web.AppKey("stores", Stores)

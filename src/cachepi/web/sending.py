@@ -1,0 +1,78 @@
+"""Sending a response body: a file with sendfile (a stored blob, a rendered page), each
+piece under the client's deadline, counting what went out."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import BinaryIO
+
+from aiohttp import web
+
+# sendfile goes out in pieces (see `sendfile`), between these sizes; a client slower than
+# _SLOWEST_CLIENT bytes a second over a whole client_timeout is disconnected.
+_SLOWEST_CLIENT = 64 * 1024
+_MIN_PIECE = 64 * 1024
+_MAX_PIECE = 16 * 1024 * 1024
+log = logging.getLogger(__name__)
+
+
+class Sent:
+    """Body bytes that went out: only what the transport took, also when the transfer ended
+    early (the client hung up, or the download failed and the connection was cut)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
+# Sends the body bytes [start, stop) of a prepared response, counting them in Sent.
+BodySender = Callable[[web.Request, web.StreamResponse, int, int | None, Sent], Awaitable[None]]
+
+
+def sendfile(file: BinaryIO, size: int, patience: float) -> BodySender:
+    """The bytes of `file` (`size` of them), on this machine, with sendfile."""
+
+    async def send(
+        request: web.Request, response: web.StreamResponse, start: int, stop: int | None,
+        sent: Sent,
+    ) -> None:  # fmt: skip
+        transport = request.transport
+        if transport is None:  # the client is gone
+            return
+        loop = asyncio.get_running_loop()
+        end = size if stop is None else stop
+        # In pieces, each with the client's deadline: what a client reading at the slowest
+        # rate we wait for gets in that time. A stalled client is let go, a slow one is not.
+        piece = int(min(max(_SLOWEST_CLIENT * patience, _MIN_PIECE), _MAX_PIECE))
+        fd = file.fileno()
+        for offset in range(start, end, piece):
+            # sendfile leaves the file's position past what it sent, also when it fails.
+            os.lseek(fd, offset, os.SEEK_SET)
+            try:
+                async with client_deadline(request, patience):
+                    sent.count += await loop.sendfile(
+                        transport, file, offset, min(piece, end - offset)
+                    )
+            except BaseException:
+                sent.count += max(0, os.lseek(fd, 0, os.SEEK_CUR) - offset)
+                raise
+        await response.write_eof()
+
+    return send
+
+
+@contextlib.asynccontextmanager
+async def client_deadline(request: web.Request, patience: float) -> AsyncIterator[None]:
+    """Drop the connection of a client that takes more than `patience` seconds to accept
+    what is being sent: a stalled client must not hold a file and a connection forever."""
+    try:
+        async with asyncio.timeout(patience):
+            yield
+    except TimeoutError:
+        log.info("%s stopped reading %s: disconnected", request.remote, request.path)
+        if request.transport is not None:
+            request.transport.abort()
+        raise ConnectionResetError("client stalled") from None
