@@ -32,6 +32,9 @@ from typing import BinaryIO
 
 import zstandard
 
+from cachepi.config import Settings
+from cachepi.store.flock import FileLock, remove_abandoned_files
+
 log = logging.getLogger(__name__)
 
 CODINGS = ("identity", "gzip", "zstd")
@@ -43,6 +46,11 @@ _EVICT_TO = 0.9
 # Bytes compressed at a time, whatever the size of the pieces rendered.
 _PIECE = 1024 * 1024
 _CLEARED = "pages.cleared-"
+# The part of CACHE_SIZE rendered pages may take; the blobs have the rest, and what the
+# pages leave of it.
+SHARE = 0.25
+# A temp file no renderer touched for this long was left by one that died.
+_ABANDONED = 3600.0
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,15 @@ class Opened:
     size: int
 
 
+def pages_dir(settings: Settings) -> Path:
+    """Where this machine's rendered pages go (on each node of a cluster, its own)."""
+    return settings.cache_dir / "pages"
+
+
+def open_page_files(settings: Settings) -> PageFiles:
+    return PageFiles(pages_dir(settings), int(settings.cache_size * SHARE))
+
+
 class PageFiles:
     def __init__(self, root: Path, max_bytes: int) -> None:
         """`root`: the directory of the files (created); `max_bytes`: what they may take."""
@@ -92,6 +109,10 @@ class PageFiles:
         keyed = hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
         tag = hashlib.blake2b(f"{salt}\0{key}\0{version}".encode(), digest_size=12).hexdigest()
         return Variant(self.root / keyed[:2], f"{keyed}-", f"{keyed}-{tag}", tag, kind)
+
+    def lock(self, variant: Variant) -> FileLock:
+        """The lock of rendering `variant`, across the processes of this machine."""
+        return FileLock(self.temp / f"{variant.version}.{variant.kind}.lock")
 
     def open(self, variant: Variant, coding: str) -> Opened | None:
         """The variant's file in `coding`, open, if it is there; a use, for eviction."""
@@ -132,8 +153,15 @@ class PageFiles:
         self.usage += written - self._remove(variant.bucket, variant.prefix, but=variant.version)
         return written
 
-    def remove(self, key: str) -> None:
-        """Remove every file of `key` (its pages went: invalidated, purged)."""
+    def remove(self, key: str | None) -> None:
+        """Remove every file of `key` (its pages went: invalidated, purged), or of every
+        key (None)."""
+        if key is None:
+            for _, _, path in self._listing():
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+            self.usage = 0
+            return
         variant = self.variant("", key, "", "")
         with contextlib.suppress(FileNotFoundError):
             self.usage -= self._remove(variant.bucket, variant.prefix)
@@ -153,8 +181,8 @@ class PageFiles:
 
     def maintain(self) -> int:
         """Count the files anew, remove the least recently used beyond the room, and what
-        crashed writers and cleared directories left; returns how many files went.
-        Blocking: run it on a thread."""
+        renderers that died (temp and lock files nobody holds) and clearing left; returns
+        how many files went. Blocking: run it on a thread."""
         files = sorted(self._listing())  # oldest first
         total = sum(size for _, size, _ in files)
         removed = 0
@@ -169,7 +197,7 @@ class PageFiles:
         self.usage = total
         for leftover in self.root.parent.glob(f"{_CLEARED}*"):
             shutil.rmtree(leftover, ignore_errors=True)
-        return removed
+        return removed + remove_abandoned_files(self.temp, _ABANDONED)
 
     def _listing(self) -> Iterator[tuple[float, int, str]]:
         """(last use, size, path) of every file."""

@@ -28,7 +28,6 @@ from cachepi.simple.render import (
     render_project_list_html,
     render_project_list_json,
 )
-from cachepi.store.flock import FileLocks
 from cachepi.store.protocols import LIST_KEY
 from cachepi.upstream import UpstreamError
 
@@ -93,9 +92,6 @@ class RenderedPages:
         self._salt = f"{RENDERER}\0{salt}"
         self._index = index
         self._extracted = extracted
-        # Renderings in progress in any process, by lock files among the temp files (the
-        # store-wide lock of these locks is never taken).
-        self._locks = FileLocks(files.temp, files.temp / "store.lock")
         # name -> (listing version, extraction generation, page version): an extraction
         # anywhere changes the generation, but this page's version only if it was one of
         # this page's wheels.
@@ -134,10 +130,8 @@ class RenderedPages:
         self._versions.pop(key)
 
     async def maintain(self) -> int:
-        """Count the files, evict beyond their room, remove leftovers of renderings that
-        died (`PageFiles.maintain`); returns how many files went."""
-        removed = await asyncio.to_thread(self.files.maintain)
-        return removed + await asyncio.to_thread(self._locks.sweep)
+        """`PageFiles.maintain`, on a thread; returns how many files went."""
+        return await asyncio.to_thread(self.files.maintain)
 
     # -- versions -------------------------------------------------------------------------
 
@@ -218,7 +212,7 @@ class RenderedPages:
         return await asyncio.shield(task)
 
     async def _render_once(self, key: str, variant: Variant, make: _Maker) -> Variant:
-        lock = self._locks.lock(f"render {variant.version}.{variant.kind}")
+        lock = self.files.lock(variant)
         if not lock.try_acquire():
             await lock.wait_released()
             if variant.path("identity").exists():  # another process rendered it

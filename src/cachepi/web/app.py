@@ -8,7 +8,6 @@ import functools
 import hashlib
 import logging
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 from aiohttp import web
 
@@ -19,7 +18,7 @@ from cachepi.index import IndexCache
 from cachepi.malloc import give_back_big_blocks
 from cachepi.metrics import Metrics
 from cachepi.overview import Overviews
-from cachepi.pagefiles import PageFiles
+from cachepi.pagefiles import PageFiles, open_page_files, pages_dir
 from cachepi.reach import Reach
 from cachepi.rendered import RenderedPages
 from cachepi.routing import Router
@@ -43,9 +42,6 @@ from cachepi.web.keys import (
 
 log = logging.getLogger(__name__)
 _FLUSH_SECONDS = 5.0
-# The part of CACHE_SIZE rendered pages may take; the blobs have the rest, and what the
-# pages leave of it.
-PAGE_FILES_SHARE = 0.25
 # How often each process counts the rendered pages, evicts beyond their room and removes
 # leftovers.
 _MAINTAIN_SECONDS = 30.0
@@ -95,16 +91,6 @@ def reconcile_cache(settings: Settings) -> None:
         asyncio.run(FileCache(stores, settings.cache_size).open(sole))
     finally:
         stores.close()
-
-
-def pages_dir(settings: Settings) -> Path:
-    """Where this machine's rendered pages go (on each node of a cluster, its own)."""
-    return settings.cache_dir / "pages"
-
-
-def page_files(settings: Settings) -> PageFiles:
-    """The rendered pages: they may take a share of the cache's size."""
-    return PageFiles(pages_dir(settings), int(settings.cache_size * PAGE_FILES_SHARE))
 
 
 def page_salt(settings: Settings) -> str:
@@ -179,7 +165,7 @@ async def _components(app: web.Application, reconcile: bool) -> AsyncIterator[No
     sole = reconcile and sole_server(settings)
     if sole:
         PageFiles.clear(pages_dir(settings))
-    files = page_files(settings)
+    files = open_page_files(settings)
     file_cache = FileCache(
         stores,
         settings.cache_size,
