@@ -176,7 +176,7 @@ def test_clearing_takes_every_file_out_of_use_at_once(tmp_path: Path) -> None:
     variant = files.variant("salt", "demo", "v1", "json")
     files.write(variant, [b'{"name": "demo"}'])
     PageFiles.clear(files.root)
-    assert not variant.path("identity").exists()
+    assert not variant.exists()
     files = PageFiles(tmp_path / "pages", max_bytes=10**6)  # as the server opens them next
     files.maintain()  # removes the cleared directory, in the background
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pages"]
@@ -217,7 +217,7 @@ def test_least_recently_used_files_go_beyond_their_room(tmp_path: Path) -> None:
     opened.file.close()
     assert files.maintain() > 0
     assert files.usage <= 3000 * 0.9
-    assert variants[0].path("identity").exists() and not variants[1].path("identity").exists()
+    assert variants[0].exists() and not variants[1].exists()
 
 
 async def test_a_file_rendered_under_other_settings_is_never_sent(

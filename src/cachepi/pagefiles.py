@@ -57,14 +57,18 @@ _ABANDONED = 3600.0
 class Variant:
     """One page in one format, all codings: where its files go and what they are called."""
 
-    bucket: Path
+    bucket: str  # a directory (strings, not Paths: this is on every request's way)
     prefix: str  # of every file of the page's key: "{key digest}-"
     version: str  # of every file of this version: "{key digest}-{tag}"
     tag: str  # the version's, with the format's, and the ETag's
     kind: str  # the format's files: "json", "html"
 
-    def path(self, coding: str) -> Path:
-        return self.bucket / f"{self.version}.{self.kind}{_SUFFIXES[coding]}"
+    def path(self, coding: str) -> str:
+        return f"{self.bucket}/{self.version}.{self.kind}{_SUFFIXES[coding]}"
+
+    def exists(self) -> bool:
+        """Whether it was written, every coding (its identity file is renamed last)."""
+        return os.path.exists(self.path("identity"))
 
     def etag(self, coding: str) -> str:
         return f'"{self.tag}.{self.kind}{_SUFFIXES[coding]}"'
@@ -108,7 +112,7 @@ class PageFiles:
         """`kind`: the format's files ("json", "html")."""
         keyed = hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
         tag = hashlib.blake2b(f"{salt}\0{key}\0{version}".encode(), digest_size=12).hexdigest()
-        return Variant(self.root / keyed[:2], f"{keyed}-", f"{keyed}-{tag}", tag, kind)
+        return Variant(f"{self.root}/{keyed[:2]}", f"{keyed}-", f"{keyed}-{tag}", tag, kind)
 
     def lock(self, variant: Variant) -> FileLock:
         """The lock of rendering `variant`, across the processes of this machine."""
@@ -117,7 +121,7 @@ class PageFiles:
     def open(self, variant: Variant, coding: str) -> Opened | None:
         """The variant's file in `coding`, open, if it is there; a use, for eviction."""
         try:
-            file = variant.path(coding).open("rb")
+            file = open(variant.path(coding), "rb", buffering=0)  # noqa: SIM115 - the caller's
         except FileNotFoundError:
             return None
         stat = os.fstat(file.fileno())
@@ -142,9 +146,9 @@ class PageFiles:
                     files["zstd"].write(zstd.compress(piece))
                 files["gzip"].write(gzip.flush())
                 files["zstd"].write(zstd.flush())
-            variant.bucket.mkdir(exist_ok=True)
+            os.makedirs(variant.bucket, exist_ok=True)
             written = 0
-            for coding, temp in temps.items():
+            for coding, temp in reversed(temps.items()):  # identity last: see `exists`
                 written += temp.stat().st_size
                 os.replace(temp, variant.path(coding))
         finally:
@@ -166,7 +170,7 @@ class PageFiles:
         with contextlib.suppress(FileNotFoundError):
             self.usage -= self._remove(variant.bucket, variant.prefix)
 
-    def _remove(self, bucket: Path, prefix: str, but: str | None = None) -> int:
+    def _remove(self, bucket: str, prefix: str, but: str | None = None) -> int:
         """Remove the files in `bucket` named `prefix...` but those of version `but`;
         returns their bytes."""
         removed = 0

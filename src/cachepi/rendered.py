@@ -48,9 +48,10 @@ _LIST_RENDERERS: dict[str, Callable[[ProjectList], Iterable[bytes]]] = {
 # What a remembered page version costs in memory besides its strings, estimated.
 _VERSION_COST = 300
 # Variants up to this size are sent from memory (read from their file once, then kept
-# under a byte budget): with their headers in one write, which costs half the CPU of a
-# file's open, sendfile and close (bench/results/notes.md). Bigger ones go with sendfile.
-SMALL = 1024 * 1024
+# under a byte budget), with their headers in one write: for a small body, a file's open,
+# sendfile and close cost several times that (bench/results/notes.md). Bigger ones go
+# with sendfile, as cheap then as from memory, and in the page cache once for every worker.
+SMALL = 64 * 1024
 _SMALL_COST = 300  # what a small variant costs in memory besides its bytes and strings
 
 # Makes a page: its content version (what it is now, which may be newer than the version it
@@ -215,14 +216,14 @@ class RenderedPages:
         lock = self.files.lock(variant)
         if not lock.try_acquire():
             await lock.wait_released()
-            if variant.path("identity").exists():  # another process rendered it
+            if variant.exists():  # another process rendered it
                 lock.close()
                 return variant
             lock.try_acquire()  # or another one took it: rendering it twice is harmless
         try:
             version, pieces = await make()
             made = self.files.variant(self._salt, key, version, variant.kind)
-            if made != variant and made.path("identity").exists():
+            if made != variant and made.exists():
                 return made
             # Rendering and compressing a big page takes long enough to stall other requests.
             await asyncio.to_thread(lambda: self.files.write(made, pieces()))

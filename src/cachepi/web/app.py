@@ -178,7 +178,7 @@ async def _components(app: web.Application, reconcile: bool) -> AsyncIterator[No
     file_cache.sweep_periodically()
     app[FILE_CACHE] = file_cache
     rendered = app[RENDERED] = RenderedPages(
-        files, page_salt(settings), index, file_cache.extracted, memory // 16, memory // 4
+        files, page_salt(settings), index, file_cache.extracted, memory // 16, memory // 8
     )
     log.info(
         "serving %s from %s (%s blobs, %s metadata)",

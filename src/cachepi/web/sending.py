@@ -48,7 +48,9 @@ def sendfile(file: BinaryIO, size: int, patience: float) -> BodySender:
         # rate we wait for gets in that time. A stalled client is let go, a slow one is not.
         piece = int(min(max(_SLOWEST_CLIENT * patience, _MIN_PIECE), _MAX_PIECE))
         fd = file.fileno()
-        for offset in range(start, end, piece):
+        at_once = _at_once(transport, fd, start, end - start)
+        sent.count += at_once
+        for offset in range(start + at_once, end, piece):
             # sendfile leaves the file's position past what it sent, also when it fails.
             os.lseek(fd, offset, os.SEEK_SET)
             try:
@@ -76,3 +78,24 @@ async def client_deadline(request: web.Request, patience: float) -> AsyncIterato
         if request.transport is not None:
             request.transport.abort()
         raise ConnectionResetError("client stalled") from None
+
+
+def _at_once(transport: asyncio.BaseTransport, fd: int, offset: int, count: int) -> int:
+    """Send what the socket takes of the file now, when the transport has nothing waiting
+    to go before it (the headers went): a page, usually all of it, without the event loop's
+    rounds that loop.sendfile takes, which cost more than the sending itself (its CPU per
+    request is half again as much: bench/results/notes.md). Returns the bytes sent."""
+    sock = transport.get_extra_info("socket")
+    if (
+        sock is None
+        or transport.get_extra_info("sslcontext") is not None  # TLS: loop.sendfile copies
+        or not isinstance(transport, asyncio.WriteTransport)
+        or transport.get_write_buffer_size()
+    ):
+        return 0
+    try:
+        return os.sendfile(sock.fileno(), fd, offset, count)
+    except ConnectionError:
+        raise
+    except OSError:  # full (EAGAIN), or a file sendfile cannot take: loop.sendfile sees to it
+        return 0
