@@ -11,18 +11,22 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import logging
 import os
 import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 import zstandard
 
 from cachepi.pagefiles import PageFiles
 from cachepi.policy import Policy, parse_rule
+from cachepi.rendered import SMALL
 from cachepi.web.keys import FILE_CACHE, RENDERED
 from tests.conftest import ProxyFactory
 from tests.fakeupstream import FakeUpstream
+from tests.fakeupstream.big import project_json
 from tests.fakeupstream.fixtures import FakeUpstreamFactory
 from tests.fetching import JSON_TYPE, Reply, fetch
 from tests.proxy import RunningProxy
@@ -264,3 +268,22 @@ async def test_a_page_changes_with_the_metadata_extracted_from_its_own_wheels_on
     kept = {p: p.stat().st_ino for p in rendered_files(proxy) if p in files}
     assert len(kept) == len(files) // 2  # second's, untouched; first's replaced
     assert all(files[p] == inode for p, inode in kept.items())
+
+
+async def test_a_client_hanging_up_on_a_page_sent_from_its_file_is_no_error(
+    fake_upstream: FakeUpstream, proxy_factory: ProxyFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = project_json("bigpage", 2000, fake_upstream.files_origin + "/f/")
+    fake_upstream.serve_raw("/simple/bigpage/", body, JSON_TYPE)
+    proxy = await proxy_factory(fake_upstream)
+    whole = await get(proxy.index_url + "bigpage/", JSON_TYPE)
+    assert len(whole.body) > SMALL  # sent from its file
+    request = f"GET /index/bigpage/ HTTP/1.1\r\nHost: x\r\nAccept: {JSON_TYPE}\r\n\r\n".encode()
+    for read in (0, 100, 0, 1000):  # gone before the headers went out, or during the body
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        writer.write(request)
+        if read:
+            await reader.read(read)
+        writer.transport.abort()
+    assert (await get(proxy.index_url + "bigpage/", JSON_TYPE)).body == whole.body
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

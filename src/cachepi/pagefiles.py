@@ -103,8 +103,7 @@ class PageFiles:
     @staticmethod
     def clear(root: Path) -> None:
         """Take every rendered file out of use at once, as the cache's sole server at
-        start: the directory is moved aside, and removed in the background
-        (`remove_cleared`)."""
+        start: the directory is moved aside, and removed later (`maintain`)."""
         if root.exists():
             root.rename(root.with_name(f"{_CLEARED}{secrets.token_hex(4)}"))
 
@@ -130,10 +129,10 @@ class PageFiles:
                 os.utime(file.fileno())
         return Opened(file, stat.st_size)
 
-    def write(self, variant: Variant, pieces: Iterable[bytes]) -> int:
+    def write(self, variant: Variant, pieces: Iterable[bytes]) -> None:
         """Write the variant in every coding from its rendered `pieces`, in one pass (a
-        big page is never held whole), and remove the key's files of other versions;
-        returns the bytes written. Blocking: run it on a thread."""
+        big page is never held whole), and remove the key's files of other versions.
+        Blocking: run it on a thread."""
         temps = {coding: self.temp / f"{secrets.token_hex(8)}.tmp" for coding in CODINGS}
         try:
             with contextlib.ExitStack() as stack:
@@ -155,7 +154,6 @@ class PageFiles:
             for temp in temps.values():
                 temp.unlink(missing_ok=True)
         self.usage += written - self._remove(variant.bucket, variant.prefix, but=variant.version)
-        return written
 
     def remove(self, key: str | None) -> None:
         """Remove every file of `key` (its pages went: invalidated, purged), or of every

@@ -4,7 +4,7 @@ A page's content version (from the index cache's records: its files are not read
 memory knows it) names its rendered files (pagefiles.py). The first request for a variant
 renders it, on a thread, straight into its files in every coding: once per process, and
 through a lock once for every process of this machine. Every later request, in any worker,
-opens the file and sends it.
+opens the file and sends it; small ones are read once and kept in memory, within a budget.
 """
 
 from __future__ import annotations
@@ -110,11 +110,10 @@ class RenderedPages:
         state = await self._index.page(name)
         if state is None:
             return None
+        make = functools.partial(self._make_project, name, _KIND[fmt])
         try:
             version = await self._page_version(name, state)
-            page = await self._page(name, version, fmt, coding, functools.partial(
-                self._make_project, name, _KIND[fmt]
-            ))  # fmt: skip
+            page = await self._page(name, version, fmt, coding, make)
         except _Vanished:
             return None
         return page, state
@@ -126,7 +125,9 @@ class RenderedPages:
         return await self._page(LIST_KEY, result.version, fmt, coding, make), result
 
     def forget(self, key: str) -> None:
-        """Remove the rendered files of `key` (its pages were invalidated)."""
+        """Remove the rendered files of `key` (its pages were invalidated). Small variants
+        held in memory stay: they are found by version, and the next version may well be
+        the same."""
         self.files.remove(key)
         self._versions.pop(key)
 

@@ -77,20 +77,20 @@ async def respond(
         headers["Content-Encoding"] = coding
     if page.file is None:
         return web.Response(body=page.body, headers=headers)
-    with page.file:
-        response = web.StreamResponse(headers=headers)
-        response.content_length = page.size
-        await response.prepare(request)
-        if request.method == "HEAD":
-            return response
-        sent = Sent()
+    response = web.StreamResponse(headers=headers)
+    response.content_length = page.size
+    sent = Sent()
+    # The client hung up, before the headers or during the body: nothing to do (aiohttp
+    # then finds the connection closed too, and says nothing).
+    with page.file, contextlib.suppress(ConnectionError):
         try:
-            with contextlib.suppress(ConnectionError):  # the client hung up: nothing to do
+            await response.prepare(request)
+            if request.method != "HEAD":
                 send = sendfile(page.file, page.size, settings.client_timeout)
                 await send(request, response, 0, page.size, sent)
         finally:  # counted also when cancelled: what went out went out
             request[BODY_BYTES] = sent.count
-        return response
+    return response
 
 
 def checked_name(request: web.Request, rest: str = "") -> str:
