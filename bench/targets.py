@@ -59,6 +59,14 @@ def big_page_vs_proxpi(r: Results) -> Verdict:
     )
 
 
+def big_page_vs_nginx(r: Results) -> Verdict:
+    return _at_least(_ratio(r, "big-c32-rps", "nginx"), 0.8, "32 conn:")
+
+
+def small_page_vs_bare(r: Results) -> Verdict:
+    return _at_least(_ratio(r, "small-c32-rps", "baseline"), 0.8, "32 conn:")
+
+
 def miss_rate(r: Results) -> Verdict:
     return _at_least(_median(r, "miss-mbps"), 500, "MB/s:")
 
@@ -93,6 +101,8 @@ TARGETS = [
     ),
     Target("cached pages p99 < 3 ms at 32 connections", pages_p99),
     Target("≥ 50x proxpi's req/s on the big page", big_page_vs_proxpi),
+    Target("cached big page ≥ 0.8x nginx's req/s (the same gzip bytes)", big_page_vs_nginx),
+    Target("cached small page ≥ 0.8x bare aiohttp's req/s", small_page_vs_bare),
     Target("misses ≥ 0.5 GB/s on loopback", miss_rate),
     Target("miss TTFB within 20 ms of the upstream's", miss_ttfb),
     Target("32 simultaneous first requests: exactly 1 upstream GET", herd_single_get),

@@ -12,12 +12,15 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from cachepi.workers import LISTENING
 from tests.clients import isolated_env
 from tests.fetching import wait_healthy
+
+T = TypeVar("T")
 
 
 def process_tree(root: int) -> list[int]:
@@ -199,6 +202,31 @@ class ServedProxy:
         if self._reader is not None:
             await self._reader
             self._reader = None
+
+
+class RssWatch:
+    """Samples the server's resident memory while something runs; keeps the peak."""
+
+    def __init__(self, served: ServedProxy, every: float = 0.05) -> None:
+        self.served = served
+        self.every = every
+        self.peak_kib = 0  # of the sum over the server's processes
+
+    async def during(self, work: Awaitable[T]) -> T:
+        done = asyncio.Event()
+
+        async def sample() -> None:
+            while not done.is_set():
+                self.peak_kib = max(self.peak_kib, self.served.rss_kib())
+                await asyncio.sleep(self.every)
+
+        sampler = asyncio.create_task(sample())
+        try:
+            return await work
+        finally:
+            done.set()
+            await sampler
+            self.peak_kib = max(self.peak_kib, self.served.rss_kib())
 
 
 def _group_alive(pgid: int) -> bool:

@@ -32,12 +32,9 @@ def listing(*files: File, **fields: Any) -> Listing:
     return Listing(Project(name="demo", files=list(files)), ("pypi",) * len(files), "v1", **fields)
 
 
-def no_extraction() -> tuple[int, dict[str, str]]:
-    raise AssertionError("asked for extracted metadata of a page that lacks none")
-
-
-def no_times() -> tuple[int, dict[str, str]]:
-    raise AssertionError("asked for upload times of a page that lacks none")
+# What the file cache extracted and the proxy recorded, for pages that have their own.
+ELSEWHERE = {"99" * 32: "98" * 32}
+TIMES_ELSEWHERE = {"https://files.example/other-1.0.tar.gz": "2023-01-01T00:00:00Z"}
 
 
 def test_provenance_urls_point_next_to_the_file_at_the_proxy() -> None:
@@ -51,20 +48,18 @@ def test_provenance_urls_point_next_to_the_file_at_the_proxy() -> None:
 
 def test_a_page_with_provenance_is_a_version_per_address_the_proxy_is_reached_at() -> None:
     shown = listing(WHEEL, SDIST)
-    version, make = page(shown, no_extraction, no_times, lambda: PAGE)
-    other, _ = page(shown, no_extraction, no_times, lambda: "https://other.example/simple/demo/")
+    version, make = page(shown, ELSEWHERE, TIMES_ELSEWHERE, PAGE)
+    other, _ = page(shown, ELSEWHERE, TIMES_ELSEWHERE, "https://other.example/simple/demo/")
     assert version.startswith("v1") and version != other
     assert make().files[1].provenance == PAGE + "demo-1.0%2Blocal.tar.gz.provenance"
     assert shown.project.files[1].provenance == UPSTREAM_PROVENANCE  # the listing is unchanged
 
 
-def test_a_page_without_provenance_never_asks_for_the_address() -> None:
-    def address() -> str:
-        raise AssertionError("asked for the address of a page that needs none")
-
+def test_a_page_without_provenance_is_one_version_whatever_the_address() -> None:
     shown = listing(WHEEL)
-    version, make = page(shown, no_extraction, no_times, address)
+    version, make = page(shown, ELSEWHERE, TIMES_ELSEWHERE, PAGE)
     assert (version, make()) == ("v1", shown.project)
+    assert page(shown, ELSEWHERE, TIMES_ELSEWHERE, None)[0] == "v1"
 
 
 def test_extracted_metadata_and_provenance_both_shown() -> None:
@@ -72,9 +67,12 @@ def test_extracted_metadata_and_provenance_both_shown() -> None:
         "demo-2.0-py3-none-any.whl", hashes={"sha256": "cd" * 32}, provenance="https://p/",
         upload_time=UPLOADED,
     )  # fmt: skip
-    pairs = {"cd" * 32: "ef" * 32}
-    version, make = page(listing(bare), lambda: (7, pairs), no_times, lambda: PAGE)
-    assert version.startswith("v1~7@")
+    pairs = {"cd" * 32: "ef" * 32, **ELSEWHERE}
+    version, make = page(listing(bare), pairs, TIMES_ELSEWHERE, PAGE)
+    assert version.startswith("v1~") and "@" in version
+    # Only its own wheels' METADATA moves a page's version: not an extraction elsewhere.
+    assert page(listing(bare), {"cd" * 32: "ef" * 32}, {}, PAGE)[0] == version
+    assert page(listing(bare), ELSEWHERE, {}, PAGE)[0] != version
     (file,) = make().files
     assert file.core_metadata == {"sha256": "ef" * 32}
     assert file.provenance == PAGE + "demo-2.0-py3-none-any.whl.provenance"
@@ -85,8 +83,9 @@ def test_recorded_upload_times_are_shown_for_files_whose_index_gave_none() -> No
     never_fetched = a_file("demo-3.1.tar.gz", hashes={"sha256": "34" * 32})
     recorded = {undated.url: "2023-01-01T00:00:00Z", WHEEL.url: "2099-01-01T00:00:00Z"}
     shown = listing(WHEEL, undated, never_fetched)
-    version, make = page(shown, no_extraction, lambda: (3, recorded), lambda: PAGE)
-    assert version == "v1^3"  # a new time recorded anywhere makes the page again
+    version, make = page(shown, ELSEWHERE, {**recorded, **TIMES_ELSEWHERE}, PAGE)
+    assert version.startswith("v1^")  # a time recorded for one of its files: a new page
+    assert page(shown, ELSEWHERE, recorded, PAGE)[0] == version  # not one elsewhere
     assert [file.upload_time for file in make().files] == [
         UPLOADED,  # the index's own time stays
         "2023-01-01T00:00:00Z",

@@ -12,7 +12,6 @@ import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
 
 import aiohttp
 import pytest
@@ -49,25 +48,19 @@ class Sendfiles:
 
 @pytest.fixture
 def sendfiles(monkeypatch: pytest.MonkeyPatch) -> Sendfiles:
-    """Every loop.sendfile of this process while the test runs (the proxies' only: the
-    clients and the fake upstream write bytes)."""
+    """Every sendfile(2) of this process while the test runs (the proxies' only: the
+    clients and the fake upstream write bytes): the proxy's own first call and those of
+    loop.sendfile alike."""
     record = Sendfiles()
-    original = asyncio.BaseEventLoop.sendfile
+    original = os.sendfile
 
-    async def recorded(
-        self: asyncio.BaseEventLoop,
-        transport: asyncio.WriteTransport,
-        file: BinaryIO,
-        offset: int = 0,
-        count: int | None = None,
-        **options: Any,
-    ) -> int:
-        size, looked = os.fstat(file.fileno()).st_size, record.look()
-        sent = await original(self, transport, file, offset, count, **options)
-        record.calls.append(Sent(size, offset, count or 0, sent, looked))
+    def recorded(out_fd: int, in_fd: int, offset: int | None, count: int) -> int:
+        size, looked = os.fstat(in_fd).st_size, record.look()
+        sent = original(out_fd, in_fd, offset, count)
+        record.calls.append(Sent(size, offset or 0, count, sent, looked))
         return sent
 
-    monkeypatch.setattr(asyncio.BaseEventLoop, "sendfile", recorded)
+    monkeypatch.setattr(os, "sendfile", recorded)
     return record
 
 

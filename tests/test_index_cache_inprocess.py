@@ -326,7 +326,9 @@ async def test_the_project_list_combines_names_under_the_routes_and_the_policy(
     cache = make_cache(pypi, internal, router=router, policy=policy)
     result = await cache.project_list()
     # pypi's acme-tools is not served (the route): it is listed where internal lists it.
-    assert result.names.names == ["lib", "zeta", "acme-tools", "acme-db"]
+    version, names = await cache.names(result)
+    assert names.names() == ["lib", "zeta", "acme-tools", "acme-db"]
+    assert version == result.version
     assert result.cache is CacheResult.MISS
     assert (await cache.project_list()).cache is CacheResult.HIT
     assert (pypi.count(""), internal.count("")) == (1, 1)

@@ -22,7 +22,7 @@ from cachepi.upstream_pages import parse_and_encode
 from tests.fakeupstream import Dist, FakeUpstream
 from tests.fakeupstream.fixtures import FakeUpstreamFactory
 from tests.fetching import JSON, JSON_TYPE
-from tests.served import ServedProxy
+from tests.served import RssWatch, ServedProxy
 
 pytestmark = pytest.mark.slow  # a real server, a 1 GiB file, 50,000 projects
 
@@ -32,31 +32,6 @@ PIP_ACCEPT = {
     "Accept": "application/vnd.pypi.simple.v1+json, "
     "application/vnd.pypi.simple.v1+html;q=0.1, text/html;q=0.01"
 }
-
-
-class RssWatch:
-    """Samples the server's resident memory while something runs; keeps the peak."""
-
-    def __init__(self, served: ServedProxy, every: float = 0.05) -> None:
-        self.served = served
-        self.every = every
-        self.peak_kib = 0
-
-    async def during(self, work: Awaitable[object]) -> object:
-        done = asyncio.Event()
-
-        async def sample() -> None:
-            while not done.is_set():
-                self.peak_kib = max(self.peak_kib, self.served.rss_kib())
-                await asyncio.sleep(self.every)
-
-        sampler = asyncio.create_task(sample())
-        try:
-            return await work
-        finally:
-            done.set()
-            await sampler
-            self.peak_kib = max(self.peak_kib, self.served.rss_kib())
 
 
 async def started(

@@ -516,8 +516,8 @@ def test_json_project_list_parses_names_and_serial() -> None:
             "projects": [{"name": "Django"}, {"name": "zope.interface"}, {"name": "../evil"}],
         }
     ).encode()
-    assert parse_project_list_json(body) == ProjectList(
-        names=["Django", "zope.interface"], last_serial=987
+    assert parse_project_list_json(body) == ProjectList.of(
+        ["Django", "zope.interface"], last_serial=987
     )
 
 
@@ -557,8 +557,8 @@ def test_html_project_list_uses_link_texts() -> None:
   </body>
 </html>
 <!--SERIAL 987-->"""
-    assert parse_project_list_html(body) == ProjectList(
-        names=["Django", "zope.interface", "spaced"], last_serial=987
+    assert parse_project_list_html(body) == ProjectList.of(
+        ["Django", "zope.interface", "spaced"], last_serial=987
     )
 
 
@@ -627,7 +627,7 @@ def test_deeply_nested_html_parses_in_linear_time() -> None:
     began = time.process_time()
     project = parse_project_html(body, PAGE_URL, "foo")
     assert [file.filename for file in project.files] == ["foo-1.0.tar.gz"]
-    names = parse_project_list_html(body.replace(b">x<", b">foo<")).names
+    names = parse_project_list_html(body.replace(b">x<", b">foo<")).names()
     assert names == ["foo"]
     assert time.process_time() - began < 5
 
@@ -886,3 +886,15 @@ def _as_scanned(document: str) -> tuple[object, ...]:
 @example('</a href=">"><a href="e">e</a><script>a</script <a href="x">x</a>')
 def test_the_scanner_reads_anchors_as_an_html5_parser_does(document: str) -> None:
     assert _as_scanned(document) == _as_lexbor_reads_it(document)
+
+
+def test_a_project_list_of_many_links_comes_whole_through_the_batches() -> None:
+    """Past 10,000 links the scanner hands names over in batches: none is lost or doubled
+    at a batch's edge, whichever way its anchor was read."""
+    names = [f"p{i}" for i in range(25_001)]
+    links = [
+        f"<a href=/simple/{name}/>{name}</a>" if i % 997 == 0 else f'<a href="/{name}/">{name}</a>'
+        for i, name in enumerate(names)
+    ]
+    body = ("<html><body>\n" + "\n".join(links) + "<a href='/last/'>last").encode()
+    assert parse_project_list_html(body).names() == [*names, "last"]

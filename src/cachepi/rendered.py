@@ -1,16 +1,25 @@
-"""Rendered pages: a page's bytes in one format and every coding we send, made once per
-content version (rendering and compressing a big page is costly) and kept by count."""
+"""Rendered pages: what a page request is answered with.
+
+A page's content version (from the index cache's records: its files are not read when
+memory knows it) names its rendered files (pagefiles.py). The first request for a variant
+renders it, on a thread, straight into its files in every coding: once per process, and
+through a lock once for every process of this machine. Every later request, in any worker,
+opens the file and sends it; small ones are read once and kept in memory, within a budget.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import gzip
-import hashlib
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import BinaryIO
 
-import zstandard
-
+from cachepi import catalog
+from cachepi.budget import BudgetedLRU
+from cachepi.index import IndexCache, ListResult, PageState, PageTraits
+from cachepi.pagefiles import PageFiles, Variant
 from cachepi.simple.model import Project, ProjectList
 from cachepi.simple.negotiate import Format, content_type
 from cachepi.simple.render import (
@@ -20,68 +29,229 @@ from cachepi.simple.render import (
     render_project_list_json,
 )
 from cachepi.store.protocols import LIST_KEY
+from cachepi.upstream import UpstreamError
 
-_PROJECT_RENDERERS: dict[Format, Callable[[Project], bytes]] = {
-    Format.JSON: render_project_json,
-    Format.HTML_V1: render_project_html,
-    Format.HTML: render_project_html,
+log = logging.getLogger(__name__)
+
+# Part of every rendered file's name: change it whenever what a page renders to changes, so
+# that no file an older cachepi rendered is ever sent.
+RENDERER = "1"
+_KIND = {Format.JSON: "json", Format.HTML_V1: "html", Format.HTML: "html"}
+_PROJECT_RENDERERS: dict[str, Callable[[Project], bytes]] = {
+    "json": render_project_json,
+    "html": render_project_html,
 }
-_LIST_RENDERERS: dict[Format, Callable[[ProjectList], bytes]] = {
-    Format.JSON: render_project_list_json,
-    Format.HTML_V1: render_project_list_html,
-    Format.HTML: render_project_list_html,
+_LIST_RENDERERS: dict[str, Callable[[ProjectList], Iterable[bytes]]] = {
+    "json": render_project_list_json,
+    "html": render_project_list_html,
 }
+# What a remembered page version costs in memory besides its strings, estimated.
+_VERSION_COST = 300
+# Variants up to this size are sent from memory (read from their file once, then kept
+# under a byte budget), with their headers in one write: for a small body, a file's open,
+# sendfile and close cost several times that (bench/results/notes.md). Bigger ones go
+# with sendfile, as cheap then as from memory, and in the page cache once for every worker.
+SMALL = 64 * 1024
+_SMALL_COST = 300  # what a small variant costs in memory besides its bytes and strings
+
+# Makes a page: its content version (what it is now, which may be newer than the version it
+# was asked for) and its rendered pieces, to be drawn on a thread.
+_Maker = Callable[[], Awaitable[tuple[str, Callable[[], Iterable[bytes]]]]]
 
 
-class Representation:
-    """One rendered page in one format: its bytes in every coding we send, each with its
-    own strong ETag (a different coding is a different representation)."""
+@dataclass(frozen=True)
+class Page:
+    """A page variant to send: its bytes (a small one), or its file, open (the caller
+    closes it)."""
 
-    def __init__(self, body: bytes, fmt: Format) -> None:
-        self.content_type = content_type(fmt)
-        etag = hashlib.blake2b(body, digest_size=12).hexdigest()
-        self.codings: dict[str, tuple[bytes, str]] = {
-            "identity": (body, f'"{etag}"'),
-            "gzip": (gzip.compress(body, compresslevel=6, mtime=0), f'"{etag}-gz"'),
-            # A compressor per page: they are not safe to share between render threads.
-            "zstd": (zstandard.ZstdCompressor(level=3).compress(body), f'"{etag}-zst"'),
-        }
+    content_type: str
+    etag: str
+    size: int
+    body: bytes | None = None
+    file: BinaryIO | None = None
 
 
-class RenderCache:
-    """Rendered pages by (key, format), replaced when the content version changes."""
+class _Vanished(Exception):
+    """The project's page went between finding its version and rendering it."""
 
-    def __init__(self, max_entries: int = 2048) -> None:
-        self._entries: OrderedDict[tuple[str, Format], tuple[str, Representation]] = OrderedDict()
-        self._max_entries = max_entries
 
-    async def get(
-        self, key: str, version: str, fmt: Format, render: Callable[[], bytes]
-    ) -> Representation:
-        slot = (key, fmt)
-        held = self._entries.get(slot)
-        if held is not None and held[0] == version:
-            self._entries.move_to_end(slot)
-            return held[1]
-        # Rendering and compressing a big page takes long enough to stall other requests.
-        representation = await asyncio.to_thread(lambda: Representation(render(), fmt))
-        self._entries[slot] = (version, representation)
-        self._entries.move_to_end(slot)
-        if len(self._entries) > self._max_entries:
-            self._entries.popitem(last=False)
-        return representation
+class RenderedPages:
+    def __init__(
+        self,
+        files: PageFiles,
+        salt: str,
+        index: IndexCache,
+        extracted: Callable[[], tuple[int, Mapping[str, str]]],
+        upload_times: Callable[[], tuple[int, Mapping[str, str]]],
+        memory: int = 1024**2,
+        small_memory: int = 4 * 1024**2,
+    ) -> None:
+        """`salt`: what else shapes pages (the settings), in every file's name.
+        `extracted()`: (generation, wheel sha256 -> METADATA sha256) from the file cache;
+        `upload_times()`: (generation, file URL -> upload time) recorded from upstreams.
+        `memory`: bytes the versions of pages that lack PEP 658 metadata or upload times
+        may take; `small_memory`: those the small variants may."""
+        self.files = files
+        self._salt = f"{RENDERER}\0{salt}"
+        self._index = index
+        self._extracted = extracted
+        self._upload_times = upload_times
+        # name -> (listing version, generations, page version): an extraction or a time
+        # recorded anywhere changes a generation, but this page's version only if it was
+        # one of this page's files.
+        self._versions: BudgetedLRU[str, tuple[str, tuple[int, int], str]] = BudgetedLRU(memory)
+        self._rendering: dict[tuple[str, str], asyncio.Task[Variant]] = {}
+        # Small variants, (ETag, bytes) by (key, version, kind, coding): a version's bytes
+        # never change.
+        self._small: BudgetedLRU[tuple[str, str, str, str], tuple[str, bytes]] = BudgetedLRU(
+            small_memory
+        )
+
+    async def project(
+        self, name: str, fmt: Format, coding: str, page_url: Callable[[], str]
+    ) -> tuple[Page, PageState] | None:
+        """Project `name`'s page in `fmt` and `coding`, and how it stands; None if no
+        upstream has it. `page_url()`: the page's absolute URL at the proxy, asked only of
+        pages that list provenance (catalog.page). Raises Refused and UpstreamError as
+        `IndexCache.listing` does, and what `page_url` raises."""
+        state = await self._index.page(name)
+        if state is None:
+            return None
+        url = page_url() if state.traits.offers_provenance else None
+        make = functools.partial(self._make_project, name, _KIND[fmt], url)
+        try:
+            version = await self._page_version(name, state, url)
+            page = await self._page(name, version, fmt, coding, make)
+        except _Vanished:
+            return None
+        return page, state
+
+    async def project_list(self, fmt: Format, coding: str) -> tuple[Page, ListResult]:
+        """The project list in `fmt` and `coding`, and how it stands. Raises UpstreamError."""
+        result = await self._index.project_list()
+        make = functools.partial(self._make_list, result, _KIND[fmt])
+        return await self._page(LIST_KEY, result.version, fmt, coding, make), result
 
     def forget(self, key: str) -> None:
-        for fmt in Format:
-            self._entries.pop((key, fmt), None)
+        """Remove the rendered files of `key` (its pages were invalidated). Small variants
+        held in memory stay: they are found by version, and the next version may well be
+        the same."""
+        self.files.remove(key)
+        self._versions.pop(key)
 
-    # Plain functions handing back `get`'s coroutine: no second coroutine per request.
-    def project(
-        self, name: str, version: str, fmt: Format, project: Callable[[], Project]
-    ) -> Awaitable[Representation]:
-        return self.get(name, version, fmt, lambda: _PROJECT_RENDERERS[fmt](project()))
+    async def maintain(self) -> int:
+        """`PageFiles.maintain`, on a thread; returns how many files went."""
+        return await asyncio.to_thread(self.files.maintain)
 
-    def project_list(
-        self, version: str, fmt: Format, names: ProjectList
-    ) -> Awaitable[Representation]:
-        return self.get(LIST_KEY, version, fmt, lambda: _LIST_RENDERERS[fmt](names))
+    # -- versions -------------------------------------------------------------------------
+
+    async def _page_version(self, name: str, state: PageState, url: str | None) -> str:
+        """The page's version: the listing's, and for a page lacking PEP 658 metadata or
+        upload times what was extracted or recorded for its own files (catalog.page),
+        remembered per generation: the files are read again only when something was
+        extracted or recorded somewhere; with the proxy's address for provenance."""
+        traits = state.traits
+        version = state.version
+        if traits.lacks_metadata or traits.lacks_upload_times:
+            generations, extracted, times = self._known(traits)
+            known = self._versions.get(name)
+            if known is not None and known[:2] == (state.version, generations):
+                version = known[2]
+            else:
+                listing = await self._index.listing(name)
+                if listing is None:
+                    raise _Vanished
+                version, _ = catalog.page(listing, extracted, times, None)
+                cost = _VERSION_COST + 2 * len(version)
+                self._versions.put(name, (listing.version, generations, version), cost)
+        return version if url is None else catalog.addressed(version, url)
+
+    def _known(
+        self, traits: PageTraits
+    ) -> tuple[tuple[int, int], Mapping[str, str], Mapping[str, str]]:
+        """The generations and mappings of what was extracted and recorded, as far as the
+        page needs them."""
+        extracted: tuple[int, Mapping[str, str]] = (0, {})
+        times: tuple[int, Mapping[str, str]] = (0, {})
+        if traits.lacks_metadata:
+            extracted = self._extracted()
+        if traits.lacks_upload_times:
+            times = self._upload_times()
+        return (extracted[0], times[0]), extracted[1], times[1]
+
+    async def _make_project(
+        self, name: str, kind: str, url: str | None
+    ) -> tuple[str, Callable[[], Iterable[bytes]]]:
+        listing = await self._index.listing(name)
+        if listing is None:
+            raise _Vanished
+        _, extracted, times = self._known(listing.traits)
+        version, project = catalog.page(listing, extracted, times, url)
+        render = _PROJECT_RENDERERS[kind]
+
+        def pieces() -> Iterable[bytes]:
+            yield render(project())
+
+        return version, pieces
+
+    async def _make_list(
+        self, result: ListResult, kind: str
+    ) -> tuple[str, Callable[[], Iterable[bytes]]]:
+        version, names = await self._index.names(result)
+        render = _LIST_RENDERERS[kind]
+        return version, lambda: render(names)
+
+    # -- files ----------------------------------------------------------------------------
+
+    async def _page(self, key: str, version: str, fmt: Format, coding: str, make: _Maker) -> Page:
+        kind = _KIND[fmt]
+        small = self._small.get((key, version, kind, coding))
+        if small is not None:
+            return Page(content_type(fmt), small[0], len(small[1]), body=small[1])
+        asked = variant = self.files.variant(self._salt, key, version, kind)
+        for _ in range(3):  # another process may remove a version just rendered: again
+            opened = self.files.open(variant, coding)
+            if opened is None:
+                variant = await self._render(key, variant, make)
+                continue
+            etag = variant.etag(coding)
+            if opened.size > SMALL:
+                return Page(content_type(fmt), etag, opened.size, file=opened.file)
+            with opened.file:
+                body = opened.file.read()
+            if variant == asked:  # (a newer version rendered instead is not `version`)
+                cost = len(body) + len(key) + len(version) + _SMALL_COST
+                self._small.put((key, version, kind, coding), (etag, body), cost)
+            return Page(content_type(fmt), etag, len(body), body=body)
+        raise UpstreamError(f"the page of {key!r} keeps changing: try again", 503)
+
+    async def _render(self, key: str, variant: Variant, make: _Maker) -> Variant:
+        """Render `variant` (or the newer version `make` finds) once, however many callers
+        wait for it; returns what was rendered."""
+        slot = (variant.version, variant.kind)
+        task = self._rendering.get(slot)
+        if task is None:
+            task = asyncio.create_task(self._render_once(key, variant, make))
+            self._rendering[slot] = task
+            task.add_done_callback(lambda _: self._rendering.pop(slot, None))
+        # shield: a client hanging up must not cancel what others wait for.
+        return await asyncio.shield(task)
+
+    async def _render_once(self, key: str, variant: Variant, make: _Maker) -> Variant:
+        lock = self.files.lock(variant)
+        if not lock.try_acquire():
+            await lock.wait_released()
+            if variant.exists():  # another process rendered it
+                lock.close()
+                return variant
+            lock.try_acquire()  # or another one took it: rendering it twice is harmless
+        try:
+            version, pieces = await make()
+            made = self.files.variant(self._salt, key, version, variant.kind)
+            if made != variant and made.exists():
+                return made
+            # Rendering and compressing a big page takes long enough to stall other requests.
+            await asyncio.to_thread(lambda: self.files.write(made, pieces()))
+            return made
+        finally:
+            lock.release()

@@ -1,5 +1,7 @@
-"""Each upstream's pages as held: parsed, with their validators and fetch time, in the
-metadata store and in a bounded in-memory LRU, fresh per the index's TTL.
+"""Each upstream's pages as held: in the metadata store (parsed, with their validators
+and fetch time), and in memory only as small heads (content digest, validators, fetch
+time) under a byte budget, fresh per the index's TTL. A page's contents are read from the
+store when needed (to combine a listing, or to render it), never kept here.
 
 A fresh entry is used as is; a stale one is revalidated with a conditional GET, one request
 per (upstream, page) however many clients and worker processes ask; when the upstream fails,
@@ -15,17 +17,18 @@ behind, so stale 404 records are swept from the store as traffic goes (`cachepi 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import math
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import msgspec
 
+from cachepi.budget import BudgetedLRU
 from cachepi.combine import Combine
 from cachepi.metrics import Metrics
 from cachepi.simple.model import Project, ProjectList
@@ -53,27 +56,60 @@ _JSON_TYPE = "application/vnd.pypi.simple.v1+json"
 _encode = msgspec.msgpack.Encoder().encode
 _decode_project = msgspec.msgpack.Decoder(Project).decode
 _decode_list = msgspec.msgpack.Decoder(ProjectList).decode
+
+
+class _Serial(msgspec.Struct):
+    """A stored project list, but its last serial only."""
+
+    last_serial: int | str | None = None
+
+
+_decode_serial = msgspec.msgpack.Decoder(_Serial).decode
 # Stale 404 records deleted per sweep (it runs on the event loop: a few milliseconds); a
 # sweep that finds more goes on a second later.
 _SWEEP_LIMIT = 1000
 # Sweeps are this far apart at most, and a negative TTL apart at least.
 _SWEEP_EVERY = 60.0
+MISSING = "404"  # the digest of an upstream's 404
+# What a head costs in memory besides its strings (object, key, budget entry), estimated.
+_HEAD_COST = 400
+# Stored pages bigger than this are decoded on a thread: the event loop serves meanwhile.
+_DECODE_ON_LOOP = 256 * 1024
 
 
-@dataclass(frozen=True)
-class Entry:
-    """One upstream's page as we hold it; `page` is None when the upstream said 404."""
+@dataclass(frozen=True, slots=True)
+class Head:
+    """What memory holds of one upstream's page: enough to tell its content version and
+    freshness, and to revalidate it."""
 
-    record: PageRecord
-    page: Project | ProjectList | None
-    digest: str  # identifies the content, for rendered-bytes caching
+    fetched_at: float
+    etag: str | None
+    last_modified: str | None
+    digest: str  # identifies the content, for versions; MISSING when the upstream said 404
+    size: int  # bytes of the stored page
+    # A project list's last serial (a project's is in its listing): the list's names are
+    # read only to render it, and its header needs the serial on every answer.
+    last_serial: int | str | None = None
 
     @classmethod
-    def from_record(cls, key: str, record: PageRecord) -> Entry:
+    def of(cls, key: str, record: PageRecord, digest_of_body: str | None = None) -> Head:
+        """`digest_of_body`: the body's digest, when known already."""
         if record.body is None:
-            return cls(record, None, "404")
-        page = _decode_list(record.body) if key == LIST_KEY else _decode_project(record.body)
-        return cls(record, page, digest(record.body))
+            return cls(record.fetched_at, None, None, MISSING, 0)
+        known = digest_of_body or digest(record.body)
+        # msgpack skips the list's one string of names without reading it.
+        serial = _decode_serial(record.body).last_serial if key == LIST_KEY else None
+        return cls(
+            record.fetched_at, record.etag, record.last_modified, known, len(record.body), serial
+        )
+
+    @property
+    def found(self) -> bool:
+        return self.digest != MISSING
+
+    @property
+    def cost(self) -> int:
+        return _HEAD_COST + len(self.etag or "") + len(self.last_modified or "")
 
 
 def digest(body: bytes) -> str:
@@ -84,15 +120,18 @@ def digest(body: bytes) -> str:
 class Fetched(NamedTuple):  # a tuple: made on every request, kept cheap
     """What one upstream has for a page just now."""
 
+    position: int  # of the upstream, among those configured
     upstream: Index
-    entry: Entry | None  # None: nothing usable
-    # Why the upstream could not be asked successfully just now (then `entry`, if any, is
+    head: Head | None  # None: nothing usable
+    # Why the upstream could not be asked successfully just now (then `head`, if any, is
     # a stale copy).
     failure: UpstreamError | None = None
+    # The contents, when fetched just now (else `UpstreamPages.load` reads them).
+    page: Project | ProjectList | None = None
 
     @property
-    def page(self) -> Project | ProjectList | None:
-        return self.entry.page if self.entry is not None else None
+    def found(self) -> bool:
+        return self.head is not None and self.head.found
 
 
 @dataclass(frozen=True)
@@ -112,12 +151,13 @@ class UpstreamPages:
         store: MetadataStore,
         locks: Locks,
         negative_ttl: int,
-        memory_entries: int = 4096,
+        memory: int = 16 * 1024**2,
         clock: Callable[[], float] = time.time,
         offline: bool = False,
         metrics: Metrics | None = None,
     ) -> None:
-        """`offline`: whatever is stored is as fresh as it gets."""
+        """`memory`: bytes the heads may take. `offline`: whatever is stored is as fresh as
+        it gets."""
         self.upstreams = tuple(upstreams)
         self._store = store
         self._locks = locks
@@ -126,8 +166,7 @@ class UpstreamPages:
         self._generation = store.generation(PAGES)
         self._generation_checked = clock()
         self._negative_ttl = negative_ttl
-        self._memory: OrderedDict[tuple[int, str], Entry] = OrderedDict()
-        self._memory_entries = memory_entries
+        self._heads: BudgetedLRU[tuple[int, str], Head] = BudgetedLRU(memory)
         self._inflight: dict[tuple[int, str], asyncio.Task[Fetched]] = {}
         self.clock = clock
         self._offline = offline
@@ -145,7 +184,7 @@ class UpstreamPages:
 
     def _forget(self, name: str) -> None:
         for position in range(len(self.upstreams)):
-            self._memory.pop((position, name), None)
+            self._heads.pop((position, name))
 
     def _invalidations(self) -> int | None:
         """The count of invalidations by any worker (None: the store does not say)."""
@@ -174,9 +213,9 @@ class UpstreamPages:
             if position is None:  # an index no longer configured
                 continue
             upstream = self.upstreams[position]
-            entry = Entry.from_record(name, record)
-            files = len(entry.page.files) if isinstance(entry.page, Project) else None
-            fresh = self._fresh(upstream, entry, now)
+            page = None if record.body is None else _decode(name, record.body)
+            files = len(page.files) if isinstance(page, Project) else None
+            fresh = self._fresh(upstream, Head.of(name, record), now)
             pages.append(CachedPage(upstream.name, record.fetched_at, fresh, files))
         return pages
 
@@ -193,7 +232,7 @@ class UpstreamPages:
         # Somebody invalidated: what they did is reloaded from the store, nothing else.
         self._generation = changed.generation
         if changed.keys is None:
-            self._memory.clear()
+            self._heads.clear()
         else:
             for key in changed.keys:
                 self._forget(key)
@@ -211,7 +250,7 @@ class UpstreamPages:
         more = removed >= _SWEEP_LIMIT
         self._sweep_at = now + (1.0 if more else min(max(self._negative_ttl, 1), _SWEEP_EVERY))
 
-    # -- entries --------------------------------------------------------------------------
+    # -- heads ----------------------------------------------------------------------------
 
     async def gather(
         self, key: str, positions: tuple[int, ...], mode: Combine
@@ -224,15 +263,15 @@ class UpstreamPages:
             results: list[Fetched] = []
             asked = False
             for position in positions:
-                fetched = self._fresh_entry(position, key, now)
+                fetched = self._fresh_head(position, key, now)
                 if fetched is None:
                     asked = True
                     fetched = await self._refresh(position, key)
                 results.append(fetched)
-                if not mode.asks_after(fetched.page is not None):
+                if not mode.asks_after(fetched.found):
                     break
             return results, asked
-        known = [self._fresh_entry(position, key, now) for position in positions]
+        known = [self._fresh_head(position, key, now) for position in positions]
         pending = [i for i, fetched in enumerate(known) if fetched is None]
         if pending:  # the fast path (everything fresh) awaits nothing
             refreshed = await asyncio.gather(*(self._refresh(positions[i], key) for i in pending))
@@ -240,50 +279,74 @@ class UpstreamPages:
                 known[i] = fetched
         return [f for f in known if f is not None], bool(pending)
 
-    def _fresh_entry(self, position: int, key: str, now: float) -> Fetched | None:
-        entry = self._load(position, key)
-        if entry is None:
+    def _fresh_head(self, position: int, key: str, now: float) -> Fetched | None:
+        head = self._head(position, key)
+        if head is None:
             return None
         upstream = self.upstreams[position]
-        return Fetched(upstream, entry) if self._fresh(upstream, entry, now) else None
+        return Fetched(position, upstream, head) if self._fresh(upstream, head, now) else None
 
-    def _fresh(self, upstream: Index, entry: Entry, now: float) -> bool:
+    def _fresh(self, upstream: Index, head: Head, now: float) -> bool:
         if self._offline:
             return True
-        ttl = upstream.ttl if entry.page is not None else min(upstream.ttl, self._negative_ttl)
-        return now - entry.record.fetched_at < ttl
+        ttl = upstream.ttl if head.found else min(upstream.ttl, self._negative_ttl)
+        return now - head.fetched_at < ttl
 
-    def _load(self, position: int, key: str, from_store: bool = False) -> Entry | None:
-        """The entry from memory or, on a miss or with `from_store` (another worker may
-        have refreshed it), from the store."""
-        memory_key = (position, key)
-        entry = self._memory.get(memory_key)
-        if entry is not None and not from_store:
-            self._memory.move_to_end(memory_key)
-            return entry
+    def _head(self, position: int, key: str) -> Head | None:
+        """The head from memory or, on a miss, from the store."""
+        head = self._heads.get((position, key))
+        if head is not None:
+            return head
         try:
             record = self._store.get_page(self.upstreams[position].url, key)
-        except StoreUnavailable:  # a shared store that is down: what memory holds, if anything
-            return entry
+        except StoreUnavailable:  # a shared store that is down: nothing known
+            return None
         if record is None:
             return None
-        if entry is not None and entry.record.fetched_at == record.fetched_at:
-            return entry
-        try:
-            entry = Entry.from_record(key, record)
-        except msgspec.DecodeError:
-            log.warning("dropping an unreadable cached page %r", key)
-            return None
+        self._loaded()
+        return self._remember(position, key, Head.of(key, record))
+
+    def _remember(self, position: int, key: str, head: Head) -> Head:
+        self._heads.put((position, key), head, head.cost + len(key))
+        return head
+
+    def _loaded(self) -> None:
+        """A page read from the store into memory: a head, or contents."""
         if self._metrics is not None:
             self._metrics.page_loads.inc()
-        self._remember(memory_key, entry)
-        return entry
 
-    def _remember(self, memory_key: tuple[int, str], entry: Entry) -> None:
-        self._memory[memory_key] = entry
-        self._memory.move_to_end(memory_key)
-        if len(self._memory) > self._memory_entries:
-            self._memory.popitem(last=False)
+    # -- contents -------------------------------------------------------------------------
+
+    async def load(self, key: str, fetched: Sequence[Fetched]) -> list[Fetched]:
+        """`fetched`, each page that was found with its contents: as fetched just now, or
+        read from the store. The store may hold a newer page than a head says (another
+        process refreshed it): that one comes back, with its head; a page gone from the
+        store comes back as nothing. UpstreamError if the store does not answer."""
+        loaded = []
+        for f in fetched:
+            if f.page is not None or not f.found:
+                loaded.append(f)
+                continue
+            try:
+                record = self._store.get_page(f.upstream.url, key)
+            except StoreUnavailable as error:
+                raise UpstreamError(f"cannot read the page of {key!r}: {error}", 503) from None
+            if record is None:
+                loaded.append(f._replace(head=None))
+                continue
+            assert f.head is not None
+            same = record.fetched_at == f.head.fetched_at  # the same write: the same bytes
+            head = Head.of(key, record, f.head.digest if same else None)
+            if head != f.head:
+                self._remember(f.position, key, head)
+            page = None
+            if record.body is not None:
+                page = await _decoded(key, record.body)
+                self._loaded()
+            loaded.append(f._replace(head=head, page=page))
+        return loaded
+
+    # -- refreshing -----------------------------------------------------------------------
 
     async def _refresh(self, position: int, key: str) -> Fetched:
         """One upstream request per (upstream, page) however many callers wait for it."""
@@ -307,34 +370,48 @@ class UpstreamPages:
         if not lock.try_acquire():
             await lock.wait_released()  # then the other worker's answer is in the store
         try:
-            old = self._load(position, key, from_store=True)
+            # What the store holds now: another worker may have refreshed it.
+            old = self._heads.get((position, key))
+            try:
+                record = self._store.get_page(upstream.url, key)
+            except StoreUnavailable:  # a shared store that is down: what memory holds
+                record = None
+            if record is not None and (old is None or old.fetched_at != record.fetched_at):
+                self._loaded()
+                old = self._remember(position, key, Head.of(key, record))
             if old is not None and self._fresh(upstream, old, self.clock()):
-                return Fetched(upstream, old)
-            return await self._ask_upstream(position, key, old)
+                return Fetched(position, upstream, old)
+            return await self._ask_upstream(position, key, old, record)
         finally:
             lock.release()
 
-    async def _ask_upstream(self, position: int, key: str, old: Entry | None) -> Fetched:
+    async def _ask_upstream(
+        self, position: int, key: str, old: Head | None, stored: PageRecord | None
+    ) -> Fetched:
+        """`stored`: the record `old` was read from (None if the store did not answer)."""
         upstream = self.upstreams[position]
-        validators = (
-            (old.record.etag, old.record.last_modified) if old and old.page else (None, None)
-        )
+        validators = (old.etag, old.last_modified) if old and old.found else (None, None)
         path = f"{key}/" if key != LIST_KEY else ""
         now = self.clock()
         invalidations = self._invalidations()
+        page: Project | ProjectList | None = None
         try:
             response = await upstream.fetch_page(path, *validators)
             if response.status == 304 and old is not None:
-                record = PageRecord(now, response.etag, response.last_modified, old.record.body)
-                entry = Entry(record, old.page, old.digest)
+                body = stored.body if stored is not None else None
+                record = PageRecord(now, response.etag, response.last_modified, body)
+                head = dataclasses.replace(
+                    old, fetched_at=now, etag=record.etag, last_modified=record.last_modified
+                )
             else:
-                # Big pages (a 700,000-name project list) take seconds to parse: keep the
+                # Big pages (a 800,000-name project list) take seconds to parse: keep the
                 # event loop serving meanwhile.
                 page, body = await asyncio.to_thread(parse_and_encode, key, response)
                 record = PageRecord(now, response.etag, response.last_modified, body)
-                entry = Entry(record, page, digest(body))
+                head = Head.of(key, record)
         except UpstreamNotFound:
-            entry = Entry(PageRecord(now, None, None, None), None, "404")
+            record = PageRecord(now, None, None, None)
+            head = Head.of(key, record)
         except (UpstreamError, ParseError) as error:
             failure = (
                 error
@@ -343,17 +420,18 @@ class UpstreamPages:
             )
             outcome = "nothing cached" if old is None else "serving stale copy"
             log.warning("upstream %s failed for %r, %s: %s", upstream.url, key, outcome, failure)
-            return Fetched(upstream, old, failure)
+            return Fetched(position, upstream, old, failure)
         if invalidations is not None and self._invalidated(key, invalidations):
             # Somebody invalidated it meanwhile: this answer may predate what they expect.
-            stale = msgspec.structs.replace(entry.record, fetched_at=0.0)
-            entry = Entry(stale, entry.page, entry.digest)
-        try:
-            self._store.put_page(upstream.url, key, entry.record)
-        except StoreUnavailable as failure:  # still good to serve from memory
-            log.error("cannot store the page %r of %s: %s", key, upstream.url, failure)
-        self._remember((position, key), entry)
-        return Fetched(upstream, entry)
+            record = msgspec.structs.replace(record, fetched_at=0.0)
+            head = dataclasses.replace(head, fetched_at=0.0)
+        if record.body is not None or not head.found:  # a 304 with the store down: no body
+            try:
+                self._store.put_page(upstream.url, key, record)
+            except StoreUnavailable as failure:  # still good to serve from memory
+                log.error("cannot store the page %r of %s: %s", key, upstream.url, failure)
+        self._remember(position, key, head)
+        return Fetched(position, upstream, head, page=page)
 
 
 def forget_pages(store: MetadataStore, key: str | None) -> int:
@@ -371,6 +449,33 @@ def delete_missing_pages(store: MetadataStore, before: float, limit: int | None 
     while (step := store.delete_missing_pages(before, 10_000)) > 0:
         removed += step
     return removed
+
+
+async def _decoded(key: str, body: bytes) -> Project | ProjectList:
+    if len(body) <= _DECODE_ON_LOOP:
+        return _decode(key, body)
+    return await asyncio.to_thread(_decode, key, body)
+
+
+def _decode(key: str, body: bytes) -> Project | ProjectList:
+    """A stored page. A project list stored before `ProjectList.lines` comes as lines too."""
+    if key != LIST_KEY:
+        return _decode_project(body)
+    plist = _decode_list(body)
+    if not plist.lines:
+        old = _decode_old_list(body)
+        return ProjectList.of(old.names, old.last_serial) if old.names else plist
+    return plist
+
+
+class _OldList(msgspec.Struct):
+    """How a project list was stored before `ProjectList.lines`."""
+
+    names: list[str] = []
+    last_serial: int | str | None = None
+
+
+_decode_old_list = msgspec.msgpack.Decoder(_OldList).decode
 
 
 def parse_and_encode(key: str, response: PageResponse) -> tuple[Project | ProjectList, bytes]:

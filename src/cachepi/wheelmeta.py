@@ -250,6 +250,16 @@ def lacks_metadata(project: Project) -> bool:
     return any(map(_wheel_without_metadata, project.files))
 
 
+def extracted_for(project: Project, extracted: Mapping[str, str]) -> dict[str, str]:
+    """The pairs of `extracted` (wheel sha256 -> METADATA sha256) of the wheels on the page
+    whose index offers no metadata."""
+    return {
+        sha256: extracted[sha256]
+        for file in project.files
+        if _wheel_without_metadata(file) and (sha256 := file.hashes.get("sha256", "")) in extracted
+    }
+
+
 def with_wheel_metadata(project: Project, extracted: Mapping[str, str]) -> Project:
     """`project` with `core-metadata` advertised for every wheel whose index offers none
     (and gives its sha256, which names the wheel the METADATA is read from): with the

@@ -39,6 +39,7 @@ from cachepi.config.parsers import (
 from cachepi.policy import parse_duration
 
 DEFAULT_CACHE_SIZE = 5 * 1024**3  # proxpi's 5 GB
+DEFAULT_PAGE_MEMORY = 64 * 1024**2
 # proxpi's TTL for each extra index; not a setting's default, as EXTRA_INDEX_TTLS is a list.
 EXTRA_INDEX_TTL = 3 * 60
 
@@ -139,6 +140,16 @@ SETTINGS: tuple[Setting, ...] = (
         "CACHE_SIZE", parse_size,
         "File cache limit in bytes (`5G`, `500M` also accepted); 0 stores no files.",
         default=DEFAULT_CACHE_SIZE, shown_default=f"{DEFAULT_CACHE_SIZE} (5 GiB)",
+    ),
+    Setting(
+        "PAGE_MEMORY", parse_size,
+        "Memory each worker process keeps index pages in, estimated (`64M` also accepted);"
+        " the least recently used beyond it are read again from the store.",
+        default=DEFAULT_PAGE_MEMORY, shown_default=f"{DEFAULT_PAGE_MEMORY} (64 MiB)",
+        meaning="Memory each worker process keeps index pages in, estimated (`64M` also"
+        " accepted): small records of many pages (their versions, validators and freshness),"
+        " and the files of fewer; the least recently used beyond it are read again from the"
+        " store. Rendered pages are files in the cache directory, not in memory.",
     ),
     Setting(
         "DOWNLOADS_PER_INDEX", parse_positive,

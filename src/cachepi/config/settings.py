@@ -48,6 +48,7 @@ class Settings:
     upstreams: tuple[IndexSettings, ...]
     cache_dir: Path = _default("CACHE_DIR")  # noqa: RUF009
     cache_size: int = _default("CACHE_SIZE")
+    page_memory: int = _default("PAGE_MEMORY")
     downloads_per_index: int = _default("DOWNLOADS_PER_INDEX")
     downloads_per_client: int = _default("DOWNLOADS_PER_CLIENT")
     download_wait: float = _default("DOWNLOAD_WAIT")

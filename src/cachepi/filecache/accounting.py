@@ -1,9 +1,10 @@
 """What the file cache holds: records of stored blobs and their last use, and eviction of the
 least recently used to stay under the byte limit, one process (or node) at a time.
 
-The limit holds for stored blobs and downloads in progress together: a download reserves
-its room (under the store-wide lock, counting every process's reservations) before its part
-file grows, evicting what it must; what cannot get room is not written to the disk."""
+The limit holds for stored blobs, downloads in progress and the cache's other files (the
+rendered pages, which evict their own) together: a download reserves its room (under the
+store-wide lock, counting every process's reservations) before its part file grows, evicting
+what it must; what cannot get room is not written to the disk."""
 
 from __future__ import annotations
 
@@ -38,9 +39,12 @@ class Accounting:
         clock: Callable[[], float],
         metrics: Metrics | None = None,
         on_removed: Callable[[str], None] = lambda sha256: None,
+        beside: Callable[[], int] = lambda: 0,
     ) -> None:
-        """`on_removed(sha256)`: told of every blob removed (what derives from it goes)."""
+        """`on_removed(sha256)`: told of every blob removed (what derives from it goes).
+        `beside()`: bytes the cache's other files take of `max_bytes`."""
         self._blobs = blobs
+        self._beside = beside
         self._store = store
         self._locks = locks
         self.max_bytes = max_bytes
@@ -80,7 +84,7 @@ class Accounting:
                 if not held:
                     return False
                 others = self._locks.in_progress(but=lock)
-                if others + size > self.max_bytes:
+                if others + size + self._beside() > self.max_bytes:
                     return False
                 if await self._evict(others + size) < 0:  # could not make the room
                     return False
@@ -145,9 +149,10 @@ class Accounting:
 
     async def _evict(self, incoming: int) -> int:
         """Delete least recently used blobs until `incoming` more bytes (those of downloads
-        in progress too) fit under the limit; returns how many, or -1 if they do not fit
-        even with nothing left to evict. Call with the store lock held."""
+        in progress too) fit under the limit beside the other files; returns how many, or -1
+        if they do not fit even with nothing left to evict. Call with the store lock held."""
         _, total = self._store.blob_stats()
+        total += self._beside()
         evicted = 0
         if total + incoming <= self.max_bytes:
             return evicted

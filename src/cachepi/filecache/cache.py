@@ -71,7 +71,10 @@ class FileCache:
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
         limits: DownloadLimits | None = None,
+        beside: Callable[[], int] = lambda: 0,
     ) -> None:
+        """`beside()`: bytes the cache's other files take of `max_bytes` (rendered pages):
+        the blobs have the rest."""
         self._blobs = stores.blobs
         self._store = stores.metadata
         self._locks = stores.locks
@@ -84,7 +87,7 @@ class FileCache:
         self._asking: dict[str, asyncio.Future[int | None]] = {}
         self.slots = Slots(limits or DownloadLimits())
         self.accounting = Accounting(
-            self._blobs, self._store, self._locks, max_bytes, clock, metrics, self._removed
+            self._blobs, self._store, self._locks, max_bytes, clock, metrics, self._removed, beside
         )
         self.extractions = Extractions(self._blobs, self._store, self.accounting, clock)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
+from collections.abc import Callable
 from html.entities import html5 as _ENTITIES
 from typing import NamedTuple
 
@@ -107,15 +108,20 @@ for _code in range(0x80, 0xA0):
         _C1[_code] = bytes([_code]).decode("cp1252")
 
 
-def scan(document: str, texts: bool = False) -> Scan:
-    """Read `document`: its anchors' attributes or, with `texts`, their texts."""
+def scan(
+    document: str, texts: bool = False, on_texts: Callable[[list[str]], None] | None = None
+) -> Scan:
+    """Read `document`: its anchors' attributes or, with `texts`, their texts. With
+    `on_texts`, the texts go to it in batches as they are read (and the Scan holds none):
+    the 800,000 links of a project list are never all held as strings at once."""
     if "\r" in document:
         document = document.replace("\r\n", "\n").replace("\r", "\n")
-    scanner = _Scanner(document, texts)
+    scanner = _Scanner(document, texts, on_texts)
     pos: int | None = 0
     while pos is not None:
         pos = scanner.run(pos)
     scanner.close()
+    scanner.hand_over(0)
     return Scan(scanner.anchors, scanner.texts, scanner.base_href, scanner.metas)
 
 
@@ -130,10 +136,17 @@ _NOTED = frozenset(
 _NOTED_END = frozenset({"a", "template", *_FOREIGN})
 
 
+# Texts handed over to `on_texts` at a time.
+_BATCH = 10_000
+
+
 class _Scanner:
-    def __init__(self, document: str, texts: bool) -> None:
+    def __init__(
+        self, document: str, texts: bool, on_texts: Callable[[list[str]], None] | None
+    ) -> None:
         self.document = document
         self.want_text = texts
+        self.on_texts = on_texts
         self.nul = "\x00" in document
         self.anchors: list[Attributes] = []
         self.texts: list[str] = []
@@ -170,6 +183,8 @@ class _Scanner:
                         self.close()
                     if match[2] is not None:  # its text and end tag too
                         texts.append(match[2])
+                        if len(texts) >= _BATCH:
+                            self.hand_over(_BATCH)
                     else:
                         self.open, self.text, self.open_depth = True, [], self.foreign
                     continue
@@ -359,6 +374,14 @@ class _Scanner:
         if self.open:
             self.texts.append("".join(self.text))
             self.open = False
+            self.hand_over(_BATCH)
+
+    def hand_over(self, at_least: int) -> None:
+        """Give the texts read so far to `on_texts`, if there are `at_least` of them."""
+        if self.on_texts is not None and len(self.texts) >= at_least and self.texts:
+            batch = self.texts[:]
+            self.texts.clear()  # in place: `run` holds the list
+            self.on_texts(batch)
 
 
 def _lower(name: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -17,10 +18,12 @@ from cachepi.filecache import DownloadLimits, FileCache
 from cachepi.filecache.range_support import RangeSupport
 from cachepi.filecache.wheel_metadata import WheelMetadata
 from cachepi.index import IndexCache
+from cachepi.malloc import give_back_big_blocks
 from cachepi.metrics import Metrics
 from cachepi.overview import Overviews
+from cachepi.pagefiles import PageFiles, open_page_files, pages_dir
 from cachepi.reach import Reach
-from cachepi.rendered import RenderCache
+from cachepi.rendered import RenderedPages
 from cachepi.routing import Router
 from cachepi.store import open_stores
 from cachepi.store.flock import hold_cache
@@ -46,6 +49,9 @@ from cachepi.web.keys import (
 
 log = logging.getLogger(__name__)
 _FLUSH_SECONDS = 5.0
+# How often each process counts the rendered pages, evicts beyond their room and removes
+# leftovers.
+_MAINTAIN_SECONDS = 30.0
 
 
 def create_app(settings: Settings, reconcile: bool = True) -> web.Application:
@@ -54,7 +60,6 @@ def create_app(settings: Settings, reconcile: bool = True) -> web.Application:
     app = web.Application(client_max_size=64 * 1024)
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
-    app[RENDERED] = RenderCache()
     app[ROUTE_NAMES] = {
         pages.project_list: "project_list",
         pages.project_list_without_slash: "project_list",
@@ -93,10 +98,21 @@ def create_app(settings: Settings, reconcile: bool = True) -> web.Application:
 def reconcile_cache(settings: Settings) -> None:
     """Make the cache's records agree with its disk, before any worker serves from it."""
     stores = open_stores(settings)
+    sole = sole_server(settings)
+    if sole:
+        PageFiles.clear(pages_dir(settings))
     try:
-        asyncio.run(FileCache(stores, settings.cache_size).open(sole_server(settings)))
+        asyncio.run(FileCache(stores, settings.cache_size).open(sole))
     finally:
         stores.close()
+
+
+def page_salt(settings: Settings) -> str:
+    """What shapes pages besides their upstream contents, for the rendered files' names:
+    a server started with other routes or another policy never sends a file rendered by
+    the one before."""
+    shaping = repr((settings.combine, settings.routes, settings.policy))
+    return hashlib.blake2b(shaping.encode(), digest_size=8).hexdigest()
 
 
 def sole_server(settings: Settings) -> bool:
@@ -111,6 +127,7 @@ def sole_server(settings: Settings) -> bool:
 
 async def _components(app: web.Application, reconcile: bool) -> AsyncIterator[None]:
     """Open the stores and the upstream session at startup; close them at shutdown."""
+    give_back_big_blocks()
     settings = app[SETTINGS]
     metrics = app[METRICS]
     stores = app[STORES] = open_stores(settings)
@@ -144,29 +161,52 @@ async def _components(app: web.Application, reconcile: bool) -> AsyncIterator[No
         for up in settings.upstreams
     ]
     unrouted = tuple(i for i, up in enumerate(settings.upstreams) if not up.explicit)
+    memory = settings.page_memory
     pages = UpstreamPages(
         upstreams,
         metadata,
         stores.locks,
         settings.negative_ttl,
+        memory=memory // 4,
         offline=settings.offline,
         metrics=metrics,
     )
-    app[INDEX_CACHE] = IndexCache(
+    index = app[INDEX_CACHE] = IndexCache(
         pages,
         combine=Combine(settings.combine),
         router=Router(settings.routes, unrouted),
         policy=settings.policy,
+        memory=memory // 2,
     )
     download_limits = DownloadLimits(
         settings.downloads_per_index, settings.downloads_per_client, settings.download_wait
     )
-    file_cache = FileCache(stores, settings.cache_size, metrics=metrics, limits=download_limits)
-    await file_cache.open(reconcile and sole_server(settings))
+    sole = reconcile and sole_server(settings)
+    if sole:
+        PageFiles.clear(pages_dir(settings))
+    files = open_page_files(settings)
+    file_cache = FileCache(
+        stores,
+        settings.cache_size,
+        metrics=metrics,
+        limits=download_limits,
+        # In a cluster the blobs are elsewhere: this node's pages take no room from them.
+        beside=(lambda: files.usage) if settings.storage is None else (lambda: 0),
+    )
+    await file_cache.open(sole)
     file_cache.sweep_periodically()
     app[FILE_CACHE] = file_cache
     ranges = app[RANGES] = RangeSupport(time.time)
     wheel_metadata = app[WHEEL_METADATA] = WheelMetadata(file_cache, stores.locks, metadata, ranges)
+    rendered = app[RENDERED] = RenderedPages(
+        files,
+        page_salt(settings),
+        index,
+        file_cache.extracted,
+        upload_times.known,
+        memory // 16,
+        memory // 8,
+    )
     log.info(
         "serving %s from %s (%s blobs, %s metadata)",
         ", ".join(f"{up.url} ({up.name})" for up in upstreams),
@@ -175,10 +215,12 @@ async def _components(app: web.Application, reconcile: bool) -> AsyncIterator[No
         metadata.kind,
     )
     flusher = asyncio.create_task(_flush_totals(metrics, metadata))
+    maintainer = asyncio.create_task(_maintain_pages(rendered))
     try:
         yield
     finally:
         flusher.cancel()
+        maintainer.cancel()
         await wheel_metadata.close()
         await file_cache.close()
         await connections.close()
@@ -195,3 +237,16 @@ async def _flush_totals(metrics: Metrics, metadata: MetadataStore) -> None:
             metrics.flush(metadata)
         except StoreUnavailable as failure:  # counted again at the next flush
             log.warning("cannot record traffic totals: %s", failure)
+
+
+async def _maintain_pages(rendered: RenderedPages) -> None:
+    """Count the rendered pages, evict beyond their room, remove leftovers: soon after
+    the start, then every so often."""
+    await asyncio.sleep(2.0)
+    while True:
+        try:
+            if removed := await rendered.maintain():
+                log.info("removed %d rendered page files (evicted or left over)", removed)
+        except OSError as failure:
+            log.warning("cannot look after the rendered pages: %s", failure)
+        await asyncio.sleep(_MAINTAIN_SECONDS)

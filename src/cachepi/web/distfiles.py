@@ -9,14 +9,11 @@ holds may come from the upstream's range instead (upstream_ranges.py).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import logging
 import mimetypes
-import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import BinaryIO
+from collections.abc import Iterator
 
 from aiohttp import web
 
@@ -36,29 +33,21 @@ from cachepi.web.keys import (
     WHEEL_METADATA,
 )
 from cachepi.web.pages import checked_name, find_listing, gateway_error
+from cachepi.web.sending import (
+    MAX_PIECE,
+    BodySender,
+    Sent,
+    client_deadline,
+    cut_off,
+    send_span,
+    sendfile,
+)
 from cachepi.web.upstream_ranges import Passed, passed_through
 from cachepi.wheelmeta import NotReadable
 
 # Files never change in an index: a client may keep them forever.
 FILE_CACHE_CONTROL = "max-age=365000000, immutable"
-# sendfile goes out in pieces (see _sendfile), between these sizes; a client slower than
-# _SLOWEST_CLIENT bytes a second over a whole client_timeout is disconnected.
-_SLOWEST_CLIENT = 64 * 1024
-_MIN_PIECE = 64 * 1024
-_MAX_PIECE = 16 * 1024 * 1024
 log = logging.getLogger(__name__)
-
-
-class Sent:
-    """Body bytes that went out: only what the transport took, also when the transfer ended
-    early (the client hung up, or the download failed and the connection was cut)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-
-# Sends the body bytes [start, stop) of a prepared response, counting them in Sent.
-BodySender = Callable[[web.Request, web.StreamResponse, int, int | None, Sent], Awaitable[None]]
 
 
 def file_type(filename: str, binary: bool) -> str:
@@ -255,71 +244,7 @@ def _sendfile(blob: StoredBlob, patience: float) -> BodySender:
     streamed from its store."""
     if blob.file is None:
         return _stream(blob, patience)
-    file = blob.file
-
-    async def send(
-        request: web.Request, response: web.StreamResponse, start: int, stop: int | None,
-        sent: Sent,
-    ) -> None:  # fmt: skip
-        end = blob.size if stop is None else stop
-        await _send_file(request, file, start, end - start, sent, patience)
-        await response.write_eof()
-
-    return send
-
-
-async def _send_file(
-    request: web.Request,
-    file: BinaryIO,
-    offset: int,
-    size: int,
-    sent: Sent,
-    patience: float,
-    fallback: bool = True,
-) -> None:
-    """`size` bytes of `file` from `offset` with sendfile: in pieces, each with the client's
-    deadline, so that what a client reading at the slowest rate we wait for gets in that
-    time. A stalled client is let go, a slow one is not. Bytes that cannot go out (with
-    `fallback` False, a socket sendfile does not work on) cut the connection off."""
-    transport = request.transport
-    if transport is None:  # the client is gone
-        raise ConnectionResetError("the client is gone")
-    loop = asyncio.get_running_loop()
-    piece = int(min(max(_SLOWEST_CLIENT * patience, _MIN_PIECE), _MAX_PIECE))
-    fd = file.fileno()
-    end = offset + size
-    for start in range(offset, end, piece):
-        # sendfile leaves the file's position past what it sent, also when it fails.
-        os.lseek(fd, start, os.SEEK_SET)
-        count = min(piece, end - start)
-        try:
-            async with _client_deadline(request, patience):
-                done = await loop.sendfile(transport, file, start, count, fallback=fallback)
-        except asyncio.SendfileNotAvailableError as error:
-            _cut_off(request)
-            raise ConnectionResetError(f"sendfile failed: {error}") from error
-        except BaseException:
-            # Only what the transport took (as far as the file's position tells).
-            sent.count += min(max(0, os.lseek(fd, 0, os.SEEK_CUR) - start), count)
-            raise
-        sent.count += done
-        if done < count:  # the file ended short of what it should hold
-            _cut_off(request)
-            raise ConnectionResetError(f"{done} of {count} bytes of the file sent")
-
-
-@contextlib.asynccontextmanager
-async def _client_deadline(request: web.Request, patience: float) -> AsyncIterator[None]:
-    """Drop the connection of a client that takes more than `patience` seconds to accept
-    what is being sent: a stalled client must not hold a file and a connection forever."""
-    try:
-        async with asyncio.timeout(patience):
-            yield
-    except TimeoutError:
-        log.info("%s stopped reading %s: disconnected", request.remote, request.path)
-        if request.transport is not None:
-            request.transport.abort()
-        raise ConnectionResetError("client stalled") from None
+    return sendfile(blob.file, blob.size, patience)
 
 
 def _stream(blob: StoredBlob, patience: float) -> BodySender:
@@ -329,12 +254,12 @@ def _stream(blob: StoredBlob, patience: float) -> BodySender:
     ) -> None:  # fmt: skip
         try:
             async for data in blob.chunks(start, blob.size if stop is None else stop):
-                async with _client_deadline(request, patience):
+                async with client_deadline(request, patience):
                     await response.write(data)
                 sent.count += len(data)
         except StoreUnavailable as error:  # cut short: the client must not take it as done
             log.warning("%s: %s", request.path, error)
-            _cut_off(request)
+            cut_off(request)
             return
         await response.write_eof()
 
@@ -348,7 +273,7 @@ def _relay(download: Claim | Passed, patience: float) -> BodySender:
     ) -> None:  # fmt: skip
         # Spans of a part file, to send with sendfile; an upstream's range has only bytes.
         pieces = (
-            download.pieces(start, stop, _MAX_PIECE)
+            download.pieces(start, stop, MAX_PIECE)
             if isinstance(download, Claim) and _spans(request, response)
             else download.chunks(start, stop)
         )
@@ -356,27 +281,21 @@ def _relay(download: Claim | Passed, patience: float) -> BodySender:
             async with contextlib.aclosing(pieces):
                 async for piece in pieces:
                     if isinstance(piece, bytes):
-                        async with _client_deadline(request, patience):
+                        async with client_deadline(request, patience):
                             await response.write(piece)
                         sent.count += len(piece)
                         continue
                     # No fallback: it would read at the file's position, every reader's.
-                    await _send_file(request, piece.file, piece.offset, piece.size, sent,
+                    await send_span(request, piece.file, piece.offset, piece.size, sent,
                                      patience, fallback=False)  # fmt: skip
         except DownloadFailed:
             # The bytes were wrong or incomplete: end the connection before the response is
             # complete, so the client sees a failed transfer rather than a finished file.
-            _cut_off(request)
+            cut_off(request)
             return
         await response.write_eof()
 
     return send
-
-
-def _cut_off(request: web.Request) -> None:
-    """End the connection short of the response: the client must not take it as done."""
-    if request.transport is not None:
-        request.transport.close()
 
 
 def _spans(request: web.Request, response: web.StreamResponse) -> bool:

@@ -11,7 +11,7 @@ from cachepi.filecache.wheel_metadata import WheelMetadata
 from cachepi.index import IndexCache
 from cachepi.metrics import Metrics
 from cachepi.overview import Overviews
-from cachepi.rendered import RenderCache
+from cachepi.rendered import RenderedPages
 from cachepi.store import Stores
 from cachepi.store.protocols import MetadataStore
 from cachepi.types import CacheResult
@@ -25,7 +25,7 @@ WHEEL_METADATA = web.AppKey("wheel_metadata", WheelMetadata)
 RANGES = web.AppKey("ranges", RangeSupport)
 UPLOAD_TIME_RECORDS = web.AppKey("upload_time_records", UploadTimes)
 METRICS = web.AppKey("metrics", Metrics)
-RENDERED = web.AppKey("rendered", RenderCache)
+RENDERED = web.AppKey("rendered", RenderedPages)
 METADATA = web.AppKey("metadata", MetadataStore)
 OVERVIEWS = web.AppKey("overviews", Overviews)
 STORES = web.AppKey("stores", Stores)

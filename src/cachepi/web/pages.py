@@ -1,39 +1,32 @@
 """Index pages: `/index/` and `/index/{project}/`, negotiated, answered from the rendered
-bytes of their content version (rendered.py), or with a 304."""
+files of their content version (rendered.py) with sendfile, or with a 304."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 
 from aiohttp import web
 
-from cachepi import catalog
-from cachepi.index import IndexCache, Listing, ListResult, Refused
-from cachepi.rendered import Representation
+from cachepi.index import Listing, ListResult, PageState, Refused
+from cachepi.rendered import Page
 from cachepi.simple.model import LAST_SERIAL_HEADER
 from cachepi.simple.names import is_valid_project_name, normalize
 from cachepi.simple.negotiate import Format, choose_encoding, choose_format
 from cachepi.simple.render import serial_text
 from cachepi.upstream import UpstreamError
 from cachepi.web.conditional import etag_matches
-from cachepi.web.keys import (
-    CACHE_RESULT,
-    FILE_CACHE,
-    INDEX_CACHE,
-    METRICS,
-    RENDERED,
-    SETTINGS,
-    UPLOAD_TIME_RECORDS,
-)
+from cachepi.web.keys import BODY_BYTES, CACHE_RESULT, INDEX_CACHE, METRICS, RENDERED, SETTINGS
+from cachepi.web.sending import Sent, sendfile
 
 _VARY = "Accept, Accept-Encoding"
 STALE_HEADER = "X-Cachepi-Stale"
 UNAVAILABLE_HEADER = "X-Cachepi-Unavailable"
+# A Host header: a name or IPv4 address, or an IPv6 one in brackets, and a port.
+_HOST_RE = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?\Z", re.ASCII)
 
 
 _MAX_REASON = 400
-# A Host header: a name or IPv4 address, or an IPv6 one in brackets, and a port.
-_HOST_RE = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?\Z", re.ASCII)
 _GATEWAY_ERRORS: dict[int, type[web.HTTPException]] = {
     502: web.HTTPBadGateway,
     503: web.HTTPServiceUnavailable,
@@ -59,34 +52,53 @@ def negotiated(request: web.Request) -> Format:
     return fmt
 
 
-def respond(
-    request: web.Request, page: Representation, source: Listing | ListResult
-) -> web.Response:
-    """The page in the best coding the client takes, or 304 if the client holds it.
+async def respond(
+    request: web.Request, page: Page, source: PageState | ListResult, coding: str
+) -> web.StreamResponse:
+    """The page (in `coding`, the best the client takes), or 304 if the client holds it.
 
     An answer some index could not contribute to says so, and clients must ask again
     rather than keep it (cheap: a 304 once nothing changed).
     """
     request[CACHE_RESULT] = source.cache
     request.app[METRICS].cache_result("page", source.cache)
-    coding = choose_encoding(request.headers.get("Accept-Encoding"))
-    body, etag = page.codings[coding]
+    settings = request.app[SETTINGS]
     headers = {
-        "ETag": etag,
+        "ETag": page.etag,
         "Vary": _VARY,
-        "Cache-Control": f"max-age={request.app[SETTINGS].page_max_age}, public",
+        "Cache-Control": f"max-age={settings.page_max_age}, public",
     }
     if source.unavailable:
         headers[UNAVAILABLE_HEADER] = ", ".join(source.unavailable)
         headers["Cache-Control"] = "no-cache"
     if source.stale:
         headers[STALE_HEADER] = "1"
-    if etag_matches(request.headers.get("If-None-Match"), etag):
+    # The upstream's last serial in PyPI's header, the one place an HTML client looks.
+    if (serial := serial_text(source.last_serial)) is not None:
+        headers[LAST_SERIAL_HEADER] = serial
+    if etag_matches(request.headers.get("If-None-Match"), page.etag):
+        if page.file is not None:
+            page.file.close()
         return web.Response(status=304, headers=headers)
     headers["Content-Type"] = page.content_type
     if coding != "identity":
         headers["Content-Encoding"] = coding
-    return web.Response(body=body, headers=headers)
+    if page.file is None:
+        return web.Response(body=page.body, headers=headers)
+    response = web.StreamResponse(headers=headers)
+    response.content_length = page.size
+    sent = Sent()
+    # The client hung up, before the headers or during the body: nothing to do (aiohttp
+    # then finds the connection closed too, and says nothing).
+    with page.file, contextlib.suppress(ConnectionError):
+        try:
+            await response.prepare(request)
+            if request.method != "HEAD":
+                send = sendfile(page.file, page.size, settings.client_timeout)
+                await send(request, response, 0, page.size, sent)
+        finally:  # counted also when cancelled: what went out went out
+            request[BODY_BYTES] = sent.count
+    return response
 
 
 def checked_name(request: web.Request, rest: str = "") -> str:
@@ -116,20 +128,21 @@ def _moved(request: web.Request, path: str) -> web.HTTPMovedPermanently:
     return web.HTTPMovedPermanently(location)
 
 
-async def project_page(request: web.Request) -> web.Response:
+async def project_page(request: web.Request) -> web.StreamResponse:
     name = checked_name(request)
     fmt = negotiated(request)
-    listing = await find_listing(request, name)
-    if listing is None:
+    coding = choose_encoding(request.headers.get("Accept-Encoding"))
+    try:
+        found = await request.app[RENDERED].project(
+            name, fmt, coding, lambda: _absolute_url(request)
+        )
+    except Refused as refusal:
+        raise web.HTTPForbidden(text=f"{refusal}\n") from None
+    except UpstreamError as error:
+        raise gateway_error(error) from None
+    if found is None:
         raise web.HTTPNotFound(text=f"project {name!r} not found\n")
-    version, project = catalog.page(
-        listing,
-        request.app[FILE_CACHE].extracted,
-        request.app[UPLOAD_TIME_RECORDS].known,
-        lambda: _absolute_url(request),
-    )
-    page = await request.app[RENDERED].project(name, version, fmt, project)
-    return _with_last_serial(respond(request, page, listing), listing.project.last_serial)
+    return await respond(request, *found, coding)
 
 
 def _absolute_url(request: web.Request) -> str:
@@ -152,19 +165,11 @@ async def find_listing(request: web.Request, name: str) -> Listing | None:
         raise gateway_error(error) from None
 
 
-async def project_list(request: web.Request) -> web.Response:
+async def project_list(request: web.Request) -> web.StreamResponse:
     fmt = negotiated(request)
-    index: IndexCache = request.app[INDEX_CACHE]
+    coding = choose_encoding(request.headers.get("Accept-Encoding"))
     try:
-        result = await index.project_list()
+        found = await request.app[RENDERED].project_list(fmt, coding)
     except UpstreamError as error:
         raise gateway_error(error) from None
-    page = await request.app[RENDERED].project_list(result.version, fmt, result.names)
-    return _with_last_serial(respond(request, page, result), result.names.last_serial)
-
-
-def _with_last_serial(response: web.Response, last_serial: int | str | None) -> web.Response:
-    """The upstream's last serial in PyPI's header, the one place an HTML client looks."""
-    if (text := serial_text(last_serial)) is not None:
-        response.headers[LAST_SERIAL_HEADER] = text
-    return response
+    return await respond(request, *found, coding)

@@ -1,0 +1,223 @@
+"""Rendered pages on this machine's disk: one immutable file per page variant (format and
+coding), named by what it holds, written once and whole, sent with sendfile like a stored
+file.
+
+A variant's name comes from the page's key and content version and the renderer's salt
+(its version, and the settings that shape pages): new content or new code gets a new name,
+so a file found under a name holds the bytes that name stands for. Every variant is written
+to a temp file and renamed into place complete: a crash never leaves a part of one under its
+name. Writing a version removes the key's files of other versions (a process still sending
+one keeps it open: POSIX frees it after).
+
+Everything here derives from the page records, so the cache's sole server clears it at
+start (what a crash or a power cut left is never trusted). The files count toward the
+cache's size: they may take `share` of it, the least recently used going beyond; the rest
+is the blobs' (accounting.py takes `usage` off their room).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import secrets
+import shutil
+import time
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import zstandard
+
+from cachepi.config import Settings
+from cachepi.store.flock import FileLock, remove_abandoned_files
+
+log = logging.getLogger(__name__)
+
+CODINGS = ("identity", "gzip", "zstd")
+_SUFFIXES = {"identity": "", "gzip": ".gz", "zstd": ".zst"}
+# A file's last use is its mtime, moved on when it is sent if it is older than this.
+_TOUCH_AFTER = 60.0
+# Evicting goes down to this part of the room, so that it is not done at every write.
+_EVICT_TO = 0.9
+# Bytes compressed at a time, whatever the size of the pieces rendered.
+_PIECE = 1024 * 1024
+_CLEARED = "pages.cleared-"
+# The part of CACHE_SIZE rendered pages may take; the blobs have the rest, and what the
+# pages leave of it.
+SHARE = 0.25
+# A temp file no renderer touched for this long was left by one that died.
+_ABANDONED = 3600.0
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One page in one format, all codings: where its files go and what they are called."""
+
+    bucket: str  # a directory (strings, not Paths: this is on every request's way)
+    prefix: str  # of every file of the page's key: "{key digest}-"
+    version: str  # of every file of this version: "{key digest}-{tag}"
+    tag: str  # the version's, with the format's, and the ETag's
+    kind: str  # the format's files: "json", "html"
+
+    def path(self, coding: str) -> str:
+        return f"{self.bucket}/{self.version}.{self.kind}{_SUFFIXES[coding]}"
+
+    def exists(self) -> bool:
+        """Whether it was written, every coding (its identity file is renamed last)."""
+        return os.path.exists(self.path("identity"))
+
+    def etag(self, coding: str) -> str:
+        return f'"{self.tag}.{self.kind}{_SUFFIXES[coding]}"'
+
+
+@dataclass(frozen=True)
+class Opened:
+    """A variant's file in one coding, open for sending; the caller closes it."""
+
+    file: BinaryIO
+    size: int
+
+
+def pages_dir(settings: Settings) -> Path:
+    """Where this machine's rendered pages go (on each node of a cluster, its own)."""
+    return settings.cache_dir / "pages"
+
+
+def open_page_files(settings: Settings) -> PageFiles:
+    return PageFiles(pages_dir(settings), int(settings.cache_size * SHARE))
+
+
+class PageFiles:
+    def __init__(self, root: Path, max_bytes: int) -> None:
+        """`root`: the directory of the files (created); `max_bytes`: what they may take."""
+        self.root = root
+        self.temp = root / "tmp"
+        self.max_bytes = max_bytes
+        self.temp.mkdir(parents=True, exist_ok=True)
+        self.usage = 0  # bytes of the files, as last counted and since changed by this process
+
+    @staticmethod
+    def clear(root: Path) -> None:
+        """Take every rendered file out of use at once, as the cache's sole server at
+        start: the directory is moved aside, and removed later (`maintain`)."""
+        if root.exists():
+            root.rename(root.with_name(f"{_CLEARED}{secrets.token_hex(4)}"))
+
+    def variant(self, salt: str, key: str, version: str, kind: str) -> Variant:
+        """`kind`: the format's files ("json", "html")."""
+        keyed = hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
+        tag = hashlib.blake2b(f"{salt}\0{key}\0{version}".encode(), digest_size=12).hexdigest()
+        return Variant(f"{self.root}/{keyed[:2]}", f"{keyed}-", f"{keyed}-{tag}", tag, kind)
+
+    def lock(self, variant: Variant) -> FileLock:
+        """The lock of rendering `variant`, across the processes of this machine."""
+        return FileLock(self.temp / f"{variant.version}.{variant.kind}.lock")
+
+    def open(self, variant: Variant, coding: str) -> Opened | None:
+        """The variant's file in `coding`, open, if it is there; a use, for eviction."""
+        try:
+            file = open(variant.path(coding), "rb", buffering=0)  # noqa: SIM115 - the caller's
+        except FileNotFoundError:
+            return None
+        stat = os.fstat(file.fileno())
+        if time.time() - stat.st_mtime > _TOUCH_AFTER:
+            with contextlib.suppress(OSError):  # a read-only cache still serves
+                os.utime(file.fileno())
+        return Opened(file, stat.st_size)
+
+    def write(self, variant: Variant, pieces: Iterable[bytes]) -> None:
+        """Write the variant in every coding from its rendered `pieces`, in one pass (a
+        big page is never held whole), and remove the key's files of other versions.
+        Blocking: run it on a thread."""
+        temps = {coding: self.temp / f"{secrets.token_hex(8)}.tmp" for coding in CODINGS}
+        try:
+            with contextlib.ExitStack() as stack:
+                files = {c: stack.enter_context(path.open("wb")) for c, path in temps.items()}
+                gzip = zlib.compressobj(6, zlib.DEFLATED, 31)  # 31: with a gzip header
+                zstd = zstandard.ZstdCompressor(level=3).compressobj()
+                for piece in _pieces(pieces):
+                    files["identity"].write(piece)
+                    files["gzip"].write(gzip.compress(piece))
+                    files["zstd"].write(zstd.compress(piece))
+                files["gzip"].write(gzip.flush())
+                files["zstd"].write(zstd.flush())
+            os.makedirs(variant.bucket, exist_ok=True)
+            written = 0
+            for coding, temp in reversed(temps.items()):  # identity last: see `exists`
+                written += temp.stat().st_size
+                os.replace(temp, variant.path(coding))
+        finally:
+            for temp in temps.values():
+                temp.unlink(missing_ok=True)
+        self.usage += written - self._remove(variant.bucket, variant.prefix, but=variant.version)
+
+    def remove(self, key: str | None) -> None:
+        """Remove every file of `key` (its pages went: invalidated, purged), or of every
+        key (None)."""
+        if key is None:
+            for _, _, path in self._listing():
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+            self.usage = 0
+            return
+        variant = self.variant("", key, "", "")
+        with contextlib.suppress(FileNotFoundError):
+            self.usage -= self._remove(variant.bucket, variant.prefix)
+
+    def _remove(self, bucket: str, prefix: str, but: str | None = None) -> int:
+        """Remove the files in `bucket` named `prefix...` but those of version `but`;
+        returns their bytes."""
+        removed = 0
+        for entry in os.scandir(bucket):
+            name = entry.name
+            if name.startswith(prefix) and name.partition(".")[0] != but:
+                with contextlib.suppress(FileNotFoundError):
+                    size = entry.stat().st_size
+                    os.unlink(entry.path)
+                    removed += size
+        return removed
+
+    def maintain(self) -> int:
+        """Count the files anew, remove the least recently used beyond the room, and what
+        renderers that died (temp and lock files nobody holds) and clearing left; returns
+        how many files went. Blocking: run it on a thread."""
+        files = sorted(self._listing())  # oldest first
+        total = sum(size for _, size, _ in files)
+        removed = 0
+        if total > self.max_bytes:
+            for _, size, path in files:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                    removed += 1
+                total -= size
+                if total <= self.max_bytes * _EVICT_TO:
+                    break
+        self.usage = total
+        for leftover in self.root.parent.glob(f"{_CLEARED}*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        return removed + remove_abandoned_files(self.temp, _ABANDONED)
+
+    def _listing(self) -> Iterator[tuple[float, int, str]]:
+        """(last use, size, path) of every file."""
+        for bucket in os.scandir(self.root):
+            if bucket.name == self.temp.name or not bucket.is_dir():
+                continue
+            for entry in os.scandir(bucket.path):
+                with contextlib.suppress(FileNotFoundError):
+                    stat = entry.stat()
+                    yield stat.st_mtime, stat.st_size, entry.path
+
+
+def _pieces(pieces: Iterable[bytes]) -> Iterator[bytes]:
+    """`pieces` cut to at most _PIECE bytes (a project page comes as one)."""
+    for piece in pieces:
+        if len(piece) <= _PIECE:
+            yield piece
+            continue
+        view = memoryview(piece)
+        for start in range(0, len(piece), _PIECE):
+            yield bytes(view[start : start + _PIECE])
