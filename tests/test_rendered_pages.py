@@ -288,3 +288,31 @@ async def test_a_client_hanging_up_on_a_page_sent_from_its_file_is_no_error(
         writer.transport.abort()
     assert (await get(proxy.index_url + "bigpage/", JSON_TYPE)).body == whole.body
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_pages_that_cannot_be_written_are_sent_from_memory_in_every_variant(
+    fake_upstream: FakeUpstream, proxy_factory: ProxyFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A full disk or an unwritable cache directory must not fail page requests: the page
+    is rendered for the request, with the ETag its file would have had."""
+    fake_upstream.add_project("demo", ["1.0", "2.0"])
+    written = await proxy_factory(fake_upstream)
+    expected = {
+        (path, accept, coding): await get(written.index_url + path, accept, coding)
+        for path in ("", "demo/")
+        for accept in FORMATS
+        for coding in CODINGS
+    }
+    unwritable = await proxy_factory(fake_upstream)
+    root = unwritable.app[RENDERED].files.root
+    for path in sorted(root.rglob("*"), reverse=True):  # none written yet, but its tmp/
+        path.rmdir() if path.is_dir() else path.unlink()
+    root.rmdir()
+    root.write_bytes(b"")  # a file where the directory was: every write there fails
+    with caplog.at_level(logging.WARNING):
+        for (path, accept, coding), reply in expected.items():
+            got = await get(unwritable.index_url + path, accept, coding)
+            assert (got.status, got.headers["ETag"]) == (200, reply.headers["ETag"])
+            assert decoded(got) == decoded(reply)
+    assert "sent from memory" in caplog.text
+    assert root.is_file()

@@ -25,7 +25,7 @@ import secrets
 import shutil
 import time
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -121,7 +121,7 @@ class PageFiles:
         """The variant's file in `coding`, open, if it is there; a use, for eviction."""
         try:
             file = open(variant.path(coding), "rb", buffering=0)  # noqa: SIM115 - the caller's
-        except FileNotFoundError:
+        except OSError:  # not there, or not readable (then rendering finds why)
             return None
         stat = os.fstat(file.fileno())
         if time.time() - stat.st_mtime > _TOUCH_AFTER:
@@ -137,14 +137,12 @@ class PageFiles:
         try:
             with contextlib.ExitStack() as stack:
                 files = {c: stack.enter_context(path.open("wb")) for c, path in temps.items()}
-                gzip = zlib.compressobj(6, zlib.DEFLATED, 31)  # 31: with a gzip header
-                zstd = zstandard.ZstdCompressor(level=3).compressobj()
+                encoders = _encoders()
                 for piece in _pieces(pieces):
-                    files["identity"].write(piece)
-                    files["gzip"].write(gzip.compress(piece))
-                    files["zstd"].write(zstd.compress(piece))
-                files["gzip"].write(gzip.flush())
-                files["zstd"].write(zstd.flush())
+                    for coding, (encode, _) in encoders.items():
+                        files[coding].write(encode(piece))
+                for coding, (_, flush) in encoders.items():
+                    files[coding].write(flush())
             os.makedirs(variant.bucket, exist_ok=True)
             written = 0
             for coding, temp in reversed(temps.items()):  # identity last: see `exists`
@@ -210,6 +208,24 @@ class PageFiles:
                 with contextlib.suppress(FileNotFoundError):
                     stat = entry.stat()
                     yield stat.st_mtime, stat.st_size, entry.path
+
+
+def encoded(pieces: Iterable[bytes], coding: str) -> bytes:
+    """The rendered `pieces` in `coding`, in memory: a page's file, for when it cannot be
+    written. Blocking for a big page: run it on a thread."""
+    encode, flush = _encoders()[coding]
+    return b"".join([*map(encode, _pieces(pieces)), flush()])
+
+
+def _encoders() -> dict[str, tuple[Callable[[bytes], bytes], Callable[[], bytes]]]:
+    """Each coding's (compress a piece, flush at the end)."""
+    gzip = zlib.compressobj(6, zlib.DEFLATED, 31)  # 31: with a gzip header
+    zstd = zstandard.ZstdCompressor(level=3).compressobj()
+    return {
+        "identity": (bytes, bytes),
+        "gzip": (gzip.compress, gzip.flush),
+        "zstd": (zstd.compress, zstd.flush),
+    }
 
 
 def _pieces(pieces: Iterable[bytes]) -> Iterator[bytes]:

@@ -19,7 +19,7 @@ from typing import BinaryIO
 from cachepi import catalog
 from cachepi.budget import BudgetedLRU
 from cachepi.index import IndexCache, ListResult, PageState, PageTraits
-from cachepi.pagefiles import PageFiles, Variant
+from cachepi.pagefiles import PageFiles, Variant, encoded
 from cachepi.simple.model import Project, ProjectList
 from cachepi.simple.negotiate import Format, content_type
 from cachepi.simple.render import (
@@ -212,7 +212,10 @@ class RenderedPages:
         for _ in range(3):  # another process may remove a version just rendered: again
             opened = self.files.open(variant, coding)
             if opened is None:
-                variant = await self._render(key, variant, make)
+                try:
+                    variant = await self._render(key, variant, make)
+                except OSError as error:  # a full disk, an unwritable cache: still answer
+                    return await self._unwritten(key, fmt, coding, make, error)
                 continue
             etag = variant.etag(coding)
             if opened.size > SMALL:
@@ -224,6 +227,16 @@ class RenderedPages:
                 self._small.put((key, version, kind, coding), (etag, body), cost)
             return Page(content_type(fmt), etag, len(body), body=body)
         raise UpstreamError(f"the page of {key!r} keeps changing: try again", 503)
+
+    async def _unwritten(
+        self, key: str, fmt: Format, coding: str, make: _Maker, error: OSError
+    ) -> Page:
+        """The page rendered in memory, for this request only: its file cannot be written."""
+        log.warning("cannot write the rendered page of %r (%s): sent from memory", key, error)
+        version, pieces = await make()
+        body = await asyncio.to_thread(lambda: encoded(pieces(), coding))
+        etag = self.files.variant(self._salt, key, version, _KIND[fmt]).etag(coding)
+        return Page(content_type(fmt), etag, len(body), body=body)
 
     async def _render(self, key: str, variant: Variant, make: _Maker) -> Variant:
         """Render `variant` (or the newer version `make` finds) once, however many callers
