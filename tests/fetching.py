@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import aiohttp
+import zstandard
 from multidict import CIMultiDictProxy
 from yarl import URL
 
@@ -82,3 +84,13 @@ async def wait_healthy(base: str, within: float = 30) -> None:
                 pass
             await asyncio.sleep(0.05)
     raise AssertionError(f"{base} never became healthy")
+
+
+def decoded(reply: Reply) -> bytes:
+    """The body as the page it is, whatever its Content-Encoding (identity, gzip, zstd)."""
+    coding = reply.headers.get("Content-Encoding", "identity")
+    if coding == "gzip":
+        return gzip.decompress(reply.body)
+    if coding == "zstd":
+        return zstandard.ZstdDecompressor().decompressobj().decompress(reply.body)
+    return reply.body

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gzip
 import json
 import os
 import signal
@@ -16,12 +15,11 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-import zstandard
 
 from tests.fakeupstream import FakeUpstream
 from tests.fakeupstream.big import project_json, project_list_html
 from tests.fakeupstream.fixtures import FakeUpstreamFactory
-from tests.fetching import Reply, fetch
+from tests.fetching import Reply, decoded, fetch
 from tests.served import RssWatch, ServedProxy
 from tests.test_workers import answered
 
@@ -41,15 +39,6 @@ async def get(url: str, headers: dict[str, str]) -> Reply:
     """On a new connection (the kernel spreads those over the workers), raw bytes."""
     async with aiohttp.ClientSession(auto_decompress=False) as session:
         return await fetch(url, session=session, headers=headers)
-
-
-def document(reply: Reply) -> bytes:
-    coding = reply.headers.get("Content-Encoding", "identity")
-    if coding == "gzip":
-        return gzip.decompress(reply.body)
-    if coding == "zstd":
-        return zstandard.ZstdDecompressor().decompressobj().decompress(reply.body)
-    return reply.body
 
 
 @pytest.fixture
@@ -90,7 +79,7 @@ async def test_the_800000_name_list_in_every_variant_from_two_workers_within_350
         html, listed = set(), set()
         for variant in replies.values():
             assert len({r.headers["ETag"] for r in variant}) == 1  # from either worker
-            docs = {document(r) for r in variant}
+            docs = {decoded(r) for r in variant}
             assert len(docs) == 1
             (doc,) = docs
             if variant[0].headers["Content-Type"] == JSON_TYPE:

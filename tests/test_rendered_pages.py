@@ -9,7 +9,6 @@ reconcile: it is not the cache's sole server)."""
 from __future__ import annotations
 
 import asyncio
-import gzip
 import json
 import logging
 import os
@@ -18,7 +17,6 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-import zstandard
 
 from cachepi.pagefiles import PageFiles
 from cachepi.policy import Policy, parse_rule
@@ -28,7 +26,7 @@ from tests.conftest import ProxyFactory
 from tests.fakeupstream import FakeUpstream
 from tests.fakeupstream.big import project_json
 from tests.fakeupstream.fixtures import FakeUpstreamFactory
-from tests.fetching import JSON_TYPE, Reply, fetch
+from tests.fetching import JSON_TYPE, Reply, decoded, fetch
 from tests.proxy import RunningProxy
 from tests.test_metrics import scrape
 
@@ -41,15 +39,6 @@ async def get(url: str, accept: str, coding: str = "identity", **headers: str) -
         return await fetch(
             url, session=session, headers={"Accept": accept, "Accept-Encoding": coding} | headers
         )
-
-
-def decoded(reply: Reply) -> bytes:
-    coding = reply.headers.get("Content-Encoding", "identity")
-    if coding == "gzip":
-        return gzip.decompress(reply.body)
-    if coding == "zstd":
-        return zstandard.ZstdDecompressor().decompressobj().decompress(reply.body)
-    return reply.body
 
 
 def rendered_files(proxy: RunningProxy) -> list[Path]:
