@@ -1343,7 +1343,7 @@ async def test_page_etag_changes_exactly_when_the_bytes_change(
     upstream = await fake_upstream_factory(format="json")
     upstream.add_project("demo", ["1.0"])
     upstream.add_project("other", ["1.0"])
-    proxy = await proxy_factory((upstream.url, 1))
+    proxy = await proxy_factory((upstream.url, 1), stale_while_revalidate=0)
     url = proxy.index_url + "demo/"
     async with raw_session() as session:
         first = await get(session, url, Accept=JSON)
@@ -1369,7 +1369,7 @@ async def test_quarantine_hides_files_and_refuses_even_a_cached_file(
 ) -> None:
     upstream = await fake_upstream_factory(format="json")
     wheel = upstream.add_project("evil", ["1.0"])[0]
-    proxy = await proxy_factory((upstream.url, 1))
+    proxy = await proxy_factory((upstream.url, 1), stale_while_revalidate=0)
     file_url = f"{proxy.index_url}evil/{wheel.filename}"
     async with raw_session() as session:
         assert (await get(session, file_url)).status == 200  # now cached

@@ -1,4 +1,7 @@
-"""The index cache: fresh pages cost nothing upstream, stale ones one conditional GET."""
+"""The index cache: fresh pages cost nothing upstream, stale ones one conditional GET.
+
+Tests that wait out a TTL here turn STALE_WHILE_REVALIDATE off, so a stale page is waited
+for (tests/test_stale_while_revalidate.py has the other way)."""
 
 from __future__ import annotations
 
@@ -44,7 +47,7 @@ async def test_fresh_page_is_served_without_asking_upstream(
 async def test_stale_page_is_revalidated_and_a_304_renews_it(
     fake_upstream: FakeUpstream, proxy_factory: ProxyFactory
 ) -> None:
-    proxy = await proxy_factory((fake_upstream.url, 1))
+    proxy = await proxy_factory((fake_upstream.url, 1), stale_while_revalidate=0)
     await get_json(proxy.index_url + "lib/")
     await asyncio.sleep(1.1)
     await get_json(proxy.index_url + "lib/")
@@ -57,7 +60,7 @@ async def test_stale_page_is_revalidated_and_a_304_renews_it(
 async def test_new_upload_appears_after_the_ttl(
     fake_upstream: FakeUpstream, proxy_factory: ProxyFactory
 ) -> None:
-    proxy = await proxy_factory((fake_upstream.url, 1))
+    proxy = await proxy_factory((fake_upstream.url, 1), stale_while_revalidate=0)
     before = await get_json(proxy.index_url + "lib/")
     fake_upstream.add_project("lib", ["2.0"])
     assert await get_json(proxy.index_url + "lib/") == before  # still fresh
@@ -70,7 +73,7 @@ async def test_new_upload_appears_after_the_ttl(
 async def test_concurrent_requests_cause_one_upstream_request(
     cached_before: bool, fake_upstream: FakeUpstream, proxy_factory: ProxyFactory
 ) -> None:
-    proxy = await proxy_factory((fake_upstream.url, 1))
+    proxy = await proxy_factory((fake_upstream.url, 1), stale_while_revalidate=0)
     if cached_before:
         await get_json(proxy.index_url + "lib/")
         await asyncio.sleep(1.1)
@@ -97,7 +100,7 @@ async def test_pages_survive_a_restart(
 async def test_stale_page_served_when_upstream_down(
     fake_upstream: FakeUpstream, proxy_factory: ProxyFactory
 ) -> None:
-    proxy = await proxy_factory((fake_upstream.url, 1))
+    proxy = await proxy_factory((fake_upstream.url, 1), stale_while_revalidate=0)
     before = await get_json(proxy.index_url + "lib/")
     await asyncio.sleep(1.1)
     fake_upstream.fail("/simple/lib/", 503)

@@ -615,7 +615,9 @@ async def test_each_index_is_refetched_after_its_own_ttl(
     quick, slow = await fake_upstream_factory(), await fake_upstream_factory()
     quick.add_project("lib", ["1.0"])
     slow.add_project("lib", ["2.0"])
-    proxy = await proxy_from_toml(index("quick", quick.url, ttl=1) + index("slow", slow.url))
+    proxy = await proxy_from_toml(
+        top(stale_while_revalidate=0) + index("quick", quick.url, ttl=1) + index("slow", slow.url)
+    )
     await get_json(page_url(proxy, "lib"))
     await get_json(page_url(proxy, "lib"))
     assert (quick.count("/simple/lib/"), slow.count("/simple/lib/")) == (1, 1)
@@ -635,7 +637,9 @@ async def test_yank_and_unyank_show_after_the_index_ttl(
     quick, slow = await fake_upstream_factory(), await fake_upstream_factory()
     (wheel,) = quick.add_project("lib", ["1.0"], sdist=False)
     slow.add_project("other", ["1.0"])
-    proxy = await proxy_from_toml(index("quick", quick.url, ttl=1) + index("slow", slow.url))
+    proxy = await proxy_from_toml(
+        top(stale_while_revalidate=0) + index("quick", quick.url, ttl=1) + index("slow", slow.url)
+    )
 
     def yanked(reply: Reply) -> object:
         return file_entry(reply, wheel.filename).get("yanked", False)
@@ -902,6 +906,7 @@ async def test_proxpi_variables_still_give_a_two_index_merge(
         "PROXPI_INDEX_URL": main.url,
         "PROXPI_EXTRA_INDEX_URLS": extra.url,
         "PROXPI_EXTRA_INDEX_TTLS": "1",
+        "CACHEPI_STALE_WHILE_REVALIDATE": "0",  # a stale page waits: counted at once
     }
     settings = load_settings({"cache_dir": str(tmp_path / "c"), "port": 0}, env=env)
     proxy = await start_proxy(settings)

@@ -108,7 +108,7 @@ async def test_a_changed_page_is_never_sent_from_an_old_file_after_revalidation(
     fake_upstream: FakeUpstream, proxy_factory: ProxyFactory
 ) -> None:
     fake_upstream.add_project("demo", ["1.0"])
-    proxies = await two_workers(fake_upstream, proxy_factory, ttl=1)
+    proxies = await two_workers(fake_upstream, proxy_factory, ttl=1, stale_while_revalidate=0)
     old = [await get(p.index_url + "demo/", JSON_TYPE, "gzip") for p in proxies]
     assert old[0].headers["ETag"] == old[1].headers["ETag"]
     old_files = rendered_files(proxies[0])

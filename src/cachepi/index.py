@@ -58,8 +58,8 @@ class Listing:
 
     `sources[i]` is the upstream that listed `project.files[i]`: a file is always downloaded
     from the index whose entry was shown. `refused` holds the files the policy keeps from
-    clients, with the reason; `unavailable` the upstreams that failed just now (`stale`: one
-    of them answered with its stale copy).
+    clients, with the reason; `unavailable` the upstreams that failed just now (`stale`: a
+    stale copy stood in, for one of them or while one is revalidated in the background).
     """
 
     project: Project
@@ -356,8 +356,9 @@ def _version(fetched: Sequence[Fetched]) -> str:
 
 
 def _degradation(fetched: Sequence[Fetched]) -> tuple[bool, tuple[str, ...]]:
-    """Whether a stale copy stood in for an upstream, and the names of those that failed."""
-    stale = any(f.head is not None and f.failure for f in fetched)
+    """Whether a stale copy stood in for an upstream (one that failed, or one being
+    revalidated in the background), and the names of those that failed."""
+    stale = any(f.stale or (f.head is not None and f.failure) for f in fetched)
     return stale, tuple(f.upstream.name for f in fetched if f.failure is not None)
 
 

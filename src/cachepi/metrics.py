@@ -105,6 +105,14 @@ class Metrics:
             " after another process refreshed or invalidated one, or after memory let it go)",
             registry=into,
         )
+        self._background_refreshes = Counter(
+            "cachepi_page_background_refreshes",
+            "Upstream pages refreshed with no client waiting: ahead of their expiry (trigger"
+            " ahead) or answered stale meanwhile (trigger stale); outcome ok, failed (the"
+            " upstream: the stale copy stays) or error",
+            ["trigger", "outcome"],
+            registry=into,
+        )
         self.evictions = Counter("cachepi_evictions", "Files evicted", registry=into)
         self.evicted_bytes = Counter("cachepi_evicted_bytes", "Bytes evicted", registry=into)
         # Summed over the processes alive: a worker that died is forgotten (`forget`).
@@ -146,6 +154,9 @@ class Metrics:
             )
         counted[0].inc()
         self._unflushed[counted[1]] += 1
+
+    def background_refresh(self, trigger: str, outcome: str) -> None:
+        self._child(self._background_refreshes, trigger, outcome).inc()
 
     def served(self, source: str, count: int) -> None:
         """`count` file bytes went to a client from the "cache" or relayed from "upstream"."""

@@ -15,7 +15,8 @@ SourceOpener = Callable[[], Source]
 
 class CacheResult(enum.StrEnum):
     """How a page or file answer was obtained: from the cache (HIT), after asking an
-    upstream (MISS), or from a stale copy because an upstream failed (STALE)."""
+    upstream (MISS), or from a stale copy (STALE): because an upstream failed, or while
+    it is revalidated in the background."""
 
     HIT = "hit"
     MISS = "miss"

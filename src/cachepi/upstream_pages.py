@@ -5,9 +5,15 @@ store when needed (to combine a listing, or to render it), never kept here.
 
 A fresh entry is used as is; a stale one is revalidated with a conditional GET, one request
 per (upstream, page) however many clients and worker processes ask; when the upstream fails,
-the stale entry is used and said to be stale. Invalidations by any worker reach the others
-within a second, by key (the store's log of PAGES changes): each drops from memory only the
-pages invalidated.
+the stale entry is used and said to be stale. With a stale bound (`STALE_WHILE_REVALIDATE`),
+a page stale for less than the bound is answered at once, said to be stale, while one
+revalidation runs in the background; and a page asked for shortly before it expires is
+refreshed in the background then, so that a page in use never goes stale (freshness.py
+judges which). A background refresh is the same single-flight refresh a waiting client's
+is: clients that must wait join it, and other workers wait for its lock.
+
+Invalidations by any worker reach the others within a second, by key (the store's log of
+PAGES changes): each drops from memory only the pages invalidated.
 
 An upstream 404 is remembered for the negative TTL; past it the record is useless (a 404
 has no validators: it is asked again), and every name ever asked for would leave one
@@ -30,6 +36,7 @@ import msgspec
 
 from cachepi.budget import BudgetedLRU
 from cachepi.combine import Combine
+from cachepi.freshness import Judgement, judge
 from cachepi.metrics import Metrics
 from cachepi.simple.model import Project, ProjectList
 from cachepi.simple.parse import (
@@ -128,6 +135,8 @@ class Fetched(NamedTuple):  # a tuple: made on every request, kept cheap
     failure: UpstreamError | None = None
     # The contents, when fetched just now (else `UpstreamPages.load` reads them).
     page: Project | ProjectList | None = None
+    # `head` is a stale copy, answered while it is revalidated in the background.
+    stale: bool = False
 
     @property
     def found(self) -> bool:
@@ -155,9 +164,12 @@ class UpstreamPages:
         clock: Callable[[], float] = time.time,
         offline: bool = False,
         metrics: Metrics | None = None,
+        stale_while_revalidate: float = 0,
     ) -> None:
         """`memory`: bytes the heads may take. `offline`: whatever is stored is as fresh as
-        it gets."""
+        it gets. `stale_while_revalidate`: seconds past its TTL a page is still answered
+        while it is revalidated in the background, and hot pages are refreshed ahead of
+        their expiry (0: neither; every stale page is waited for)."""
         self.upstreams = tuple(upstreams)
         self._store = store
         self._locks = locks
@@ -168,6 +180,9 @@ class UpstreamPages:
         self._negative_ttl = negative_ttl
         self._heads: BudgetedLRU[tuple[int, str], Head] = BudgetedLRU(memory)
         self._inflight: dict[tuple[int, str], asyncio.Task[Fetched]] = {}
+        # Refreshes nobody waits for (some may be in `_inflight` too), until they end.
+        self._background: set[asyncio.Task[Fetched]] = set()
+        self._stale_bound = stale_while_revalidate
         self.clock = clock
         self._offline = offline
         self._sweep_at = clock()  # when stale 404 records are next swept
@@ -256,41 +271,57 @@ class UpstreamPages:
         self, key: str, positions: tuple[int, ...], mode: Combine
     ) -> tuple[list[Fetched], bool]:
         """What the upstreams at `positions` have for `key`, in order (with "first", up to
-        the first that has it: the others are not asked), and whether any was asked."""
+        the first that has it: the others are not asked), and whether any was not fresh:
+        asked just now, or answered stale while revalidated in the background."""
         now = self.clock()
         self._follow_other_workers(now)
         if mode is Combine.FIRST:
             results: list[Fetched] = []
             asked = False
             for position in positions:
-                fetched = self._fresh_head(position, key, now)
+                fetched = self._held(position, key, now)
                 if fetched is None:
                     asked = True
                     fetched = await self._refresh(position, key)
+                asked = asked or fetched.stale
                 results.append(fetched)
                 if not mode.asks_after(fetched.found):
                     break
             return results, asked
-        known = [self._fresh_head(position, key, now) for position in positions]
+        known = [self._held(position, key, now) for position in positions]
         pending = [i for i, fetched in enumerate(known) if fetched is None]
         if pending:  # the fast path (everything fresh) awaits nothing
             refreshed = await asyncio.gather(*(self._refresh(positions[i], key) for i in pending))
             for i, fetched in zip(pending, refreshed, strict=True):
                 known[i] = fetched
-        return [f for f in known if f is not None], bool(pending)
+        results = [f for f in known if f is not None]
+        return results, bool(pending) or any(f.stale for f in results)
 
-    def _fresh_head(self, position: int, key: str, now: float) -> Fetched | None:
+    def _held(self, position: int, key: str, now: float) -> Fetched | None:
+        """What memory or the store holds for the page, if it may answer now (starting its
+        refresh in the background if one is due); None: the caller must refresh it."""
         head = self._head(position, key)
         if head is None:
             return None
         upstream = self.upstreams[position]
-        return Fetched(position, upstream, head) if self._fresh(upstream, head, now) else None
+        judgement = self._judge(upstream, head, now)
+        if judgement is Judgement.FRESH:
+            return Fetched(position, upstream, head)
+        if judgement is Judgement.WAIT:
+            return None
+        self._refresh_in_background(position, key, judgement)
+        return Fetched(position, upstream, head, stale=judgement is Judgement.STALE_AND_REFRESH)
+
+    def _judge(self, upstream: Index, head: Head, now: float) -> Judgement:
+        if self._offline:
+            return Judgement.FRESH
+        if head.fetched_at <= 0:  # invalidated: the next answer is the upstream's, whatever
+            return Judgement.WAIT  # the bound
+        ttl = upstream.ttl if head.found else min(upstream.ttl, self._negative_ttl)
+        return judge(now - head.fetched_at, ttl, self._stale_bound, head.found)
 
     def _fresh(self, upstream: Index, head: Head, now: float) -> bool:
-        if self._offline:
-            return True
-        ttl = upstream.ttl if head.found else min(upstream.ttl, self._negative_ttl)
-        return now - head.fetched_at < ttl
+        return self._judge(upstream, head, now).fresh
 
     def _head(self, position: int, key: str) -> Head | None:
         """The head from memory or, on a miss, from the store."""
@@ -350,18 +381,54 @@ class UpstreamPages:
 
     async def _refresh(self, position: int, key: str) -> Fetched:
         """One upstream request per (upstream, page) however many callers wait for it."""
-        memory_key = (position, key)
-        task = self._inflight.get(memory_key)
+        task = self._inflight.get((position, key))
         if task is None:
-            task = asyncio.create_task(self._fetch(position, key))
-            self._inflight[memory_key] = task
-            task.add_done_callback(lambda done: self._forget_inflight(memory_key, done))
+            task = self._start_refresh(position, key)
         # shield: a client hanging up must not cancel the fetch others are waiting for.
         return await asyncio.shield(task)
+
+    def _start_refresh(self, position: int, key: str) -> asyncio.Task[Fetched]:
+        memory_key = (position, key)
+        task = asyncio.create_task(self._fetch(position, key))
+        self._inflight[memory_key] = task
+        task.add_done_callback(lambda done: self._forget_inflight(memory_key, done))
+        return task
 
     def _forget_inflight(self, memory_key: tuple[int, str], task: asyncio.Task[Fetched]) -> None:
         if self._inflight.get(memory_key) is task:  # not a newer one, after an invalidation
             del self._inflight[memory_key]
+
+    def _refresh_in_background(self, position: int, key: str, judgement: Judgement) -> None:
+        """Start the page's refresh, unless one runs already (in the background or for
+        waiting clients: either serves), and wait for nothing."""
+        if (position, key) in self._inflight:
+            return
+        task = self._start_refresh(position, key)
+        self._background.add(task)
+        trigger = "ahead" if judgement is Judgement.FRESH_AND_REFRESH else "stale"
+        task.add_done_callback(lambda done: self._background_done(trigger, key, done))
+
+    def _background_done(self, trigger: str, key: str, task: asyncio.Task[Fetched]) -> None:
+        """Count a background refresh by its outcome; what it raised is taken and logged
+        here (clients that joined it got it too)."""
+        self._background.discard(task)
+        if task.cancelled():  # at shutdown
+            return
+        error = task.exception()
+        if error is not None:
+            outcome = "error"
+            log.error("refreshing %r in the background failed", key, exc_info=error)
+        else:
+            outcome = "failed" if task.result().failure is not None else "ok"
+        if self._metrics is not None:
+            self._metrics.background_refresh(trigger, outcome)
+
+    async def close(self) -> None:
+        """Cancel the refreshes running in the background, and wait until they ended."""
+        tasks = list(self._background)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _fetch(self, position: int, key: str) -> Fetched:
         """Refresh one page; one worker process at a time asks the upstream."""
@@ -379,7 +446,9 @@ class UpstreamPages:
             if record is not None and (old is None or old.fetched_at != record.fetched_at):
                 self._loaded()
                 old = self._remember(position, key, Head.of(key, record))
-            if old is not None and self._fresh(upstream, old, self.clock()):
+            # Fresh with no refresh due: another worker's, or this one's, refresh is done.
+            # (Merely fresh is not enough: a refresh ahead of expiry must ask.)
+            if old is not None and self._judge(upstream, old, self.clock()) is Judgement.FRESH:
                 return Fetched(position, upstream, old)
             return await self._ask_upstream(position, key, old, record)
         finally:

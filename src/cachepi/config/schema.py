@@ -203,6 +203,19 @@ SETTINGS: tuple[Setting, ...] = (
         default=60, flag_type=int,
     ),
     Setting(
+        "STALE_WHILE_REVALIDATE", parse_ttl,
+        "Seconds past its TTL an upstream page is still answered at once, marked stale, while"
+        " one revalidation runs in the background; a page asked for near its expiry is then"
+        " refreshed ahead of it. 0: every stale page waits for the upstream.",
+        default=86400, flag_type=int,
+        meaning="Seconds past its TTL an upstream page is still answered at once (marked"
+        " `X-Cachepi-Stale: 1`, `Cache-Control: no-cache`) while one revalidation runs in the"
+        " background; with it, a page asked for in the last fifth of its TTL (at least 10 s"
+        " before, at most half of it) is refreshed in the background so that a page in use"
+        " never goes stale. Never for 404s, invalidated pages or an index whose TTL is 0."
+        " 0: every stale page waits for the upstream.",
+    ),
+    Setting(
         "PAGE_MAX_AGE", parse_ttl, "`Cache-Control: max-age` given to clients for index pages.",
         default=600, flag_type=int,
     ),

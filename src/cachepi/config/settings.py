@@ -60,6 +60,7 @@ class Settings:
     binary_file_mime_type: bool = _default("BINARY_FILE_MIME_TYPE")
     download_timeout: float = _default("DOWNLOAD_TIMEOUT")
     negative_ttl: int = _default("NEGATIVE_TTL")
+    stale_while_revalidate: int = _default("STALE_WHILE_REVALIDATE")
     page_max_age: int = _default("PAGE_MAX_AGE")
     workers: int = _default("WORKERS")
     offline: bool = _default("OFFLINE")

@@ -170,6 +170,7 @@ async def _components(app: web.Application, reconcile: bool) -> AsyncIterator[No
         memory=memory // 4,
         offline=settings.offline,
         metrics=metrics,
+        stale_while_revalidate=settings.stale_while_revalidate,
     )
     index = app[INDEX_CACHE] = IndexCache(
         pages,
@@ -221,6 +222,7 @@ async def _components(app: web.Application, reconcile: bool) -> AsyncIterator[No
     finally:
         flusher.cancel()
         maintainer.cancel()
+        await pages.close()  # before the upstream session goes
         await wheel_metadata.close()
         await file_cache.close()
         await connections.close()

@@ -57,8 +57,9 @@ async def respond(
 ) -> web.StreamResponse:
     """The page (in `coding`, the best the client takes), or 304 if the client holds it.
 
-    An answer some index could not contribute to says so, and clients must ask again
-    rather than keep it (cheap: a 304 once nothing changed).
+    An answer some index could not contribute to says so, and so does one made of a stale
+    copy (an index failed, or the copy is being revalidated): clients must ask again rather
+    than keep it (cheap: a 304 once nothing changed).
     """
     request[CACHE_RESULT] = source.cache
     request.app[METRICS].cache_result("page", source.cache)
@@ -73,6 +74,7 @@ async def respond(
         headers["Cache-Control"] = "no-cache"
     if source.stale:
         headers[STALE_HEADER] = "1"
+        headers["Cache-Control"] = "no-cache"
     # The upstream's last serial in PyPI's header, the one place an HTML client looks.
     if (serial := serial_text(source.last_serial)) is not None:
         headers[LAST_SERIAL_HEADER] = serial
