@@ -423,6 +423,11 @@ class UpstreamPages:
         if self._metrics is not None:
             self._metrics.background_refresh(trigger, outcome)
 
+    async def wait_background(self) -> None:
+        """Wait until the refreshes running in the background have ended (tests use it)."""
+        while self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
     async def close(self) -> None:
         """Cancel the refreshes running in the background, and wait until they ended."""
         tasks = list(self._background)
