@@ -7,7 +7,9 @@ A variant's name comes from the page's key and content version and the renderer'
 so a file found under a name holds the bytes that name stands for. Every variant is written
 to a temp file and renamed into place complete: a crash never leaves a part of one under its
 name. Writing a version removes the key's files of other versions (a process still sending
-one keeps it open: POSIX frees it after).
+one keeps it open: POSIX frees it after), but those of a few other addresses: a page that
+lists provenance is a version per address the proxy is reached at (catalog.page), and
+clients using two names for the proxy must not have each render remove the other's files.
 
 Everything here derives from the page records, so the cache's sole server clears it at
 start (what a crash or a power cut left is never trusted). The files count toward the
@@ -51,6 +53,10 @@ _CLEARED = "pages.cleared-"
 SHARE = 0.25
 # A temp file no renderer touched for this long was left by one that died.
 _ABANDONED = 3600.0
+# The addresses whose versions of a page stay side by side, the most recently used: as many
+# names as a fleet reaches one proxy by, but not one per Host header a client makes up.
+ADDRESSES = 8
+_TAG = 24  # hex digits of a version's tag
 
 
 @dataclass(frozen=True)
@@ -59,9 +65,10 @@ class Variant:
 
     bucket: str  # a directory (strings, not Paths: this is on every request's way)
     prefix: str  # of every file of the page's key: "{key digest}-"
-    version: str  # of every file of this version: "{key digest}-{tag}"
+    version: str  # of every file of this version: "{key digest}-{address digest-}{tag}"
     tag: str  # the version's, with the format's, and the ETag's
     kind: str  # the format's files: "json", "html"
+    address: str | None = None  # the proxy's, for a page shown per address
 
     def path(self, coding: str) -> str:
         return f"{self.bucket}/{self.version}.{self.kind}{_SUFFIXES[coding]}"
@@ -107,11 +114,18 @@ class PageFiles:
         if root.exists():
             root.rename(root.with_name(f"{_CLEARED}{secrets.token_hex(4)}"))
 
-    def variant(self, salt: str, key: str, version: str, kind: str) -> Variant:
-        """`kind`: the format's files ("json", "html")."""
+    def variant(
+        self, salt: str, key: str, version: str, kind: str, address: str | None = None
+    ) -> Variant:
+        """`kind`: the format's files ("json", "html"). `address`: the page's URL at the
+        proxy, for a page shown per address (its versions of other addresses stay)."""
         keyed = hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
         tag = hashlib.blake2b(f"{salt}\0{key}\0{version}".encode(), digest_size=12).hexdigest()
-        return Variant(f"{self.root}/{keyed[:2]}", f"{keyed}-", f"{keyed}-{tag}", tag, kind)
+        at = ""
+        if address is not None:
+            at = hashlib.blake2b(address.encode(), digest_size=4).hexdigest() + "-"
+        bucket = f"{self.root}/{keyed[:2]}"
+        return Variant(bucket, f"{keyed}-", f"{keyed}-{at}{tag}", tag, kind, address)
 
     def lock(self, variant: Variant) -> FileLock:
         """The lock of rendering `variant`, across the processes of this machine."""
@@ -151,7 +165,7 @@ class PageFiles:
         finally:
             for temp in temps.values():
                 temp.unlink(missing_ok=True)
-        self.usage += written - self._remove(variant.bucket, variant.prefix, but=variant.version)
+        self.usage += written - self._remove(variant.bucket, variant.prefix, but=variant)
 
     def remove(self, key: str | None) -> None:
         """Remove every file of `key` (its pages went: invalidated, purged), or of every
@@ -166,17 +180,33 @@ class PageFiles:
         with contextlib.suppress(FileNotFoundError):
             self.usage -= self._remove(variant.bucket, variant.prefix)
 
-    def _remove(self, bucket: str, prefix: str, but: str | None = None) -> int:
-        """Remove the files in `bucket` named `prefix...` but those of version `but`;
-        returns their bytes."""
-        removed = 0
+    def _remove(self, bucket: str, prefix: str, but: Variant | None = None) -> int:
+        """Remove the files in `bucket` named `prefix...` but those of `but`'s version and,
+        if it is shown per address, those of the other addresses used most recently
+        (ADDRESSES in all); returns their bytes."""
+        victims: list[os.DirEntry[str]] = []
+        others: dict[str, list[os.DirEntry[str]]] = {}  # another address's files
+        here = None if but is None or but.address is None else _address(but.version, prefix)
         for entry in os.scandir(bucket):
-            name = entry.name
-            if name.startswith(prefix) and name.partition(".")[0] != but:
-                with contextlib.suppress(FileNotFoundError):
-                    size = entry.stat().st_size
-                    os.unlink(entry.path)
-                    removed += size
+            if not entry.name.startswith(prefix):
+                continue
+            version = entry.name.partition(".")[0]
+            if but is not None and version == but.version:
+                continue
+            address = _address(version, prefix)
+            if here is None or not address or address == here:
+                victims.append(entry)  # another version at this address (or at none)
+            else:
+                others.setdefault(address, []).append(entry)
+        by_use = sorted(others.values(), key=_last_use, reverse=True)
+        for files in by_use[ADDRESSES - 1 :]:
+            victims += files
+        removed = 0
+        for entry in victims:
+            with contextlib.suppress(FileNotFoundError):
+                size = entry.stat().st_size
+                os.unlink(entry.path)
+                removed += size
         return removed
 
     def maintain(self) -> int:
@@ -208,6 +238,19 @@ class PageFiles:
                 with contextlib.suppress(FileNotFoundError):
                     stat = entry.stat()
                     yield stat.st_mtime, stat.st_size, entry.path
+
+
+def _address(version: str, prefix: str) -> str:
+    """The address digest in a version's name ("" for a page not shown per address)."""
+    return version[len(prefix) : -_TAG]
+
+
+def _last_use(files: list[os.DirEntry[str]]) -> float:
+    latest = 0.0
+    for entry in files:
+        with contextlib.suppress(FileNotFoundError):
+            latest = max(latest, entry.stat().st_mtime)
+    return latest
 
 
 def encoded(pieces: Iterable[bytes], coding: str) -> bytes:

@@ -121,7 +121,7 @@ class RenderedPages:
         make = functools.partial(self._make_project, name, _KIND[fmt], url)
         try:
             version = await self._page_version(name, state, url)
-            page = await self._page(name, version, fmt, coding, make)
+            page = await self._page(name, version, fmt, coding, make, url)
         except _Vanished:
             return None
         return page, state
@@ -203,12 +203,21 @@ class RenderedPages:
 
     # -- files ----------------------------------------------------------------------------
 
-    async def _page(self, key: str, version: str, fmt: Format, coding: str, make: _Maker) -> Page:
+    async def _page(
+        self,
+        key: str,
+        version: str,
+        fmt: Format,
+        coding: str,
+        make: _Maker,
+        address: str | None = None,
+    ) -> Page:
+        """`address`: the page's URL at the proxy, for a page shown per address."""
         kind = _KIND[fmt]
         small = self._small.get((key, version, kind, coding))
         if small is not None:
             return Page(content_type(fmt), small[0], len(small[1]), body=small[1])
-        asked = variant = self.files.variant(self._salt, key, version, kind)
+        asked = variant = self.files.variant(self._salt, key, version, kind, address)
         for _ in range(3):  # another process may remove a version just rendered: again
             opened = self.files.open(variant, coding)
             if opened is None:
@@ -260,7 +269,7 @@ class RenderedPages:
             lock.try_acquire()  # or another one took it: rendering it twice is harmless
         try:
             version, pieces = await make()
-            made = self.files.variant(self._salt, key, version, variant.kind)
+            made = self.files.variant(self._salt, key, version, variant.kind, variant.address)
             if made != variant and made.exists():
                 return made
             # Rendering and compressing a big page takes long enough to stall other requests.

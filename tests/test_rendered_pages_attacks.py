@@ -1,0 +1,187 @@
+"""Rendered pages (rendered.py, pagefiles.py, web/pages.py) under attack and under fleets:
+a page shown at several addresses (PEP 740 provenance points at the proxy, so each address
+the proxy is reached at is a version of its own), hostile Host headers, descriptors of
+pages sent with sendfile on HEAD, 304 and clients that hang up, and pages whose files
+cannot be written asked for by many clients at once.
+
+Two proxies on one cache directory stand for two worker processes, as in
+test_rendered_pages.py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Callable, Iterable
+
+import aiohttp
+
+from cachepi.pagefiles import ADDRESSES, Variant
+from cachepi.rendered import SMALL
+from cachepi.web.keys import RENDERED
+from tests.conftest import ProxyFactory
+from tests.fakeupstream import FakeUpstream
+from tests.fakeupstream.big import project_json
+from tests.fetching import JSON_TYPE, Reply, decoded, fetch
+from tests.proxy import RunningProxy
+
+HTML_TYPE = "text/html"
+
+
+def provenance_page(upstream: FakeUpstream, name: str, files: int) -> bytes:
+    """A PEP 691 page of `files` wheels, each with a PEP 740 provenance URL."""
+    page = json.loads(project_json(name, files, upstream.files_origin + "/f/"))
+    page["meta"]["api-version"] = "1.3"
+    for entry in page["files"]:
+        entry["provenance"] = f"{upstream.origin}/integrity/{entry['filename']}/provenance"
+    return json.dumps(page).encode()
+
+
+async def get(url: str, host: str | None = None, accept: str = JSON_TYPE, **headers: str) -> Reply:
+    if host is not None:
+        headers["Host"] = host
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        return await fetch(url, session=session, headers={"Accept": accept} | headers)
+
+
+def count_writes(proxies: Iterable[RunningProxy]) -> list[Variant]:
+    """The variants the proxies write from now on, in order."""
+    written: list[Variant] = []
+    for proxy in proxies:
+        files = proxy.app[RENDERED].files
+        write: Callable[[Variant, Iterable[bytes]], None] = files.write
+
+        def counting(
+            variant: Variant,
+            pieces: Iterable[bytes],
+            write: Callable[[Variant, Iterable[bytes]], None] = write,
+        ) -> None:
+            written.append(variant)
+            write(variant, pieces)
+
+        files.write = counting  # type: ignore[method-assign]
+    return written
+
+
+def versions_on_disk(proxy: RunningProxy) -> set[str]:
+    root = proxy.app[RENDERED].files.root
+    return {p.name.partition(".")[0] for p in root.glob("*/*") if p.parent.name != "tmp"}
+
+
+def provenance_hosts(reply: Reply) -> set[str]:
+    """The hosts the provenance URLs on a JSON page point at."""
+    files = json.loads(decoded(reply))["files"]
+    return {f["provenance"].split("/")[2] for f in files}
+
+
+# -- a page shown at several addresses --------------------------------------------------------
+
+
+async def test_a_page_shown_at_two_addresses_is_rendered_once_for_each_in_every_worker(
+    fake_upstream: FakeUpstream, proxy_factory: ProxyFactory
+) -> None:
+    """A fleet reaching the proxy by two names (a service name and an address): before,
+    each render of one address's version removed the other's files, so that alternating
+    requests rendered the whole page every time (20 renders of a page of 2,000 files for
+    20 requests)."""
+    fake_upstream.serve_raw("/simple/big/", provenance_page(fake_upstream, "big", 2000))
+    first = await proxy_factory(fake_upstream)
+    second = await proxy_factory(fake_upstream, reconcile=False)
+    written = count_writes((first, second))
+    hosts = [f"cachepi:{first.port}", f"10.0.0.5:{first.port}"]
+    bodies: dict[str, set[bytes]] = {host: set() for host in hosts}
+    for _ in range(5):
+        for proxy in (first, second):
+            for host in hosts:
+                reply = await get(proxy.index_url + "big/", host)
+                assert reply.status == 200 and len(reply.body) > SMALL  # sent from its file
+                # Each address's page points at that address only: no poisoning.
+                assert provenance_hosts(reply) == {host}
+                bodies[host].add(reply.body)
+    assert all(len(sent) == 1 for sent in bodies.values())
+    assert len(written) == 2  # once per address, by one worker for both
+
+
+async def test_made_up_host_headers_keep_the_files_of_a_few_addresses_only(
+    fake_upstream: FakeUpstream, proxy_factory: ProxyFactory
+) -> None:
+    """Every Host header a client makes up is an address of its own: the files of the
+    most recently used ADDRESSES stay, the others go (the disk is not filled with one
+    page's copies), a new version at an address removes that address's older one, and
+    invalidating the page removes them all."""
+    fake_upstream.serve_raw("/simple/big/", provenance_page(fake_upstream, "big", 300))
+    proxy = await proxy_factory(fake_upstream)
+    written = count_writes([proxy])
+    for i in range(3 * ADDRESSES):
+        assert (await get(proxy.index_url + "big/", f"made-up-{i}.example")).status == 200
+    assert len(written) == 3 * ADDRESSES
+    on_disk = versions_on_disk(proxy)
+    assert len(on_disk) == ADDRESSES
+    assert written[-1].version in on_disk
+    # The most recently used address is sent from its file, not rendered again.
+    last = f"made-up-{3 * ADDRESSES - 1}.example"
+    assert (await get(proxy.index_url + "big/", last, coding="gzip")).status == 200
+    assert len(written) == 3 * ADDRESSES
+    # A new version at one address replaces that address's files only.
+    fake_upstream.serve_raw("/simple/big/", provenance_page(fake_upstream, "big", 301))
+    async with aiohttp.ClientSession() as session, session.delete(proxy.url + "/cache/big"):
+        pass
+    assert versions_on_disk(proxy) == set()
+    for host in ("made-up-0.example", "made-up-1.example", "made-up-0.example"):
+        reply = await get(proxy.index_url + "big/", host)
+        assert len(json.loads(decoded(reply))["files"]) == 301
+    assert len(versions_on_disk(proxy)) == 2
+
+
+async def test_a_page_that_lists_no_provenance_is_one_version_whatever_the_host(
+    fake_upstream: FakeUpstream, proxy_factory: ProxyFactory
+) -> None:
+    fake_upstream.serve_raw("/simple/big/", project_json("big", 2000, fake_upstream.origin + "/f/"))
+    proxy = await proxy_factory(fake_upstream)
+    written = count_writes([proxy])
+    etags = {
+        (await get(proxy.index_url + "big/", f"h{i}.example")).headers["ETag"] for i in range(5)
+    }
+    assert len(etags) == 1 and len(written) == 1
+
+
+# -- descriptors ----------------------------------------------------------------------------
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_head_304_and_clients_hanging_up_leave_no_descriptor_open(
+    fake_upstream: FakeUpstream, proxy_factory: ProxyFactory
+) -> None:
+    """Pages sent with sendfile are open files: a HEAD, a 304 and a client gone before or
+    during the body each close theirs, and no task is left behind."""
+    fake_upstream.serve_raw(
+        "/simple/big/", project_json("big", 20000, fake_upstream.origin + "/f/")
+    )
+    proxy = await proxy_factory(fake_upstream)
+    whole = await get(proxy.index_url + "big/")
+    assert len(whole.body) > 1024**2
+    await asyncio.sleep(0.1)
+    before, tasks = open_descriptors(), len(asyncio.all_tasks())
+    headers = {"Accept": JSON_TYPE}
+    async with aiohttp.ClientSession() as session:
+        for _ in range(20):
+            async with session.head(proxy.index_url + "big/", headers=headers) as reply:
+                assert reply.status == 200
+            same = headers | {"If-None-Match": whole.headers["ETag"]}
+            async with session.get(proxy.index_url + "big/", headers=same) as reply:
+                assert reply.status == 304
+    request = f"GET /index/big/ HTTP/1.1\r\nHost: x\r\nAccept: {JSON_TYPE}\r\n\r\n".encode()
+    for read in (0, 1000) * 10:
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        writer.write(request)
+        if read:
+            await reader.read(read)
+        writer.transport.abort()
+    for _ in range(100):
+        if open_descriptors() <= before and len(asyncio.all_tasks()) <= tasks:
+            break
+        await asyncio.sleep(0.05)
+    assert (open_descriptors(), len(asyncio.all_tasks())) == (before, tasks)
