@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 from collections.abc import Callable, Iterable
 
 import aiohttp
+import pytest
 
 from cachepi.pagefiles import ADDRESSES, Variant
 from cachepi.rendered import SMALL
@@ -143,6 +145,27 @@ async def test_a_page_that_lists_no_provenance_is_one_version_whatever_the_host(
         (await get(proxy.index_url + "big/", f"h{i}.example")).headers["ETag"] for i in range(5)
     }
     assert len(etags) == 1 and len(written) == 1
+
+
+@pytest.mark.parametrize("host", ["a:99999", "[:::::]", "[::1]:70000", "x:1:2", "a/b", "a b"])
+async def test_a_host_header_that_makes_no_url_is_a_400_never_a_500(
+    fake_upstream: FakeUpstream,
+    proxy_factory: ProxyFactory,
+    caplog: pytest.LogCaptureFixture,
+    host: str,
+) -> None:
+    """The page lists provenance, so its URL at the proxy is made from the Host header: a
+    port past 65535 or a broken IPv6 literal matched the check but failed to make a URL,
+    a 500 with a traceback logged for every such request."""
+    fake_upstream.serve_raw("/simple/small/", provenance_page(fake_upstream, "small", 3))
+    proxy = await proxy_factory(fake_upstream)
+    request = f"GET /index/small/ HTTP/1.1\r\nHost: {host}\r\nAccept: {JSON_TYPE}\r\n"
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(f"{request}Connection: close\r\n\r\n".encode())
+    answer = await asyncio.wait_for(reader.read(), 30)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 # -- descriptors ----------------------------------------------------------------------------

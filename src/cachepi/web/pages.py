@@ -150,10 +150,14 @@ async def project_page(request: web.Request) -> web.StreamResponse:
 def _absolute_url(request: web.Request) -> str:
     """The request's URL without its query, as the client addressed the proxy (scheme of the
     connection, Host header); 400 for a Host that is no host: it would end up in a URL
-    on the page (RFC 9112 asks a 400 of an invalid Host anyway)."""
+    on the page (RFC 9112 asks a 400 of an invalid Host anyway), or that makes no URL (a
+    port past 65535, a broken IPv6 address)."""
     if not _HOST_RE.match(request.host):
         raise web.HTTPBadRequest(text="invalid Host header\n")
-    return str(request.url.with_query(None))
+    try:
+        return str(request.url.with_query(None))
+    except ValueError:
+        raise web.HTTPBadRequest(text="invalid Host header\n") from None
 
 
 async def find_listing(request: web.Request, name: str) -> Listing | None:
