@@ -13,11 +13,14 @@ import asyncio
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import aiohttp
 import pytest
 
+import cachepi.rendered
 from cachepi.pagefiles import ADDRESSES, Variant
 from cachepi.rendered import SMALL
 from cachepi.web.keys import RENDERED
@@ -27,7 +30,6 @@ from tests.fakeupstream.big import project_json
 from tests.fetching import JSON_TYPE, Reply, decoded, fetch
 from tests.proxy import RunningProxy
 
-HTML_TYPE = "text/html"
 
 
 def provenance_page(upstream: FakeUpstream, name: str, files: int) -> bytes:
@@ -39,11 +41,12 @@ def provenance_page(upstream: FakeUpstream, name: str, files: int) -> bytes:
     return json.dumps(page).encode()
 
 
-async def get(url: str, host: str | None = None, accept: str = JSON_TYPE, **headers: str) -> Reply:
+async def get(url: str, host: str | None = None, coding: str = "identity", **headers: str) -> Reply:
+    headers |= {"Accept": JSON_TYPE, "Accept-Encoding": coding}
     if host is not None:
         headers["Host"] = host
     async with aiohttp.ClientSession(auto_decompress=False) as session:
-        return await fetch(url, session=session, headers={"Accept": accept} | headers)
+        return await fetch(url, session=session, headers=headers)
 
 
 def count_writes(proxies: Iterable[RunningProxy]) -> list[Variant]:
@@ -188,7 +191,7 @@ async def test_head_304_and_clients_hanging_up_leave_no_descriptor_open(
     assert len(whole.body) > 1024**2
     await asyncio.sleep(0.1)
     before, tasks = open_descriptors(), len(asyncio.all_tasks())
-    headers = {"Accept": JSON_TYPE}
+    headers = {"Accept": JSON_TYPE, "Accept-Encoding": "identity"}
     async with aiohttp.ClientSession() as session:
         for _ in range(20):
             async with session.head(proxy.index_url + "big/", headers=headers) as reply:
@@ -208,3 +211,46 @@ async def test_head_304_and_clients_hanging_up_leave_no_descriptor_open(
             break
         await asyncio.sleep(0.05)
     assert (open_descriptors(), len(asyncio.all_tasks())) == (before, tasks)
+
+
+# -- pages whose files cannot be written ---------------------------------------------------
+
+
+def make_unwritable(proxy: RunningProxy) -> Path:
+    """A file where the proxy's rendered pages go: every write there fails."""
+    root: Path = proxy.app[RENDERED].files.root
+    for path in sorted(root.rglob("*"), reverse=True):
+        path.rmdir() if path.is_dir() else path.unlink()
+    root.rmdir()
+    root.write_bytes(b"")
+    return root
+
+
+async def test_a_page_that_cannot_be_written_is_rendered_once_for_many_clients(
+    fake_upstream: FakeUpstream, proxy_factory: ProxyFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a full disk every request rendered the page in memory for itself: 30 clients of
+    a big page, 30 renders of it held at once (the 800,000-name list, 40 MB each)."""
+    fake_upstream.serve_raw(
+        "/simple/big/", project_json("big", 20000, fake_upstream.origin + "/f/")
+    )
+    proxy = await proxy_factory(fake_upstream)
+    expected = await get(proxy.index_url + "big/", coding="gzip")
+    make_unwritable(proxy)
+    renders = 0
+    lock = threading.Lock()
+    encoded = cachepi.rendered.encoded
+
+    def counted(pieces: Iterable[bytes], coding: str) -> bytes:
+        nonlocal renders
+        with lock:
+            renders += 1
+        return encoded(pieces, coding)
+
+    monkeypatch.setattr(cachepi.rendered, "encoded", counted)
+    replies = await asyncio.gather(
+        *(get(proxy.index_url + "big/", coding="gzip") for _ in range(30))
+    )
+    assert all(r.headers["ETag"] == expected.headers["ETag"] for r in replies)
+    assert all(decoded(r) == decoded(expected) for r in replies)
+    assert renders == 1

@@ -101,6 +101,8 @@ class RenderedPages:
         # one of this page's files.
         self._versions: BudgetedLRU[str, tuple[str, tuple[int, int], str]] = BudgetedLRU(memory)
         self._rendering: dict[tuple[str, str], asyncio.Task[Variant]] = {}
+        # Variants rendered in memory, (ETag, bytes), by (key, version, kind, coding).
+        self._unwriting: dict[tuple[str, str, str, str], asyncio.Task[tuple[str, bytes]]] = {}
         # Small variants, (ETag, bytes) by (key, version, kind, coding): a version's bytes
         # never change.
         self._small: BudgetedLRU[tuple[str, str, str, str], tuple[str, bytes]] = BudgetedLRU(
@@ -224,7 +226,7 @@ class RenderedPages:
                 try:
                     variant = await self._render(key, variant, make)
                 except OSError as error:  # a full disk, an unwritable cache: still answer
-                    return await self._unwritten(key, fmt, coding, make, error)
+                    return await self._unwritten(key, version, fmt, coding, make, error)
                 continue
             etag = variant.etag(coding)
             if opened.size > SMALL:
@@ -238,14 +240,26 @@ class RenderedPages:
         raise UpstreamError(f"the page of {key!r} keeps changing: try again", 503)
 
     async def _unwritten(
-        self, key: str, fmt: Format, coding: str, make: _Maker, error: OSError
+        self, key: str, version: str, fmt: Format, coding: str, make: _Maker, error: OSError
     ) -> Page:
-        """The page rendered in memory, for this request only: its file cannot be written."""
-        log.warning("cannot write the rendered page of %r (%s): sent from memory", key, error)
+        """The page rendered in memory, for the requests of the moment only: its file
+        cannot be written. Once however many ask at once (a big page costs its size each
+        time, and a full disk is no time to run out of memory too)."""
+        slot = (key, version, _KIND[fmt], coding)
+        task = self._unwriting.get(slot)
+        if task is None:
+            log.warning("cannot write the rendered page of %r (%s): sent from memory", key, error)
+            task = asyncio.create_task(self._in_memory(key, _KIND[fmt], coding, make))
+            self._unwriting[slot] = task
+            task.add_done_callback(lambda _: self._unwriting.pop(slot, None))
+        # shield: a client hanging up must not cancel what others wait for.
+        etag, body = await asyncio.shield(task)
+        return Page(content_type(fmt), etag, len(body), body=body)
+
+    async def _in_memory(self, key: str, kind: str, coding: str, make: _Maker) -> tuple[str, bytes]:
         version, pieces = await make()
         body = await asyncio.to_thread(lambda: encoded(pieces(), coding))
-        etag = self.files.variant(self._salt, key, version, _KIND[fmt]).etag(coding)
-        return Page(content_type(fmt), etag, len(body), body=body)
+        return self.files.variant(self._salt, key, version, kind).etag(coding), body
 
     async def _render(self, key: str, variant: Variant, make: _Maker) -> Variant:
         """Render `variant` (or the newer version `make` finds) once, however many callers
