@@ -109,7 +109,8 @@ class Metrics:
             "cachepi_page_background_refreshes",
             "Upstream pages refreshed with no client waiting: ahead of their expiry (trigger"
             " ahead) or answered stale meanwhile (trigger stale); outcome ok, failed (the"
-            " upstream: the stale copy stays) or error",
+            " upstream: the stale copy stays), error, or deferred (half the page connections"
+            " were refreshing already: a later request starts it)",
             ["trigger", "outcome"],
             registry=into,
         )

@@ -165,11 +165,15 @@ class UpstreamPages:
         offline: bool = False,
         metrics: Metrics | None = None,
         stale_while_revalidate: float = 0,
+        background_limit: int = 32,
     ) -> None:
         """`memory`: bytes the heads may take. `offline`: whatever is stored is as fresh as
         it gets. `stale_while_revalidate`: seconds past its TTL a page is still answered
         while it is revalidated in the background, and hot pages are refreshed ahead of
-        their expiry (0: neither; every stale page is waited for)."""
+        their expiry (0: neither; every stale page is waited for). `background_limit`:
+        background refreshes at once; a page due for one beyond it is answered as held,
+        and refreshed by a later request (half the upstream connections for pages: the
+        other half is for clients that wait)."""
         self.upstreams = tuple(upstreams)
         self._store = store
         self._locks = locks
@@ -183,6 +187,7 @@ class UpstreamPages:
         # Refreshes nobody waits for (some may be in `_inflight` too), until they end.
         self._background: set[asyncio.Task[Fetched]] = set()
         self._stale_bound = stale_while_revalidate
+        self._background_limit = background_limit
         self.clock = clock
         self._offline = offline
         self._sweep_at = clock()  # when stale 404 records are next swept
@@ -403,9 +408,15 @@ class UpstreamPages:
         waiting clients: either serves), and wait for nothing."""
         if (position, key) in self._inflight:
             return
+        trigger = "ahead" if judgement is Judgement.FRESH_AND_REFRESH else "stale"
+        if len(self._background) >= self._background_limit:
+            # Thousands of pages gone stale at once (an outage) must not take every
+            # connection: a client waiting for a page it lacks would queue behind them.
+            if self._metrics is not None:
+                self._metrics.background_refresh(trigger, "deferred")
+            return
         task = self._start_refresh(position, key)
         self._background.add(task)
-        trigger = "ahead" if judgement is Judgement.FRESH_AND_REFRESH else "stale"
         task.add_done_callback(lambda done: self._background_done(trigger, key, done))
 
     def _background_done(self, trigger: str, key: str, task: asyncio.Task[Fetched]) -> None:

@@ -171,6 +171,7 @@ async def _components(app: web.Application, reconcile: bool) -> AsyncIterator[No
         offline=settings.offline,
         metrics=metrics,
         stale_while_revalidate=settings.stale_while_revalidate,
+        background_limit=max(1, settings.upstream_connections // 2),
     )
     index = app[INDEX_CACHE] = IndexCache(
         pages,
