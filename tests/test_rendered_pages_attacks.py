@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import os
+import socket
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -29,7 +30,6 @@ from tests.fakeupstream import FakeUpstream
 from tests.fakeupstream.big import project_json
 from tests.fetching import JSON_TYPE, Reply, decoded, fetch
 from tests.proxy import RunningProxy
-
 
 
 def provenance_page(upstream: FakeUpstream, name: str, files: int) -> bytes:
@@ -254,3 +254,42 @@ async def test_a_page_that_cannot_be_written_is_rendered_once_for_many_clients(
     assert all(r.headers["ETag"] == expected.headers["ETag"] for r in replies)
     assert all(decoded(r) == decoded(expected) for r in replies)
     assert renders == 1
+
+
+async def test_a_big_page_sent_from_memory_waits_for_slow_clients_in_pieces(
+    fake_upstream: FakeUpstream, proxy_factory: ProxyFactory
+) -> None:
+    """Written whole, a page whose file cannot be written waited in each slow client's
+    connection buffer whole: 10 clients that stopped reading a 20 MB page held 206 MB of
+    the worker's memory. Now a piece at a time, as each client takes them."""
+    fake_upstream.serve_raw("/simple/big/", project_json("big", 20000, fake_upstream.origin))
+    proxy = await proxy_factory(fake_upstream)
+    make_unwritable(proxy)
+    identity = {"Accept": JSON_TYPE, "Accept-Encoding": "identity"}
+    head = await fetch(proxy.index_url + "big/", method="HEAD", headers=identity)
+    assert (head.status, head.body) == (200, b"")
+    size = int(head.headers["Content-Length"])
+    assert size > 4 * 1024**2
+    request = (
+        f"GET /index/big/ HTTP/1.1\r\nHost: x\r\nAccept: {JSON_TYPE}\r\n"
+        "Accept-Encoding: identity\r\n\r\n"
+    ).encode()
+    stalled = []
+    for _ in range(5):
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        writer.write(request)
+        assert (await reader.read(100)).startswith(b"HTTP/1.1 200 ")
+        stalled.append(writer)  # and reads no more
+    await asyncio.sleep(0.5)
+    buffered = [
+        connection.transport.get_write_buffer_size()
+        for connection in proxy.runner.server.connections  # type: ignore[union-attr]
+        if connection.transport is not None
+    ]
+    assert len(buffered) == 5 and max(buffered) < 1024**2
+    for writer in stalled:
+        writer.transport.abort()
+    whole = await get(proxy.index_url + "big/")
+    assert len(whole.body) == size
+    assert decoded(await get(proxy.index_url + "big/", coding="zstd")) == whole.body

@@ -9,7 +9,7 @@ import re
 from aiohttp import web
 
 from cachepi.index import Listing, ListResult, PageState, Refused
-from cachepi.rendered import Page
+from cachepi.rendered import SMALL, Page
 from cachepi.simple.model import LAST_SERIAL_HEADER
 from cachepi.simple.names import is_valid_project_name, normalize
 from cachepi.simple.negotiate import Format, choose_encoding, choose_format
@@ -17,7 +17,7 @@ from cachepi.simple.render import serial_text
 from cachepi.upstream import UpstreamError
 from cachepi.web.conditional import etag_matches
 from cachepi.web.keys import BODY_BYTES, CACHE_RESULT, INDEX_CACHE, METRICS, RENDERED, SETTINGS
-from cachepi.web.sending import Sent, sendfile
+from cachepi.web.sending import Sent, from_memory, sendfile
 
 _VARY = "Accept, Accept-Encoding"
 STALE_HEADER = "X-Cachepi-Stale"
@@ -85,18 +85,21 @@ async def respond(
     headers["Content-Type"] = page.content_type
     if coding != "identity":
         headers["Content-Encoding"] = coding
-    if page.file is None:
+    if page.file is None and page.size <= SMALL:
         return web.Response(body=page.body, headers=headers)
     response = web.StreamResponse(headers=headers)
     response.content_length = page.size
     sent = Sent()
     # The client hung up, before the headers or during the body: nothing to do (aiohttp
     # then finds the connection closed too, and says nothing).
-    with page.file, contextlib.suppress(ConnectionError):
+    with page.file or contextlib.nullcontext(), contextlib.suppress(ConnectionError):
         try:
             await response.prepare(request)
             if request.method != "HEAD":
-                send = sendfile(page.file, page.size, settings.client_timeout)
+                if page.file is not None:
+                    send = sendfile(page.file, page.size, settings.client_timeout)
+                else:  # a big page whose file could not be written
+                    send = from_memory(page.body or b"", settings.client_timeout)
                 await send(request, response, 0, page.size, sent)
         finally:  # counted also when cancelled: what went out went out
             request[BODY_BYTES] = sent.count

@@ -46,6 +46,26 @@ def sendfile(file: BinaryIO, size: int, patience: float) -> BodySender:
     return send
 
 
+def from_memory(body: bytes, patience: float) -> BodySender:
+    """The bytes of `body`, a piece at a time as the client takes them, each under the
+    client's deadline: written at once, a big body would wait whole in the connection's
+    buffer, a copy for each client slower than the proxy (a page of 20 MB, 20 MB each)."""
+
+    async def send(
+        request: web.Request, response: web.StreamResponse, start: int, stop: int | None,
+        sent: Sent,
+    ) -> None:  # fmt: skip
+        view = memoryview(body)[start:stop]
+        for offset in range(0, len(view), _MIN_PIECE):
+            piece = view[offset : offset + _MIN_PIECE]
+            async with client_deadline(request, patience):
+                await response.write(piece)  # waits until the connection's buffer drains
+            sent.count += len(piece)
+        await response.write_eof()
+
+    return send
+
+
 async def send_span(
     request: web.Request,
     file: BinaryIO,
