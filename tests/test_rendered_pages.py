@@ -199,12 +199,13 @@ async def test_rendered_files_count_toward_the_cache_size(
 
 
 def test_least_recently_used_files_go_beyond_their_room(tmp_path: Path) -> None:
-    files = PageFiles(tmp_path / "pages", max_bytes=3000)
+    files = PageFiles(tmp_path / "pages", max_bytes=10**6)
     variants = [files.variant("salt", f"p{i}", "v1", "json") for i in range(4)]
     for i, variant in enumerate(variants):
         files.write(variant, [os.urandom(400)])  # ~1,200 bytes in three codings
         for coding in CODINGS:  # written in turn: the first is the least recently used
             os.utime(variant.path(coding), (1000 + i, 1000 + i))
+    files.max_bytes = 3000  # (a write beyond it would have evicted already)
     opened = files.open(variants[0], "identity")  # a use: now the most recently used
     assert opened is not None
     opened.file.close()

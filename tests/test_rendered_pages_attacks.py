@@ -22,7 +22,8 @@ import aiohttp
 import pytest
 
 import cachepi.rendered
-from cachepi.pagefiles import ADDRESSES, Variant
+import cachepi.web.app
+from cachepi.pagefiles import ADDRESSES, PageFiles, Variant
 from cachepi.rendered import SMALL
 from cachepi.web.keys import RENDERED
 from tests.conftest import ProxyFactory
@@ -42,7 +43,7 @@ def provenance_page(upstream: FakeUpstream, name: str, files: int) -> bytes:
 
 
 async def get(url: str, host: str | None = None, coding: str = "identity", **headers: str) -> Reply:
-    headers |= {"Accept": JSON_TYPE, "Accept-Encoding": coding}
+    headers = {"Accept": JSON_TYPE, "Accept-Encoding": coding} | headers
     if host is not None:
         headers["Host"] = host
     async with aiohttp.ClientSession(auto_decompress=False) as session:
@@ -293,3 +294,50 @@ async def test_a_big_page_sent_from_memory_waits_for_slow_clients_in_pieces(
     whole = await get(proxy.index_url + "big/")
     assert len(whole.body) == size
     assert decoded(await get(proxy.index_url + "big/", coding="zstd")) == whole.body
+
+
+# -- the disk ---------------------------------------------------------------------------------
+
+
+async def test_a_flood_of_pages_never_takes_the_room_of_the_files(
+    fake_upstream: FakeUpstream, proxy_factory: ProxyFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rendered pages may take a quarter of the cache. They were brought back within it
+    only every 30 s: meanwhile, requests for many big pages (anyone can make them) put
+    the pages beyond the whole cache, and no file was kept (nor, pages a little short of
+    it, the least recently used files were evicted for them). Now a write beyond the
+    room evicts the least recently used pages at once."""
+    monkeypatch.setattr(cachepi.web.app, "_maintain_pages", _no_maintenance)
+    wheels = [fake_upstream.add_project(f"w{i}", ["1.0"], sdist=False)[0] for i in range(2)]
+    for i in range(10):
+        page = project_json(f"p{i}", 100, fake_upstream.origin + "/f/")
+        fake_upstream.serve_raw(f"/simple/p{i}/", page)
+    proxy = await proxy_factory(fake_upstream, cache_size=1_000_000)
+    files = proxy.app[RENDERED].files
+    blobs = proxy.settings.cache_dir / "blobs"
+    first = await fetch(f"{proxy.index_url}w0/{wheels[0].filename}")
+    assert first.status == 200 and list(blobs.rglob(wheels[0].sha256))
+    for i in range(10):
+        for accept in (JSON_TYPE, "text/html"):
+            reply = await get(proxy.index_url + f"p{i}/", **{"Accept": accept})
+            assert reply.status == 200
+            on_disk = sum(p.stat().st_size for p in files.root.glob("*/*") if p.is_file())
+            assert files.usage == on_disk <= files.max_bytes == 250_000
+    second = await fetch(f"{proxy.index_url}w1/{wheels[1].filename}")
+    assert second.status == 200
+    assert all(list(blobs.rglob(wheel.sha256)) for wheel in wheels)  # both kept
+
+
+async def _no_maintenance(rendered: object) -> None:
+    """The periodic look after the rendered pages, left out: what a write does alone."""
+
+
+def test_a_page_bigger_than_the_room_is_kept_until_another_is_written(tmp_path: Path) -> None:
+    """Evicting at a write never takes the variant just written (it is about to be sent:
+    taking it would have every request render it again)."""
+    files = PageFiles(tmp_path / "pages", max_bytes=1000)
+    big, other = (files.variant("salt", key, "v1", "json") for key in ("big", "other"))
+    files.write(big, [os.urandom(5000)])
+    assert big.exists()
+    files.write(other, [os.urandom(5000)])
+    assert other.exists() and not big.exists()

@@ -13,7 +13,8 @@ clients using two names for the proxy must not have each render remove the other
 
 Everything here derives from the page records, so the cache's sole server clears it at
 start (what a crash or a power cut left is never trusted). The files count toward the
-cache's size: they may take `share` of it, the least recently used going beyond; the rest
+cache's size: they may take `share` of it, the least recently used going beyond (as soon
+as a write finds them beyond, as far as this process counted since `maintain`); the rest
 is the blobs' (accounting.py takes `usage` off their room).
 """
 
@@ -166,6 +167,8 @@ class PageFiles:
             for temp in temps.values():
                 temp.unlink(missing_ok=True)
         self.usage += written - self._remove(variant.bucket, variant.prefix, but=variant)
+        if self.usage > self.max_bytes:  # now, not at the next `maintain`: many pages
+            self._evict(but=variant.version)  # rendered at once must not take the blobs' room
 
     def remove(self, key: str | None) -> None:
         """Remove every file of `key` (its pages went: invalidated, purged), or of every
@@ -213,11 +216,21 @@ class PageFiles:
         """Count the files anew, remove the least recently used beyond the room, and what
         renderers that died (temp and lock files nobody holds) and clearing left; returns
         how many files went. Blocking: run it on a thread."""
+        removed = self._evict()
+        for leftover in self.root.parent.glob(f"{_CLEARED}*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        return removed + remove_abandoned_files(self.temp, _ABANDONED)
+
+    def _evict(self, but: str | None = None) -> int:
+        """Count the files anew and remove the least recently used beyond the room, but
+        those of version `but` (just written: to be sent); returns how many went."""
         files = sorted(self._listing())  # oldest first
         total = sum(size for _, size, _ in files)
         removed = 0
         if total > self.max_bytes:
             for _, size, path in files:
+                if os.path.basename(path).partition(".")[0] == but:
+                    continue
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
                     removed += 1
@@ -225,9 +238,7 @@ class PageFiles:
                 if total <= self.max_bytes * _EVICT_TO:
                     break
         self.usage = total
-        for leftover in self.root.parent.glob(f"{_CLEARED}*"):
-            shutil.rmtree(leftover, ignore_errors=True)
-        return removed + remove_abandoned_files(self.temp, _ABANDONED)
+        return removed
 
     def _listing(self) -> Iterator[tuple[float, int, str]]:
         """(last use, size, path) of every file."""
