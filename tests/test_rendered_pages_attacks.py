@@ -341,3 +341,54 @@ def test_a_page_bigger_than_the_room_is_kept_until_another_is_written(tmp_path: 
     assert big.exists()
     files.write(other, [os.urandom(5000)])
     assert other.exists() and not big.exists()
+
+
+# -- invalidation racing a render -------------------------------------------------------------
+
+
+async def test_a_render_that_ends_after_an_invalidation_never_sends_the_old_page(
+    fake_upstream: FakeUpstream, proxy_factory: ProxyFactory
+) -> None:
+    """One worker renders a big page slowly; meanwhile the page changes upstream and an
+    admin invalidates it in another worker, which removes its files; then the slow render
+    writes the old version's files back. They are named by that version: neither worker
+    sends them once it knows of the invalidation (the other at once, this one within a
+    second), and the next render of the new version removes them (writing them removed
+    the new version's: rendered again, once)."""
+    fake_upstream.serve_raw("/simple/big/", project_json("big", 2000, fake_upstream.origin))
+    slow, other = await proxy_factory(fake_upstream), await proxy_factory(fake_upstream)
+    release = threading.Event()
+    files = slow.app[RENDERED].files
+    write = files.write
+
+    def held(variant: Variant, pieces: Iterable[bytes]) -> None:
+        release.wait(30)
+        write(variant, pieces)
+
+    files.write = held  # type: ignore[method-assign]
+    rendering = asyncio.create_task(get(slow.index_url + "big/"))
+    while not list(files.temp.glob("*.lock")):  # noqa: ASYNC110 - a thread to wait for
+        await asyncio.sleep(0.01)
+    fake_upstream.serve_raw("/simple/big/", project_json("big", 2001, fake_upstream.origin))
+    async with aiohttp.ClientSession() as session, session.delete(other.url + "/cache/big"):
+        pass
+    new = await get(other.index_url + "big/")
+    assert len(json.loads(new.body)["files"]) == 2001
+    release.set()
+    old = await rendering
+    assert len(json.loads(old.body)["files"]) == 2000  # asked before the invalidation
+    # The old version's files are back, under their name (and the new one's went).
+    (resurrected,) = versions_on_disk(slow)
+    await asyncio.sleep(1.1)
+    for proxy in (slow, other, slow):
+        for coding in ("gzip", "identity"):
+            reply = await get(proxy.index_url + "big/", coding=coding)
+            assert decoded(reply) == new.body
+        assert reply.headers["ETag"] == new.headers["ETag"]
+    assert resurrected not in versions_on_disk(slow)
+    fake_upstream.serve_raw("/simple/big/", project_json("big", 2002, fake_upstream.origin))
+    async with aiohttp.ClientSession() as session, session.delete(slow.url + "/cache/big"):
+        pass
+    newest = await get(slow.index_url + "big/")
+    assert len(json.loads(newest.body)["files"]) == 2002
+    assert len(versions_on_disk(slow)) == 1  # what the render of 2001 left went with it
