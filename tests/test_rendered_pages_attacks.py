@@ -259,7 +259,7 @@ async def test_a_page_that_cannot_be_written_is_rendered_once_for_many_clients(
 
 
 async def test_a_big_page_sent_from_memory_waits_for_slow_clients_in_pieces(
-    fake_upstream: FakeUpstream, proxy_factory: ProxyFactory
+    fake_upstream: FakeUpstream, proxy_factory: ProxyFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Written whole, a page whose file cannot be written waited in each slow client's
     connection buffer whole: 10 clients that stopped reading a 20 MB page held 206 MB of
@@ -295,6 +295,7 @@ async def test_a_big_page_sent_from_memory_waits_for_slow_clients_in_pieces(
     whole = await get(proxy.index_url + "big/")
     assert len(whole.body) == size
     assert decoded(await get(proxy.index_url + "big/", coding="zstd")) == whole.body
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # hung up: no error
 
 
 # -- the disk ---------------------------------------------------------------------------------
