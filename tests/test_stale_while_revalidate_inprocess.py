@@ -22,7 +22,7 @@ from cachepi.metrics import Metrics, Snapshot
 from cachepi.store import Stores
 from cachepi.types import CacheResult
 from cachepi.upstream import PageResponse
-from cachepi.upstream_pages import UpstreamPages
+from cachepi.upstream_pages import PAUSE_AFTER_FAILURE, UpstreamPages
 from tests.fakeupstream.dists import build_sdist, build_wheel
 from tests.inprocess import FakeClock, FakeIndex, settle
 from tests.inprocess_fixtures import clock, stores
@@ -180,7 +180,7 @@ async def test_a_failing_revalidation_keeps_the_stale_copy(
     assert (filenames(again), again.stale) == (LIB_1, True)
     assert pypi.count("lib/") == 3
     pypi.recover()
-    clock.advance(1)
+    clock.advance(PAUSE_AFTER_FAILURE)  # a failed refresh pauses the next one this long
     await cache.listing("lib")
     await make.pages[0].wait_background()
     assert degradation(await cache.listing("lib")) == (False, (), CacheResult.HIT)

@@ -82,6 +82,14 @@ MISSING = "404"  # the digest of an upstream's 404
 _HEAD_COST = 400
 # Stored pages bigger than this are decoded on a thread: the event loop serves meanwhile.
 _DECODE_ON_LOOP = 256 * 1024
+# A page whose background refresh failed is not refreshed in the background again for this
+# long (it is answered as held meanwhile): an upstream that refuses at once (a 401 once
+# credentials expired, a 403, an unreadable page) would be asked, and the failure logged,
+# after every failed refresh by the next request, hundreds of times a second for a hot page.
+PAUSE_AFTER_FAILURE = 5.0
+# What remembering such a pause costs in memory, estimated, and what they may take.
+_PAUSE_COST = 200
+_PAUSES_MEMORY = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +194,8 @@ class UpstreamPages:
         self._inflight: dict[tuple[int, str], asyncio.Task[Fetched]] = {}
         # Refreshes nobody waits for (some may be in `_inflight` too), until they end.
         self._background: set[asyncio.Task[Fetched]] = set()
+        # When pages whose background refresh failed may be refreshed so again.
+        self._paused: BudgetedLRU[tuple[int, str], float] = BudgetedLRU(_PAUSES_MEMORY)
         self._stale_bound = stale_while_revalidate
         self._background_limit = background_limit
         self.clock = clock
@@ -408,6 +418,11 @@ class UpstreamPages:
         waiting clients: either serves), and wait for nothing."""
         if (position, key) in self._inflight:
             return
+        paused = self._paused.get((position, key))
+        if paused is not None:
+            if self.clock() < paused:
+                return
+            self._paused.pop((position, key))
         trigger = "ahead" if judgement is Judgement.FRESH_AND_REFRESH else "stale"
         if len(self._background) >= self._background_limit:
             # Thousands of pages gone stale at once (an outage) must not take every
@@ -417,11 +432,13 @@ class UpstreamPages:
             return
         task = self._start_refresh(position, key)
         self._background.add(task)
-        task.add_done_callback(lambda done: self._background_done(trigger, key, done))
+        task.add_done_callback(lambda done: self._background_done(trigger, position, key, done))
 
-    def _background_done(self, trigger: str, key: str, task: asyncio.Task[Fetched]) -> None:
+    def _background_done(
+        self, trigger: str, position: int, key: str, task: asyncio.Task[Fetched]
+    ) -> None:
         """Count a background refresh by its outcome; what it raised is taken and logged
-        here (clients that joined it got it too)."""
+        here (clients that joined it got it too). A failure pauses the page's next one."""
         self._background.discard(task)
         if task.cancelled():  # at shutdown
             return
@@ -431,6 +448,9 @@ class UpstreamPages:
             log.error("refreshing %r in the background failed", key, exc_info=error)
         else:
             outcome = "failed" if task.result().failure is not None else "ok"
+        if outcome != "ok":
+            until = self.clock() + PAUSE_AFTER_FAILURE
+            self._paused.put((position, key), until, _PAUSE_COST + len(key))
         if self._metrics is not None:
             self._metrics.background_refresh(trigger, outcome)
 
