@@ -25,7 +25,7 @@ import cachepi.rendered
 import cachepi.web.app
 from cachepi.pagefiles import ADDRESSES, PageFiles, Variant
 from cachepi.rendered import SMALL
-from cachepi.web.keys import RENDERED
+from cachepi.web.keys import INDEX_CACHE, RENDERED
 from tests.conftest import ProxyFactory
 from tests.fakeupstream import FakeUpstream
 from tests.fakeupstream.big import project_json
@@ -394,3 +394,18 @@ async def test_a_render_that_ends_after_an_invalidation_never_sends_the_old_page
     newest = await get(slow.index_url + "big/")
     assert len(json.loads(newest.body)["files"]) == 2002
     assert len(versions_on_disk(slow)) == 1  # what the render of 2001 left went with it
+
+
+async def test_a_flood_of_names_nobody_has_renders_nothing_and_stays_in_memory_bounds(
+    fake_upstream: FakeUpstream, proxy_factory: ProxyFactory
+) -> None:
+    """Valid names the upstream does not have, each asked once: no page is rendered, and
+    what memory keeps of them (their 404 heads) stays within its budget."""
+    proxy = await proxy_factory(fake_upstream, page_memory=64 * 1024)
+    async with aiohttp.ClientSession() as session:
+        for i in range(300):
+            async with session.get(f"{proxy.index_url}nobody-has-{i}/") as reply:
+                assert reply.status == 404
+    assert versions_on_disk(proxy) == set()
+    heads = proxy.app[INDEX_CACHE].pages._heads
+    assert 0 < heads.used <= heads.budget == 16 * 1024
