@@ -79,6 +79,7 @@ class Bench:
         self.steal: list[float] = []
         self.errors: list[str] = []
         self.workers = 2 if servers.has_workers_flag() else None
+        self.page_servers: tuple[str, ...] = PAGE_SERVERS  # those page loads go to
 
     def cachepi(self, name: str, cache_dir: Path) -> Running:
         return servers.start_cachepi(self.procs, name, self.manifest.url, cache_dir, self.workers)
@@ -132,7 +133,7 @@ class Bench:
         notes = []
         for key, page in self.manifest.pages.items():
             sizes = []
-            for name in PAGE_SERVERS:
+            for name in self.page_servers:
                 status, body = fetch(self.running[name].base + page.path, PAGE_HEADERS)
                 listed = len(json.loads(gzip.decompress(body))["files"]) if status == 200 else 0
                 if listed != page.files:
@@ -221,10 +222,10 @@ class Bench:
                     higher_better=True,
                     baseline=bare,
                 )
-                for name in self.rotated(rep, PAGE_SERVERS):
+                for name in self.rotated(rep, self.page_servers):
                     result, cpu = self.run_wrk(name, page.path, conns, PAGE_HEADERS)
                     efficiency = result.requests / cpu if cpu > 0 else 0.0
-                    column = "baseline" if name == "bare" else name
+                    column = {"bare": "baseline", "cachepi-before": "before"}.get(name, name)
                     rps.add(column, result.rps)
                     p99.add(column, result.p99_ms)
                     per_cpu.add(column, efficiency)
@@ -486,6 +487,76 @@ def main_cluster_only(quick: bool, output: Path | None) -> int:
     old = output.read_text() if output.exists() else "# cachepi benchmark\n"
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(scaleout.splice(old, text))
+    log(f"written to {output}")
+    return 0
+
+
+def main_pages_only(quick: bool, output: Path | None, against: Path | None) -> int:
+    """Only the cached pages (section 2): cachepi, nginx and bare aiohttp, and with
+    `against` (another cachepi's src directory) that cachepi too, as the "before" column,
+    each repetition in another order."""
+    plan = QUICK if quick else FULL
+    output = output or WORK / ("quick-pages.md" if quick else "pages.md")
+    _prepare()
+    log(f"pages only: {plan}" + (f", against {against}" if against else ""))
+    tools.ensure_apt_tools()
+    with Processes(WORK) as procs:
+        log("starting the fake upstream (building its files) and cachepi")
+        upstream, manifest = servers.start_upstream(
+            procs, file_mb=1, miss_mb=1, herd_mb=1, herd_files=0,
+            page_files=plan.page_files, install_packages=1,
+        )  # fmt: skip
+        bench = Bench(plan, procs, manifest)
+        bench.running["upstream"] = upstream
+        bench.running["cachepi"] = bench.cachepi("cachepi", WORK / "cachepi-cache")
+        names = ["cachepi", "nginx", "bare"]
+        if against is not None:
+            env = {"PYTHONPATH": f"{against}:{ROOT}"}
+            bench.running["cachepi-before"] = servers.start_cachepi(
+                procs, "cachepi-before", manifest.url, WORK / "cachepi-before-cache",
+                bench.workers, env,
+            )  # fmt: skip
+            names.append("cachepi-before")
+        bench.page_servers = tuple(names)
+        for name in names:
+            if name.startswith("cachepi"):
+                bench.warm(name)
+        static = bench.static_root()
+        bench.running["nginx"] = servers.start_nginx(procs, static)
+        bench.running["bare"] = servers.start_bare(procs, static, bench.workers or 1)
+        notes = bench.check_pages()
+        for key, page in manifest.pages.items():
+            log(f"2. cached {key} page")
+            wait_until_quiet(plan.quiet_wait, bench.all_servers())
+            bench.bench_page(key, page)
+    notes += [
+        f"other processes on the machine used {statistics.median(bench.others):.2f} cores "
+        f"(median over the loads, max {max(bench.others):.2f}); hypervisor steal "
+        f"{statistics.median(bench.steal):.2f} cores",
+        "cachepi: `python -m cachepi serve`, default settings (access log on)"
+        + (f", `--workers {bench.workers}`" if bench.workers else ""),
+        *([f"before: the same, from {against}"] if against else []),
+        *(f"error: {e}" for e in bench.errors),
+    ]
+    text = "\n".join(
+        [
+            f"# cached pages, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+            "",
+            f"medians of {plan.reps} runs, each load {plan.seconds} s of wrk",
+            "",
+            report.table(bench.results),
+            "",
+            report.targets_section(bench.results, TARGETS),
+            "",
+            *(f"- {note}" for note in notes),
+            "",
+            report.runs_section(bench.results),
+            "",
+        ]
+    )
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text)
+    print("\n" + text)
     log(f"written to {output}")
     return 0
 

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-COLUMNS = ("cachepi", "nginx", "proxpi", "baseline")
+COLUMNS = ("cachepi", "nginx", "proxpi", "baseline", "before")
 
 
 @dataclass
@@ -30,9 +30,9 @@ class Metric:
         values = self.runs.get(column)
         return statistics.median(values) if values else None
 
-    def ratio(self, column: str) -> float | None:
-        """cachepi's median over `column`'s."""
-        ours, theirs = self.median("cachepi"), self.median(column)
+    def ratio(self, column: str, ours_column: str = "cachepi") -> float | None:
+        """cachepi's (`ours_column`'s) median over `column`'s."""
+        ours, theirs = self.median(ours_column), self.median(column)
         if ours is None or not theirs:
             return None
         return ours / theirs
@@ -74,10 +74,15 @@ def fmt_ratio(value: float | None) -> str:
 
 
 def table(results: Results) -> str:
+    """With a "before" column (another cachepi, `bench.run --pages-only --against`) when
+    some row has one."""
+    before = any("before" in m.runs for m in results.metrics.values())
     lines = [
         "| measurement | unit | cachepi | nginx | proxpi | baseline | cachepi ÷ nginx "
-        "| cachepi ÷ proxpi | cachepi ÷ baseline |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| cachepi ÷ proxpi | cachepi ÷ baseline |"
+        + (" before | before ÷ nginx | before ÷ baseline |" if before else ""),
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        + (" ---: | ---: | ---: |" if before else ""),
     ]
     for metric in results.metrics.values():
         arrow = "↑" if metric.higher_better else "↓"
@@ -95,6 +100,12 @@ def table(results: Results) -> str:
             fmt_ratio(metric.ratio("proxpi")),
             fmt_ratio(metric.ratio("baseline")),
         ]
+        if before:
+            cells += [
+                fmt(metric.median("before")),
+                fmt_ratio(metric.ratio("nginx", "before")),
+                fmt_ratio(metric.ratio("baseline", "before")),
+            ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -7,6 +7,8 @@ gunicorn, as its image runs it), with a fake upstream index, all on 127.0.0.1.
     python -m bench.run --profile  # also py-spy flame graphs of cachepi under load
     python -m bench.run --cluster  # also the cluster section (~2 more minutes), see below
     python -m bench.run --cluster-only  # only that section, spliced into latest.md
+    python -m bench.run --pages-only [--against SRC]  # only the cached pages (section 2),
+                                   # with another cachepi's src as a "before" column
 
 from the repository root; `python bench/run.py ...` runs itself again that way. Misses of
 a big file, one client and many, before and after a change: `python -m bench.misses`.
@@ -46,6 +48,16 @@ def main() -> int:
         action="store_true",
         help="only the cluster section, replacing that of the results file",
     )
+    parser.add_argument(
+        "--pages-only",
+        action="store_true",
+        help="only the cached pages against nginx and bare aiohttp (bench/.work/pages.md)",
+    )
+    parser.add_argument(
+        "--against",
+        type=Path,
+        help="with --pages-only: another cachepi's src directory, run side by side as before",
+    )
     args = parser.parse_args()
     python = VENV / "bin" / "python"
     in_venv = Path(sys.prefix).resolve() == VENV.resolve() or not python.exists()
@@ -57,6 +69,9 @@ def main() -> int:
     from bench import harness
 
     try:
+        if args.pages_only:
+            against = args.against.resolve() if args.against else None
+            return harness.main_pages_only(args.quick, args.output, against)
         if args.cluster_only:
             return harness.main_cluster_only(args.quick, args.output)
         return harness.main(args.quick, args.profile, args.output, args.cluster)
