@@ -32,6 +32,9 @@ TEXT_LINE = re.compile(
 )
 
 
+PAGE_LINE = re.compile(r'pid=(\d+) "GET /index/app/')
+
+
 class Scrape:
     """One parsed /metrics answer: every sample by (name, labels)."""
 
@@ -296,11 +299,20 @@ async def test_two_workers_report_the_sum_of_their_counts(
     # A session (so a connection) per request: the kernel spreads them over both workers.
     replies = await asyncio.gather(*(get_json(server.index_url + "app/") for _ in range(sent)))
     assert {r.status for r in replies} == {200}
-    answered = {
-        m[1] for line in server.log if (m := re.search(r'pid=(\d+) "GET /index/app/', line))
-    }
-    assert len(answered) == 2, "both workers served some"
+    async with asyncio.timeout(10):  # the lines are written within accesslog.FLUSH_SECONDS
+        while True:
+            pids = [m[1] for line in server.log if (m := PAGE_LINE.search(line))]
+            if len(pids) >= sent:
+                break
+            await asyncio.sleep(0.05)
+    assert len(set(pids)) == 2, "both workers served some"
 
+    # Each worker publishes its counts every second (metrics.PUBLISH_SECONDS).
+    async with asyncio.timeout(10):
+        while (await scrape(server.base)).value(  # noqa: ASYNC110
+            "cachepi_requests_total", route="project_page", status="200"
+        ) < sent:
+            await asyncio.sleep(0.1)
     totals = []
     for _ in range(4):  # whichever worker answers the scrape, it reports both
         metrics = await scrape(server.base)
@@ -410,8 +422,12 @@ async def test_access_log_names_the_worker_that_answered(
     unused_tcp_port: int,
 ) -> None:
     server = await start_served(serve, fake_upstream, tmp_path, unused_tcp_port, workers=workers)
+    await asyncio.sleep(0.5)  # the lines of start-up's /health polls are written
+    logged = len(access_lines(server))
     await asyncio.gather(*(fetch(server.base + "/health") for _ in range(30)))
-    await asyncio.sleep(0.2)
-    pids = Counter(m["pid"] for line in access_lines(server) if (m := TEXT_LINE.match(line)))
+    async with asyncio.timeout(10):  # written within accesslog.FLUSH_SECONDS
+        while len(lines := access_lines(server)[logged:]) < 30:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    pids = Counter(m["pid"] for line in lines if (m := TEXT_LINE.match(line)))
     assert set(pids) <= {str(pid) for pid in server.pids()}
     assert len(pids) == workers

@@ -26,7 +26,7 @@ from aiohttp.web_request import BaseRequest
 from cachepi.config import Settings
 from cachepi.connbook import ACCEPT_BACKLOG, Book, Limits, connection_cap
 from cachepi.metrics import Metrics
-from cachepi.web.accesslog import access_log_options
+from cachepi.web.accesslog import LINES, access_log_options, keep_log_order
 from cachepi.web.keys import METRICS
 
 log = logging.getLogger(__name__)
@@ -221,6 +221,7 @@ async def _serve(
         " keep-alive %g s",
         os.getpid(), limits.cap, limits.head_timeout, limits.keepalive_timeout,
     )  # fmt: skip
+    keep_log_order()
     runner = web.AppRunner(app)
     await runner.setup()
     try:
@@ -237,7 +238,10 @@ async def _serve(
         server.close()
         sweeping.cancel()
     finally:
-        await runner.cleanup()
+        try:
+            await runner.cleanup()
+        finally:
+            LINES.flush()  # the access lines of the requests answered until now
 
 
 def _protocol_factory(

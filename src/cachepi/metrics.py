@@ -5,6 +5,14 @@ One call records an event in both. With several worker processes, Prometheus val
 files under PROMETHEUS_MULTIPROC_DIR (set by workers.py) and a scrape sums them; the totals
 are added to the store by every worker every few seconds, to the lifetime ones and to those
 of the hour they are added in (the dashboard charts the last day).
+
+The counters every request moves (requests, cache results, bytes served) are counted in
+the process's memory and added to their Prometheus values by `publish`: a multiprocess
+value's increment takes a lock and writes its file, which cost more than the rest of the
+counting (bench/results/notes.md). Each process publishes every `PUBLISH_SECONDS` and at a
+graceful stop, and the process answering a scrape publishes its own first: a scrape sees
+its own process's counts exactly, and the other workers' as of at most `PUBLISH_SECONDS`
+ago. A worker killed outright loses what it counted since it last published.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from cachepi.store.protocols import MetadataStore, StoreUnavailable
 from cachepi.types import CacheResult
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+PUBLISH_SECONDS = 1.0
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Names of the lifetime totals in the store.
 TOTALS = (
@@ -133,6 +142,9 @@ class Metrics:
         # Labelled children by their labels: `labels()` costs more than the increment.
         self._children: dict[tuple[Any, ...], Any] = {}
         self._results: dict[tuple[str, str], tuple[Any, str]] = {}  # -> (child, total's name)
+        # Counted here, not yet added to the Prometheus values: amounts by child.
+        self._unpublished: dict[Any, float] = {}
+        self._request_children: dict[tuple[str, int], Any] = {}
 
     def _child(self, metric: Counter, *labels: str) -> Any:
         key = (metric, *labels)
@@ -142,7 +154,13 @@ class Metrics:
         return child
 
     def request(self, route: str, status: int) -> None:
-        self._child(self._requests, route, str(status)).inc()
+        child = self._request_children.get((route, status))
+        if child is None:
+            child = self._request_children[route, status] = self._child(
+                self._requests, route, str(status)
+            )
+        unpublished = self._unpublished
+        unpublished[child] = unpublished.get(child, 0) + 1
 
     def cache_result(self, kind: str, result: CacheResult) -> None:
         """A page or file was answered from the cache ("hit"), after asking an upstream
@@ -153,7 +171,9 @@ class Metrics:
                 self._child(self._cache, kind, result),
                 f"{kind}_{result}",
             )
-        counted[0].inc()
+        child = counted[0]
+        unpublished = self._unpublished
+        unpublished[child] = unpublished.get(child, 0) + 1
         self._unflushed[counted[1]] += 1
 
     def background_refresh(self, trigger: str, outcome: str) -> None:
@@ -161,8 +181,17 @@ class Metrics:
 
     def served(self, source: str, count: int) -> None:
         """`count` file bytes went to a client from the "cache" or relayed from "upstream"."""
-        self._child(self._served, source).inc(count)
+        child = self._child(self._served, source)
+        self._unpublished[child] = self._unpublished.get(child, 0) + count
         self._unflushed[f"bytes_{source}"] += count
+
+    def publish(self) -> None:
+        """Add what the hot counters counted since the last call to their Prometheus values
+        (in multiprocess mode, this process's files). On the thread that counts."""
+        if self._unpublished:
+            counted, self._unpublished = self._unpublished, {}
+            for child, amount in counted.items():
+                child.inc(amount)
 
     def evicted(self, size: int) -> None:
         self.evictions.inc()
@@ -195,7 +224,8 @@ class Metrics:
 
     def exposition(self, snapshot: Snapshot) -> bytes:
         """The Prometheus text format of every metric, summed over worker processes, and
-        of `snapshot`. Safe on any thread, also on several at once."""
+        of `snapshot`, as published (`publish`). Safe on any thread, also on several at
+        once."""
         registry = self._registry
         if self._multiprocess:
             registry = CollectorRegistry()

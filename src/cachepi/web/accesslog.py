@@ -5,15 +5,25 @@ aiohttp calls this for every response, so counting here costs no middleware (an 
 any middleware pays for the middleware chain on every request). aiohttp's own access logger
 goes through `logging` and a format interpreter: about a quarter of the CPU of a cached page
 request; these format one f-string (or one msgspec encode).
+
+Lines are buffered, as nginx's `buffer=` does: a write to stderr per request cost more than
+the rest of the line (bench/results/notes.md). They go out within `FLUSH_SECONDS` of being
+made, at once when `FLUSH_BYTES` are waiting, before any other log record of the process
+(so that a process's log stays in order), and at a graceful stop (SIGTERM, SIGINT). A
+process killed outright (SIGKILL, or a crash of the interpreter) loses the lines of its last
+`FLUSH_SECONDS` at most.
 """
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import logging
 import os
 import sys
+import threading
 import time
-from typing import Any, cast
+from typing import Any, TextIO, cast
 
 import msgspec
 from aiohttp import web
@@ -23,6 +33,77 @@ from aiohttp.web import BaseRequest, StreamResponse
 from cachepi.web.keys import BODY_BYTES, CACHE_RESULT, METRICS, ROUTE_NAMES
 
 _encode = msgspec.json.Encoder().encode
+FLUSH_SECONDS = 0.25
+FLUSH_BYTES = 64 * 1024
+
+
+class LineBuffer:
+    """Lines for one stream, written together: within `FLUSH_SECONDS` of the first one
+    waiting, or once `FLUSH_BYTES` wait, or when `flush` is called. Used from one thread,
+    the event loop's (`owner`; `flush` from any other once that loop is done)."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self._stream = stream  # None: sys.stderr as it is when written to
+        self._lines: list[str] = []
+        self._size = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self.owner: int | None = None  # the thread that adds lines
+
+    def add(self, line: str) -> None:
+        if not self._lines:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # not on a loop: nothing would flush it later
+                self._write(line)
+                return
+            self._timer = loop.call_later(FLUSH_SECONDS, self.flush)
+            self.owner = threading.get_ident()
+        self._lines.append(line)
+        self._size += len(line)
+        if self._size >= FLUSH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write every line waiting."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._lines:
+            text = "".join(self._lines)
+            self._lines.clear()
+            self._size = 0
+            self._write(text)
+
+    def _write(self, text: str) -> None:
+        stream = self._stream or sys.stderr
+        try:
+            stream.write(text)
+            stream.flush()
+        except (OSError, ValueError):  # stderr closed or gone: as a print would, say nothing
+            pass
+
+
+# This process's access lines (a forked worker starts with an empty one: nothing is ever
+# waiting at a fork, which the supervisor does before serving).
+LINES = LineBuffer()
+atexit.register(LINES.flush)
+
+
+class _FlushFirst(logging.Filter):
+    """Flushes the access lines before a log record of their thread is written, keeping
+    them in order (a record of another thread has no order with them anyway)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if LINES.owner == threading.get_ident():
+            LINES.flush()
+        return True
+
+
+def keep_log_order() -> None:
+    """Have the root logger's handlers write the waiting access lines before each record."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _FlushFirst) for f in handler.filters):
+            handler.addFilter(_FlushFirst())
 
 
 def body_bytes(request: BaseRequest, response: StreamResponse) -> int:
@@ -74,7 +155,7 @@ class AccessLog(CountingLog):
 
     def write(self, request: BaseRequest, response: StreamResponse, time_taken: float) -> None:
         version = request.version
-        sys.stderr.write(
+        LINES.add(
             f'{self._now()} {request.remote} pid={self._pid} "{request.method} '
             f'{request.path_qs} HTTP/{version.major}.{version.minor}" {response.status} '
             f"{body_bytes(request, response)} {time_taken:.6f} {request.get(CACHE_RESULT, '-')}\n"
@@ -98,7 +179,7 @@ class JsonAccessLog(CountingLog):
                 "cache": request.get(CACHE_RESULT, "-"),
             }
         )
-        sys.stderr.write(line.decode() + "\n")
+        LINES.add(line.decode() + "\n")
 
 
 _LOGS: dict[str, type[CountingLog]] = {

@@ -19,7 +19,7 @@ from cachepi.filecache.range_support import RangeSupport
 from cachepi.filecache.wheel_metadata import WheelMetadata
 from cachepi.index import IndexCache
 from cachepi.malloc import give_back_big_blocks
-from cachepi.metrics import Metrics
+from cachepi.metrics import PUBLISH_SECONDS, Metrics
 from cachepi.overview import Overviews
 from cachepi.pagefiles import PageFiles, open_page_files, pages_dir
 from cachepi.reach import Reach
@@ -217,19 +217,29 @@ async def _components(app: web.Application, reconcile: bool) -> AsyncIterator[No
         metadata.kind,
     )
     flusher = asyncio.create_task(_flush_totals(metrics, metadata))
+    publisher = asyncio.create_task(_publish(metrics))
     maintainer = asyncio.create_task(_maintain_pages(rendered))
     try:
         yield
     finally:
         flusher.cancel()
+        publisher.cancel()
         maintainer.cancel()
         await pages.close()  # before the upstream session goes
         await wheel_metadata.close()
         await file_cache.close()
         await connections.close()
+        metrics.publish()
         with contextlib.suppress(StoreUnavailable):
             metrics.flush(metadata)
         stores.close()
+
+
+async def _publish(metrics: Metrics) -> None:
+    """Publish this process's counts for other processes' scrapes every second."""
+    while True:
+        await asyncio.sleep(PUBLISH_SECONDS)
+        metrics.publish()
 
 
 async def _flush_totals(metrics: Metrics, metadata: MetadataStore) -> None:

@@ -23,6 +23,8 @@ async def metrics(request: web.Request) -> web.Response:
         cache_limit=app[SETTINGS].cache_size,
         indexes_up=[(up.name, up.health.healthy) for up in app[INDEX_CACHE].upstreams],
     )
+    metrics = app[METRICS]
+    metrics.publish()  # this process's counts, exactly; other workers' as they published
     # Every worker's values are read from their files: not on the event loop.
-    body = await asyncio.to_thread(app[METRICS].exposition, snapshot)
+    body = await asyncio.to_thread(metrics.exposition, snapshot)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})

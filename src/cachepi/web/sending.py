@@ -7,7 +7,8 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import BinaryIO
 
 from aiohttp import web
@@ -108,6 +109,38 @@ async def send_span(
         if done < count:  # the file ended short of what it should hold
             cut_off(request)
             raise ConnectionResetError(f"{done} of {count} bytes of the file sent")
+
+
+@contextlib.contextmanager
+def together(request: web.Request) -> Iterator[None]:
+    """What is written to the client's socket inside goes out in full segments, the rest
+    when it ends (TCP_CORK, as nginx's tcp_nopush): a response's headers leave with the
+    first bytes of the body sendfile sends, not in a packet of their own before them. Each
+    packet is a wake-up of the client, and on loopback the sender pays for its delivery:
+    the headers' own packet cost a big page as much as sending its body
+    (bench/results/notes.md). Only for a body that is all there (a file): bytes still to
+    come would hold the headers back (200 ms at most, the kernel's limit). Plain TCP only."""
+    transport = request.transport
+    sock = None if transport is None else transport.get_extra_info("socket")
+    if (
+        sock is None
+        or not hasattr(socket, "TCP_CORK")
+        or sock.family not in (socket.AF_INET, socket.AF_INET6)
+        or transport is None
+        or transport.get_extra_info("sslcontext") is not None
+    ):
+        yield
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+    except OSError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):  # closed meanwhile: nothing is held back
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
 
 
 def cut_off(request: web.Request) -> None:
