@@ -7,6 +7,12 @@ stays with the process. A fixed threshold keeps big buffers in mmap; two arenas,
 of eight per core, keep the render threads from each holding a heap of their own. A worker
 that fetched and rendered the 800,000-name project list kept 65 MB of RSS more without
 these (bench/results/notes.md).
+
+The threshold is 1 MiB, above the blocks a download passes through by the thousand (the
+socket's reads of 256 KiB and what is made of them): below it they come from the heap and
+its freed space is used again, where in mmap every one of them was pages mapped, zeroed and
+unmapped anew, a quarter of a miss's CPU (bench/results/notes.md). The heap keeps up to
+`TRIM_THRESHOLD` free at its top for them rather than giving it back after each.
 """
 
 from __future__ import annotations
@@ -14,9 +20,11 @@ from __future__ import annotations
 import ctypes
 
 # mallopt() parameters, from glibc's <malloc.h>.
+_M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
-MMAP_THRESHOLD = 256 * 1024
+MMAP_THRESHOLD = 1024 * 1024
+TRIM_THRESHOLD = 4 * 1024 * 1024
 ARENAS = 2
 
 
@@ -27,4 +35,5 @@ def give_back_big_blocks() -> None:
     except (OSError, AttributeError):  # no C library to ask, or one without mallopt
         return
     mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
     mallopt(_M_ARENA_MAX, ARENAS)

@@ -436,7 +436,7 @@ class Upstream:
             # Decoding a Content-Encoding would change the bytes we hash and store.
             headers = {"Accept-Encoding": "identity"}
             async with self._get(url, headers, True, progress) as response:
-                yield response.content_length, response.content.iter_any()
+                yield response.content_length, _pieces(response.content)
         except (aiohttp.ClientError, OSError, ValueError) as error:
             raise _failure(url, error, progress) from error
 
@@ -680,3 +680,12 @@ def describe(error: BaseException) -> str:
     if isinstance(error, ValueError | zlib.error):
         return f"unusable answer ({str(error)[:200]})"
     return f"upstream error ({type(error).__name__}: {str(error)[:200]})"
+
+
+async def _pieces(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    """A body's bytes as they were received, each piece as it is: not joined into one
+    (`iter_any` copies whatever waits into a new block of up to twice the read buffer,
+    a copy of every byte and, past malloc's mmap threshold, fresh pages each time)."""
+    async for piece, _ in content.iter_chunks():
+        if piece:  # b"" at the end of a chunk of a chunked body
+            yield piece
