@@ -75,11 +75,12 @@ def create_app(settings: Settings, reconcile: bool = True) -> web.Application:
         warmjobs.progress: "warm",
     }
     for prefix in ("/index", "/simple"):  # /simple/ is an alias many configs use
-        app.router.add_get(prefix, pages.project_list_without_slash)
-        app.router.add_get(prefix + "/", pages.project_list)
-        app.router.add_get(prefix + "/{project}", pages.project_page)
+        # No path matches two of these: in the order a request tries them, most asked first.
         app.router.add_get(prefix + "/{project}/", pages.project_page)
         app.router.add_get(prefix + "/{project}/{filename}", distfiles.dist_file)
+        app.router.add_get(prefix + "/", pages.project_list)
+        app.router.add_get(prefix + "/{project}", pages.project_page)
+        app.router.add_get(prefix, pages.project_list_without_slash)
     app.router.add_get("/", dashboard.home)
     app.router.add_get("/health", admin.health)
     app.router.add_get("/metrics", monitoring.metrics)
