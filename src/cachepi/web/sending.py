@@ -7,8 +7,7 @@ import asyncio
 import contextlib
 import logging
 import os
-import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import BinaryIO
 
 from aiohttp import web
@@ -111,38 +110,6 @@ async def send_span(
             raise ConnectionResetError(f"{done} of {count} bytes of the file sent")
 
 
-@contextlib.contextmanager
-def together(request: web.Request) -> Iterator[None]:
-    """What is written to the client's socket inside goes out in full segments, the rest
-    when it ends (TCP_CORK, as nginx's tcp_nopush): a response's headers leave with the
-    first bytes of the body sendfile sends, not in a packet of their own before them. Each
-    packet is a wake-up of the client, and on loopback the sender pays for its delivery:
-    the headers' own packet cost a big page as much as sending its body
-    (bench/results/notes.md). Only for a body that is all there (a file): bytes still to
-    come would hold the headers back (200 ms at most, the kernel's limit). Plain TCP only."""
-    transport = request.transport
-    sock = None if transport is None else transport.get_extra_info("socket")
-    if (
-        sock is None
-        or not hasattr(socket, "TCP_CORK")
-        or sock.family not in (socket.AF_INET, socket.AF_INET6)
-        or transport is None
-        or transport.get_extra_info("sslcontext") is not None
-    ):
-        yield
-        return
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
-    except OSError:
-        yield
-        return
-    try:
-        yield
-    finally:
-        with contextlib.suppress(OSError):  # closed meanwhile: nothing is held back
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
-
-
 def cut_off(request: web.Request) -> None:
     """End the connection short of the response: the client must not take it as done."""
     if request.transport is not None:
@@ -167,7 +134,9 @@ def _at_once(transport: asyncio.BaseTransport, fd: int, offset: int, count: int)
     """Send what the socket takes of the file now, when the transport has nothing waiting
     to go before it (the headers went): a page, usually all of it, without the event loop's
     rounds that loop.sendfile takes, which cost more than the sending itself (its CPU per
-    request is half again as much: bench/results/notes.md). Returns the bytes sent."""
+    request is half again as much: bench/results/notes.md). Returns the bytes sent. The
+    headers went in a packet of their own: corking them with the body (TCP_CORK, nginx's
+    tcp_nopush) made fewer packets but cost the server more CPU per page (notes.md)."""
     sock = transport.get_extra_info("socket")
     if (
         sock is None
