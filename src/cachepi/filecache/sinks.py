@@ -6,6 +6,7 @@ asked for on the event loop; bytes are written on the transfer's writing thread.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -22,6 +23,19 @@ GROWTH_BYTES = 16 * 1024 * 1024
 # The holder's part file goes to the disk in steps of this many bytes as it grows, so that
 # the sync before the clients' last byte has little left to do.
 SYNC_BYTES = 64 * 1024 * 1024
+# Those syncs run here, through a descriptor of their own, while the transfer's writing
+# thread goes on writing: on its thread, a step's sync (~25 ms for 64 MiB) held up the
+# writes, and with them the upstream (bench/results/notes.md). A descriptor of its own
+# also leaves the sync's error to the final fsync on the part file's (each open file sees
+# a writeback error once), so a file that failed to sync is never kept.
+_SYNCS = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="sync")
+
+
+def _sync(fd: int) -> None:
+    try:
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
 
 
 class PartFile:
@@ -53,6 +67,7 @@ class PartFile:
         self._reserved = 0
         self._written = 0
         self._synced = 0
+        self._syncing: concurrent.futures.Future[None] | None = None
         self._early: tuple[int, asyncio.Task[bool]] | None = None
         if listed_size is not None:
             reserving = asyncio.ensure_future(accounting.reserve(lock, listed_size))
@@ -87,11 +102,16 @@ class PartFile:
         return True
 
     def write(self, chunks: Sequence[bytes]) -> int:
-        written, error = write_chunks(self.fd, chunks)
-        self._written += written
-        if error is None and self._written - self._synced >= SYNC_BYTES:
+        # A step that failed to sync is a disk that refuses the bytes: from this batch on,
+        # they go on from memory.
+        written, error = 0, self._sync_failure()
+        if error is None:
+            written, error = write_chunks(self.fd, chunks)
+            self._written += written
+        if error is None and self._syncing is None and self._written - self._synced >= SYNC_BYTES:
+            assert self.path is not None  # it was opened
             try:
-                os.fdatasync(self.fd)
+                self._syncing = _SYNCS.submit(_sync, os.open(self.path, os.O_RDONLY))
             except OSError as failure:  # this batch then goes on from memory too
                 error, written = failure, 0
             self._synced = self._written
@@ -102,7 +122,19 @@ class PartFile:
             )  # fmt: skip
         return written
 
+    def _sync_failure(self) -> OSError | None:
+        """What the last step's sync failed with, once it ended; None meanwhile."""
+        syncing = self._syncing
+        if syncing is None or not syncing.done():
+            return None
+        self._syncing = None
+        failure = syncing.exception()
+        if failure is None or isinstance(failure, OSError):
+            return failure
+        raise failure
+
     def close(self, blobs: BlobStore) -> None:
+        """The part file's descriptor closes; a sync still running keeps its own."""
         if self._early is not None:
             self._early[1].cancel()  # if the upstream failed first; its lock goes anyway
         if self.fd >= 0:
