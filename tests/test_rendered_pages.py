@@ -9,16 +9,22 @@ reconcile: it is not the cache's sole server)."""
 from __future__ import annotations
 
 import asyncio
+import errno
+import gzip
 import json
 import logging
 import os
+import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import aiohttp
 import pytest
+import zstandard
 
-from cachepi.pagefiles import PageFiles
+from cachepi import pagefiles
+from cachepi.pagefiles import PageFiles, Variant, encoded
 from cachepi.policy import Policy, parse_rule
 from cachepi.rendered import SMALL
 from cachepi.web.keys import FILE_CACHE, RENDERED
@@ -41,7 +47,18 @@ async def get(url: str, accept: str, coding: str = "identity", **headers: str) -
         )
 
 
-def rendered_files(proxy: RunningProxy) -> list[Path]:
+def decoded_as(body: bytes, coding: str) -> bytes:
+    if coding == "gzip":
+        return gzip.decompress(body)
+    if coding == "zstd":
+        return zstandard.ZstdDecompressor().decompressobj().decompress(body)
+    return body
+
+
+async def rendered_files(proxy: RunningProxy) -> list[Path]:
+    """The rendered files, once those being written are (a small page's are written after
+    it was answered)."""
+    await proxy.app[RENDERED].settle()
     root = proxy.app[RENDERED].files.root
     return sorted(p for p in root.glob("*/*") if p.parent.name != "tmp")
 
@@ -80,7 +97,7 @@ async def test_every_variant_is_one_document_with_an_etag_of_its_own_in_every_wo
                 )
                 assert (again.status, again.headers["ETag"]) == (304, reply.headers["ETag"])
     # Rendered once, by the first: the second found the files.
-    files = rendered_files(proxies[0])
+    files = await rendered_files(proxies[0])
     assert len(files) == 2 * 2 * 3  # two pages, JSON and HTML, three codings
     assert all(os.stat(f).st_size > 0 for f in files)
 
@@ -111,7 +128,7 @@ async def test_a_changed_page_is_never_sent_from_an_old_file_after_revalidation(
     proxies = await two_workers(fake_upstream, proxy_factory, ttl=1, stale_while_revalidate=0)
     old = [await get(p.index_url + "demo/", JSON_TYPE, "gzip") for p in proxies]
     assert old[0].headers["ETag"] == old[1].headers["ETag"]
-    old_files = rendered_files(proxies[0])
+    old_files = await rendered_files(proxies[0])
     fake_upstream.add_project("demo", ["2.0"])
     await asyncio.sleep(1.1)  # past the TTL: the next request revalidates, in either one
     for proxy in (*proxies, *proxies):
@@ -119,7 +136,7 @@ async def test_a_changed_page_is_never_sent_from_an_old_file_after_revalidation(
         assert b"demo-2.0" in decoded(new)
         assert new.headers["ETag"] != old[0].headers["ETag"]
     # The old version's files went when the new one was written.
-    assert not set(old_files) & set(rendered_files(proxies[0]))
+    assert not set(old_files) & set(await rendered_files(proxies[0]))
 
 
 async def test_invalidating_a_page_removes_its_files_and_the_next_request_renders_it_anew(
@@ -130,11 +147,11 @@ async def test_invalidating_a_page_removes_its_files_and_the_next_request_render
     proxy = await proxy_factory(fake_upstream)
     for name in ("demo/", "other/"):
         assert (await get(proxy.index_url + name, JSON_TYPE)).status == 200
-    kept = rendered_files(proxy)
+    kept = await rendered_files(proxy)
     fake_upstream.add_project("demo", ["2.0"])
     async with aiohttp.ClientSession() as session, session.delete(proxy.url + "/cache/demo"):
         pass
-    left = rendered_files(proxy)
+    left = await rendered_files(proxy)
     assert len(left) == len(kept) // 2  # other's files stay
     reply = await get(proxy.index_url + "demo/", JSON_TYPE)
     assert b"demo-2.0" in reply.body
@@ -155,6 +172,7 @@ async def test_what_a_killed_renderer_left_is_never_sent_and_goes(
     (temp / f"{variant.version}.json.lock").write_bytes(b"")
     whole = await get(proxy.index_url + "demo/", JSON_TYPE)
     assert whole.status == 200 and whole.body.endswith(b"}")
+    await rendered.settle()  # its files written (after the answer, for a small page)
     os.utime(temp / "0123456789abcdef.tmp", (time.time() - 7200, time.time() - 7200))
     await rendered.maintain()
     assert list(temp.iterdir()) == []
@@ -183,7 +201,7 @@ async def test_rendered_files_count_toward_the_cache_size(
     proxy = await proxy_factory(fake_upstream)
     assert (await get(proxy.index_url + "demo/", JSON_TYPE)).status == 200
     files = proxy.app[RENDERED].files
-    on_disk = sum(p.stat().st_size for p in rendered_files(proxy))
+    on_disk = sum(p.stat().st_size for p in await rendered_files(proxy))
     assert files.usage == on_disk > 0
     await proxy.app[RENDERED].maintain()  # counted anew from the disk: the same
     assert files.usage == on_disk
@@ -211,7 +229,7 @@ def test_least_recently_used_files_go_beyond_their_room(tmp_path: Path) -> None:
     opened.file.close()
     assert files.maintain() > 0
     assert files.usage <= 3000 * 0.9
-    assert variants[0].exists() and not variants[1].exists()
+    assert variants[0].exists("identity") and not variants[1].exists("identity")
 
 
 async def test_a_file_rendered_under_other_settings_is_never_sent(
@@ -240,7 +258,7 @@ async def test_a_page_changes_with_the_metadata_extracted_from_its_own_wheels_on
     upstream.add_project("second", ["1.0"], core_metadata=False, sdist=False)
     proxy = await proxy_factory(upstream)
     before = {n: await get(proxy.index_url + f"{n}/", JSON_TYPE) for n in ("first", "second")}
-    files = {p: p.stat().st_ino for p in rendered_files(proxy)}
+    files = {p: p.stat().st_ino for p in await rendered_files(proxy)}
     assert (await fetch(f"{proxy.index_url}first/{wheel.filename}")).status == 200
     for _ in range(100):  # extraction runs in the background after the download
         first = await get(proxy.index_url + "first/", JSON_TYPE)
@@ -256,7 +274,7 @@ async def test_a_page_changes_with_the_metadata_extracted_from_its_own_wheels_on
         before["second"].headers["ETag"],
         before["second"].body,
     )
-    kept = {p: p.stat().st_ino for p in rendered_files(proxy) if p in files}
+    kept = {p: p.stat().st_ino for p in await rendered_files(proxy) if p in files}
     assert len(kept) == len(files) // 2  # second's, untouched; first's replaced
     assert all(files[p] == inode for p, inode in kept.items())
 
@@ -278,6 +296,110 @@ async def test_a_client_hanging_up_on_a_page_sent_from_its_file_is_no_error(
         writer.transport.abort()
     assert (await get(proxy.index_url + "bigpage/", JSON_TYPE)).body == whole.body
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_small_page_is_answered_before_its_file_is_written_and_the_file_holds_its_bytes(
+    fake_upstream: FakeUpstream, proxy_factory: ProxyFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page of a few files is rendered in memory and answered at once, in the coding
+    asked for; its file is written after (on a thread) with exactly the bytes sent, and the
+    other codings only when a client asks for them. A file half written (its temp file,
+    not yet renamed) is never sent: another process renders the page itself meanwhile."""
+    fake_upstream.add_project("demo", ["1.0", "2.0"])
+    first, second = await two_workers(fake_upstream, proxy_factory)
+    placing, go_on = threading.Event(), threading.Event()
+    place = PageFiles._place
+
+    def held_place(self: PageFiles, variant: Variant, temps: Mapping[str, Path]) -> None:
+        placing.set()
+        assert go_on.wait(10)
+        place(self, variant, temps)
+
+    monkeypatch.setattr(PageFiles, "_place", held_place)
+    sent = await asyncio.wait_for(get(first.index_url + "demo/", JSON_TYPE, "gzip"), 10)
+    assert sent.status == 200 and b"demo-2.0" in decoded(sent)
+    await asyncio.to_thread(placing.wait, 10)  # its temp file written, not renamed
+    assert await asyncio.to_thread(lambda: list(first.app[RENDERED].files.temp.glob("*.tmp")))
+    other = await asyncio.wait_for(get(second.index_url + "demo/", JSON_TYPE, "gzip"), 10)
+    assert (other.body, other.headers["ETag"]) == (sent.body, sent.headers["ETag"])
+    go_on.set()
+    await second.app[RENDERED].settle()
+    (path,) = await rendered_files(first)
+    assert path.name.endswith(".json.gz") and path.read_bytes() == sent.body
+    for coding in ("identity", "zstd"):
+        reply = await get(second.index_url + "demo/", JSON_TYPE, coding)
+        assert decoded(reply) == decoded(sent)
+    assert len(await rendered_files(first)) == 3
+
+
+async def test_a_small_page_whose_file_cannot_be_written_is_still_answered(
+    fake_upstream: FakeUpstream,
+    proxy_factory: ProxyFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fake_upstream.add_project("demo", ["1.0"])
+    proxy = await proxy_factory(fake_upstream)
+
+    def full(self: PageFiles, variant: Variant, coding: str, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(PageFiles, "write_encoded", full)
+    for coding in CODINGS:
+        reply = await get(proxy.index_url + "demo/", JSON_TYPE, coding)
+        assert reply.status == 200 and b"demo-1.0" in decoded(reply)
+    assert await rendered_files(proxy) == []
+    assert "sent from memory" in caplog.text
+
+
+async def test_a_big_page_is_answered_once_its_coding_is_written_and_others_come_when_asked(
+    fake_upstream: FakeUpstream, proxy_factory: ProxyFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A big page is rendered on a thread into its identity file and the coding asked for
+    only (a client asking zstd never waits for gzip, the slowest); another coding is
+    compressed from the identity file when asked, to the same document."""
+    body = project_json("bigpage", 2000, fake_upstream.files_origin + "/f/")
+    fake_upstream.serve_raw("/simple/bigpage/", body, JSON_TYPE)
+    proxy = await proxy_factory(fake_upstream)
+    gzipped = []
+    encoder = pagefiles._encoder
+
+    def counted(coding: str) -> object:
+        gzipped.append(coding == "gzip")
+        return encoder(coding)
+
+    monkeypatch.setattr(pagefiles, "_encoder", counted)
+    zstd = await get(proxy.index_url + "bigpage/", JSON_TYPE, "zstd")
+    assert len(zstd.body) > 0 and not any(gzipped)
+    names = sorted(p.name.partition(".")[2] for p in await rendered_files(proxy))
+    assert names == ["json", "json.zst"]
+    identity = await get(proxy.index_url + "bigpage/", JSON_TYPE)
+    assert len(identity.body) > SMALL and decoded(zstd) == identity.body
+    gzip_reply = await get(proxy.index_url + "bigpage/", JSON_TYPE, "gzip")
+    assert decoded(gzip_reply) == identity.body
+    assert len(await rendered_files(proxy)) == 3
+
+
+def test_a_coding_is_the_same_bytes_however_the_page_was_cut_and_by_any_compressor(
+    tmp_path: Path,
+) -> None:
+    """What a small page's client got from memory (`encode`) is byte for byte its file, also
+    written in pieces, or from the identity file; a pooled zstd compressor gives what a new
+    one does."""
+    files = PageFiles(tmp_path / "pages", max_bytes=10**9)
+    page = b"".join(b'{"name": "p%d", "url": "http://x/%d"},' % (i, i) for i in range(50_000))
+    variant = files.variant("salt", "demo", "v1", "json")
+    cut = [page[i : i + 77_777] for i in range(0, len(page), 77_777)]
+    files.write(variant, cut, ("identity", "zstd"))
+    with open(variant.path("identity"), "rb") as identity:
+        files.write_from(variant, identity, ("gzip",))
+    fresh = zstandard.ZstdCompressor(level=3).compressobj()
+    for coding, expected in (("zstd", fresh.compress(page) + fresh.flush()), ("gzip", None)):
+        for _ in range(3):  # pooled compressors, used again
+            assert Path(variant.path(coding)).read_bytes() == encoded((page,), coding)
+        if expected is not None:
+            assert encoded((page,), coding) == expected
+    assert decoded_as(Path(variant.path("gzip")).read_bytes(), "gzip") == page
 
 
 async def test_pages_that_cannot_be_written_are_sent_from_memory_in_every_variant(

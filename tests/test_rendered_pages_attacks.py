@@ -23,7 +23,7 @@ import pytest
 
 import cachepi.rendered
 import cachepi.web.app
-from cachepi.pagefiles import ADDRESSES, PageFiles, Variant
+from cachepi.pagefiles import ADDRESSES, CODINGS, PageFiles, Variant
 from cachepi.rendered import SMALL
 from cachepi.web.keys import INDEX_CACHE, RENDERED
 from tests.conftest import ProxyFactory
@@ -51,21 +51,34 @@ async def get(url: str, host: str | None = None, coding: str = "identity", **hea
 
 
 def count_writes(proxies: Iterable[RunningProxy]) -> list[Variant]:
-    """The variants the proxies write from now on, in order."""
+    """The variants the proxies write from now on, in order: rendered into their files, or
+    rendered in memory and written after (not another coding compressed from a file)."""
     written: list[Variant] = []
     for proxy in proxies:
         files = proxy.app[RENDERED].files
-        write: Callable[[Variant, Iterable[bytes]], None] = files.write
+        write: Callable[..., None] = files.write
+        write_encoded: Callable[[Variant, str, bytes], None] = files.write_encoded
 
         def counting(
             variant: Variant,
             pieces: Iterable[bytes],
-            write: Callable[[Variant, Iterable[bytes]], None] = write,
+            codings: Iterable[str] = CODINGS,
+            write: Callable[..., None] = write,
         ) -> None:
             written.append(variant)
-            write(variant, pieces)
+            write(variant, pieces, codings)
+
+        def counting_encoded(
+            variant: Variant,
+            coding: str,
+            data: bytes,
+            write: Callable[[Variant, str, bytes], None] = write_encoded,
+        ) -> None:
+            written.append(variant)
+            write(variant, coding, data)
 
         files.write = counting  # type: ignore[method-assign]
+        files.write_encoded = counting_encoded  # type: ignore[method-assign]
     return written
 
 
@@ -106,6 +119,8 @@ async def test_a_page_shown_at_two_addresses_is_rendered_once_for_each_in_every_
                 assert provenance_hosts(reply) == {host}
                 bodies[host].add(reply.body)
     assert all(len(sent) == 1 for sent in bodies.values())
+    for proxy in (first, second):  # a small page's file is written after its answer
+        await proxy.app[RENDERED].settle()
     assert len(written) == 2  # once per address, by one worker for both
 
 
@@ -363,9 +378,9 @@ async def test_a_render_that_ends_after_an_invalidation_never_sends_the_old_page
     files = slow.app[RENDERED].files
     write = files.write
 
-    def held(variant: Variant, pieces: Iterable[bytes]) -> None:
+    def held(variant: Variant, pieces: Iterable[bytes], codings: Iterable[str] = CODINGS) -> None:
         release.wait(30)
-        write(variant, pieces)
+        write(variant, pieces, codings)
 
     files.write = held  # type: ignore[method-assign]
     rendering = asyncio.create_task(get(slow.index_url + "big/"))

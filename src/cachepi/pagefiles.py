@@ -4,12 +4,15 @@ file.
 
 A variant's name comes from the page's key and content version and the renderer's salt
 (its version, and the settings that shape pages): new content or new code gets a new name,
-so a file found under a name holds the bytes that name stands for. Every variant is written
-to a temp file and renamed into place complete: a crash never leaves a part of one under its
-name. Writing a version removes the key's files of other versions (a process still sending
-one keeps it open: POSIX frees it after), but those of a few other addresses: a page that
-lists provenance is a version per address the proxy is reached at (catalog.page), and
-clients using two names for the proxy must not have each render remove the other's files.
+so a file found under a name holds the bytes that name stands for. Every file is written to
+a temp file and renamed into place complete: a crash never leaves a part of one under its
+name. A variant's codings come as clients ask for them (a big page's from its identity
+file); each is compressed as a stream, so the same bytes come out however the page was cut
+(`encoded` of a small one in memory too). Writing a version removes the key's files of other
+versions (a process still sending one keeps it open: POSIX frees it after), but those of a
+few other addresses: a page that lists provenance is a version per address the proxy is
+reached at (catalog.page), and clients using two names for the proxy must not have each
+render remove the other's files.
 
 Everything here derives from the page records, so the cache's sole server clears it at
 start (what a crash or a power cut left is never trusted). The files count toward the
@@ -26,12 +29,13 @@ import logging
 import os
 import secrets
 import shutil
+import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, ClassVar, Protocol
 
 import zstandard
 
@@ -58,6 +62,8 @@ _ABANDONED = 3600.0
 # names as a fleet reaches one proxy by, but not one per Host header a client makes up.
 ADDRESSES = 8
 _TAG = 24  # hex digits of a version's tag
+# zstd compressors kept for the next page (the event loop's and a render thread's).
+_IDLE_COMPRESSORS = 2
 
 
 @dataclass(frozen=True)
@@ -74,9 +80,11 @@ class Variant:
     def path(self, coding: str) -> str:
         return f"{self.bucket}/{self.version}.{self.kind}{_SUFFIXES[coding]}"
 
-    def exists(self) -> bool:
-        """Whether it was written, every coding (its identity file is renamed last)."""
-        return os.path.exists(self.path("identity"))
+    def exists(self, coding: str | None = None) -> bool:
+        """Whether its file in `coding` was written; None: in every coding."""
+        if coding is not None:
+            return os.path.exists(self.path(coding))
+        return all(os.path.exists(self.path(coding)) for coding in CODINGS)
 
     def etag(self, coding: str) -> str:
         return f'"{self.tag}.{self.kind}{_SUFFIXES[coding]}"'
@@ -144,28 +152,55 @@ class PageFiles:
                 os.utime(file.fileno())
         return Opened(file, stat.st_size)
 
-    def write(self, variant: Variant, pieces: Iterable[bytes]) -> None:
-        """Write the variant in every coding from its rendered `pieces`, in one pass (a
-        big page is never held whole), and remove the key's files of other versions.
+    def write(
+        self, variant: Variant, pieces: Iterable[bytes], codings: Iterable[str] = CODINGS
+    ) -> None:
+        """Write the variant in `codings` from its rendered `pieces`, in one pass (a big
+        page is never held whole), and remove the key's files of other versions.
         Blocking: run it on a thread."""
-        temps = {coding: self.temp / f"{secrets.token_hex(8)}.tmp" for coding in CODINGS}
+        self._write(variant, pieces, codings)
+
+    def write_from(self, variant: Variant, identity: BinaryIO, codings: Iterable[str]) -> None:
+        """Write the variant in `codings` from its identity file, open (no rendering).
+        Blocking: run it on a thread."""
+        self._write(variant, _read_back(identity), codings)
+
+    def _write(self, variant: Variant, pieces: Iterable[bytes], codings: Iterable[str]) -> None:
+        codings = tuple(codings)
+        temps = {coding: self.temp / f"{secrets.token_hex(8)}.tmp" for coding in codings}
+        encoders = {coding: _encoder(coding) for coding in codings}
         try:
             with contextlib.ExitStack() as stack:
                 files = {c: stack.enter_context(path.open("wb")) for c, path in temps.items()}
-                encoders = _encoders()
                 for piece in _pieces(pieces):
-                    for coding, (encode, _) in encoders.items():
-                        files[coding].write(encode(piece))
-                for coding, (_, flush) in encoders.items():
-                    files[coding].write(flush())
-            os.makedirs(variant.bucket, exist_ok=True)
-            written = 0
-            for coding, temp in reversed(temps.items()):  # identity last: see `exists`
-                written += temp.stat().st_size
-                os.replace(temp, variant.path(coding))
+                    for coding, file in files.items():
+                        file.write(encoders[coding].compress(piece))
+                for coding, file in files.items():
+                    file.write(encoders[coding].flush())
+            self._place(variant, temps)
         finally:
             for temp in temps.values():
                 temp.unlink(missing_ok=True)
+
+    def write_encoded(self, variant: Variant, coding: str, data: bytes) -> None:
+        """Write the variant's file in `coding`: `data`, encoded already (`encode`).
+        Blocking: run it on a thread."""
+        temp = self.temp / f"{secrets.token_hex(8)}.tmp"
+        try:
+            with temp.open("wb") as file:
+                file.write(data)
+            self._place(variant, {coding: temp})
+        finally:
+            temp.unlink(missing_ok=True)
+
+    def _place(self, variant: Variant, temps: Mapping[str, Path]) -> None:
+        """Rename the written `temps` (by coding) into place, and remove the key's files of
+        other versions."""
+        os.makedirs(variant.bucket, exist_ok=True)
+        written = 0
+        for coding, temp in temps.items():
+            written += temp.stat().st_size
+            os.replace(temp, variant.path(coding))
         self.usage += written - self._remove(variant.bucket, variant.prefix, but=variant)
         if self.usage > self.max_bytes:  # now, not at the next `maintain`: many pages
             self._evict(but=variant.version)  # rendered at once must not take the blobs' room
@@ -264,22 +299,65 @@ def _last_use(files: list[os.DirEntry[str]]) -> float:
     return latest
 
 
+class _Encoder(Protocol):
+    def compress(self, data: bytes, /) -> bytes: ...
+
+    def flush(self) -> bytes: ...
+
+
+class _Identity:
+    def compress(self, data: bytes, /) -> bytes:
+        return data
+
+    def flush(self) -> bytes:
+        return b""
+
+
+class _Zstd:
+    """A zstd stream on a compressor of the pool's, given back at its end. A compressor's
+    context takes a megabyte or two: made anew for every page, that memory comes from mmap
+    (malloc.py) and is touched afresh each time, ~200 page faults (bench/results/notes.md)."""
+
+    _idle: ClassVar[list[zstandard.ZstdCompressor]] = []
+    _lock = threading.Lock()
+
+    def __init__(self) -> None:
+        with self._lock:
+            idle = self._idle.pop() if self._idle else None
+        self._compressor = idle or zstandard.ZstdCompressor(level=3)
+        self._stream = self._compressor.compressobj()
+
+    def compress(self, data: bytes, /) -> bytes:
+        return self._stream.compress(data)
+
+    def flush(self) -> bytes:
+        tail = self._stream.flush()
+        with self._lock:  # a stream that failed midway is not given back: it goes
+            if len(self._idle) < _IDLE_COMPRESSORS:
+                self._idle.append(self._compressor)
+        return tail
+
+
+def _encoder(coding: str) -> _Encoder:
+    """A stream encoder for `coding`: its output is the same however the input is cut."""
+    if coding == "gzip":
+        return zlib.compressobj(6, zlib.DEFLATED, 31)  # 31: with a gzip header
+    if coding == "zstd":
+        return _Zstd()
+    return _Identity()
+
+
 def encoded(pieces: Iterable[bytes], coding: str) -> bytes:
-    """The rendered `pieces` in `coding`, in memory: a page's file, for when it cannot be
-    written. Blocking for a big page: run it on a thread."""
-    encode, flush = _encoders()[coding]
-    return b"".join([*map(encode, _pieces(pieces)), flush()])
+    """The rendered `pieces` in `coding`, in memory, byte for byte as the variant's file in
+    that coding holds them. Blocking for a big page: run it on a thread."""
+    encoder = _encoder(coding)
+    return b"".join([*map(encoder.compress, _pieces(pieces)), encoder.flush()])
 
 
-def _encoders() -> dict[str, tuple[Callable[[bytes], bytes], Callable[[], bytes]]]:
-    """Each coding's (compress a piece, flush at the end)."""
-    gzip = zlib.compressobj(6, zlib.DEFLATED, 31)  # 31: with a gzip header
-    zstd = zstandard.ZstdCompressor(level=3).compressobj()
-    return {
-        "identity": (bytes, bytes),
-        "gzip": (gzip.compress, gzip.flush),
-        "zstd": (zstd.compress, zstd.flush),
-    }
+def _read_back(file: BinaryIO) -> Iterator[bytes]:
+    """A file's bytes from where it stands, _PIECE at a time."""
+    while piece := file.read(_PIECE):
+        yield piece
 
 
 def _pieces(pieces: Iterable[bytes]) -> Iterator[bytes]:

@@ -1,10 +1,19 @@
 """Rendered pages: what a page request is answered with.
 
 A page's content version (from the index cache's records: its files are not read when
-memory knows it) names its rendered files (pagefiles.py). The first request for a variant
-renders it, on a thread, straight into its files in every coding: once per process, and
-through a lock once for every process of this machine. Every later request, in any worker,
-opens the file and sends it; small ones are read once and kept in memory, within a budget.
+memory knows it) names its rendered files (pagefiles.py), one per format and coding, each
+made when a client first asks for it, once per process (every request for it meanwhile
+joins in):
+
+- A page of a few files is rendered on the event loop (tens of microseconds), answered from
+  memory, and its file written after, on a thread, by one process (another one asked for
+  it meanwhile answers from memory too).
+- Any other is rendered on a thread, through a lock once for every process of this machine,
+  straight into its identity file and the coding asked for, and answered from that file;
+  another coding is compressed from the identity file when a client asks for it.
+
+Every later request, in any worker, opens the file and sends it; small ones are read once
+and kept in memory, within a budget.
 """
 
 from __future__ import annotations
@@ -14,7 +23,7 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from cachepi import catalog
 from cachepi.budget import BudgetedLRU
@@ -53,10 +62,28 @@ _VERSION_COST = 300
 # with sendfile, as cheap then as from memory, and in the page cache once for every worker.
 SMALL = 64 * 1024
 _SMALL_COST = 300  # what a small variant costs in memory besides its bytes and strings
+# A project page of at most this many files is rendered on the event loop, and compressed
+# there in the coding asked for (tens of microseconds: bench/results/notes.md); its file is
+# written after, on a thread. A thread's round trip and the file's creation would cost its
+# first request many times that.
+_ON_LOOP_FILES = 32
+# Rounds of the event loop a page rendered in memory lets go by before its file is written:
+# its first clients' answers go out meanwhile. A thread started at once would contend with
+# them for the GIL.
+_ANSWERED = 3
 
-# Makes a page: its content version (what it is now, which may be newer than the version it
-# was asked for) and its rendered pieces, to be drawn on a thread.
-_Maker = Callable[[], Awaitable[tuple[str, Callable[[], Iterable[bytes]]]]]
+
+class _Made(NamedTuple):
+    """A page as made: its content version (what it is now, which may be newer than the
+    version it was asked for), its rendered pieces (drawn on a thread unless `small`), and
+    whether it is small enough to render on the event loop."""
+
+    version: str
+    pieces: Callable[[], Iterable[bytes]]
+    small: bool = False
+
+
+_Maker = Callable[[], Awaitable[_Made]]
 
 
 @dataclass(frozen=True)
@@ -73,6 +100,20 @@ class Page:
 
 class _Vanished(Exception):
     """The project's page went between finding its version and rendering it."""
+
+
+class _Job:
+    """The rendering of one page variant in one coding in this process, which every
+    request for it joins: `made` is the variant rendered, with its bytes when it was
+    rendered in memory (else its file is written); `task` runs until its file is written."""
+
+    def __init__(self) -> None:
+        self.made: asyncio.Future[tuple[Variant, bytes | None]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        # Retrieved here: an outcome nobody waits for any more is not reported.
+        self.made.add_done_callback(lambda done: done.cancelled() or done.exception())
+        self.task: asyncio.Task[None] | None = None
 
 
 class RenderedPages:
@@ -100,7 +141,7 @@ class RenderedPages:
         # recorded anywhere changes a generation, but this page's version only if it was
         # one of this page's files.
         self._versions: BudgetedLRU[str, tuple[str, tuple[int, int], str]] = BudgetedLRU(memory)
-        self._rendering: dict[tuple[str, str], asyncio.Task[Variant]] = {}
+        self._rendering: dict[tuple[str, str, str], _Job] = {}
         # Variants rendered in memory, (ETag, bytes), by (key, version, kind, coding).
         self._unwriting: dict[tuple[str, str, str, str], asyncio.Task[tuple[str, bytes]]] = {}
         # Small variants, (ETag, bytes) by (key, version, kind, coding): a version's bytes
@@ -145,6 +186,11 @@ class RenderedPages:
         """`PageFiles.maintain`, on a thread; returns how many files went."""
         return await asyncio.to_thread(self.files.maintain)
 
+    async def settle(self) -> None:
+        """Wait until every rendering under way has written its files."""
+        while tasks := [job.task for job in self._rendering.values() if job.task is not None]:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
     # -- versions -------------------------------------------------------------------------
 
     async def _page_version(self, name: str, state: PageState, url: str | None) -> str:
@@ -181,9 +227,7 @@ class RenderedPages:
             times = self._upload_times()
         return (extracted[0], times[0]), extracted[1], times[1]
 
-    async def _make_project(
-        self, name: str, kind: str, url: str | None
-    ) -> tuple[str, Callable[[], Iterable[bytes]]]:
+    async def _make_project(self, name: str, kind: str, url: str | None) -> _Made:
         listing = await self._index.listing(name)
         if listing is None:
             raise _Vanished
@@ -194,14 +238,12 @@ class RenderedPages:
         def pieces() -> Iterable[bytes]:
             yield render(project())
 
-        return version, pieces
+        return _Made(version, pieces, len(listing.project.files) <= _ON_LOOP_FILES)
 
-    async def _make_list(
-        self, result: ListResult, kind: str
-    ) -> tuple[str, Callable[[], Iterable[bytes]]]:
+    async def _make_list(self, result: ListResult, kind: str) -> _Made:
         version, names = await self._index.names(result)
         render = _LIST_RENDERERS[kind]
-        return version, lambda: render(names)
+        return _Made(version, lambda: render(names))
 
     # -- files ----------------------------------------------------------------------------
 
@@ -222,17 +264,21 @@ class RenderedPages:
         asked = variant = self.files.variant(self._salt, key, version, kind, address)
         for _ in range(3):  # another process may remove a version just rendered: again
             opened = self.files.open(variant, coding)
+            body: bytes | None = None
             if opened is None:
                 try:
-                    variant = await self._render(key, variant, make)
+                    variant, body = await self._render(key, variant, coding, make)
                 except OSError as error:  # a full disk, an unwritable cache: still answer
                     return await self._unwritten(key, version, fmt, coding, make, error)
-                continue
+                if body is None:
+                    continue
             etag = variant.etag(coding)
-            if opened.size > SMALL:
-                return Page(content_type(fmt), etag, opened.size, file=opened.file)
-            with opened.file:
-                body = opened.file.read()
+            if body is None:
+                assert opened is not None
+                if opened.size > SMALL:
+                    return Page(content_type(fmt), etag, opened.size, file=opened.file)
+                with opened.file:
+                    body = opened.file.read()
             if variant == asked:  # (a newer version rendered instead is not `version`)
                 cost = len(body) + len(key) + len(version) + _SMALL_COST
                 self._small.put((key, version, kind, coding), (etag, body), cost)
@@ -257,37 +303,111 @@ class RenderedPages:
         return Page(content_type(fmt), etag, len(body), body=body)
 
     async def _in_memory(self, key: str, kind: str, coding: str, make: _Maker) -> tuple[str, bytes]:
-        version, pieces = await make()
-        body = await asyncio.to_thread(lambda: encoded(pieces(), coding))
-        return self.files.variant(self._salt, key, version, kind).etag(coding), body
+        made = await make()
+        body = await asyncio.to_thread(lambda: encoded(made.pieces(), coding))
+        return self.files.variant(self._salt, key, made.version, kind).etag(coding), body
 
-    async def _render(self, key: str, variant: Variant, make: _Maker) -> Variant:
-        """Render `variant` (or the newer version `make` finds) once, however many callers
-        wait for it; returns what was rendered."""
-        slot = (variant.version, variant.kind)
-        task = self._rendering.get(slot)
-        if task is None:
-            task = asyncio.create_task(self._render_once(key, variant, make))
-            self._rendering[slot] = task
-            task.add_done_callback(lambda _: self._rendering.pop(slot, None))
+    async def _render(
+        self, key: str, variant: Variant, coding: str, make: _Maker
+    ) -> tuple[Variant, bytes | None]:
+        """Render `variant` (or the newer version `make` finds) in `coding` once, however
+        many callers wait for it; returns what was rendered, with its bytes when it was
+        rendered in memory (else its file is written)."""
+        slot = (variant.version, variant.kind, coding)
+        job = self._rendering.get(slot)
+        if job is None:
+            job = self._rendering[slot] = _Job()
+            job.task = asyncio.create_task(self._render_job(key, variant, coding, make, job))
+            job.task.add_done_callback(functools.partial(self._job_done, slot, job))
         # shield: a client hanging up must not cancel what others wait for.
-        return await asyncio.shield(task)
+        return await asyncio.shield(job.made)
 
-    async def _render_once(self, key: str, variant: Variant, make: _Maker) -> Variant:
+    def _job_done(self, slot: tuple[str, str, str], job: _Job, task: asyncio.Task[None]) -> None:
+        if self._rendering.get(slot) is job:
+            del self._rendering[slot]
+        if not task.cancelled():
+            task.exception()  # told to whoever waited for the job
+
+    async def _render_job(
+        self, key: str, asked: Variant, coding: str, make: _Maker, job: _Job
+    ) -> None:
+        """Render a page variant in `coding`: in memory when it is small (its file written
+        after), else into its file."""
+        try:
+            made: _Made | None = None
+            variant = asked
+            if key != LIST_KEY:  # a project's listing is in memory: making it is cheap
+                made = await make()
+                variant = self.files.variant(
+                    self._salt, key, made.version, asked.kind, asked.address
+                )
+                if made.small:
+                    body = b"".join(made.pieces())
+                    if len(body) <= SMALL:
+                        data = body if coding == "identity" else encoded((body,), coding)
+                        job.made.set_result((variant, data))
+                        for _ in range(_ANSWERED):
+                            await asyncio.sleep(0)
+                        await asyncio.to_thread(self._write_behind, variant, coding, data)
+                        return
+                    made = made._replace(pieces=lambda: (body,))  # rendered already
+            variant = await self._render_file(key, variant, coding, made, make)
+            job.made.set_result((variant, None))
+        except BaseException as error:
+            if not job.made.done():
+                if isinstance(error, asyncio.CancelledError):
+                    job.made.cancel()
+                else:
+                    job.made.set_exception(error)
+            raise
+
+    def _write_behind(self, variant: Variant, coding: str, data: bytes) -> None:
+        """Write the file of a variant rendered in memory, unless another process is
+        writing it or wrote it. Blocking: run it on a thread."""
+        lock = self.files.lock(variant)
+        try:
+            if lock.try_acquire() and not variant.exists(coding):
+                self.files.write_encoded(variant, coding, data)
+        except OSError as failure:  # answered from memory meanwhile, and again next time
+            log.warning(
+                "cannot write the rendered page %s (%s): sent from memory", variant.version, failure
+            )
+        finally:
+            lock.release()
+
+    async def _render_file(
+        self, key: str, variant: Variant, coding: str, made: _Made | None, make: _Maker
+    ) -> Variant:
+        """Write the variant's file in `coding`: compressed from its identity file when
+        that is there, else rendered (with the identity file); under the variant's lock,
+        or after the process holding it wrote it. `made`: the page, if made already.
+        Returns the variant written (`make` may find a newer version)."""
         lock = self.files.lock(variant)
         if not lock.try_acquire():
-            await lock.wait_released()
-            if variant.exists():  # another process rendered it
+            await lock.wait_released(until=lambda: variant.exists(coding))
+            if variant.exists(coding):  # another process wrote it
                 lock.close()
                 return variant
-            lock.try_acquire()  # or another one took it: rendering it twice is harmless
+            lock.try_acquire()  # or another one took it: writing it twice is harmless
         try:
-            version, pieces = await make()
-            made = self.files.variant(self._salt, key, version, variant.kind, variant.address)
-            if made != variant and made.exists():
-                return made
-            # Rendering and compressing a big page takes long enough to stall other requests.
-            await asyncio.to_thread(lambda: self.files.write(made, pieces()))
-            return made
+            # Compressing and rendering a big page take long enough to stall other requests.
+            if coding != "identity" and (identity := self.files.open(variant, "identity")):
+                with identity.file:
+                    await asyncio.to_thread(
+                        self.files.write_from, variant, identity.file, (coding,)
+                    )
+                return variant
+            if made is None:
+                made = await make()
+                newer = self.files.variant(
+                    self._salt, key, made.version, variant.kind, variant.address
+                )
+                if newer != variant and newer.exists(coding):
+                    return newer
+                variant = newer
+            pieces = made.pieces
+            codings = ("identity",) if coding == "identity" else ("identity", coding)
+            await asyncio.to_thread(lambda: self.files.write(variant, pieces(), codings))
+            return variant
         finally:
             lock.release()

@@ -24,7 +24,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from cachepi.store.protocols import (
@@ -115,8 +115,12 @@ class FileLock:
         """True while another process holds the file we opened."""
         return _held(self._fd)
 
-    async def wait_released(self) -> Outcome | None:
-        while self._held_elsewhere():  # noqa: ASYNC110 - a lock elsewhere has no event
+    async def wait_released(self, until: Callable[[], bool] | None = None) -> Outcome | None:
+        """The holder's outcome once it let go; None as soon as `until()` is true, if given
+        (what was waited for came before the holder let go)."""
+        while self._held_elsewhere():  # a lock elsewhere has no event: polled
+            if until is not None and until():
+                return None
             await asyncio.sleep(_POLL_SECONDS)
         return self._outcome()
 
