@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cachepi.filecache.ranged_metadata import MAX_RANGES, SMALL, read_metadata
+from cachepi import wheelmeta
+from cachepi.filecache.ranged_metadata import MAX_RANGES, ON_LOOP, SMALL, read_metadata
 from cachepi.rangedzip import FETCH_AT_LEAST, Fetched, Missing
 from cachepi.upstream import NoRanges, UpstreamError
 from cachepi.wheelmeta import END_READ, Archive, NotReadable, read_wheel_metadata
@@ -193,19 +194,68 @@ async def test_readings_that_hold_much_take_turns() -> None:
         held[filename] = peaks[filename] = archive.held
         most_big = max(most_big, sum(1 for size in held.values() if size > SMALL))
         await asyncio.sleep(0.01)  # the others run meanwhile
-        metadata = read_wheel_metadata(archive, filename)  # Missing: it goes on
-        del held[filename]  # done: what it holds goes
-        return metadata
+        return read_wheel_metadata(archive, filename)  # Missing: it goes on
+
+    async def reading(url: str, crowd: Dist) -> bytes:
+        try:
+            return await read_metadata(index, url, crowd.filename, crowd.size, watched, big)
+        finally:
+            del held[crowd.filename]  # done: what it holds goes
 
     big = asyncio.Lock()
-    readings = [
-        read_metadata(index, url, crowd.filename, crowd.size, watched, big)
-        for url, crowd in zip(urls, crowds, strict=True)
-    ]
-    read = await asyncio.gather(*readings)
+    read = await asyncio.gather(*map(reading, urls, crowds))
     assert read == [crowd.metadata for crowd in crowds]
     assert min(peaks.values()) > SMALL  # a directory of 40,000 entries: 1.6 MB
     assert most_big == 1
+
+
+def test_a_directory_is_scanned_once_however_many_ranges_the_reading_takes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The reader runs again after each range; what it found in the directory stays with
+    the spans fetched (their bytes never change), so the member's range costs no scan."""
+    scans = 0
+    scan = wheelmeta._metadata_members
+
+    def counted(file: Archive) -> list[wheelmeta.Member]:
+        nonlocal scans
+        found = scan(file)  # Missing, while the directory is not all fetched
+        scans += 1
+        return found
+
+    monkeypatch.setattr(wheelmeta, "_metadata_members", counted)
+    wheel = build_wheel("crowded", "1.0", big_mb=1, modules=3000)
+    metadata, ranges = ranges_to_read(wheel.read_bytes(), wheel.filename)
+    assert metadata == wheel.metadata
+    assert (len(ranges), scans) == (3, 1)
+
+
+@pytest.mark.parametrize(
+    ("wheel", "on_threads"),
+    [
+        (build_wheel("small", "1.0"), 0),  # all of it in the end read: read there and then
+        (build_wheel("crowded", "1.0", big_mb=1, modules=3000), 1),  # the directory only
+        (build_wheel("described", "1.0", requires=["x" * 40_000]), 1),  # a METADATA > ON_LOOP
+    ],
+    ids=["small", "crowded", "big-metadata"],
+)
+async def test_only_readings_that_cost_go_to_the_thread(wheel: Dist, on_threads: int) -> None:
+    """What a thread's round trip would cost more than is read on the event loop: a wheel
+    whose end holds all of it, a member once the directory was scanned; a big directory,
+    or a METADATA of more than ON_LOOP bytes, is read by `parse` (the extraction thread)."""
+    index = FakeIndex()
+    url = index.add(wheel, metadata=False)
+    calls = 0
+
+    async def counted(archive: Archive, filename: str) -> bytes | None:
+        nonlocal calls
+        calls += 1
+        return read_wheel_metadata(archive, filename)
+
+    metadata = await read_metadata(index, url, wheel.filename, wheel.size, counted, asyncio.Lock())
+    assert metadata == wheel.metadata
+    assert calls == on_threads
+    assert (len(metadata) > ON_LOOP) is wheel.filename.startswith("described")
 
 
 def test_fetched_reads_like_a_file() -> None:

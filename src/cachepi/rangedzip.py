@@ -2,7 +2,8 @@
 file fetched so far (`Fetched`), and a read of a byte not fetched stops it with `Missing`.
 The caller fetches the range `Fetched.to_fetch` names and runs the reader again, until it
 ends: a wheel takes two or three ranges (its end, its central directory when that is not
-in the end, the member), each run scanning the directory again (microseconds an entry).
+in the end, the member); the directory is scanned once (microseconds an entry), the reader
+keeping what it found in `Fetched.members`.
 
 The reader's bounds (wheelmeta.py) bound what it asks for; the readahead of a member read
 in pieces grows, so that even the biggest member it reads takes few ranges.
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import bisect
 
-from cachepi.wheelmeta import END_READ
+from cachepi.wheelmeta import END_READ, Member
 
 # A read that starts outside what was fetched (a member's local header) fetches at least
 # this much: the header, the name and, for nearly every METADATA, the compressed member.
@@ -41,6 +42,9 @@ class Fetched:
         self._spans: list[bytes] = []
         self._position = 0
         self._last: tuple[int, int] = (0, 0)  # the range fetched last
+        # The METADATA members the directory lists, once the reader found them
+        # (wheelmeta.Remembering).
+        self.members: list[Member] | None = None
 
     def add(self, start: int, data: bytes) -> None:
         """Bytes fetched from offset `start`, joined with those they overlap or touch."""

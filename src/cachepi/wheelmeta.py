@@ -17,7 +17,7 @@ import struct
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import msgspec
 
@@ -61,6 +61,11 @@ class NotReadable(Exception):
     """The archive is not a wheel we can read METADATA from (malformed, hostile, too big)."""
 
 
+class Deferred(Exception):
+    """The METADATA claims more bytes than the reader was let inflate (`most`): read it
+    elsewhere (on a thread)."""
+
+
 class Archive(Protocol):
     """What is read of an archive: a file, or the spans of one fetched so far."""
 
@@ -69,7 +74,18 @@ class Archive(Protocol):
     def read(self, size: int = -1, /) -> bytes: ...
 
 
-class _Member(NamedTuple):
+@runtime_checkable
+class Remembering(Archive, Protocol):
+    """An archive read again as more of it is fetched (rangedzip.Fetched): it keeps the
+    METADATA members its central directory lists once they are found (its bytes do not
+    change), so that the directory is scanned once."""
+
+    members: list[Member] | None
+
+
+class Member(NamedTuple):
+    """A `*.dist-info/METADATA` entry of an archive's central directory."""
+
     name: str
     raw_name: bytes
     flags: int
@@ -80,30 +96,39 @@ class _Member(NamedTuple):
     offset: int  # of its local header, from the archive's start
 
 
-def read_wheel_metadata(wheel: Path | Archive, filename: str) -> bytes | None:
+def read_wheel_metadata(
+    wheel: Path | Archive, filename: str, most: int = MAX_METADATA_BYTES
+) -> bytes | None:
     """The bytes of the wheel's `{name}-{version}.dist-info/METADATA`, or None if the file is
-    not a readable wheel with exactly one such member, or one past the bounds above."""
+    not a readable wheel with exactly one such member, or one past the bounds above. Raises
+    Deferred for a METADATA that claims more than `most` bytes (within the bound)."""
     try:
         if isinstance(wheel, Path):
             with wheel.open("rb") as file:
-                return _read_metadata(file, filename)
-        return _read_metadata(wheel, filename)
+                return _read_metadata(file, filename, most)
+        return _read_metadata(wheel, filename, most)
     except (OSError, NotReadable, zlib.error, struct.error, ValueError, OverflowError):
         return None
 
 
-def _read_metadata(file: Archive, filename: str) -> bytes:
+def _read_metadata(file: Archive, filename: str, most: int) -> bytes:
     expected_prefix = "-".join(filename.split("-", 2)[:2]).lower() + ".dist-info/"
-    members = _metadata_members(file)
+    members = file.members if isinstance(file, Remembering) else None
+    if members is None:
+        members = _metadata_members(file)
+        if isinstance(file, Remembering):
+            file.members = members
     # Prefer the dist-info named after the wheel; accept a lone one spelled otherwise.
     named = [m for m in members if m.name.lower().startswith(expected_prefix)]
     chosen = named or members
     if len(chosen) != 1:
         raise NotReadable(f"{len(chosen)} METADATA members")
+    if most < chosen[0].size <= MAX_METADATA_BYTES:
+        raise Deferred(f"{chosen[0].name} claims {chosen[0].size} bytes")
     return _inflate(file, chosen[0])
 
 
-def _metadata_members(file: Archive) -> list[_Member]:
+def _metadata_members(file: Archive) -> list[Member]:
     """Every `{dir}.dist-info/METADATA` entry at the archive's top level, scanning the
     central directory's entries (at most MAX_ENTRIES) without making objects of the rest."""
     file_size = file.seek(0, 2)
@@ -144,7 +169,7 @@ def _metadata_members(file: Archive) -> list[_Member]:
     directory = file.read(directory_size)
     if len(directory) != directory_size:
         raise NotReadable("a truncated central directory")
-    found: list[_Member] = []
+    found: list[Member] = []
     position = scanned = 0
     find = directory.find
     while position < directory_size:
@@ -170,7 +195,7 @@ def _metadata_members(file: Archive) -> list[_Member]:
 
 def _member(
     directory: bytes, position: int, name_end: int, extra_length: int, prefix: int
-) -> _Member:
+) -> Member:
     """The central directory entry at `position`, read whole."""
     (
         _, _, _, _, _, flags, method, _, _, crc, compressed, size, _, _, _, _, _, _, offset,
@@ -181,7 +206,7 @@ def _member(
     if 0xFFFFFFFF in (compressed, size, offset):  # the real values are in a zip64 extra
         extra = directory[name_end : name_end + extra_length]
         size, compressed, offset = _zip64_values(extra, size, compressed, offset)
-    return _Member(name, raw_name, flags, method, crc, compressed, size, prefix + offset)
+    return Member(name, raw_name, flags, method, crc, compressed, size, prefix + offset)
 
 
 def _zip64_values(extra: bytes, size: int, compressed: int, offset: int) -> tuple[int, int, int]:
@@ -204,7 +229,7 @@ def _zip64_values(extra: bytes, size: int, compressed: int, offset: int) -> tupl
     raise NotReadable("no zip64 extra field")
 
 
-def _inflate(file: Archive, member: _Member) -> bytes:
+def _inflate(file: Archive, member: Member) -> bytes:
     """The member's bytes; never inflates more than it claims, nor past the bound."""
     if member.size > MAX_METADATA_BYTES or member.compressed > MAX_METADATA_BYTES + _CHUNK:
         raise NotReadable(f"{member.name} claims {member.size} bytes")

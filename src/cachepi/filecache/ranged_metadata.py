@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from cachepi.rangedzip import Fetched, Missing
 from cachepi.redact import redact
 from cachepi.upstream import Index, NoRanges, UpstreamError
-from cachepi.wheelmeta import END_READ, Archive, NotReadable
+from cachepi.wheelmeta import END_READ, Archive, Deferred, NotReadable, read_wheel_metadata
 
 # Ranges a wheel may take: a hostile one that makes the reader ask for more is refused.
 MAX_RANGES = 16
@@ -23,6 +23,11 @@ MAX_RANGES = 16
 # wheel. Beyond, readings take turns (`big`): a hostile wheel's directory may be 32 MiB,
 # and many readings run at once.
 SMALL = 1024 * 1024
+
+# A read over at most this many bytes fetched, or once the directory was scanned with a
+# METADATA of at most this size, runs on the event loop (tens of microseconds), not on the
+# extraction thread: its round trip would cost more.
+ON_LOOP = 32 * 1024
 
 # Reads a wheel's METADATA out of an Archive (wheelmeta.read_wheel_metadata, on a thread).
 Parse = Callable[[Archive, str], Awaitable[bytes | None]]
@@ -56,7 +61,7 @@ async def read_metadata(
                 raise NoRanges(f"the file was {fetched.size} bytes, now {total}")
             fetched.add(first, data)
             try:
-                metadata = await parse(fetched, filename)
+                metadata = await _read(fetched, filename, parse)
             except Missing as missing:
                 start, stop = fetched.to_fetch(missing)
                 continue
@@ -67,6 +72,17 @@ async def read_metadata(
     finally:
         if holding:
             big.release()
+
+
+async def _read(fetched: Fetched, filename: str, parse: Parse) -> bytes | None:
+    """The METADATA, as far as `fetched` holds it: on the event loop when that is cheap
+    (little held, or the directory scanned already and the METADATA small), else `parse`."""
+    if fetched.members is not None or fetched.held <= ON_LOOP:
+        try:
+            return read_wheel_metadata(fetched, filename, ON_LOOP)
+        except Deferred:
+            pass
+    return await parse(fetched, filename)
 
 
 async def _fetch(index: Index, url: str, start: int, stop: int | None) -> tuple[int, bytes, int]:
