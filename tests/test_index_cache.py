@@ -6,11 +6,15 @@ for (tests/test_stale_while_revalidate.py has the other way)."""
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import aiohttp
 import pytest
 from yarl import URL
 
+from cachepi import upstream_pages
+from cachepi.simple.model import Project, ProjectList
+from cachepi.upstream import PageResponse
 from tests.conftest import ProxyFactory
 from tests.fakeupstream import FakeUpstream
 from tests.proxy import RunningProxy
@@ -262,3 +266,24 @@ async def test_html_only_upstream_is_served_as_json(fake_upstream_factory, proxy
     assert wheel["core-metadata"] == {"sha256": upstream.dists("oldidx")[0].metadata_sha256}
     status, _, body = await get(proxy.index_url + "oldidx/" + wheel["url"])
     assert (status, body) == (200, upstream.dists("oldidx")[0].read_bytes())
+
+
+async def test_a_small_page_is_parsed_on_the_event_loop_and_a_big_one_on_a_thread(
+    proxy: RunningProxy, fake_upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page of a few files parses in less than a thread's round trip costs; a big one
+    (seconds for PyPI's project list) never holds up the event loop."""
+    fake_upstream.add_project("small", ["1.0"])
+    fake_upstream.add_project("big", [f"1.{i}" for i in range(100)])
+    parsed_in: dict[str, str] = {}
+    parse = upstream_pages.parse_and_encode
+
+    def watched(key: str, response: PageResponse) -> tuple[Project | ProjectList, bytes]:
+        parsed_in[key] = threading.current_thread().name
+        return parse(key, response)
+
+    monkeypatch.setattr(upstream_pages, "parse_and_encode", watched)
+    for name in ("small", "big"):
+        assert (await get_json(f"{proxy.index_url}{name}/"))["name"] == name
+    assert parsed_in["small"] == threading.current_thread().name  # the event loop's
+    assert parsed_in["big"] != parsed_in["small"]

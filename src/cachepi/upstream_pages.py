@@ -90,6 +90,9 @@ PAUSE_AFTER_FAILURE = 5.0
 # What remembering such a pause costs in memory, estimated, and what they may take.
 _PAUSE_COST = 200
 _PAUSES_MEMORY = 1024 * 1024
+# Upstream pages bigger than this are parsed on a thread (~10 us a file: a page of a few
+# files costs less than the thread's round trip; bench/results/notes.md).
+_PARSE_ON_LOOP = 8 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -509,9 +512,7 @@ class UpstreamPages:
                     old, fetched_at=now, etag=record.etag, last_modified=record.last_modified
                 )
             else:
-                # Big pages (a 800,000-name project list) take seconds to parse: keep the
-                # event loop serving meanwhile.
-                page, body = await asyncio.to_thread(parse_and_encode, key, response)
+                page, body = await _parsed(key, response)
                 record = PageRecord(now, response.etag, response.last_modified, body)
                 head = Head.of(key, record)
         except UpstreamNotFound:
@@ -554,6 +555,14 @@ def delete_missing_pages(store: MetadataStore, before: float, limit: int | None 
     while (step := store.delete_missing_pages(before, 10_000)) > 0:
         removed += step
     return removed
+
+
+async def _parsed(key: str, response: PageResponse) -> tuple[Project | ProjectList, bytes]:
+    """`parse_and_encode`: on a thread but for a small page. Big pages (a 800,000-name
+    project list) take seconds to parse: the event loop serves meanwhile."""
+    if len(response.body or b"") <= _PARSE_ON_LOOP:
+        return parse_and_encode(key, response)
+    return await asyncio.to_thread(parse_and_encode, key, response)
 
 
 async def _decoded(key: str, body: bytes) -> Project | ProjectList:
