@@ -329,6 +329,7 @@ async def test_a_small_page_is_answered_before_its_file_is_written_and_the_file_
     for coding in ("identity", "zstd"):
         reply = await get(second.index_url + "demo/", JSON_TYPE, coding)
         assert decoded(reply) == decoded(sent)
+    await second.app[RENDERED].settle()
     assert len(await rendered_files(first)) == 3
 
 

@@ -6,8 +6,9 @@ made when a client first asks for it, once per process (every request for it mea
 joins in):
 
 - A page of a few files is rendered on the event loop (tens of microseconds), answered from
-  memory, and its file written after, on a thread, by one process (another one asked for
-  it meanwhile answers from memory too).
+  memory, and its file written a moment later, with those of the other pages rendered
+  meanwhile, on a thread, by one process (another one asked for it meanwhile answers from
+  memory too).
 - Any other is rendered on a thread, through a lock once for every process of this machine,
   straight into its identity file and the coding asked for, and answered from that file;
   another coding is compressed from the identity file when a client asks for it.
@@ -19,6 +20,7 @@ and kept in memory, within a budget.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -67,10 +69,13 @@ _SMALL_COST = 300  # what a small variant costs in memory besides its bytes and 
 # written after, on a thread. A thread's round trip and the file's creation would cost its
 # first request many times that.
 _ON_LOOP_FILES = 32
-# Rounds of the event loop a page rendered in memory lets go by before its file is written:
-# its first clients' answers go out meanwhile. A thread started at once would contend with
-# them for the GIL.
-_ANSWERED = 3
+# A page rendered in memory has its file written this long after, with the files of the
+# pages rendered meanwhile, in one go on a thread; or as soon as they hold WRITE_AT bytes.
+# Written at once, a file (its creation alone takes 100-400 us here) contends with the
+# requests that follow the page, as a resolution's do; meanwhile this process answers from
+# memory, and another renders the page itself.
+WRITE_AFTER = 0.25
+WRITE_AT = 1024 * 1024
 
 
 class _Made(NamedTuple):
@@ -149,6 +154,11 @@ class RenderedPages:
         self._small: BudgetedLRU[tuple[str, str, str, str], tuple[str, bytes]] = BudgetedLRU(
             small_memory
         )
+        # Files of pages rendered in memory, to write (`_write_later`): by path.
+        self._to_write: dict[str, tuple[Variant, str, bytes]] = {}
+        self._to_write_bytes = 0
+        self._writer: asyncio.Task[None] | None = None
+        self._write_now = asyncio.Event()
 
     async def project(
         self, name: str, fmt: Format, coding: str, page_url: Callable[[], str]
@@ -176,9 +186,14 @@ class RenderedPages:
         return await self._page(LIST_KEY, result.version, fmt, coding, make), result
 
     def forget(self, key: str) -> None:
-        """Remove the rendered files of `key` (its pages were invalidated). Small variants
-        held in memory stay: they are found by version, and the next version may well be
-        the same."""
+        """Remove the rendered files of `key` (its pages were invalidated), and those still
+        to write. Small variants held in memory stay: they are found by version, and the
+        next version may well be the same."""
+        prefix = self.files.variant("", key, "", "").prefix
+        for path, (variant, _, data) in list(self._to_write.items()):
+            if variant.prefix == prefix:
+                del self._to_write[path]
+                self._to_write_bytes -= len(data)
         self.files.remove(key)
         self._versions.pop(key)
 
@@ -187,8 +202,13 @@ class RenderedPages:
         return await asyncio.to_thread(self.files.maintain)
 
     async def settle(self) -> None:
-        """Wait until every rendering under way has written its files."""
-        while tasks := [job.task for job in self._rendering.values() if job.task is not None]:
+        """Write now what waits to be, and wait until every rendering under way has
+        written its files."""
+        while tasks := [
+            *(job.task for job in self._rendering.values() if job.task is not None),
+            *([self._writer] if self._writer is not None and not self._writer.done() else []),
+        ]:
+            self._write_now.set()
             await asyncio.gather(*tasks, return_exceptions=True)
 
     # -- versions -------------------------------------------------------------------------
@@ -346,9 +366,7 @@ class RenderedPages:
                     if len(body) <= SMALL:
                         data = body if coding == "identity" else encoded((body,), coding)
                         job.made.set_result((variant, data))
-                        for _ in range(_ANSWERED):
-                            await asyncio.sleep(0)
-                        await asyncio.to_thread(self._write_behind, variant, coding, data)
+                        self._write_later(variant, coding, data)
                         return
                     made = made._replace(pieces=lambda: (body,))  # rendered already
             variant = await self._render_file(key, variant, coding, made, make)
@@ -361,19 +379,43 @@ class RenderedPages:
                     job.made.set_exception(error)
             raise
 
-    def _write_behind(self, variant: Variant, coding: str, data: bytes) -> None:
-        """Write the file of a variant rendered in memory, unless another process is
-        writing it or wrote it. Blocking: run it on a thread."""
-        lock = self.files.lock(variant)
-        try:
-            if lock.try_acquire() and not variant.exists(coding):
-                self.files.write_encoded(variant, coding, data)
-        except OSError as failure:  # answered from memory meanwhile, and again next time
-            log.warning(
-                "cannot write the rendered page %s (%s): sent from memory", variant.version, failure
-            )
-        finally:
-            lock.release()
+    def _write_later(self, variant: Variant, coding: str, data: bytes) -> None:
+        """Have the file of a variant rendered in memory written (WRITE_AFTER)."""
+        path = variant.path(coding)
+        if path in self._to_write:
+            return
+        self._to_write[path] = (variant, coding, data)
+        self._to_write_bytes += len(data)
+        if self._to_write_bytes >= WRITE_AT:
+            self._write_now.set()
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_pending())
+
+    async def _write_pending(self) -> None:
+        while self._to_write:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._write_now.wait(), WRITE_AFTER)
+            self._write_now.clear()
+            written = list(self._to_write.values())
+            self._to_write, self._to_write_bytes = {}, 0
+            await asyncio.to_thread(self._write_all, written)
+
+    def _write_all(self, unwritten: Iterable[tuple[Variant, str, bytes]]) -> None:
+        """Write the files of variants rendered in memory, but those another process is
+        writing or wrote. Blocking: run it on a thread."""
+        for variant, coding, data in unwritten:
+            lock = self.files.lock(variant)
+            try:
+                if lock.try_acquire() and not variant.exists(coding):
+                    self.files.write_encoded(variant, coding, data)
+            except OSError as failure:  # answered from memory meanwhile, and again next time
+                log.warning(
+                    "cannot write the rendered page %s (%s): sent from memory",
+                    variant.version,
+                    failure,
+                )
+            finally:
+                lock.release()
 
     async def _render_file(
         self, key: str, variant: Variant, coding: str, made: _Made | None, make: _Maker
