@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import aiohttp
@@ -26,7 +26,7 @@ import zstandard
 from cachepi import pagefiles
 from cachepi.pagefiles import PageFiles, Variant, encoded
 from cachepi.policy import Policy, parse_rule
-from cachepi.rendered import SMALL
+from cachepi.rendered import SMALL, WRITE_AFTER, RenderedPages
 from cachepi.web.keys import FILE_CACHE, RENDERED
 from tests.conftest import ProxyFactory
 from tests.fakeupstream import FakeUpstream
@@ -429,3 +429,39 @@ async def test_pages_that_cannot_be_written_are_sent_from_memory_in_every_varian
             assert decoded(got) == decoded(reply)
     assert "sent from memory" in caplog.text
     assert root.is_file()
+
+
+async def test_small_pages_files_are_written_a_moment_later_in_one_go(
+    fake_upstream: FakeUpstream, proxy_factory: ProxyFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Written right after its answer, a small page's file would contend with the requests
+    that follow it: the files of the pages rendered within WRITE_AFTER go in one go, after.
+    A page invalidated meanwhile has nothing written."""
+    for name in ("one", "two", "three", "gone"):
+        fake_upstream.add_project(name, ["1.0"])
+    proxy = await proxy_factory(fake_upstream)
+    rendered = proxy.app[RENDERED]
+    batches: list[list[str]] = []
+    write_all = RenderedPages._write_all
+
+    def counted(self: RenderedPages, unwritten: Iterable[tuple[Variant, str, bytes]]) -> None:
+        unwritten = list(unwritten)
+        batches.append([variant.path(coding) for variant, coding, _ in unwritten])
+        write_all(self, unwritten)
+
+    monkeypatch.setattr(RenderedPages, "_write_all", counted)
+    started = time.monotonic()
+    for name in ("one", "two", "three", "gone"):
+        assert (await get(proxy.index_url + f"{name}/", JSON_TYPE, "zstd")).status == 200
+    async with aiohttp.ClientSession() as session, session.delete(proxy.url + "/cache/gone"):
+        pass
+    quick = time.monotonic() - started < WRITE_AFTER  # (a slow machine may have written some)
+    if quick:
+        assert batches == []
+        assert not await asyncio.to_thread(lambda: list(rendered.files.root.glob("*/*.zst")))
+    await rendered.settle()
+    if quick:
+        assert len(batches) == 1
+    written = await rendered_files(proxy)
+    assert len(written) == 3 and all(path.name.endswith(".json.zst") for path in written)
+    assert sorted(map(str, written)) == sorted(path for batch in batches for path in batch)
