@@ -183,7 +183,7 @@ class PageFiles:
                 temp.unlink(missing_ok=True)
 
     def write_encoded(self, variant: Variant, coding: str, data: bytes) -> None:
-        """Write the variant's file in `coding`: `data`, encoded already (`encode`).
+        """Write the variant's file in `coding`: `data`, encoded already (`encoded`).
         Blocking: run it on a thread."""
         temp = self.temp / f"{secrets.token_hex(8)}.tmp"
         try:
