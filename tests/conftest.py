@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from hypothesis import HealthCheck, settings
 
 from tests.clients import EgressTrap
 from tests.fakeupstream import FakeUpstream
@@ -18,6 +19,13 @@ from tests.proxy import RunningProxy, settings_for, start_proxy
 __all__ = ["fake_upstream", "fake_upstream_factory"]
 
 ProxyFactory = Callable[..., Awaitable[RunningProxy]]
+
+# On a 2-core CI machine running other tests at once, generating examples can be slow:
+# neither that nor a slow example is a finding (time bounds live in bench/).
+settings.register_profile(
+    "ci", deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
+settings.load_profile("ci")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
