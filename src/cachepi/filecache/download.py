@@ -211,7 +211,7 @@ class Download:
         if self._state is not _State.RUNNING:
             return
         self._state = _State.FAILED if error else _State.DONE
-        self._error = error
+        self._error = _without_frames(error)
         self._headers.set()
         self._notify()
         self._free_window()
@@ -320,3 +320,17 @@ class Claim:
             self.download._consumed.set()
             self.download._free_window()
             self.download._leave()
+
+
+def _without_frames(error: BaseException | None) -> BaseException | None:
+    """`error` (and what it came from) without its traceback: the frames of the download's
+    own code hold the download, so a kept traceback makes a cycle, and the part file it
+    holds open (its disk space, on a full disk) would go only with a garbage collection.
+    Readers raise it anew; where it happened was logged when it happened."""
+    seen: set[int] = set()
+    link = error
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        link.__traceback__ = None
+        link = link.__cause__ or link.__context__
+    return error
