@@ -5,7 +5,6 @@ invalidation while a background refresh is under way (in-process, FakeIndex held
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -52,9 +51,8 @@ async def test_pages_gone_stale_at_once_leave_connections_to_clients_that_wait(
         await asyncio.sleep(1.1)  # past the TTL: all stale
         fake_upstream.delay("/simple/*", 0.5)
         assert set(await asyncio.gather(*(status(name) for name in names))) == {(200, True)}
-        started = time.monotonic()
+        # Behind the refreshes, it would wait past its 3 s page deadline: a 504.
         assert await status("new") == (200, False)
-        assert time.monotonic() - started < 2.0  # one page, and at most a wait for one
         assert fake_upstream.peak_concurrency("/simple/") <= 4
         await proxy.app[INDEX_CACHE].pages.wait_background()
     metrics = await scrape(proxy.url)
