@@ -64,10 +64,8 @@ async def test_full_disk_still_streams_the_file_and_keeps_nothing(
     assert leftovers(cache_dir) == []
     assert says_why([record.getMessage() for record in caplog.records]), caplog.text
 
-    # Still serving, and caching what fits: once the space is back. The failed download's
-    # part file, unlinked, stays open until its Download is garbage-collected (a reference
-    # cycle holds it: gc.collect() frees the space at once), which may take seconds; the
-    # page below used to allocate enough to set the collector off first.
+    # Still serving, and caching what fits: once the space is back (the failed download's
+    # unlinked part file is closed as its download ends; the kernel frees it just after).
     assert (await get_json(proxy.index_url + "app/")).status == 200
     for _ in range(100):
         if shutil.disk_usage(cache_dir).free > 1024**2:
