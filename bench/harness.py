@@ -23,7 +23,7 @@ from bench.procs import Meter, Processes, Server, log, log_findings, wait_until_
 from bench.report import Results
 from bench.servers import FileInfo, Manifest, PageInfo, Running
 from bench.targets import TARGETS
-from bench.tools import ROOT, WORK
+from bench.tools import ROOT, WORK, write_results
 
 RESULTS = ROOT / "bench" / "results" / "latest.md"
 # What pip sends for a project page.
@@ -485,9 +485,7 @@ def main_cluster_only(quick: bool, output: Path | None) -> int:
     command = command_line(quick).replace("bench.run", "bench.run --cluster-only")
     text = scaleout.section(result, command)
     old = output.read_text() if output.exists() else "# cachepi benchmark\n"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(scaleout.splice(old, text))
-    log(f"written to {output}")
+    write_results(output, scaleout.splice(old, text))
     return 0
 
 
@@ -554,10 +552,8 @@ def main_pages_only(quick: bool, output: Path | None, against: Path | None) -> i
             "",
         ]
     )
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(text)
     print("\n" + text)
-    log(f"written to {output}")
+    write_results(output, text)
     return 0
 
 
@@ -662,9 +658,7 @@ def main(quick: bool, profile: bool, output: Path | None, with_cluster: bool = F
     )
     if cluster_text:
         text = scaleout.splice(text, cluster_text)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(text)
     print("\n" + report.table(bench.results) + "\n")
     print(report.targets_section(bench.results, TARGETS))
-    log(f"written to {output}")
+    write_results(output, text)
     return 0

@@ -33,6 +33,8 @@ from tests.fakeupstream.metered import MeteredUpstream
 from tests.resolving import PINS, populate, uv_compile
 from tests.served import ServedProxy
 
+from bench.tools import write_results
+
 MIB = 1024 * 1024
 
 
@@ -193,7 +195,7 @@ def cli() -> None:
     report = asyncio.run(main(args))
     print(report)
     if args.output is not None:
-        args.output.write_text(report)
+        write_results(args.output, report)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ from tests.fakeupstream.big import project_json, project_list_html
 from tests.served import RssWatch, ServedProxy, memory_kib
 
 from bench.procs import log
-from bench.tools import ROOT, WORK, first_line
+from bench.tools import ROOT, WORK, first_line, write_results
 
 MIB = 1024 * 1024
 HTML = "text/html"
@@ -450,10 +450,8 @@ def main() -> int:
             "",
         ]
     )
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(text)
     print("\n" + text)
-    log(f"written to {output}")
+    write_results(output, text)
     return 0
 
 

@@ -38,6 +38,7 @@ from tests.cluster import free_ports
 from tests.fakeupstream import FakeUpstream
 from tests.served import ServedProxy
 
+from bench.tools import write_results
 from cachepi.freshness import refresh_margin
 
 JSON = {"Accept": "application/vnd.pypi.simple.v1+json"}
@@ -219,7 +220,7 @@ def cli() -> None:
     report = asyncio.run(main(args))
     print(report)
     if args.output is not None:
-        args.output.write_text(report)
+        write_results(args.output, report)
 
 
 if __name__ == "__main__":

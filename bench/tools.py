@@ -109,3 +109,10 @@ def versions(proxpi_bin: Path, uv: str) -> dict[str, str]:
         "uv": first_line([uv, "--version"]).removeprefix("uv "),
         "pip": first_line([sys.executable, "-m", "pip", "--version"]).split(" from")[0],
     }
+
+
+def write_results(output: Path, text: str) -> None:
+    """Write a benchmark's report to `output`, its directory made if need be, and say where."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text)
+    log(f"written to {output}")
