@@ -188,6 +188,21 @@ async def test_a_host_header_that_makes_no_url_is_a_400_never_a_500(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
+async def test_a_page_without_provenance_never_looks_at_the_host_header(
+    fake_upstream: FakeUpstream, proxy_factory: ProxyFactory
+) -> None:
+    """Only a page that lists provenance is made of the address the proxy was reached at:
+    any other page is one document, whatever Host a client sends (catalog.page)."""
+    fake_upstream.add_project("plain", ["1.0"])
+    proxy = await proxy_factory(fake_upstream)
+    request = f"GET /index/plain/ HTTP/1.1\r\nHost: a:99999\r\nAccept: {JSON_TYPE}\r\n"
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(f"{request}Connection: close\r\n\r\n".encode())
+    answer = await asyncio.wait_for(reader.read(), 30)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+
+
 # -- descriptors ----------------------------------------------------------------------------
 
 
